@@ -1,0 +1,49 @@
+//! The engine's one error type. Every variant names what was at fault: the layer, the file,
+//! the argument. The library never panics on data it was handed; it returns one of these.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A layer does not fit the shape of its input.
+    #[error("layer {index} ({kind}) does not fit its input {input}: {reason}")]
+    Shape {
+        index: usize,
+        kind: String,
+        input: String,
+        reason: String,
+    },
+    /// An architecture (notation, preset name, or stored JSON) that cannot be understood.
+    #[error("architecture: {0}")]
+    Architecture(String),
+    /// A file that exists but whose contents are wrong: bad magic number, truncated, foreign...
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// An operating-system error while reading or writing a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An argument or setting out of its range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

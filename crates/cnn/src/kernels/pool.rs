@@ -1,0 +1,109 @@
+//! Max and average pooling over each channel plane, with the window walk of [`Window2d`].
+
+use crate::tensor::{Shape, Tensor};
+use crate::window::{Window2d, WindowSpan};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// Keeps the largest value of each window: "the feature is somewhere here".
+    Max,
+    /// The mean of the pixels the window covers inside the input (padding is not counted).
+    Average,
+}
+
+/// Shapes of one pooling: `input` `C x H x W`, `output` `C x OH x OW` (same channels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeometry {
+    pub input: Shape,
+    pub output: Shape,
+    pub window: Window2d,
+}
+
+impl PoolGeometry {
+    fn walk(&self, visit: impl FnMut(usize, usize, WindowSpan, WindowSpan)) {
+        self.window.for_each_window(
+            [self.input.height, self.input.width],
+            [self.output.height, self.output.width],
+            visit,
+        );
+    }
+}
+
+/// Index into the plane of the first largest value of a window (first in row-major order, the
+/// same rule in forward and backward, so the gradient goes where the forward value came from).
+#[inline]
+fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> usize {
+    let mut best = rows.start * width + cols.start;
+    for y in rows.start..rows.end {
+        for x in cols.start..cols.end {
+            if plane[y * width + x] > plane[best] {
+                best = y * width + x;
+            }
+        }
+    }
+    best
+}
+
+/// Shapes: `input` `[N, C, H, W]` to `output` `[N, C, OH, OW]`.
+pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &mut Tensor) {
+    let (in_plane, out_plane, width) = (g.input.plane(), g.output.plane(), g.input.width);
+    let out_width = g.output.width;
+    output
+        .data_mut()
+        .par_chunks_mut(out_plane)
+        .zip(input.data().par_chunks(in_plane))
+        .for_each(|(out, plane)| {
+            g.walk(|oy, ox, rows, cols| {
+                out[oy * out_width + ox] = match kind {
+                    PoolKind::Max => plane[argmax(plane, width, rows, cols)],
+                    PoolKind::Average => {
+                        let mut sum = 0.0;
+                        for y in rows.start..rows.end {
+                            sum += plane[y * width + cols.start..y * width + cols.end]
+                                .iter()
+                                .sum::<f32>();
+                        }
+                        sum / (rows.len() * cols.len()) as f32
+                    }
+                };
+            });
+        });
+}
+
+/// Writes `dL/dinput` (`[N, C, H, W]`) from `dL/doutput` (`[N, C, OH, OW]`): max pooling routes
+/// each gradient to its window's argmax, average pooling spreads it evenly over the window.
+pub fn pool_backward(
+    kind: PoolKind,
+    g: &PoolGeometry,
+    input: &Tensor,
+    grad_output: &Tensor,
+    grad_input: &mut Tensor,
+) {
+    let (in_plane, out_plane, width) = (g.input.plane(), g.output.plane(), g.input.width);
+    let out_width = g.output.width;
+    grad_input
+        .data_mut()
+        .par_chunks_mut(in_plane)
+        .zip(input.data().par_chunks(in_plane))
+        .zip(grad_output.data().par_chunks(out_plane))
+        .for_each(|((grad_in, plane), grad_out)| {
+            grad_in.fill(0.0);
+            g.walk(|oy, ox, rows, cols| {
+                let grad = grad_out[oy * out_width + ox];
+                match kind {
+                    PoolKind::Max => grad_in[argmax(plane, width, rows, cols)] += grad,
+                    PoolKind::Average => {
+                        let share = grad / (rows.len() * cols.len()) as f32;
+                        for y in rows.start..rows.end {
+                            for g in &mut grad_in[y * width + cols.start..y * width + cols.end] {
+                                *g += share;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+}

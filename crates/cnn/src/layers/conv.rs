@@ -1,0 +1,118 @@
+//! 2-D convolution: the seed's features sliding over the image.
+
+use super::{BackwardPass, Conv2dConfig, Layer, LayerScratch, LayerSpec, Mode};
+use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use crate::tensor::{Param, Shape, Tensor};
+use crate::window::Window2d;
+
+/// Parameters as PyTorch's `nn.Conv2d`: `weight` `[OC, C, KH, KW]`, `bias` `[OC]`.
+#[derive(Debug)]
+pub struct Conv2d {
+    config: Conv2dConfig,
+    geometry: ConvGeometry,
+    params: Vec<Param>,
+}
+
+impl Conv2d {
+    pub fn new(config: Conv2dConfig, input: Shape) -> Result<Self, String> {
+        let window = Window2d::new(config.kernel, config.stride, config.padding);
+        if config.out_channels == 0 {
+            return Err("a convolution needs at least one output channel".into());
+        }
+        if window.stride.contains(&0) || window.kernel.contains(&0) {
+            return Err("kernel and stride must be at least 1".into());
+        }
+        let [out_height, out_width] = window
+            .output_size([input.height, input.width])
+            .ok_or_else(|| {
+                format!(
+                    "a {}x{} window with padding {}x{} needs an input of at least {}x{} pixels",
+                    window.kernel[0],
+                    window.kernel[1],
+                    window.padding[0],
+                    window.padding[1],
+                    window.kernel[0].saturating_sub(2 * window.padding[0]).max(1),
+                    window.kernel[1].saturating_sub(2 * window.padding[1]).max(1),
+                )
+            })?;
+        let output = Shape::new(config.out_channels, out_height, out_width);
+        let mut params = vec![Param::zeros(
+            "weight",
+            vec![config.out_channels, input.channels, config.kernel[0], config.kernel[1]],
+        )];
+        if config.bias {
+            params.push(Param::zeros("bias", vec![config.out_channels]));
+        }
+        Ok(Conv2d {
+            config,
+            geometry: ConvGeometry {
+                input,
+                output,
+                window,
+            },
+            params,
+        })
+    }
+
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+
+    fn bias(&self) -> Option<&[f32]> {
+        self.params.get(1).map(|p| &p.value[..])
+    }
+}
+
+impl Layer for Conv2d {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Conv2d(self.config)
+    }
+
+    fn input_shape(&self) -> Shape {
+        self.geometry.input
+    }
+
+    fn output_shape(&self) -> Shape {
+        self.geometry.output
+    }
+
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [Param] {
+        &mut self.params
+    }
+
+    fn flops_per_image(&self) -> u64 {
+        let g = &self.geometry;
+        (2 * g.patch_len() * g.output.len()) as u64
+    }
+
+    /// `[N, C, H, W]` to `[N, OC, OH, OW]`.
+    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, scratch: &mut LayerScratch) {
+        let weight = &self.params[0].value;
+        conv2d_forward(&self.geometry, input, weight, self.bias(), output, &mut scratch.buffer);
+    }
+
+    fn backward(
+        &self,
+        pass: BackwardPass<'_>,
+        param_grads: &mut [Vec<f32>],
+        scratch: &mut LayerScratch,
+    ) {
+        let (grad_weight, rest) = param_grads
+            .split_first_mut()
+            .expect("a convolution has a weight");
+        conv2d_backward(
+            &self.geometry,
+            pass.input,
+            &self.params[0].value,
+            pass.grad_output,
+            pass.grad_input,
+            grad_weight,
+            rest.first_mut().map(|g| &mut g[..]),
+            &mut scratch.buffer,
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! Flatten: `[N, C, H, W]` viewed as `[N, C*H*W]`, in NCHW order, as PyTorch's `nn.Flatten`,
+//! so dense weights trained here load into PyTorch unchanged.
+
+use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::tensor::{Shape, Tensor};
+
+#[derive(Debug)]
+pub struct Flatten {
+    input: Shape,
+}
+
+impl Flatten {
+    pub fn new(input: Shape) -> Self {
+        Flatten { input }
+    }
+}
+
+impl Layer for Flatten {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Flatten
+    }
+
+    fn input_shape(&self) -> Shape {
+        self.input
+    }
+
+    fn output_shape(&self) -> Shape {
+        Shape::flat(self.input.len())
+    }
+
+    fn flops_per_image(&self) -> u64 {
+        0
+    }
+
+    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        output.data_mut().copy_from_slice(input.data());
+    }
+
+    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        if let Some(grad_input) = pass.grad_input {
+            grad_input.data_mut().copy_from_slice(pass.grad_output.data());
+        }
+    }
+}

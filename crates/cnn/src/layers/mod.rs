@@ -1,0 +1,76 @@
+//! Layers: each a thin description of shapes and parameters, with its forward and backward
+//! passes side by side, calling the kernels in [`crate::kernels`].
+//!
+//! The contract, for every layer:
+//! - `forward` reads `input` (`[N, input_shape]`) and overwrites `output` (`[N, output_shape]`,
+//!   already sized by the caller).
+//! - `backward` *adds* the gradient of the loss with respect to each parameter to
+//!   `param_grads` (gradients accumulate; the trainer zeroes them once per step) and
+//!   *writes* the gradient with respect to its input into `grad_input` when that is asked for.
+//! - Layers hold no mutable state: buffers live in the caller's [`LayerScratch`], so one network
+//!   serves many threads at once.
+
+mod activation;
+mod conv;
+mod dense;
+mod flatten;
+mod pool;
+mod spec;
+
+pub use activation::Relu;
+pub use conv::Conv2d;
+pub use dense::Dense;
+pub use flatten::Flatten;
+pub use pool::Pool2d;
+pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
+
+use crate::tensor::{Param, Shape, Tensor};
+
+/// Layers such as dropout behave differently while training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Infer,
+}
+
+/// Buffers one layer reuses from batch to batch (im2col columns, partial sums...). Owned by
+/// the caller's workspace, not by the layer.
+#[derive(Debug, Default)]
+pub struct LayerScratch {
+    pub buffer: Vec<f32>,
+}
+
+/// What a backward pass reads and writes.
+pub struct BackwardPass<'a> {
+    /// `[N, input_shape]`: what the forward pass read.
+    pub input: &'a Tensor,
+    /// `[N, output_shape]`: what the forward pass wrote.
+    pub output: &'a Tensor,
+    /// `[N, output_shape]`: dL/doutput.
+    pub grad_output: &'a Tensor,
+    /// `[N, input_shape]`: dL/dinput, or `None` for the first layer, which nobody reads.
+    pub grad_input: Option<&'a mut Tensor>,
+}
+
+pub trait Layer: Send + Sync + std::fmt::Debug {
+    /// The serialisable description this layer was built from.
+    fn spec(&self) -> LayerSpec;
+    fn input_shape(&self) -> Shape;
+    fn output_shape(&self) -> Shape;
+    /// Learnable tensors in PyTorch's order and layout (`weight`, then `bias`).
+    fn params(&self) -> &[Param] {
+        &[]
+    }
+    fn params_mut(&mut self) -> &mut [Param] {
+        &mut []
+    }
+    /// Floating-point operations for one image's forward pass (a multiply-add counts two).
+    fn flops_per_image(&self) -> u64;
+    fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch);
+    fn backward(
+        &self,
+        pass: BackwardPass<'_>,
+        param_grads: &mut [Vec<f32>],
+        scratch: &mut LayerScratch,
+    );
+}

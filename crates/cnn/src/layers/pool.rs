@@ -1,0 +1,74 @@
+//! Max and average pooling: shrink each feature map, keeping "the feature is somewhere here".
+
+use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::kernels::pool::{pool_backward, pool_forward, PoolGeometry, PoolKind};
+use crate::tensor::{Shape, Tensor};
+use crate::window::Window2d;
+
+#[derive(Debug)]
+pub struct Pool2d {
+    kind: PoolKind,
+    geometry: PoolGeometry,
+}
+
+impl Pool2d {
+    pub fn new(kind: PoolKind, window: Window2d, input: Shape) -> Result<Self, String> {
+        if window.stride.contains(&0) || window.kernel.contains(&0) {
+            return Err("kernel and stride must be at least 1".into());
+        }
+        // A window may hang over the border, but never lie wholly in the padding: it would
+        // pool nothing. PyTorch enforces the same bound.
+        if window.padding[0] * 2 > window.kernel[0] || window.padding[1] * 2 > window.kernel[1] {
+            return Err("padding must be at most half the pooling window".into());
+        }
+        let [height, width] = window
+            .output_size([input.height, input.width])
+            .ok_or_else(|| {
+                format!(
+                    "a {}x{} pooling window does not fit",
+                    window.kernel[0], window.kernel[1]
+                )
+            })?;
+        Ok(Pool2d {
+            kind,
+            geometry: PoolGeometry {
+                input,
+                output: Shape::new(input.channels, height, width),
+                window,
+            },
+        })
+    }
+}
+
+impl Layer for Pool2d {
+    fn spec(&self) -> LayerSpec {
+        match self.kind {
+            PoolKind::Max => LayerSpec::MaxPool2d(self.geometry.window),
+            PoolKind::Average => LayerSpec::AvgPool2d(self.geometry.window),
+        }
+    }
+
+    fn input_shape(&self) -> Shape {
+        self.geometry.input
+    }
+
+    fn output_shape(&self) -> Shape {
+        self.geometry.output
+    }
+
+    fn flops_per_image(&self) -> u64 {
+        let [kh, kw] = self.geometry.window.kernel;
+        (self.geometry.output.len() * kh * kw) as u64
+    }
+
+    /// `[N, C, H, W]` to `[N, C, OH, OW]`.
+    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        pool_forward(self.kind, &self.geometry, input, output);
+    }
+
+    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        if let Some(grad_input) = pass.grad_input {
+            pool_backward(self.kind, &self.geometry, pass.input, pass.grad_output, grad_input);
+        }
+    }
+}

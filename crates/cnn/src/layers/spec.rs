@@ -1,0 +1,138 @@
+//! Architectures as data: what each layer is, independent of any input shape. Serialised into
+//! model files (key `architecture`), so a model file rebuilds its own network.
+
+use super::{Conv2d, Dense, Flatten, Layer, Pool2d, Relu};
+use crate::error::{Error, Result};
+use crate::kernels::pool::PoolKind;
+use crate::tensor::Shape;
+use crate::window::Window2d;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conv2dConfig {
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub bias: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenseConfig {
+    pub out_features: usize,
+    pub bias: bool,
+}
+
+/// One layer of an architecture. Index `i` in a list of these is module `i` of PyTorch's
+/// `nn.Sequential`, which is where the parameter names `"<i>.weight"` come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LayerSpec {
+    Conv2d(Conv2dConfig),
+    Relu,
+    MaxPool2d(Window2d),
+    AvgPool2d(Window2d),
+    Flatten,
+    Dense(DenseConfig),
+}
+
+impl LayerSpec {
+    /// Short name used in summaries and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerSpec::Conv2d(_) => "conv2d",
+            LayerSpec::Relu => "relu",
+            LayerSpec::MaxPool2d(_) => "maxpool2d",
+            LayerSpec::AvgPool2d(_) => "avgpool2d",
+            LayerSpec::Flatten => "flatten",
+            LayerSpec::Dense(_) => "dense",
+        }
+    }
+
+    /// Builds the layer for an input of `input` shape, with zeroed parameters. `index` is the
+    /// layer's position, named in the error when the input does not fit.
+    pub fn build(&self, index: usize, input: Shape) -> Result<Box<dyn Layer>> {
+        let misfit = |reason: String| Error::Shape {
+            index,
+            kind: self.to_string(),
+            input: input.to_string(),
+            reason,
+        };
+        if input.is_empty() {
+            return Err(misfit("the input is empty".into()));
+        }
+        let layer: Box<dyn Layer> = match *self {
+            LayerSpec::Conv2d(config) => Box::new(Conv2d::new(config, input).map_err(misfit)?),
+            LayerSpec::Relu => Box::new(Relu::new(input)),
+            LayerSpec::MaxPool2d(window) => {
+                Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
+            }
+            LayerSpec::AvgPool2d(window) => {
+                Box::new(Pool2d::new(PoolKind::Average, window, input).map_err(misfit)?)
+            }
+            LayerSpec::Flatten => Box::new(Flatten::new(input)),
+            LayerSpec::Dense(config) => Box::new(Dense::new(config, input).map_err(misfit)?),
+        };
+        Ok(layer)
+    }
+}
+
+fn fmt_window(f: &mut fmt::Formatter<'_>, w: &Window2d, conv: bool) -> fmt::Result {
+    let pair = |v: [usize; 2]| {
+        if v[0] == v[1] {
+            v[0].to_string()
+        } else {
+            format!("{}x{}", v[0], v[1])
+        }
+    };
+    if conv {
+        write!(f, "{}x{}", w.kernel[0], w.kernel[1])?;
+    } else {
+        write!(f, " {}", pair(w.kernel))?;
+    }
+    let default_stride = if conv { [1, 1] } else { w.kernel };
+    if w.stride != default_stride {
+        write!(f, " stride={}", pair(w.stride))?;
+    }
+    if w.padding != [0, 0] {
+        write!(f, " pad={}", pair(w.padding))?;
+    }
+    if w.ceil_mode {
+        write!(f, " ceil")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for LayerSpec {
+    /// The layer in the text notation (see [`crate::arch`]); parsing it gives the layer back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerSpec::Conv2d(c) => {
+                write!(f, "conv {}@", c.out_channels)?;
+                fmt_window(f, &Window2d::new(c.kernel, c.stride, c.padding), true)?;
+                if !c.bias {
+                    write!(f, " nobias")?;
+                }
+                Ok(())
+            }
+            LayerSpec::Relu => write!(f, "relu"),
+            LayerSpec::MaxPool2d(w) => {
+                write!(f, "maxpool")?;
+                fmt_window(f, w, false)
+            }
+            LayerSpec::AvgPool2d(w) => {
+                write!(f, "avgpool")?;
+                fmt_window(f, w, false)
+            }
+            LayerSpec::Flatten => write!(f, "flatten"),
+            LayerSpec::Dense(d) => {
+                write!(f, "dense {}", d.out_features)?;
+                if !d.bias {
+                    write!(f, " nobias")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

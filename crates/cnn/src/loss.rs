@@ -1,0 +1,75 @@
+//! Softmax with cross-entropy: turns the last layer's scores into class probabilities and
+//! measures how far they are from the labels.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Numerically stable softmax of one row of scores.
+pub fn softmax(logits: &[f32], probabilities: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for (p, &z) in probabilities.iter_mut().zip(logits) {
+        *p = (z - max).exp();
+        sum += *p;
+    }
+    for p in probabilities.iter_mut() {
+        *p /= sum;
+    }
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
+}
+
+/// Loss summed over a batch, and how many predictions were right.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossStats {
+    pub total_loss: f64,
+    pub correct: usize,
+}
+
+/// Mean cross-entropy of `softmax(logits)` against `labels`; writes its gradient,
+/// `(softmax - one_hot) / N`, into `grad`.
+///
+/// Shapes: `logits` `[N, K]`, `labels` `[N]` with values below `K`, `grad` `[N, K]`.
+pub fn softmax_cross_entropy(
+    logits: &Tensor,
+    labels: &[usize],
+    grad: &mut Tensor,
+) -> Result<LossStats> {
+    let classes = logits.shape().len();
+    if labels.len() != logits.batch() {
+        return Err(Error::Invalid(format!(
+            "{} labels for a batch of {}",
+            labels.len(),
+            logits.batch()
+        )));
+    }
+    let scale = 1.0 / logits.batch().max(1) as f32;
+    let mut stats = LossStats::default();
+    for ((row, grad_row), &label) in logits
+        .data()
+        .chunks(classes)
+        .zip(grad.data_mut().chunks_mut(classes))
+        .zip(labels)
+    {
+        if label >= classes {
+            return Err(Error::Invalid(format!(
+                "label {label} out of range for {classes} classes"
+            )));
+        }
+        softmax(row, grad_row);
+        // -log p, computed from the logits so that a tiny probability cannot give infinity.
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum: f32 = row.iter().map(|&z| (z - max).exp()).sum::<f32>().ln() + max;
+        stats.total_loss += f64::from(log_sum - row[label]);
+        stats.correct += usize::from(argmax(row) == label);
+        grad_row[label] -= 1.0;
+        grad_row.iter_mut().for_each(|g| *g *= scale);
+    }
+    Ok(stats)
+}

@@ -1,0 +1,255 @@
+//! A network: a stack of layers, each fed the previous one's output, as the seed stacks
+//! convolution, ReLU and pooling. The network holds only parameters; everything that changes
+//! during a pass lives in a [`Workspace`], so one network serves many threads at once.
+
+use crate::error::{Error, Result};
+use crate::layers::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::tensor::{Param, Shape, Tensor};
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+
+#[derive(Debug)]
+pub struct Network {
+    input_shape: Shape,
+    layers: Vec<Box<dyn Layer>>,
+}
+
+/// One line of a network's summary (Darknet style): what the layer is, what it outputs, what it
+/// costs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LayerSummary {
+    pub index: usize,
+    pub layer: String,
+    pub kind: &'static str,
+    pub input: Shape,
+    pub output: Shape,
+    pub params: usize,
+    pub flops: u64,
+}
+
+impl Network {
+    /// Builds the layers of `architecture` for images of `input_shape`, checking that each layer
+    /// fits the one before. Parameters start at zero: call [`Network::init_kaiming`] or load them.
+    pub fn new(architecture: &[LayerSpec], input_shape: Shape) -> Result<Self> {
+        if architecture.is_empty() {
+            return Err(Error::Architecture("it has no layers".into()));
+        }
+        let mut shape = input_shape;
+        let mut layers = Vec::with_capacity(architecture.len());
+        for (index, spec) in architecture.iter().enumerate() {
+            let layer = spec.build(index, shape)?;
+            shape = layer.output_shape();
+            layers.push(layer);
+        }
+        Ok(Network {
+            input_shape,
+            layers,
+        })
+    }
+
+    pub fn architecture(&self) -> Vec<LayerSpec> {
+        self.layers.iter().map(|l| l.spec()).collect()
+    }
+
+    pub fn input_shape(&self) -> Shape {
+        self.input_shape
+    }
+
+    pub fn output_shape(&self) -> Shape {
+        self.layers.last().map_or(self.input_shape, |l| l.output_shape())
+    }
+
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// Every parameter with the index of its layer, in PyTorch's `state_dict` order.
+    pub fn params(&self) -> impl Iterator<Item = (usize, &Param)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.params().iter().map(move |p| (i, p)))
+    }
+
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
+        self.layers.iter_mut().flat_map(|l| l.params_mut().iter_mut())
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.params().map(|(_, p)| p.value.len()).sum()
+    }
+
+    /// He (Kaiming) initialisation, suited to ReLU: weights drawn from N(0, 2 / fan_in), where
+    /// fan_in is the number of inputs feeding one output; biases zero.
+    pub fn init_kaiming(&mut self, rng: &mut impl Rng) {
+        for param in self.params_mut() {
+            if param.name == "bias" {
+                param.value.fill(0.0);
+                continue;
+            }
+            let fan_in: usize = param.dims[1..].iter().product();
+            let normal = Normal::new(0.0, (2.0 / fan_in.max(1) as f32).sqrt())
+                .expect("a positive standard deviation");
+            for w in &mut param.value {
+                *w = normal.sample(rng);
+            }
+        }
+    }
+
+    pub fn summary(&self) -> Vec<LayerSummary> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(index, layer)| LayerSummary {
+                index,
+                layer: layer.spec().to_string(),
+                kind: layer.spec().kind(),
+                input: layer.input_shape(),
+                output: layer.output_shape(),
+                params: layer.params().iter().map(|p| p.value.len()).sum(),
+                flops: layer.flops_per_image(),
+            })
+            .collect()
+    }
+
+    pub fn flops_per_image(&self) -> u64 {
+        self.layers.iter().map(|l| l.flops_per_image()).sum()
+    }
+
+    /// Runs `input` (`[N, input_shape]`) through every layer; returns the last layer's output
+    /// (`[N, output_shape]`). Every layer's output stays in `workspace` for backward and for
+    /// showing feature maps.
+    pub fn forward<'w>(
+        &self,
+        input: &Tensor,
+        workspace: &'w mut Workspace,
+        mode: Mode,
+    ) -> Result<&'w Tensor> {
+        if input.shape() != self.input_shape {
+            return Err(Error::Invalid(format!(
+                "the network takes {} images, got {}",
+                self.input_shape,
+                input.shape()
+            )));
+        }
+        workspace.fit(self.layers.len());
+        let batch = input.batch();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (done, rest) = workspace.activations.split_at_mut(i);
+            let layer_input = done.last().unwrap_or(input);
+            let output = &mut rest[0];
+            output.reshape(batch, layer.output_shape());
+            layer.forward(layer_input, output, mode, &mut workspace.scratch[i]);
+        }
+        Ok(workspace.output())
+    }
+
+    /// Back-propagates the gradient that the loss left in [`Workspace::output_and_grad_mut`]
+    /// through every layer, adding each parameter's gradient to `grads`. Call after
+    /// [`Network::forward`] with the same `input` and `workspace`.
+    pub fn backward(&self, input: &Tensor, workspace: &mut Workspace, grads: &mut Gradients) {
+        let Workspace {
+            activations,
+            grad_output,
+            grad_input,
+            scratch,
+        } = workspace;
+        let (mut current, mut next) = (grad_output, grad_input);
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let layer_input = if i == 0 { input } else { &activations[i - 1] };
+            let grad_input = if i == 0 {
+                None
+            } else {
+                next.reshape(layer_input.batch(), layer.input_shape());
+                Some(&mut *next)
+            };
+            layer.backward(
+                BackwardPass {
+                    input: layer_input,
+                    output: &activations[i],
+                    grad_output: current,
+                    grad_input,
+                },
+                &mut grads.layers[i],
+                &mut scratch[i],
+            );
+            std::mem::swap(&mut current, &mut next);
+        }
+    }
+}
+
+/// Everything that changes during a pass: each layer's output, the gradient flowing back, and
+/// each layer's scratch buffers. Reused from batch to batch, so steady-state training does not
+/// allocate. One per thread when a network is shared.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    activations: Vec<Tensor>,
+    grad_output: Tensor,
+    grad_input: Tensor,
+    scratch: Vec<LayerScratch>,
+}
+
+impl Default for Tensor {
+    fn default() -> Self {
+        Tensor::empty()
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fit(&mut self, layers: usize) {
+        self.activations.resize_with(layers, Tensor::empty);
+        self.scratch.resize_with(layers, LayerScratch::default);
+    }
+
+    /// Output of every layer from the last forward pass.
+    pub fn activations(&self) -> &[Tensor] {
+        &self.activations
+    }
+
+    /// Output of the last layer (the logits).
+    pub fn output(&self) -> &Tensor {
+        self.activations.last().expect("forward ran")
+    }
+
+    /// The logits, and the buffer where the loss writes dL/dlogits for [`Network::backward`].
+    pub fn output_and_grad_mut(&mut self) -> (&Tensor, &mut Tensor) {
+        let output = self.activations.last().expect("forward ran");
+        self.grad_output.reshape(output.batch(), output.shape());
+        (output, &mut self.grad_output)
+    }
+}
+
+/// One gradient buffer per parameter, in the network's parameter order.
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    layers: Vec<Vec<Vec<f32>>>,
+}
+
+impl Gradients {
+    pub fn new(network: &Network) -> Self {
+        Gradients {
+            layers: network
+                .layers
+                .iter()
+                .map(|l| l.params().iter().map(|p| vec![0.0; p.value.len()]).collect())
+                .collect(),
+        }
+    }
+
+    pub fn zero(&mut self) {
+        self.iter_mut().for_each(|g| g.fill(0.0));
+    }
+
+    /// Gradients in the order of [`Network::params`].
+    pub fn iter(&self) -> impl Iterator<Item = &Vec<f32>> {
+        self.layers.iter().flatten()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        self.layers.iter_mut().flatten()
+    }
+}
