@@ -201,8 +201,18 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "conv2d", "relu", "maxpool2d", "conv2d", "relu", "maxpool2d", "flatten", "dense",
-                "relu", "dense", "relu", "dense"
+                "conv2d",
+                "relu",
+                "maxpool2d",
+                "conv2d",
+                "relu",
+                "maxpool2d",
+                "flatten",
+                "dense",
+                "relu",
+                "dense",
+                "relu",
+                "dense"
             ]
         );
         assert_eq!(

@@ -6,16 +6,26 @@
 //! ([`data`]); [`model_file`] saves and loads it as safetensors that PyTorch reads.
 
 pub mod arch;
+pub mod data;
 pub mod error;
+pub mod fsutil;
 pub mod kernels;
 pub mod layers;
 pub mod loss;
+pub mod model;
+pub mod model_file;
 pub mod network;
 pub mod optim;
+pub mod preprocess;
+pub mod rng;
+pub mod seed_example;
 pub mod tensor;
+pub mod train;
+pub mod viz;
 pub mod window;
 
 pub use error::{Error, Result};
 pub use layers::{LayerSpec, Mode};
+pub use model::{Model, Prediction};
 pub use network::{Gradients, Network, Workspace};
 pub use tensor::{Param, Shape, Tensor};

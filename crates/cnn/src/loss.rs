@@ -25,6 +25,14 @@ pub fn argmax(values: &[f32]) -> usize {
         .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
 }
 
+/// `-log softmax(logits)[label]`, computed from the logits (log-sum-exp) so that a tiny
+/// probability cannot give infinity.
+pub fn cross_entropy(logits: &[f32], label: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&z| (z - max).exp()).sum::<f32>().ln() + max;
+    log_sum - logits[label]
+}
+
 /// Loss summed over a batch, and how many predictions were right.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossStats {
@@ -63,10 +71,7 @@ pub fn softmax_cross_entropy(
             )));
         }
         softmax(row, grad_row);
-        // -log p, computed from the logits so that a tiny probability cannot give infinity.
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let log_sum: f32 = row.iter().map(|&z| (z - max).exp()).sum::<f32>().ln() + max;
-        stats.total_loss += f64::from(log_sum - row[label]);
+        stats.total_loss += f64::from(cross_entropy(row, label));
         stats.correct += usize::from(argmax(row) == label);
         grad_row[label] -= 1.0;
         grad_row.iter_mut().for_each(|g| *g *= scale);

@@ -56,11 +56,17 @@ impl Network {
     }
 
     pub fn output_shape(&self) -> Shape {
-        self.layers.last().map_or(self.input_shape, |l| l.output_shape())
+        self.layers
+            .last()
+            .map_or(self.input_shape, |l| l.output_shape())
     }
 
     pub fn layers(&self) -> &[Box<dyn Layer>] {
         &self.layers
+    }
+
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
+        &mut self.layers
     }
 
     /// Every parameter with the index of its layer, in PyTorch's `state_dict` order.
@@ -72,7 +78,9 @@ impl Network {
     }
 
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
-        self.layers.iter_mut().flat_map(|l| l.params_mut().iter_mut())
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.params_mut().iter_mut())
     }
 
     pub fn param_count(&self) -> usize {
@@ -235,7 +243,12 @@ impl Gradients {
             layers: network
                 .layers
                 .iter()
-                .map(|l| l.params().iter().map(|p| vec![0.0; p.value.len()]).collect())
+                .map(|l| {
+                    l.params()
+                        .iter()
+                        .map(|p| vec![0.0; p.value.len()])
+                        .collect()
+                })
                 .collect(),
         }
     }

@@ -11,7 +11,11 @@ pub enum OptimizerConfig {
     /// `v = momentum * v + g; p -= lr * v`.
     Sgd { momentum: f32 },
     /// Adam (Kingma & Ba), with bias correction.
-    Adam { beta1: f32, beta2: f32, epsilon: f32 },
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+    },
 }
 
 impl OptimizerConfig {

@@ -50,10 +50,7 @@ impl Window2d {
 
     /// `[height, width]` of the output for an input of `[height, width]`.
     pub fn output_size(&self, input: [usize; 2]) -> Option<[usize; 2]> {
-        Some([
-            self.output_len(0, input[0])?,
-            self.output_len(1, input[1])?,
-        ])
+        Some([self.output_len(0, input[0])?, self.output_len(1, input[1])?])
     }
 
     /// Input coordinates covered by window `out` along `axis`, clipped to the input: the range

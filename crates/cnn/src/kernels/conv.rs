@@ -29,7 +29,9 @@ impl ConvGeometry {
 
     /// A 1x1 kernel with stride 1 and no padding reads the image as it is: no unfolding.
     fn is_pointwise(&self) -> bool {
-        self.window.kernel == [1, 1] && self.window.stride == [1, 1] && self.window.padding == [0, 0]
+        self.window.kernel == [1, 1]
+            && self.window.stride == [1, 1]
+            && self.window.padding == [0, 0]
     }
 
     fn column_len(&self) -> usize {
@@ -139,8 +141,18 @@ pub fn conv2d_forward(
         });
 }
 
-/// Gradients of [`conv2d_forward`]: adds `dL/dweight` to `grad_weight` and `dL/dbias` to
-/// `grad_bias`, and writes `dL/dinput` into `grad_input` when asked for.
+/// Where a convolution's backward pass puts its gradients.
+pub struct ConvGrads<'a> {
+    /// `[N, C, H, W]`, overwritten; `None` when nobody needs it (the first layer).
+    pub input: Option<&'a mut Tensor>,
+    /// `[OC, C*KH*KW]`, added to.
+    pub weight: &'a mut [f32],
+    /// `[OC]`, added to.
+    pub bias: Option<&'a mut [f32]>,
+}
+
+/// Gradients of [`conv2d_forward`]: adds `dL/dweight` and `dL/dbias`, and writes `dL/dinput`
+/// when asked for.
 ///
 /// Shapes as in the forward pass; `grad_output` is `[N, OC, OH, OW]`. Each chunk of the batch
 /// sums its own partial weight gradient; partials are added in chunk order (deterministic).
@@ -149,11 +161,14 @@ pub fn conv2d_backward(
     input: &Tensor,
     weight: &[f32],
     grad_output: &Tensor,
-    grad_input: Option<&mut Tensor>,
-    grad_weight: &mut [f32],
-    grad_bias: Option<&mut [f32]>,
+    grads: ConvGrads<'_>,
     scratch: &mut Vec<f32>,
 ) {
+    let ConvGrads {
+        input: grad_input,
+        weight: grad_weight,
+        bias: mut grad_bias,
+    } = grads;
     let batch = input.batch();
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
@@ -164,7 +179,11 @@ pub fn conv2d_backward(
     scratch.resize(chunks * per_chunk_scratch, 0.0);
     let (in_len, out_len) = (g.input.len(), g.output.len());
     let mut input_grad_chunks: Vec<Option<&mut [f32]>> = match grad_input {
-        Some(t) => t.data_mut().chunks_mut(per_chunk * in_len).map(Some).collect(),
+        Some(t) => t
+            .data_mut()
+            .chunks_mut(per_chunk * in_len)
+            .map(Some)
+            .collect(),
         None => (0..chunks).map(|_| None).collect(),
     };
 
@@ -201,7 +220,8 @@ pub fn conv2d_backward(
                     *b += row.iter().sum::<f32>();
                 }
                 if let Some(input_grad) = input_grad.as_deref_mut() {
-                    let image_grad = &mut input_grad[(n - first) * in_len..(n - first + 1) * in_len];
+                    let image_grad =
+                        &mut input_grad[(n - first) * in_len..(n - first + 1) * in_len];
                     // dcolumns[CKK, P] = W^T[CKK, OC] x dY[OC, P], folded back onto the image.
                     let weight_t = MatRef::row_major(weight, channels_out, patch).t();
                     let dy = MatRef::row_major(out_grad, channels_out, positions);
@@ -216,7 +236,6 @@ pub fn conv2d_backward(
             }
         });
 
-    let mut grad_bias = grad_bias;
     for work in scratch.chunks(per_chunk_scratch).take(chunks) {
         let (partial_weight, partial_bias) = work[2 * column_len..].split_at(weight_len);
         add_assign(grad_weight, partial_weight);

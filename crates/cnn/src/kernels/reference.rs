@@ -25,9 +25,8 @@ fn for_each_product(
                 [h, w],
                 [g.output.height, g.output.width],
                 |oy, ox, rows, cols| {
-                    let out = ((n * g.output.channels + oc) * g.output.height + oy)
-                        * g.output.width
-                        + ox;
+                    let out =
+                        ((n * g.output.channels + oc) * g.output.height + oy) * g.output.width + ox;
                     let mut pairs = (0..g.input.channels).flat_map(|c| {
                         (rows.start..rows.end).flat_map(move |y| {
                             (cols.start..cols.end).map(move |x| {
@@ -37,8 +36,9 @@ fn for_each_product(
                             })
                         })
                     });
-                    let mut indexed =
-                        pairs.by_ref().map(|(i, (c, ky, kx))| (i, weight_index(g, oc, c, ky, kx)));
+                    let mut indexed = pairs
+                        .by_ref()
+                        .map(|(i, (c, ky, kx))| (i, weight_index(g, oc, c, ky, kx)));
                     visit(n, oc, out, &mut indexed);
                 },
             );
@@ -87,11 +87,7 @@ pub fn conv2d_backward(
 }
 
 /// Indices into the input of the pixels of each window, in row-major order, per output value.
-fn for_each_window_pixels(
-    g: &PoolGeometry,
-    batch: usize,
-    mut visit: impl FnMut(usize, &[usize]),
-) {
+fn for_each_window_pixels(g: &PoolGeometry, batch: usize, mut visit: impl FnMut(usize, &[usize])) {
     let (h, w) = (g.input.height, g.input.width);
     let mut pixels = Vec::new();
     for plane in 0..batch * g.input.channels {

@@ -1,7 +1,7 @@
 //! 2-D convolution: the seed's features sliding over the image.
 
 use super::{BackwardPass, Conv2dConfig, Layer, LayerScratch, LayerSpec, Mode};
-use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeometry};
+use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
 use crate::tensor::{Param, Shape, Tensor};
 use crate::window::Window2d;
 
@@ -22,23 +22,33 @@ impl Conv2d {
         if window.stride.contains(&0) || window.kernel.contains(&0) {
             return Err("kernel and stride must be at least 1".into());
         }
-        let [out_height, out_width] = window
-            .output_size([input.height, input.width])
-            .ok_or_else(|| {
-                format!(
-                    "a {}x{} window with padding {}x{} needs an input of at least {}x{} pixels",
-                    window.kernel[0],
-                    window.kernel[1],
-                    window.padding[0],
-                    window.padding[1],
-                    window.kernel[0].saturating_sub(2 * window.padding[0]).max(1),
-                    window.kernel[1].saturating_sub(2 * window.padding[1]).max(1),
-                )
-            })?;
+        let [out_height, out_width] =
+            window
+                .output_size([input.height, input.width])
+                .ok_or_else(|| {
+                    format!(
+                        "a {}x{} window with padding {}x{} needs an input of at least {}x{} pixels",
+                        window.kernel[0],
+                        window.kernel[1],
+                        window.padding[0],
+                        window.padding[1],
+                        window.kernel[0]
+                            .saturating_sub(2 * window.padding[0])
+                            .max(1),
+                        window.kernel[1]
+                            .saturating_sub(2 * window.padding[1])
+                            .max(1),
+                    )
+                })?;
         let output = Shape::new(config.out_channels, out_height, out_width);
         let mut params = vec![Param::zeros(
             "weight",
-            vec![config.out_channels, input.channels, config.kernel[0], config.kernel[1]],
+            vec![
+                config.out_channels,
+                input.channels,
+                config.kernel[0],
+                config.kernel[1],
+            ],
         )];
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_channels]));
@@ -92,7 +102,14 @@ impl Layer for Conv2d {
     /// `[N, C, H, W]` to `[N, OC, OH, OW]`.
     fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, scratch: &mut LayerScratch) {
         let weight = &self.params[0].value;
-        conv2d_forward(&self.geometry, input, weight, self.bias(), output, &mut scratch.buffer);
+        conv2d_forward(
+            &self.geometry,
+            input,
+            weight,
+            self.bias(),
+            output,
+            &mut scratch.buffer,
+        );
     }
 
     fn backward(
@@ -109,9 +126,11 @@ impl Layer for Conv2d {
             pass.input,
             &self.params[0].value,
             pass.grad_output,
-            pass.grad_input,
-            grad_weight,
-            rest.first_mut().map(|g| &mut g[..]),
+            ConvGrads {
+                input: pass.grad_input,
+                weight: grad_weight,
+                bias: rest.first_mut().map(|g| &mut g[..]),
+            },
             &mut scratch.buffer,
         );
     }

@@ -23,7 +23,10 @@ impl Dense {
         if config.out_features == 0 {
             return Err("a dense layer needs at least one output".into());
         }
-        let mut params = vec![Param::zeros("weight", vec![config.out_features, input.len()])];
+        let mut params = vec![Param::zeros(
+            "weight",
+            vec![config.out_features, input.len()],
+        )];
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_features]));
         }
@@ -35,7 +38,11 @@ impl Dense {
     }
 
     fn weight(&self) -> MatRef<'_> {
-        MatRef::row_major(&self.params[0].value, self.config.out_features, self.input.len())
+        MatRef::row_major(
+            &self.params[0].value,
+            self.config.out_features,
+            self.input.len(),
+        )
     }
 }
 
@@ -78,12 +85,7 @@ impl Layer for Dense {
         matmul(out, x, self.weight().t(), true, Threading::Parallel);
     }
 
-    fn backward(
-        &self,
-        pass: BackwardPass<'_>,
-        param_grads: &mut [Vec<f32>],
-        _: &mut LayerScratch,
-    ) {
+    fn backward(&self, pass: BackwardPass<'_>, param_grads: &mut [Vec<f32>], _: &mut LayerScratch) {
         let (batch, features_in) = (pass.input.batch(), self.input.len());
         let dy = MatRef::row_major(pass.grad_output.data(), batch, self.config.out_features);
         let x = MatRef::row_major(pass.input.data(), batch, features_in);
@@ -98,7 +100,13 @@ impl Layer for Dense {
         }
         // dX[N, in] = dY[N, out] x W[out, in]
         if let Some(grad_input) = pass.grad_input {
-            matmul(grad_input.data_mut(), dy, self.weight(), false, Threading::Parallel);
+            matmul(
+                grad_input.data_mut(),
+                dy,
+                self.weight(),
+                false,
+                Threading::Parallel,
+            );
         }
     }
 }

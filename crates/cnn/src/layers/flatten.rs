@@ -38,7 +38,9 @@ impl Layer for Flatten {
 
     fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
         if let Some(grad_input) = pass.grad_input {
-            grad_input.data_mut().copy_from_slice(pass.grad_output.data());
+            grad_input
+                .data_mut()
+                .copy_from_slice(pass.grad_output.data());
         }
     }
 }

@@ -68,7 +68,13 @@ impl Layer for Pool2d {
 
     fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
         if let Some(grad_input) = pass.grad_input {
-            pool_backward(self.kind, &self.geometry, pass.input, pass.grad_output, grad_input);
+            pool_backward(
+                self.kind,
+                &self.geometry,
+                pass.input,
+                pass.grad_output,
+                grad_input,
+            );
         }
     }
 }

@@ -1,0 +1,88 @@
+use anyhow::{bail, Result};
+use clap::Args;
+use cnn::data::DataSpec;
+use cnn::model_file;
+use cnn::train::evaluate;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model file (safetensors) written by `cnn train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Data set whose test split to use (default: the one the model was trained on).
+    #[arg(long)]
+    data: Option<String>,
+    /// Seed of the generated test set (built-in X/O data).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let model = model_file::load(&args.model)?;
+    let spec = match (&args.data, &model.data) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => bail!("the model does not say what it was trained on: give --data"),
+    };
+    let data = DataSpec::parse(&spec)?;
+    let test = data.load_test(args.seed)?;
+    if test.classes() != model.classes.as_slice() {
+        bail!(
+            "the model's classes ({}) are not the data set's ({})",
+            model.classes.join(", "),
+            test.classes().join(", ")
+        );
+    }
+    if test.shape() != model.network.input_shape() {
+        bail!(
+            "the model takes {} images, {} has {}",
+            model.network.input_shape(),
+            spec,
+            test.shape()
+        );
+    }
+    let result = evaluate(&model.network, &model.preprocessing, &test, 256)?;
+    if args.json {
+        let json = serde_json::json!({
+            "model": args.model,
+            "data": spec,
+            "images": result.images,
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "classes": model.classes,
+            "confusion": result.confusion,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{}: {} test images of {spec}: accuracy {:.2}%, loss {:.4}",
+        args.model.display(),
+        result.images,
+        100.0 * result.accuracy,
+        result.loss
+    );
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let width = model
+        .classes
+        .iter()
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(1)
+        .max(6);
+    let header: String = model
+        .classes
+        .iter()
+        .map(|c| format!(" {c:>width$}"))
+        .collect();
+    println!("  {:<width$}{header}", "");
+    for (class, row) in model.classes.iter().zip(&result.confusion) {
+        let cells: String = row.iter().map(|n| format!(" {n:>width$}")).collect();
+        println!("  {class:<width$}{cells}");
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+use crate::grid::print_maps;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use cnn::kernels::pool::PoolKind;
+use cnn::seed_example::{self, Letter, Map};
+use cnn::viz::signed_map;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExampleName {
+    X,
+    O,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PoolName {
+    Max,
+    Avg,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Run the seed article's worked example on its 9x9 X or O.
+    #[arg(long, value_enum)]
+    example: Option<ExampleName>,
+    /// Convolution stride (the article uses 1; 2 halves the maps).
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    /// Pooling: max (the article) or avg.
+    #[arg(long, value_enum, default_value = "max")]
+    pool: PoolName,
+    /// Print one JSON object with every value at full precision.
+    #[arg(long)]
+    json: bool,
+    /// Also write each stage's maps as PNG images into this folder.
+    #[arg(long)]
+    png: Option<PathBuf>,
+}
+
+pub fn run(args: ExplainArgs) -> Result<()> {
+    let Some(example) = args.example else {
+        bail!("give --example x or --example o");
+    };
+    if !(1..=3).contains(&args.stride) {
+        bail!(
+            "--stride must be 1, 2 or 3 for the 9x9 example, not {}",
+            args.stride
+        );
+    }
+    let letter = match example {
+        ExampleName::X => Letter::X,
+        ExampleName::O => Letter::O,
+    };
+    let pool = match args.pool {
+        PoolName::Max => PoolKind::Max,
+        PoolName::Avg => PoolKind::Average,
+    };
+    let result = seed_example::run(letter, args.stride, pool)?;
+    if let Some(dir) = &args.png {
+        write_pngs(dir, &result)
+            .with_context(|| format!("cannot write images to {}", dir.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let names: Vec<&str> = result.features.iter().map(|f| f.name.as_str()).collect();
+    let titled = |stage: &str, maps: &[Map]| -> Vec<String> {
+        let size = |m: &Map| format!("{}x{}", m.len(), m.first().map_or(0, Vec::len));
+        names
+            .iter()
+            .zip(maps)
+            .map(|(n, m)| format!("{stage} {n} ({})", size(m)))
+            .collect()
+    };
+    println!("The seed's worked example: {example:?}, features \\ X /, convolution stride {}, {:?} pooling 2x2 stride 2 keeping partial windows\n", args.stride, args.pool);
+    print_maps(
+        &["image (9x9)".to_string()],
+        std::slice::from_ref(&result.image),
+    );
+    let features: Vec<Map> = result.features.iter().map(|f| f.weights.clone()).collect();
+    print_maps(&titled("feature", &features), &features);
+    println!("convolution: the mean of the 9 window products");
+    print_maps(&titled("conv", &result.conv), &result.conv);
+    println!("ReLU: negatives set to 0");
+    print_maps(&titled("relu", &result.relu), &result.relu);
+    println!(
+        "pooling: the {} of each 2x2 window",
+        match pool {
+            PoolKind::Max => "largest value",
+            PoolKind::Average => "mean",
+        }
+    );
+    print_maps(&titled("pool", &result.pool), &result.pool);
+    if let Some(dir) = &args.png {
+        println!("images written to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn write_pngs(dir: &Path, result: &seed_example::SeedExample) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let save = |name: String, map: &Map| -> Result<()> {
+        let (h, w) = (map.len(), map.first().map_or(0, Vec::len));
+        let path = dir.join(name);
+        signed_map(&map.concat(), h, w, 1.0, 24)
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    save("image.png".into(), &result.image)?;
+    let slugs = ["backslash", "x", "slash"];
+    for (i, slug) in slugs.iter().enumerate().take(result.features.len()) {
+        save(format!("feature_{slug}.png"), &result.features[i].weights)?;
+        save(format!("conv_{slug}.png"), &result.conv[i])?;
+        save(format!("relu_{slug}.png"), &result.relu[i])?;
+        save(format!("pool_{slug}.png"), &result.pool[i])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Training progress on the terminal: a bar per epoch with images/s, and a line per epoch.
+
+use cnn::train::{EpochReport, TrainObserver};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct ProgressReporter {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+    quiet: bool,
+}
+
+impl ProgressReporter {
+    pub fn new(epochs: usize, quiet: bool) -> Self {
+        ProgressReporter {
+            bar: None,
+            epochs,
+            quiet,
+        }
+    }
+}
+
+impl TrainObserver for ProgressReporter {
+    fn epoch_started(&mut self, epoch: usize, images: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(images as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} images  {per_sec:.0}  eta {eta}  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{}", self.epochs));
+        self.bar = Some(bar);
+    }
+
+    fn batch_done(&mut self, images_done: usize, mean_loss: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(images_done as u64);
+            bar.set_message(format!("loss {mean_loss:.4}"));
+        }
+    }
+
+    fn epoch_done(&mut self, report: &EpochReport) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.quiet {
+            return;
+        }
+        let validation = report.validation.as_ref().map_or(String::new(), |v| {
+            format!(
+                "  validation loss {:.4} accuracy {:.2}%",
+                v.loss,
+                100.0 * v.accuracy
+            )
+        });
+        eprintln!(
+            "epoch {}/{}  train loss {:.4} accuracy {:.2}%{validation}  {:.1}s ({:.0} images/s)",
+            report.epoch,
+            self.epochs,
+            report.train_loss,
+            100.0 * report.train_accuracy,
+            report.seconds,
+            report.images_per_second
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Model files: safetensors, laid out as PyTorch's `nn.Sequential` state dict, so that
+//! `model.load_state_dict(safetensors.torch.load_file(path))` works without conversion.
+//!
+//! Tensors are named `"<layer index>.weight"` and `"<layer index>.bias"`, little-endian f32,
+//! conv weights `[out, in, kh, kw]`, dense weights `[out, in]`. The header's `__metadata__`
+//! holds JSON strings: `architecture` (the layer list), `notation` (the same in the text
+//! notation), `input_shape` (`[C, H, W]`), `classes`, `preprocessing`, `format`, and `data`
+//! (the `--data` spec it was trained on, when known).
+
+use crate::arch::to_notation;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomically;
+use crate::layers::LayerSpec;
+use crate::model::Model;
+use crate::network::Network;
+use crate::preprocess::Preprocessing;
+use crate::tensor::Shape;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Written into `format`; a file without it was not written by this program.
+pub const FORMAT: &str = "cnn-model-1";
+
+/// Serialises a model to safetensors bytes. The same model always gives the same bytes.
+pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
+    let architecture = model.network.architecture();
+    let shape = model.network.input_shape();
+    let json = |value: serde_json::Result<String>| {
+        value.map_err(|e| Error::Invalid(format!("cannot describe the model: {e}")))
+    };
+    let mut metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        (
+            "architecture".to_string(),
+            json(serde_json::to_string(&architecture))?,
+        ),
+        ("notation".to_string(), to_notation(&architecture)),
+        (
+            "input_shape".to_string(),
+            json(serde_json::to_string(&[
+                shape.channels,
+                shape.height,
+                shape.width,
+            ]))?,
+        ),
+        (
+            "classes".to_string(),
+            json(serde_json::to_string(&model.classes))?,
+        ),
+        (
+            "preprocessing".to_string(),
+            json(serde_json::to_string(&model.preprocessing))?,
+        ),
+    ]);
+    if let Some(data) = &model.data {
+        metadata.insert("data".to_string(), data.clone());
+    }
+    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = model
+        .network
+        .params()
+        .map(|(index, param)| {
+            let bytes = param.value.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (format!("{index}.{}", param.name), param.dims.clone(), bytes)
+        })
+        .collect();
+    let mut views = Vec::with_capacity(buffers.len());
+    for (name, dims, bytes) in &buffers {
+        let view = TensorView::new(Dtype::F32, dims.clone(), bytes)
+            .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))?;
+        views.push((name.as_str(), view));
+    }
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Invalid(format!("cannot serialise the model: {e}")))?;
+    canonical_header(bytes)
+}
+
+/// The safetensors crate writes `__metadata__` in hash-map order, which changes from run to
+/// run. Rewriting the header with sorted keys makes equal models give equal files. The data
+/// section and every offset stay as they were.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len])
+        .map_err(|e| Error::Invalid(format!("cannot serialise the model: {e}")))?;
+    // serde_json's maps are sorted by key (no `preserve_order` feature).
+    let mut canonical = serde_json::to_vec(&header)
+        .map_err(|e| Error::Invalid(format!("cannot serialise the model: {e}")))?;
+    // Keep the data section 8-byte aligned, padding with spaces as the crate does.
+    canonical.resize(canonical.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + canonical.len() + bytes.len() - 8 - header_len);
+    out.extend_from_slice(&(canonical.len() as u64).to_le_bytes());
+    out.extend_from_slice(&canonical);
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    Ok(out)
+}
+
+/// Saves atomically: a reader sees the old file or the whole new one.
+pub fn save(model: &Model, path: &Path) -> Result<()> {
+    write_atomically(path, &to_bytes(model)?)
+}
+
+pub fn load(path: &Path) -> Result<Model> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(&bytes).map_err(|message| Error::file(path, message))
+}
+
+/// Parses and validates a model file; the error says what is wrong with it.
+pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model, String> {
+    if bytes.is_empty() {
+        return Err("empty file, not a model".into());
+    }
+    if bytes.len() < 8 {
+        return Err("too short to be a safetensors model file".into());
+    }
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors model file ({e})"))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let metadata = header
+        .metadata()
+        .as_ref()
+        .ok_or("a safetensors file, but not a cnn model: it has no metadata")?;
+    let field = |key: &str| {
+        metadata.get(key).ok_or_else(|| {
+            format!("a safetensors file, but not a cnn model: no `{key}` in its metadata")
+        })
+    };
+    if field("format")? != FORMAT {
+        return Err(format!(
+            "model format `{}` is not `{FORMAT}`",
+            field("format")?
+        ));
+    }
+    let parse_error =
+        |key: &str, e: serde_json::Error| format!("metadata `{key}` is malformed: {e}");
+    let architecture: Vec<LayerSpec> =
+        serde_json::from_str(field("architecture")?).map_err(|e| parse_error("architecture", e))?;
+    let [channels, height, width]: [usize; 3] =
+        serde_json::from_str(field("input_shape")?).map_err(|e| parse_error("input_shape", e))?;
+    let classes: Vec<String> =
+        serde_json::from_str(field("classes")?).map_err(|e| parse_error("classes", e))?;
+    let preprocessing: Preprocessing = serde_json::from_str(field("preprocessing")?)
+        .map_err(|e| parse_error("preprocessing", e))?;
+    let mut network = Network::new(&architecture, Shape::new(channels, height, width))
+        .map_err(|e| format!("its architecture does not build: {e}"))?;
+
+    let mut expected = 0;
+    for (index, layer) in network.layers_mut().iter_mut().enumerate() {
+        for param in layer.params_mut() {
+            expected += 1;
+            let name = format!("{index}.{}", param.name);
+            let view = tensors
+                .tensor(&name)
+                .map_err(|_| format!("tensor `{name}` is missing"))?;
+            if view.dtype() != Dtype::F32 {
+                return Err(format!(
+                    "tensor `{name}` is {:?}, expected F32",
+                    view.dtype()
+                ));
+            }
+            if view.shape() != param.dims.as_slice() {
+                return Err(format!(
+                    "tensor `{name}` has shape {:?}, the architecture needs {:?}",
+                    view.shape(),
+                    param.dims
+                ));
+            }
+            for (value, chunk) in param.value.iter_mut().zip(view.data().chunks_exact(4)) {
+                *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+            }
+            if param.value.iter().any(|v| !v.is_finite()) {
+                return Err(format!("tensor `{name}` holds NaN or infinite values"));
+            }
+        }
+    }
+    if tensors.len() != expected {
+        return Err(format!(
+            "it holds {} tensors, the architecture has {expected} parameters",
+            tensors.len()
+        ));
+    }
+    let mut model = Model::new(network, classes, preprocessing).map_err(|e| e.to_string())?;
+    model.data = metadata.get("data").cloned();
+    Ok(model)
+}

@@ -1,0 +1,868 @@
+//! Gradient checks: every layer's backward pass against finite differences of its forward pass.
+//!
+//! Each layer is checked through the scalar objective `L = sum(output * R)` with a fixed random
+//! `R`, so that `dL/doutput = R` is known exactly and fed to `backward`. The gradients that
+//! `backward` returns, for the input and for every parameter, are compared entry by entry with
+//! central differences of `L`. Inputs are chosen so that every entry is differentiable: layers
+//! that are linear in what is nudged (convolution, dense, average pooling, flatten) take any
+//! values and a large step, for which central differences are exact up to rounding; ReLU and
+//! max pooling take distinct values spaced well beyond the step, so no nudge crosses a kink or
+//! changes a window's maximum.
+//!
+//! Every check uses a batch larger than one: parameter gradients must sum over the batch.
+
+mod common;
+
+use cnn::kernels::conv::ConvGeometry;
+use cnn::kernels::pool::{PoolGeometry, PoolKind};
+use cnn::kernels::reference;
+use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, Layer, LayerScratch};
+use cnn::loss::softmax_cross_entropy;
+use cnn::window::Window2d;
+use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
+use common::{assert_close, central_differences, distinct, rng, tensor, uniform, widen};
+use rand::{Rng, SeedableRng};
+
+/// Largest relative error allowed between a backward gradient and its finite-difference
+/// estimate, relative to `max(|a|, |b|, FLOOR)`. The worst error seen is about 4e-4 (f32
+/// rounding of the outputs, divided by the step, on a gradient near zero); a wrong term in a
+/// gradient costs an error of order one.
+const TOLERANCE: f64 = 5e-3;
+const FLOOR: f64 = 1e-2;
+
+/// How a layer's input is drawn, and the finite-difference step that goes with it.
+#[derive(Clone, Copy, Debug)]
+enum Inputs {
+    /// Uniform in `[-1, 1)`, step 0.1: for layers linear in the nudged value, where the step
+    /// size does not matter and a large one drowns rounding noise.
+    Uniform,
+    /// Distinct values 0.05 apart and at least 0.025 from zero, step 0.01: for ReLU and max
+    /// pooling, so no nudge crosses a kink.
+    Distinct,
+}
+
+impl Inputs {
+    fn draw(self, rng: &mut impl Rng, len: usize) -> Vec<f32> {
+        match self {
+            Inputs::Uniform => uniform(rng, len, -1.0, 1.0),
+            Inputs::Distinct => distinct(rng, len, 0.05),
+        }
+    }
+
+    fn eps(self) -> f32 {
+        match self {
+            Inputs::Uniform => 0.1,
+            Inputs::Distinct => 0.01,
+        }
+    }
+}
+
+/// `L = sum(output * weights)`, accumulated in f64, for the layer's forward pass on `input`.
+fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
+    let mut output = Tensor::zeros(input.batch(), layer.output_shape());
+    layer.forward(
+        input,
+        &mut output,
+        Mode::Train,
+        &mut LayerScratch::default(),
+    );
+    output
+        .data()
+        .iter()
+        .zip(weights)
+        .map(|(&y, &w)| f64::from(y) * f64::from(w))
+        .sum()
+}
+
+/// What one backward pass produced.
+struct Backward {
+    grad_input: Tensor,
+}
+
+/// Runs forward then backward with `grad_output`, adding into `param_grads`. `grad_input` starts
+/// as NaN: a backward pass that added to it instead of writing it would leave NaNs.
+fn run_backward(
+    layer: &dyn Layer,
+    input: &Tensor,
+    grad_output: &Tensor,
+    param_grads: &mut [Vec<f32>],
+) -> Tensor {
+    let mut scratch = LayerScratch::default();
+    let mut output = Tensor::zeros(input.batch(), layer.output_shape());
+    layer.forward(input, &mut output, Mode::Train, &mut scratch);
+    let mut grad_input = tensor(
+        input.batch(),
+        input.shape(),
+        vec![f32::NAN; input.data().len()],
+    );
+    layer.backward(
+        BackwardPass {
+            input,
+            output: &output,
+            grad_output,
+            grad_input: Some(&mut grad_input),
+        },
+        param_grads,
+        &mut scratch,
+    );
+    grad_input
+}
+
+/// The gradient check for one layer. Builds `spec` for `input_shape` with random parameters,
+/// runs backward on a batch of `batch`, and asserts that:
+/// - the input gradient and every parameter gradient match central differences of `L`;
+/// - backward *writes* the input gradient (a NaN-filled buffer comes back finite) and *adds* to
+///   the parameter gradients: a second backward call doubles them and writes the same input
+///   gradient again.
+///
+/// Returns the layer and the backward results, for further checks.
+fn check_layer(
+    spec: LayerSpec,
+    input_shape: Shape,
+    batch: usize,
+    inputs: Inputs,
+    seed: u64,
+) -> (Box<dyn Layer>, Backward) {
+    assert!(batch > 1, "batch gradients must be checked with a batch");
+    let mut rng = rng(seed);
+    let mut layer = spec
+        .build(0, input_shape)
+        .expect("the layer fits its input");
+    for param in layer.params_mut() {
+        param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
+    }
+    let input = tensor(
+        batch,
+        input_shape,
+        inputs.draw(&mut rng, batch * input_shape.len()),
+    );
+    let output_shape = layer.output_shape();
+    let weights = uniform(&mut rng, batch * output_shape.len(), -1.0, 1.0);
+    let grad_output = tensor(batch, output_shape, weights.clone());
+
+    // Analytic gradients, and the accumulate/overwrite contract.
+    let mut param_grads: Vec<Vec<f32>> = layer
+        .params()
+        .iter()
+        .map(|p| vec![0.0; p.value.len()])
+        .collect();
+    let grad_input = run_backward(&*layer, &input, &grad_output, &mut param_grads);
+    let once = param_grads.clone();
+    let again = run_backward(&*layer, &input, &grad_output, &mut param_grads);
+    assert_eq!(
+        again.data(),
+        grad_input.data(),
+        "{spec}: backward must write the input gradient, the same on every call"
+    );
+    for ((param, twice), once) in layer.params().iter().zip(&param_grads).zip(&once) {
+        let doubled: Vec<f64> = once.iter().map(|&g| 2.0 * f64::from(g)).collect();
+        assert_close(
+            &format!("{spec}: {} gradient after two backward calls", param.name),
+            &widen(twice),
+            &doubled,
+            1e-6,
+            1e-5,
+        );
+    }
+
+    // Finite differences with respect to the input.
+    let eps = inputs.eps();
+    let mut nudged = input.clone();
+    let numeric = central_differences(input.data(), eps, |i, v| {
+        let original = nudged.data()[i];
+        nudged.data_mut()[i] = v;
+        let loss = objective(&*layer, &nudged, &weights);
+        nudged.data_mut()[i] = original;
+        loss
+    });
+    assert_close(
+        &format!("{spec} on {batch} x {input_shape}: input gradient"),
+        &widen(grad_input.data()),
+        &numeric,
+        FLOOR,
+        TOLERANCE,
+    );
+
+    // Finite differences with respect to every parameter, at the same input. Layers are
+    // linear in each of their parameters, so the large step is exact up to rounding.
+    for (p, analytic) in once.iter().enumerate() {
+        let values = layer.params()[p].value.clone();
+        let numeric = central_differences(&values, Inputs::Uniform.eps(), |i, v| {
+            layer.params_mut()[p].value[i] = v;
+            let loss = objective(&*layer, &input, &weights);
+            layer.params_mut()[p].value[i] = values[i];
+            loss
+        });
+        assert_close(
+            &format!(
+                "{spec} on {batch} x {input_shape}: {} gradient",
+                layer.params()[p].name
+            ),
+            &widen(analytic),
+            &numeric,
+            FLOOR,
+            TOLERANCE,
+        );
+    }
+    (layer, Backward { grad_input })
+}
+
+fn conv(
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+) -> LayerSpec {
+    LayerSpec::Conv2d(Conv2dConfig {
+        out_channels,
+        kernel: [kernel, kernel],
+        stride: [stride, stride],
+        padding: [padding, padding],
+        bias,
+    })
+}
+
+fn window(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Window2d {
+    Window2d {
+        kernel: [kernel, kernel],
+        stride: [stride, stride],
+        padding: [padding, padding],
+        ceil_mode,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution
+
+/// 3x3 convolution, stride 1, padding 1 ("same"), 2 -> 3 channels with bias, on a non-square
+/// 6x5 input: windows at every border reach into the padding.
+#[test]
+fn conv_3x3_stride_1_pad_1() {
+    let (layer, _) = check_layer(
+        conv(3, 3, 1, 1, true),
+        Shape::new(2, 6, 5),
+        3,
+        Inputs::Uniform,
+        1,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(3, 6, 5));
+}
+
+/// 3x3 convolution, stride 2, no padding, no bias, 3 -> 2 channels on a non-square 8x10 input:
+/// windows start at rows 0, 2, 4 and columns 0, 2, 4, 6, so the last row (7) and the last
+/// column (9) are read by no window and their gradient must be exactly zero.
+#[test]
+fn conv_3x3_stride_2_pad_0_without_bias() {
+    let (layer, backward) = check_layer(
+        conv(2, 3, 2, 0, false),
+        Shape::new(3, 8, 10),
+        2,
+        Inputs::Uniform,
+        2,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
+    assert_eq!(layer.params().len(), 1, "nobias means no bias parameter");
+    let grad = &backward.grad_input;
+    for n in 0..2 {
+        for c in 0..3 {
+            let plane = grad.plane(n, c);
+            for y in 0..8 {
+                assert_eq!(
+                    plane[y * 10 + 9],
+                    0.0,
+                    "pixel ({y}, 9) is outside every window"
+                );
+            }
+            for x in 0..10 {
+                assert_eq!(
+                    plane[7 * 10 + x],
+                    0.0,
+                    "pixel (7, {x}) is outside every window"
+                );
+            }
+        }
+    }
+}
+
+/// 3x3 convolution, stride 2, padding 1, 2 -> 4 channels, batch 4.
+#[test]
+fn conv_3x3_stride_2_pad_1() {
+    let (layer, _) = check_layer(
+        conv(4, 3, 2, 1, true),
+        Shape::new(2, 8, 7),
+        4,
+        Inputs::Uniform,
+        3,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(4, 4, 4));
+}
+
+/// 5x5 convolution, stride 1, padding 2, 3 -> 2 channels with bias.
+#[test]
+fn conv_5x5_stride_1_pad_2() {
+    let (layer, _) = check_layer(
+        conv(2, 5, 1, 2, true),
+        Shape::new(3, 7, 6),
+        2,
+        Inputs::Uniform,
+        4,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 7, 6));
+}
+
+/// 5x5 convolution, stride 2, padding 2, no bias, on a non-square 9x11 input.
+#[test]
+fn conv_5x5_stride_2_pad_2_without_bias() {
+    let (layer, _) = check_layer(
+        conv(3, 5, 2, 2, false),
+        Shape::new(2, 9, 11),
+        3,
+        Inputs::Uniform,
+        5,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(3, 5, 6));
+}
+
+/// 5x5 convolution, stride 1, no padding: the smallest input it fits, plus one.
+#[test]
+fn conv_5x5_stride_1_pad_0() {
+    let (layer, _) = check_layer(
+        conv(2, 5, 1, 0, true),
+        Shape::new(2, 6, 5),
+        2,
+        Inputs::Uniform,
+        6,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 2, 1));
+}
+
+/// A rectangular 3x5 kernel with stride 2x1 and padding 1x2: the two axes are never mixed up.
+#[test]
+fn conv_rectangular_kernel_stride_and_padding() {
+    let spec = LayerSpec::Conv2d(Conv2dConfig {
+        out_channels: 3,
+        kernel: [3, 5],
+        stride: [2, 1],
+        padding: [1, 2],
+        bias: true,
+    });
+    let (layer, _) = check_layer(spec, Shape::new(2, 7, 6), 2, Inputs::Uniform, 7);
+    assert_eq!(layer.output_shape(), Shape::new(3, 4, 6));
+}
+
+/// A 1x1 kernel with stride 1 and no padding takes the pointwise path (no unfolding), with and
+/// without bias.
+#[test]
+fn conv_1x1_pointwise() {
+    let (layer, _) = check_layer(
+        conv(4, 1, 1, 0, true),
+        Shape::new(3, 5, 4),
+        3,
+        Inputs::Uniform,
+        8,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(4, 5, 4));
+    check_layer(
+        conv(2, 1, 1, 0, false),
+        Shape::new(3, 4, 6),
+        2,
+        Inputs::Uniform,
+        9,
+    );
+}
+
+/// A 1x1 kernel with padding 1 is not pointwise: it unfolds, and the border windows lie wholly
+/// in the padding, where outputs are the bias alone and pass no gradient back.
+#[test]
+fn conv_1x1_with_padding_unfolds() {
+    let (layer, _) = check_layer(
+        conv(2, 1, 1, 1, true),
+        Shape::new(2, 4, 3),
+        2,
+        Inputs::Uniform,
+        10,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 6, 5));
+    // Strided too: every other pixel only.
+    check_layer(
+        conv(2, 1, 2, 0, true),
+        Shape::new(2, 5, 5),
+        2,
+        Inputs::Uniform,
+        11,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooling
+
+/// Max pooling 2x2, stride 2, on an even 6x8 input: each gradient goes to its window's maximum.
+#[test]
+fn max_pool_2_stride_2() {
+    let (layer, _) = check_layer(
+        LayerSpec::MaxPool2d(window(2, 2, 0, false)),
+        Shape::new(2, 6, 8),
+        3,
+        Inputs::Distinct,
+        20,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
+    assert!(layer.params().is_empty());
+}
+
+/// Max pooling 2x2, stride 2, ceil mode, on 7x7 -> 4x4: the last row and column of windows
+/// cover a single input row or column.
+#[test]
+fn max_pool_2_ceil_7x7() {
+    let (layer, _) = check_layer(
+        LayerSpec::MaxPool2d(window(2, 2, 0, true)),
+        Shape::new(3, 7, 7),
+        2,
+        Inputs::Distinct,
+        21,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(3, 4, 4));
+}
+
+/// Max pooling 3x3, stride 2, padding 1 (overlapping windows: one pixel may be the maximum of
+/// several windows and collect all their gradients), with and without ceil mode.
+#[test]
+fn max_pool_3_stride_2_pad_1() {
+    let (layer, _) = check_layer(
+        LayerSpec::MaxPool2d(window(3, 2, 1, false)),
+        Shape::new(2, 8, 7),
+        2,
+        Inputs::Distinct,
+        22,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 4, 4));
+    let (layer, _) = check_layer(
+        LayerSpec::MaxPool2d(window(3, 2, 1, true)),
+        Shape::new(2, 8, 7),
+        2,
+        Inputs::Distinct,
+        23,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 5, 4));
+}
+
+/// Average pooling 2x2, stride 2: every pixel of a window gets a quarter of its gradient.
+#[test]
+fn avg_pool_2_stride_2() {
+    let (layer, _) = check_layer(
+        LayerSpec::AvgPool2d(window(2, 2, 0, false)),
+        Shape::new(2, 6, 8),
+        3,
+        Inputs::Uniform,
+        30,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
+    assert!(layer.params().is_empty());
+}
+
+/// Average pooling 2x2, stride 2, ceil mode, on 7x7 -> 4x4: partial windows divide by the
+/// pixels they cover (2 or 1), in forward and backward alike.
+#[test]
+fn avg_pool_2_ceil_7x7() {
+    let (layer, _) = check_layer(
+        LayerSpec::AvgPool2d(window(2, 2, 0, true)),
+        Shape::new(3, 7, 7),
+        2,
+        Inputs::Uniform,
+        31,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(3, 4, 4));
+}
+
+/// Average pooling 3x3, stride 2, padding 1, with and without ceil mode: overlapping windows,
+/// padding not counted in the mean.
+#[test]
+fn avg_pool_3_stride_2_pad_1() {
+    let (layer, _) = check_layer(
+        LayerSpec::AvgPool2d(window(3, 2, 1, false)),
+        Shape::new(2, 8, 7),
+        2,
+        Inputs::Uniform,
+        32,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 4, 4));
+    let (layer, _) = check_layer(
+        LayerSpec::AvgPool2d(window(3, 2, 1, true)),
+        Shape::new(2, 8, 7),
+        2,
+        Inputs::Uniform,
+        33,
+    );
+    assert_eq!(layer.output_shape(), Shape::new(2, 5, 4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReLU, flatten, dense
+
+/// ReLU on images: the gradient passes where the input is positive and is zero elsewhere.
+#[test]
+fn relu() {
+    let (_, backward) = check_layer(
+        LayerSpec::Relu,
+        Shape::new(2, 4, 5),
+        3,
+        Inputs::Distinct,
+        40,
+    );
+    assert!(backward.grad_input.data().contains(&0.0));
+}
+
+/// Flatten: the gradient is the output gradient, reshaped back (NCHW order).
+#[test]
+fn flatten() {
+    let (layer, backward) = check_layer(
+        LayerSpec::Flatten,
+        Shape::new(3, 2, 4),
+        2,
+        Inputs::Uniform,
+        41,
+    );
+    assert_eq!(layer.output_shape(), Shape::flat(24));
+    assert_eq!(backward.grad_input.shape(), Shape::new(3, 2, 4));
+}
+
+/// Dense with bias: `y = x W^T + b`; weight gradient `dY^T X` and bias gradient `sum dY` both
+/// sum over the batch.
+#[test]
+fn dense_with_bias() {
+    let spec = LayerSpec::Dense(DenseConfig {
+        out_features: 5,
+        bias: true,
+    });
+    let (layer, _) = check_layer(spec, Shape::flat(7), 4, Inputs::Uniform, 50);
+    assert_eq!(layer.params().len(), 2);
+}
+
+/// Dense without bias.
+#[test]
+fn dense_without_bias() {
+    let spec = LayerSpec::Dense(DenseConfig {
+        out_features: 3,
+        bias: false,
+    });
+    let (layer, _) = check_layer(spec, Shape::flat(6), 3, Inputs::Uniform, 51);
+    assert_eq!(layer.params().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loss
+
+/// `softmax_cross_entropy` writes `d(total loss / N) / dlogits`: its gradient matches central
+/// differences of the mean loss, and its loss matches `log sum exp(z) - z[label]` in f64.
+#[test]
+fn softmax_cross_entropy_gradient_is_the_mean_loss_derivative() {
+    let (batch, classes) = (4, 5);
+    let mut rng = rng(60);
+    let logits = tensor(
+        batch,
+        Shape::flat(classes),
+        uniform(&mut rng, batch * classes, -3.0, 3.0),
+    );
+    let labels: Vec<usize> = (0..batch).map(|_| rng.random_range(0..classes)).collect();
+    let mut grad = Tensor::zeros(batch, Shape::flat(classes));
+    let stats = softmax_cross_entropy(&logits, &labels, &mut grad).unwrap();
+
+    let expected_loss: f64 = logits
+        .data()
+        .chunks(classes)
+        .zip(&labels)
+        .map(|(row, &label)| {
+            let sum: f64 = row.iter().map(|&z| f64::from(z).exp()).sum();
+            sum.ln() - f64::from(row[label])
+        })
+        .sum();
+    assert!((stats.total_loss - expected_loss).abs() < 1e-5 * expected_loss);
+
+    let mean_loss = |logits: &Tensor| {
+        let mut scratch = Tensor::zeros(batch, Shape::flat(classes));
+        let stats = softmax_cross_entropy(logits, &labels, &mut scratch).unwrap();
+        stats.total_loss / batch as f64
+    };
+    let mut nudged = logits.clone();
+    let numeric = central_differences(logits.data(), 1e-2, |i, v| {
+        let original = nudged.data()[i];
+        nudged.data_mut()[i] = v;
+        let loss = mean_loss(&nudged);
+        nudged.data_mut()[i] = original;
+        loss
+    });
+    assert_close("dL/dlogits", &widen(grad.data()), &numeric, FLOOR, 1e-2);
+    // Each row of the gradient sums to zero: probabilities sum to one, the label takes one.
+    for row in grad.data().chunks(classes) {
+        assert!(row.iter().sum::<f32>().abs() < 1e-6);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole network
+
+/// Mean cross-entropy of the network on `input`, and a fingerprint of every kink it passed:
+/// the sign of every ReLU input and the position of every max-pooling window's maximum.
+fn network_loss(
+    network: &Network,
+    input: &Tensor,
+    labels: &[usize],
+    workspace: &mut Workspace,
+) -> (f64, Vec<f32>) {
+    let logits = network.forward(input, workspace, Mode::Train).unwrap();
+    let mut grad = Tensor::zeros(logits.batch(), logits.shape());
+    let stats = softmax_cross_entropy(logits, labels, &mut grad).unwrap();
+    let mut kinks = Vec::new();
+    for (i, (layer, output)) in network
+        .layers()
+        .iter()
+        .zip(workspace.activations())
+        .enumerate()
+    {
+        let layer_input = if i == 0 {
+            input
+        } else {
+            &workspace.activations()[i - 1]
+        };
+        match layer.spec() {
+            LayerSpec::Relu => kinks.extend(output.data().iter().map(|&y| f32::from(y > 0.0))),
+            LayerSpec::MaxPool2d(window) => {
+                // Route each output's index to its window's maximum: the routing is the kink.
+                let geometry = PoolGeometry {
+                    input: layer.input_shape(),
+                    output: layer.output_shape(),
+                    window,
+                };
+                let ids: Vec<f32> = (1..=output.data().len()).map(|k| k as f32).collect();
+                let ids = tensor(output.batch(), output.shape(), ids);
+                let mut routed = Tensor::zeros(layer_input.batch(), layer_input.shape());
+                reference::pool_backward(PoolKind::Max, &geometry, layer_input, &ids, &mut routed);
+                kinks.extend_from_slice(routed.data());
+            }
+            _ => {}
+        }
+    }
+    (stats.total_loss / input.batch() as f64, kinks)
+}
+
+/// The whole network's backward pass: conv (padding 1), ReLU, max pooling (ceil), conv (stride
+/// 2), ReLU, average pooling (ceil), flatten, dense, ReLU, dense, then softmax cross-entropy.
+/// Every parameter gradient of every layer matches central differences of the mean loss over a
+/// batch of 3. Entries whose nudge would cross a ReLU kink or move a max-pooling maximum (the
+/// loss is not differentiable there at this step) are skipped; there must be few of them.
+#[test]
+fn whole_network_gradients_match_finite_differences() {
+    let architecture = cnn::arch::parse(
+        "conv 3@3x3 pad=1, relu, maxpool 2 ceil, conv 4@3x3 stride=2, relu, avgpool 2 ceil, \
+         dense 5, relu, dense classes",
+        3,
+    )
+    .unwrap();
+    let mut network = Network::new(&architecture, Shape::new(2, 9, 9)).unwrap();
+    network.init_kaiming(&mut rand_chacha::ChaCha8Rng::seed_from_u64(70));
+    // Kaiming leaves biases at zero; random biases make their gradients less special.
+    let mut rng = rng(71);
+    for param in network.params_mut() {
+        if param.name == "bias" {
+            param.value = uniform(&mut rng, param.value.len(), -0.2, 0.2);
+        }
+    }
+    let batch = 3;
+    let input = tensor(
+        batch,
+        network.input_shape(),
+        uniform(&mut rng, batch * network.input_shape().len(), -1.0, 1.0),
+    );
+    let labels = [0, 2, 1];
+
+    let mut workspace = Workspace::new();
+    let mut grads = Gradients::new(&network);
+    network
+        .forward(&input, &mut workspace, Mode::Train)
+        .unwrap();
+    let (logits, grad_logits) = workspace.output_and_grad_mut();
+    softmax_cross_entropy(logits, &labels, grad_logits).unwrap();
+    network.backward(&input, &mut workspace, &mut grads);
+    let analytic: Vec<Vec<f32>> = grads.iter().cloned().collect();
+    let names: Vec<String> = network
+        .params()
+        .map(|(layer, p)| format!("{layer}.{}", p.name))
+        .collect();
+    assert_eq!(names.len(), 8, "4 layers with weight and bias");
+
+    // The loss is computed in f32, so its rounding noise (about 1e-7 of the loss) divided by the
+    // step is the noise of a difference quotient: large steps are precise. But a large step
+    // crosses more kinks. So each entry takes the largest step of `STEPS` that crosses none,
+    // and the absolute part of the tolerance grows as the step shrinks: errors are relative to
+    // max(|a|, |b|, 1e-4 / eps), which is 1e-2 at the largest step.
+    const STEPS: [f32; 4] = [1e-2, 3e-3, 1e-3, 3e-4];
+    let (_, kinks) = network_loss(&network, &input, &labels, &mut workspace);
+    let (mut checked, mut skipped) = (0, 0);
+    for (p, (name, analytic)) in names.iter().zip(&analytic).enumerate() {
+        let values = network.params().nth(p).unwrap().1.value.clone();
+        let mut checked_here = 0;
+        for (i, &x) in values.iter().enumerate() {
+            let mut at = |v: f32| {
+                network.params_mut().nth(p).unwrap().value[i] = v;
+                let result = network_loss(&network, &input, &labels, &mut workspace);
+                network.params_mut().nth(p).unwrap().value[i] = x;
+                result
+            };
+            let smooth_step = STEPS.iter().find_map(|&eps| {
+                let (up, down) = (x + eps, x - eps);
+                let ((loss_up, kinks_up), (loss_down, kinks_down)) = (at(up), at(down));
+                (kinks_up == kinks && kinks_down == kinks).then(|| {
+                    (
+                        eps,
+                        (loss_up - loss_down) / (f64::from(up) - f64::from(down)),
+                    )
+                })
+            });
+            let Some((eps, numeric)) = smooth_step else {
+                skipped += 1;
+                continue;
+            };
+            checked_here += 1;
+            let analytic = f64::from(analytic[i]);
+            let error = common::relative_error(analytic, numeric, 1e-4 / f64::from(eps));
+            assert!(
+                error <= 1e-2,
+                "network {name}[{i}]: backward gives {analytic}, finite differences with step \
+                 {eps} give {numeric} (error {error:.2e})"
+            );
+        }
+        assert!(
+            checked_here > 0,
+            "network {name}: every entry sits at a kink"
+        );
+        checked += checked_here;
+    }
+    assert!(
+        skipped * 10 <= checked,
+        "{skipped} entries skipped for kinks, {checked} checked: too few checked"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+/// Runs the conv layer's forward and backward on `batch` images inside a rayon pool of
+/// `threads` threads; returns output, input gradient, weight gradient and bias gradient.
+fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [Vec<f32>; 4] {
+    let mut rng = rng(seed);
+    let input = tensor(
+        batch,
+        layer.input_shape(),
+        uniform(&mut rng, batch * layer.input_shape().len(), -1.0, 1.0),
+    );
+    let grad_output = tensor(
+        batch,
+        layer.output_shape(),
+        uniform(&mut rng, batch * layer.output_shape().len(), -1.0, 1.0),
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut scratch = LayerScratch::default();
+        let mut output = Tensor::zeros(batch, layer.output_shape());
+        layer.forward(&input, &mut output, Mode::Train, &mut scratch);
+        let mut param_grads: Vec<Vec<f32>> = layer
+            .params()
+            .iter()
+            .map(|p| vec![0.0; p.value.len()])
+            .collect();
+        let mut grad_input = Tensor::zeros(batch, layer.input_shape());
+        layer.backward(
+            BackwardPass {
+                input: &input,
+                output: &output,
+                grad_output: &grad_output,
+                grad_input: Some(&mut grad_input),
+            },
+            &mut param_grads,
+            &mut scratch,
+        );
+        let bias = param_grads.pop().unwrap();
+        let weight = param_grads.pop().unwrap();
+        [output.into_vec(), grad_input.into_vec(), weight, bias]
+    })
+}
+
+/// The convolution splits the batch into one chunk per thread and sums per-chunk partial
+/// gradients. For batches that do not divide evenly into chunks (1, 2, 4, 5, 7 images on 1, 2
+/// and 3 threads), the results are bitwise identical from run to run at one thread count, and
+/// agree with the plain reference kernel at every thread count.
+#[test]
+fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
+    let spec = conv(3, 3, 2, 1, true);
+    let mut layer = spec.build(0, Shape::new(2, 7, 6)).unwrap();
+    let mut rng = rng(80);
+    for param in layer.params_mut() {
+        param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
+    }
+    let geometry = ConvGeometry {
+        input: layer.input_shape(),
+        output: layer.output_shape(),
+        window: Window2d::new([3, 3], [2, 2], [1, 1]),
+    };
+    for batch in [1, 2, 4, 5, 7] {
+        let seed = 100 + batch as u64;
+        // The reference result for this batch.
+        let mut data_rng = common::rng(seed);
+        let input = tensor(
+            batch,
+            layer.input_shape(),
+            uniform(&mut data_rng, batch * layer.input_shape().len(), -1.0, 1.0),
+        );
+        let grad_output = tensor(
+            batch,
+            layer.output_shape(),
+            uniform(&mut data_rng, batch * layer.output_shape().len(), -1.0, 1.0),
+        );
+        let (weight, bias) = (&layer.params()[0].value[..], &layer.params()[1].value[..]);
+        let mut output = Tensor::zeros(batch, layer.output_shape());
+        reference::conv2d_forward(&geometry, &input, weight, Some(bias), &mut output);
+        let mut grad_input = Tensor::zeros(batch, layer.input_shape());
+        let mut grad_weight = vec![0.0; weight.len()];
+        let mut grad_bias = vec![0.0; bias.len()];
+        reference::conv2d_backward(
+            &geometry,
+            &input,
+            weight,
+            &grad_output,
+            &mut grad_input,
+            &mut grad_weight,
+            &mut grad_bias,
+        );
+        let expected = [
+            output.into_vec(),
+            grad_input.into_vec(),
+            grad_weight,
+            grad_bias,
+        ];
+
+        for threads in [1, 2, 3] {
+            let first = conv_in_pool(&*layer, threads, batch, seed);
+            let second = conv_in_pool(&*layer, threads, batch, seed);
+            for (what, ((a, b), e)) in [
+                "output",
+                "input gradient",
+                "weight gradient",
+                "bias gradient",
+            ]
+            .iter()
+            .zip(first.iter().zip(&second).zip(&expected))
+            {
+                let context = format!("{what}, batch {batch}, {threads} threads");
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{context}: two runs differ"
+                );
+                assert_close(&context, &widen(a), &widen(e), 1.0, 1e-5);
+            }
+        }
+    }
+}

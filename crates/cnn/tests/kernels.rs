@@ -1,0 +1,657 @@
+//! The fast kernels against the plain reference kernels (`cnn::kernels::reference`), as
+//! property tests over random shapes, and every layer's forward pass against values computed by
+//! hand.
+
+mod common;
+
+use cnn::kernels::conv::{self, ConvGeometry, ConvGrads};
+use cnn::kernels::pool::{self, PoolGeometry, PoolKind};
+use cnn::kernels::reference;
+use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, LayerScratch};
+use cnn::window::Window2d;
+use cnn::{LayerSpec, Mode, Shape, Tensor};
+use common::{rng, tensor, uniform};
+use proptest::prelude::*;
+
+/// Largest error allowed between a fast kernel and the reference, relative to
+/// `max(|ref|, 1, scale / 10)`. `scale` is the sum of the absolute values of the terms that
+/// make up the value (the same kernel run on absolute values): f32 sums of hundreds of terms
+/// carry rounding of order 1e-7 of it, which cancellation can leave well above 1e-5 of a small
+/// result. Without cancellation the bound is the plain `1e-5 * max(|ref|, 1)`.
+const TOLERANCE: f32 = 1e-5;
+
+/// Asserts that `fast` matches `reference` entry by entry within [`TOLERANCE`], with `scale`
+/// as described there (`reference` itself when no sum can cancel).
+fn matches(
+    what: &str,
+    fast: &[f32],
+    reference: &[f32],
+    scale: &[f32],
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(fast.len(), reference.len(), "{}: lengths differ", what);
+    for (i, ((&f, &r), &s)) in fast.iter().zip(reference).zip(scale).enumerate() {
+        let error = (f - r).abs() / r.abs().max(1.0).max(s.abs() / 10.0);
+        prop_assert!(
+            error <= TOLERANCE,
+            "{}[{}]: fast {}, reference {} (relative error {:.2e})",
+            what,
+            i,
+            f,
+            r,
+            error
+        );
+    }
+    Ok(())
+}
+
+/// Random values in `[-1, 1)`, or, when `coarse`, small integers with many ties.
+fn values(rng: &mut impl rand::Rng, len: usize, coarse: bool) -> Vec<f32> {
+    let values = uniform(rng, len, -1.0, 1.0);
+    if coarse {
+        values.into_iter().map(|v| (v * 2.0).round()).collect()
+    } else {
+        values
+    }
+}
+
+fn abs(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|v| v.abs()).collect()
+}
+
+fn abs_tensor(t: &Tensor) -> Tensor {
+    tensor(t.batch(), t.shape(), abs(t.data()))
+}
+
+/// Runs the fast and the reference convolution, forward and backward, on one random case.
+/// Fast buffers start as garbage (NaN scratch and input gradient) that they must overwrite;
+/// parameter gradients start at the same random values in both, to which both must add.
+#[allow(clippy::too_many_arguments)]
+fn compare_conv(
+    batch: usize,
+    channels: usize,
+    out_channels: usize,
+    input: [usize; 2],
+    window: Window2d,
+    bias: bool,
+    input_grad: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let output = window.output_size(input);
+    prop_assume!(output.is_some());
+    let [out_height, out_width] = output.unwrap();
+    let g = ConvGeometry {
+        input: Shape::new(channels, input[0], input[1]),
+        output: Shape::new(out_channels, out_height, out_width),
+        window,
+    };
+    let mut rng = rng(seed);
+    let x = tensor(
+        batch,
+        g.input,
+        values(&mut rng, batch * g.input.len(), false),
+    );
+    let weight = values(&mut rng, out_channels * g.patch_len(), false);
+    let bias_values = values(&mut rng, out_channels, false);
+    let bias = bias.then_some(&bias_values[..]);
+    let dy = tensor(
+        batch,
+        g.output,
+        values(&mut rng, batch * g.output.len(), false),
+    );
+    let start_weight = values(&mut rng, weight.len(), false);
+    let start_bias = values(&mut rng, out_channels, false);
+
+    let mut scratch = vec![f32::NAN; 7];
+    let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
+    conv::conv2d_forward(&g, &x, &weight, bias, &mut fast, &mut scratch);
+    let mut slow = Tensor::zeros(batch, g.output);
+    reference::conv2d_forward(&g, &x, &weight, bias, &mut slow);
+    let mut scale = Tensor::zeros(batch, g.output);
+    let abs_bias = bias.map(abs);
+    reference::conv2d_forward(
+        &g,
+        &abs_tensor(&x),
+        &abs(&weight),
+        abs_bias.as_deref(),
+        &mut scale,
+    );
+    matches("conv forward", fast.data(), slow.data(), scale.data())?;
+
+    scratch.fill(f32::NAN);
+    let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
+    let (mut fast_dw, mut fast_db) = (start_weight.clone(), start_bias.clone());
+    conv::conv2d_backward(
+        &g,
+        &x,
+        &weight,
+        &dy,
+        ConvGrads {
+            input: input_grad.then_some(&mut fast_dx),
+            weight: &mut fast_dw,
+            bias: bias.is_some().then_some(&mut fast_db[..]),
+        },
+        &mut scratch,
+    );
+    let mut slow_dx = Tensor::zeros(batch, g.input);
+    let (mut slow_dw, mut slow_db) = (start_weight.clone(), start_bias.clone());
+    reference::conv2d_backward(
+        &g,
+        &x,
+        &weight,
+        &dy,
+        &mut slow_dx,
+        &mut slow_dw,
+        &mut slow_db,
+    );
+    let mut scale_dx = Tensor::zeros(batch, g.input);
+    let (mut scale_dw, mut scale_db) = (abs(&start_weight), abs(&start_bias));
+    reference::conv2d_backward(
+        &g,
+        &abs_tensor(&x),
+        &abs(&weight),
+        &abs_tensor(&dy),
+        &mut scale_dx,
+        &mut scale_dw,
+        &mut scale_db,
+    );
+    matches("conv weight gradient", &fast_dw, &slow_dw, &scale_dw)?;
+    if bias.is_some() {
+        matches("conv bias gradient", &fast_db, &slow_db, &scale_db)?;
+    } else {
+        prop_assert_eq!(&fast_db, &start_bias, "no bias gradient was asked for");
+    }
+    if input_grad {
+        matches(
+            "conv input gradient",
+            fast_dx.data(),
+            slow_dx.data(),
+            scale_dx.data(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs the fast and the reference pooling, forward and backward, on one random case.
+#[allow(clippy::too_many_arguments)]
+fn compare_pool(
+    kind: PoolKind,
+    batch: usize,
+    channels: usize,
+    input: [usize; 2],
+    window: Window2d,
+    coarse: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    // A pooling window never lies wholly in the padding: the layer refuses such windows.
+    prop_assume!(window.padding[0] * 2 <= window.kernel[0]);
+    prop_assume!(window.padding[1] * 2 <= window.kernel[1]);
+    let output = window.output_size(input);
+    prop_assume!(output.is_some());
+    let [out_height, out_width] = output.unwrap();
+    let g = PoolGeometry {
+        input: Shape::new(channels, input[0], input[1]),
+        output: Shape::new(channels, out_height, out_width),
+        window,
+    };
+    let mut rng = rng(seed);
+    let x = tensor(
+        batch,
+        g.input,
+        values(&mut rng, batch * g.input.len(), coarse),
+    );
+    let dy = tensor(
+        batch,
+        g.output,
+        values(&mut rng, batch * g.output.len(), false),
+    );
+
+    let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
+    pool::pool_forward(kind, &g, &x, &mut fast);
+    let mut slow = Tensor::zeros(batch, g.output);
+    reference::pool_forward(kind, &g, &x, &mut slow);
+    // Pooling sums at most 25 terms of at most 1: no cancellation worth a scale.
+    matches(
+        &format!("{kind:?} pool forward"),
+        fast.data(),
+        slow.data(),
+        slow.data(),
+    )?;
+
+    let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
+    pool::pool_backward(kind, &g, &x, &dy, &mut fast_dx);
+    let mut slow_dx = Tensor::zeros(batch, g.input);
+    reference::pool_backward(kind, &g, &x, &dy, &mut slow_dx);
+    let what = format!("{kind:?} pool backward");
+    matches(&what, fast_dx.data(), slow_dx.data(), slow_dx.data())
+}
+
+fn pool_kind() -> impl Strategy<Value = PoolKind> {
+    prop_oneof![Just(PoolKind::Max), Just(PoolKind::Average)]
+}
+
+/// `(kernel, padding)` along one pooling axis: kernel 1-5, padding 0-2 but at most half the
+/// kernel (drawing only valid pairs, rather than rejecting half the draws).
+fn pool_axis() -> impl Strategy<Value = (usize, usize)> {
+    (1usize..=5).prop_flat_map(|kernel| (Just(kernel), 0..=(kernel / 2).min(2)))
+}
+
+proptest! {
+    #![proptest_config({ let mut c = ProptestConfig::with_cases(30000); c.max_global_rejects = 100000; c })]
+
+    /// im2col convolution (forward, and backward for input, weight and bias) equals the direct
+    /// loops for any batch, channel counts, input size, and per-axis kernel, stride and padding
+    /// that fit; with and without bias, with and without an input gradient asked for.
+    #[test]
+    fn conv_matches_reference(
+        batch in 1usize..=4,
+        channels in 1usize..=4,
+        out_channels in 1usize..=5,
+        input in [1usize..=12, 1usize..=12],
+        kernel in [1usize..=5, 1usize..=5],
+        stride in [1usize..=3, 1usize..=3],
+        padding in [0usize..=2, 0usize..=2],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d::new(kernel, stride, padding);
+        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+    }
+
+    /// The pointwise path (1x1 kernel, stride 1, no padding: no unfolding) equals the direct
+    /// loops too. Random shapes almost never draw it, so it has its own property.
+    #[test]
+    fn pointwise_conv_matches_reference(
+        batch in 1usize..=4,
+        channels in 1usize..=4,
+        out_channels in 1usize..=5,
+        input in [1usize..=12, 1usize..=12],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d::new([1, 1], [1, 1], [0, 0]);
+        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+    }
+
+    /// Max and average pooling (forward and backward) equal the direct loops for any shape,
+    /// window, stride, padding up to half the window, and ceil mode. Half the cases draw small
+    /// integers, so windows hold ties, which both kernels must break the same way (the first
+    /// maximum in row-major order).
+    #[test]
+    fn pool_matches_reference(
+        kind in pool_kind(),
+        batch in 1usize..=4,
+        channels in 1usize..=4,
+        input in [1usize..=12, 1usize..=12],
+        rows in pool_axis(),
+        columns in pool_axis(),
+        stride in [1usize..=3, 1usize..=3],
+        ceil_mode in any::<bool>(),
+        coarse in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d {
+            kernel: [rows.0, columns.0],
+            stride,
+            padding: [rows.1, columns.1],
+            ceil_mode,
+        };
+        compare_pool(kind, batch, channels, input, window, coarse, seed)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden values, computed by hand
+
+/// The 3x3 image used by the convolution goldens:
+/// ```text
+/// 1 2 3
+/// 4 5 6
+/// 7 8 9
+/// ```
+fn image_1_to_9() -> Tensor {
+    tensor(1, Shape::new(1, 3, 3), (1..=9).map(|v| v as f32).collect())
+}
+
+/// Runs both conv kernels and the conv layer forward; asserts all three give `expected`.
+fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, expected: &[f32]) {
+    let input = image_1_to_9();
+    let mut fast = Tensor::zeros(1, g.output);
+    conv::conv2d_forward(g, &input, weight, bias, &mut fast, &mut Vec::new());
+    assert_eq!(fast.data(), expected, "fast kernel");
+    let mut slow = Tensor::zeros(1, g.output);
+    reference::conv2d_forward(g, &input, weight, bias, &mut slow);
+    assert_eq!(slow.data(), expected, "reference kernel");
+
+    let spec = LayerSpec::Conv2d(Conv2dConfig {
+        out_channels: g.output.channels,
+        kernel: g.window.kernel,
+        stride: g.window.stride,
+        padding: g.window.padding,
+        bias: bias.is_some(),
+    });
+    let mut layer = spec.build(0, g.input).unwrap();
+    layer.params_mut()[0].value = weight.to_vec();
+    if let Some(bias) = bias {
+        layer.params_mut()[1].value = bias.to_vec();
+    }
+    assert_eq!(layer.output_shape(), g.output);
+    let mut output = Tensor::zeros(1, g.output);
+    layer.forward(
+        &input,
+        &mut output,
+        Mode::Infer,
+        &mut LayerScratch::default(),
+    );
+    assert_eq!(output.data(), expected, "conv layer");
+}
+
+/// A 2x2 convolution with two output channels over the 3x3 image 1..9, stride 1, no padding.
+/// ```text
+/// channel 0: kernel [1 2; 3 4], bias 0.5      channel 1: kernel [1 1; 1 1], bias -1
+/// (0,0): 1*1 + 2*2 + 4*3 + 5*4 = 37 -> 37.5   (0,0): 1+2+4+5 = 12 -> 11
+/// (0,1): 2*1 + 3*2 + 5*3 + 6*4 = 47 -> 47.5   (0,1): 2+3+5+6 = 16 -> 15
+/// (1,0): 4*1 + 5*2 + 7*3 + 8*4 = 67 -> 67.5   (1,0): 4+5+7+8 = 24 -> 23
+/// (1,1): 5*1 + 6*2 + 8*3 + 9*4 = 77 -> 77.5   (1,1): 5+6+8+9 = 28 -> 27
+/// ```
+/// (Cross-correlation, as PyTorch: the kernel is not flipped.)
+#[test]
+fn conv_forward_golden() {
+    let g = ConvGeometry {
+        input: Shape::new(1, 3, 3),
+        output: Shape::new(2, 2, 2),
+        window: Window2d::new([2, 2], [1, 1], [0, 0]),
+    };
+    let weight = [1.0, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0];
+    let expected = [37.5, 47.5, 67.5, 77.5, 11.0, 15.0, 23.0, 27.0];
+    assert_conv_forward(&g, &weight, Some(&[0.5, -1.0]), &expected);
+}
+
+/// The kernel [1 2; 3 4] over the 3x3 image 1..9 with padding 1 and stride 2, no bias. The
+/// padded image is 5x5, so 2x2 windows starting at -1 and 1 on each axis fit:
+/// ```text
+/// (0,0): rows -1..0, cols -1..0: only pixel 1 under kernel entry 4:  1*4         = 4
+/// (0,1): rows -1..0, cols  1..2: pixels 2, 3 under entries 3, 4:     2*3 + 3*4   = 18
+/// (1,0): rows  1..2, cols -1..0: pixels 4, 7 under entries 2, 4:     4*2 + 7*4   = 36
+/// (1,1): rows  1..2, cols  1..2: 5*1 + 6*2 + 8*3 + 9*4                           = 77
+/// ```
+#[test]
+fn conv_forward_golden_with_padding_and_stride() {
+    let g = ConvGeometry {
+        input: Shape::new(1, 3, 3),
+        output: Shape::new(1, 2, 2),
+        window: Window2d::new([2, 2], [2, 2], [1, 1]),
+    };
+    assert_conv_forward(&g, &[1.0, 2.0, 3.0, 4.0], None, &[4.0, 18.0, 36.0, 77.0]);
+}
+
+/// The backward pass of the kernel [1 2; 3 4] over the 3x3 image 1..9 (stride 1, no padding)
+/// with an output gradient of all ones:
+/// ```text
+/// dW[ky][kx] = sum of the pixels under that kernel entry over the 4 windows:
+///   dW = [1+2+4+5  2+3+5+6; 4+5+7+8  5+6+8+9] = [12 16; 24 28]
+/// db = 4 (four outputs)
+/// dX[y][x] = sum of the kernel entries that touch pixel (y, x):
+///   [1      1+2      2   ]   [1  3 2]
+///   [1+3  1+2+3+4   2+4  ] = [4 10 6]
+///   [3      3+4      4   ]   [3  7 4]
+/// ```
+#[test]
+fn conv_backward_golden() {
+    let g = ConvGeometry {
+        input: Shape::new(1, 3, 3),
+        output: Shape::new(1, 2, 2),
+        window: Window2d::new([2, 2], [1, 1], [0, 0]),
+    };
+    let (input, weight) = (image_1_to_9(), [1.0, 2.0, 3.0, 4.0]);
+    let dy = tensor(1, g.output, vec![1.0; 4]);
+    let expected_dx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
+
+    let mut dx = Tensor::zeros(1, g.input);
+    let (mut dw, mut db) = (vec![0.0; 4], vec![0.0]);
+    conv::conv2d_backward(
+        &g,
+        &input,
+        &weight,
+        &dy,
+        ConvGrads {
+            input: Some(&mut dx),
+            weight: &mut dw,
+            bias: Some(&mut db),
+        },
+        &mut Vec::new(),
+    );
+    assert_eq!(
+        (dx.data(), &dw[..], &db[..]),
+        (&expected_dx[..], &[12.0, 16.0, 24.0, 28.0][..], &[4.0][..])
+    );
+
+    let mut dx = Tensor::zeros(1, g.input);
+    let (mut dw, mut db) = (vec![0.0; 4], vec![0.0]);
+    reference::conv2d_backward(&g, &input, &weight, &dy, &mut dx, &mut dw, &mut db);
+    assert_eq!(
+        (dx.data(), &dw[..], &db[..]),
+        (&expected_dx[..], &[12.0, 16.0, 24.0, 28.0][..], &[4.0][..])
+    );
+}
+
+/// The 7x7 image whose pixel (y, x) holds `7y + x` (0 to 48), and the 2x2 stride-2 ceil-mode
+/// window that pools it to 4x4. Window rows are {0,1}, {2,3}, {4,5} and {6} (the last one
+/// partial, one row); columns the same.
+fn ceil_pool_case() -> (Tensor, PoolGeometry) {
+    let input = tensor(1, Shape::new(1, 7, 7), (0..49).map(|v| v as f32).collect());
+    let g = PoolGeometry {
+        input: Shape::new(1, 7, 7),
+        output: Shape::new(1, 4, 4),
+        window: Window2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+            ceil_mode: true,
+        },
+    };
+    assert_eq!(g.window.output_size([7, 7]), Some([4, 4]));
+    (input, g)
+}
+
+/// Runs both pool kernels and the pool layer forward; asserts all three give `expected`.
+fn assert_pool_forward(kind: PoolKind, input: &Tensor, g: &PoolGeometry, expected: &[f32]) {
+    let mut fast = Tensor::zeros(input.batch(), g.output);
+    pool::pool_forward(kind, g, input, &mut fast);
+    assert_eq!(fast.data(), expected, "fast kernel");
+    let mut slow = Tensor::zeros(input.batch(), g.output);
+    reference::pool_forward(kind, g, input, &mut slow);
+    assert_eq!(slow.data(), expected, "reference kernel");
+    let spec = match kind {
+        PoolKind::Max => LayerSpec::MaxPool2d(g.window),
+        PoolKind::Average => LayerSpec::AvgPool2d(g.window),
+    };
+    let layer = spec.build(0, g.input).unwrap();
+    assert_eq!(layer.output_shape(), g.output);
+    let mut output = Tensor::zeros(input.batch(), g.output);
+    layer.forward(
+        input,
+        &mut output,
+        Mode::Infer,
+        &mut LayerScratch::default(),
+    );
+    assert_eq!(output.data(), expected, "pool layer");
+}
+
+/// Max pooling 7x7 -> 4x4 in ceil mode over `7y + x`: each window's maximum is its bottom-right
+/// pixel, clipped to the image. The last row of windows covers only row 6, the last column
+/// only column 6, and the corner window only pixel 48:
+/// ```text
+/// 7*1+1 = 8   7*1+3 = 10   7*1+5 = 12   7*1+6 = 13
+///        22           24           26           27
+///        36           38           40           41
+/// 7*6+1 = 43          45           47   7*6+6 = 48
+/// ```
+#[test]
+fn max_pool_ceil_golden() {
+    let (input, g) = ceil_pool_case();
+    let expected = [
+        8.0, 10.0, 12.0, 13.0, 22.0, 24.0, 26.0, 27.0, 36.0, 38.0, 40.0, 41.0, 43.0, 45.0, 47.0,
+        48.0,
+    ];
+    assert_pool_forward(PoolKind::Max, &input, &g, &expected);
+}
+
+/// Average pooling 7x7 -> 4x4 in ceil mode over `7y + x` divides by the pixels each window
+/// covers (4, 2 or 1), not by the window's area. The mean of `7y + x` is
+/// `7 * mean(y) + mean(x)`; the mean row of the four window rows is 0.5, 2.5, 4.5 and 6 (the
+/// partial window has row 6 only), and the same for columns:
+/// ```text
+/// 3.5+0.5 = 4    3.5+2.5 = 6     3.5+4.5 = 8     3.5+6 = 9.5   (pixels 6 and 13: 19 / 2)
+/// 17.5+0.5 = 18            20              22            23.5
+/// 31.5+0.5 = 32            34              36            37.5
+/// 42+0.5 = 42.5            44.5            46.5     42+6 = 48  (pixel 48 alone: 48 / 1)
+/// ```
+#[test]
+fn avg_pool_ceil_golden() {
+    let (input, g) = ceil_pool_case();
+    let expected = [
+        4.0, 6.0, 8.0, 9.5, 18.0, 20.0, 22.0, 23.5, 32.0, 34.0, 36.0, 37.5, 42.5, 44.5, 46.5, 48.0,
+    ];
+    assert_pool_forward(PoolKind::Average, &input, &g, &expected);
+}
+
+/// Max pooling with the maximum in different corners of its windows, and a tie:
+/// ```text
+/// 9 1 | 2 3        max 9 (top-left)     max 7 (bottom-left)
+/// 0 4 | 7 5
+/// ----+----
+/// 1 6 | 8 8        max 6 (top-right)    max 8, tied: the first in row-major order,
+/// 2 3 | 8 0                             (2, 2), takes the whole gradient
+/// ```
+/// Backward with output gradient [1 2; 3 4] sends each value to its window's maximum.
+#[test]
+fn max_pool_golden_routes_gradients_to_the_first_maximum() {
+    #[rustfmt::skip]
+    let input = tensor(1, Shape::new(1, 4, 4), vec![
+        9.0, 1.0, 2.0, 3.0,
+        0.0, 4.0, 7.0, 5.0,
+        1.0, 6.0, 8.0, 8.0,
+        2.0, 3.0, 8.0, 0.0,
+    ]);
+    let g = PoolGeometry {
+        input: Shape::new(1, 4, 4),
+        output: Shape::new(1, 2, 2),
+        window: Window2d::new([2, 2], [2, 2], [0, 0]),
+    };
+    assert_pool_forward(PoolKind::Max, &input, &g, &[9.0, 7.0, 6.0, 8.0]);
+
+    let dy = tensor(1, g.output, vec![1.0, 2.0, 3.0, 4.0]);
+    #[rustfmt::skip]
+    let expected = [
+        1.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, 2.0, 0.0,
+        0.0, 3.0, 4.0, 0.0,
+        0.0, 0.0, 0.0, 0.0,
+    ];
+    let mut fast = Tensor::zeros(1, g.input);
+    pool::pool_backward(PoolKind::Max, &g, &input, &dy, &mut fast);
+    assert_eq!(fast.data(), expected, "fast kernel");
+    let mut slow = Tensor::zeros(1, g.input);
+    reference::pool_backward(PoolKind::Max, &g, &input, &dy, &mut slow);
+    assert_eq!(slow.data(), expected, "reference kernel");
+}
+
+/// ReLU keeps positive values and zeroes the rest; backward passes the gradient where the input
+/// was positive, and not at exactly 0 (as PyTorch).
+/// ```text
+/// x      = -2  -0.5  0  0.5  3
+/// relu   =  0   0    0  0.5  3
+/// dy     =  1   2    3  4    5
+/// dx     =  0   0    0  4    5
+/// ```
+#[test]
+fn relu_golden() {
+    let shape = Shape::flat(5);
+    let layer = LayerSpec::Relu.build(0, shape).unwrap();
+    let input = tensor(1, shape, vec![-2.0, -0.5, 0.0, 0.5, 3.0]);
+    let mut output = Tensor::zeros(1, shape);
+    layer.forward(
+        &input,
+        &mut output,
+        Mode::Infer,
+        &mut LayerScratch::default(),
+    );
+    assert_eq!(output.data(), [0.0, 0.0, 0.0, 0.5, 3.0]);
+
+    let dy = tensor(1, shape, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+    let mut dx = tensor(1, shape, vec![f32::NAN; 5]);
+    layer.backward(
+        BackwardPass {
+            input: &input,
+            output: &output,
+            grad_output: &dy,
+            grad_input: Some(&mut dx),
+        },
+        &mut [],
+        &mut LayerScratch::default(),
+    );
+    assert_eq!(dx.data(), [0.0, 0.0, 0.0, 4.0, 5.0]);
+}
+
+/// Dense `y = x W^T + b` with `W = [1 0 -1; 2 1 0]` (PyTorch's `[out, in]`) and `b = [0.5, -1]`,
+/// on a batch of two:
+/// ```text
+/// x = [ 1 2 3]:  y = [1 - 3 + 0.5,  2 + 2 - 1] = [-1.5,  3]
+/// x = [-1 0 1]:  y = [-1 - 1 + 0.5, -2 + 0 - 1] = [-1.5, -3]
+/// ```
+#[test]
+fn dense_golden() {
+    let spec = LayerSpec::Dense(DenseConfig {
+        out_features: 2,
+        bias: true,
+    });
+    let mut layer = spec.build(0, Shape::flat(3)).unwrap();
+    layer.params_mut()[0].value = vec![1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
+    layer.params_mut()[1].value = vec![0.5, -1.0];
+    assert_eq!(layer.params()[0].dims, [2, 3]);
+    let input = tensor(2, Shape::flat(3), vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
+    let mut output = Tensor::zeros(2, Shape::flat(2));
+    layer.forward(
+        &input,
+        &mut output,
+        Mode::Infer,
+        &mut LayerScratch::default(),
+    );
+    assert_eq!(output.data(), [-1.5, 3.0, -1.5, -3.0]);
+}
+
+/// Flatten keeps NCHW order: channel by channel, each row by row.
+#[test]
+fn flatten_golden() {
+    let shape = Shape::new(2, 2, 2);
+    let layer = LayerSpec::Flatten.build(0, shape).unwrap();
+    let values: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    let input = tensor(2, shape, values.clone());
+    let mut output = Tensor::zeros(2, Shape::flat(8));
+    layer.forward(
+        &input,
+        &mut output,
+        Mode::Infer,
+        &mut LayerScratch::default(),
+    );
+    assert_eq!(output.shape(), Shape::flat(8));
+    assert_eq!(output.data(), values);
+}
+
+/// The property checks on fixed, larger cases, independent of proptest's draws: a "same" 3x3
+/// convolution (batch 3, 4 -> 5 channels, 12x11) and 3x3 stride-2 padded ceil-mode pooling.
+#[test]
+fn kernels_match_reference_on_fixed_cases() {
+    let window = Window2d::new([3, 3], [1, 1], [1, 1]);
+    compare_conv(3, 4, 5, [12, 11], window, true, true, 7).unwrap();
+    let window = Window2d {
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1],
+        ceil_mode: true,
+    };
+    compare_pool(PoolKind::Average, 3, 2, [8, 7], window, false, 8).unwrap();
+    compare_pool(PoolKind::Max, 3, 2, [8, 7], window, true, 9).unwrap();
+}
