@@ -28,12 +28,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Learning rate (default: 0.001 for adam, 0.01 for sgd).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     #[arg(long, value_enum, default_value = "adam")]
     optimizer: OptimizerName,
     /// Momentum for sgd.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
     /// Fixes the data, the initial weights and the order of the data.
     #[arg(long, default_value_t = 1)]

@@ -1,0 +1,425 @@
+//! The `cnn` binary as users and scripts call it: every subcommand, the command-line contract,
+//! and every kind of bad input (one line on stderr, non-zero exit, no panic).
+
+use assert_cmd::Command;
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tempfile::TempDir;
+
+fn cnn() -> Command {
+    Command::cargo_bin("cnn").expect("the cnn binary is built")
+}
+
+/// Runs `cnn` expecting failure; returns stderr after checking it is one line with no panic.
+fn fails(args: &[&str]) -> String {
+    let output = cnn().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "{args:?} should fail");
+    assert_ne!(
+        output.status.code(),
+        Some(101),
+        "{args:?} panicked: {stderr}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+    stderr
+}
+
+/// One X/O model trained once for all the tests that need one.
+fn trained_model() -> &'static Path {
+    static MODEL: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = MODEL.get_or_init(|| {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("xo.safetensors");
+        cnn()
+            .args(["train", "--quiet", "--epochs", "3", "--out"])
+            .arg(&path)
+            .assert()
+            .success();
+        (dir, path)
+    });
+    path
+}
+
+fn seed_picture(letter: char) -> GrayImage {
+    let explain = cnn()
+        .args(["explain", "--example", &letter.to_string(), "--json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
+    let mut picture = GrayImage::new(9, 9);
+    for (y, row) in json["image"].as_array().unwrap().iter().enumerate() {
+        for (x, v) in row.as_array().unwrap().iter().enumerate() {
+            let ink = v.as_f64().unwrap() > 0.0;
+            picture.put_pixel(x as u32, y as u32, Luma([if ink { 255 } else { 0 }]));
+        }
+    }
+    picture
+}
+
+/// A letter drawn black on white, as in a paint program: `size` pixels, shifted by
+/// (`dx`, `dy`) pixels and rotated by `angle` radians, with strokes `width` pixels wide.
+fn drawn_letter(letter: char, size: u32, dx: f32, dy: f32, angle: f32, width: f32) -> RgbImage {
+    let s = size as f32;
+    let (cx, cy, r) = (s / 2.0 + dx, s / 2.0 + dy, s * 0.32);
+    let (sin, cos) = angle.sin_cos();
+    RgbImage::from_fn(size, size, |x, y| {
+        let (px, py) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+        let (u, v) = (cos * px + sin * py, -sin * px + cos * py);
+        let distance = match letter {
+            'x' => {
+                let along = |a: f32, b: f32| {
+                    let t = ((a + b) / 2.0).clamp(-r, r);
+                    ((a - t).powi(2) + (b - t).powi(2)).sqrt()
+                };
+                along(u, v).min(along(u, -v))
+            }
+            _ => ((u * u + v * v).sqrt() - r).abs(),
+        };
+        if distance < width / 2.0 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    })
+}
+
+#[test]
+fn explain_json_is_one_object_with_every_stage() {
+    let output = cnn()
+        .args(["explain", "--example", "x", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(text.trim_end().lines().count(), 1);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = json["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["\\", "X", "/"]);
+    // The article's figure: 0.77 (7/9) at the top left of the `\` map, -0.11 one step right.
+    let conv = &json["conv"][0];
+    assert!((conv[0][0].as_f64().unwrap() - 7.0 / 9.0).abs() < 1e-6);
+    assert!((conv[0][1].as_f64().unwrap() + 1.0 / 9.0).abs() < 1e-6);
+    assert_eq!(json["pool"][0].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn explain_prints_grids_and_writes_pngs() {
+    let dir = TempDir::new().unwrap();
+    let output = cnn()
+        .args([
+            "explain",
+            "--example",
+            "o",
+            "--pool",
+            "avg",
+            "--stride",
+            "2",
+            "--png",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("conv \\ (4x4)"), "{text}");
+    assert!(text.contains("pool X (2x2)"), "{text}");
+    for name in [
+        "image",
+        "feature_x",
+        "conv_backslash",
+        "relu_slash",
+        "pool_x",
+    ] {
+        let picture = image::open(dir.path().join(format!("{name}.png"))).unwrap();
+        assert!(picture.width() > 9, "{name}");
+    }
+}
+
+#[test]
+fn train_prints_layers_and_eval_reaches_99_percent() {
+    let model = trained_model();
+    let output = cnn()
+        .args(["eval", "--json", "--model"])
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let accuracy = json["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.99, "accuracy {accuracy}");
+    assert!(json["loss"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["classes"], serde_json::json!(["X", "O"]));
+    let confusion = json["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, json["images"].as_u64().unwrap());
+
+    let table = cnn().args(["eval", "--model"]).arg(model).output().unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("accuracy") && table.contains("confusion"),
+        "{table}"
+    );
+}
+
+#[test]
+fn train_summary_has_one_line_per_layer() {
+    let dir = TempDir::new().unwrap();
+    let output = cnn()
+        .args([
+            "train", "--quiet", "--epochs", "1", "--data", "xo:16", "--arch",
+        ])
+        .arg("conv 4@3x3, relu, avgpool 2 ceil, dense classes")
+        .arg("--out")
+        .arg(dir.path().join("m.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        "conv 4@3x3",
+        "4x14x14",
+        "avgpool 2 ceil",
+        "4x7x7",
+        "flatten",
+        "196",
+        "dense 2",
+    ] {
+        assert!(text.contains(line), "missing {line}: {text}");
+    }
+    assert!(dir.path().join("m.safetensors").exists());
+}
+
+#[test]
+fn same_seed_gives_byte_identical_models() {
+    let dir = TempDir::new().unwrap();
+    let train = |name: &str, seed: &str| {
+        let path = dir.path().join(name);
+        cnn()
+            .args([
+                "train",
+                "--quiet",
+                "--epochs",
+                "1",
+                "--threads",
+                "2",
+                "--seed",
+                seed,
+            ])
+            .args(["--data", "xo:20", "--out"])
+            .arg(&path)
+            .assert()
+            .success();
+        std::fs::read(path).unwrap()
+    };
+    let first = train("a.safetensors", "5");
+    assert_eq!(first, train("b.safetensors", "5"));
+    assert_ne!(first, train("c.safetensors", "6"));
+}
+
+#[test]
+fn predict_reads_the_seed_images_and_drawn_letters() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let mut files = Vec::new();
+    for letter in ['x', 'o'] {
+        let seed = dir.path().join(format!("seed_{letter}.png"));
+        seed_picture(letter).save(&seed).unwrap();
+        files.push((seed, letter));
+        for (i, (size, dx, dy, angle, width)) in [
+            (64, 3.0, -2.0, 0.15, 4.0),
+            (128, -6.0, 5.0, -0.2, 7.0),
+            (300, 12.0, 10.0, 0.1, 14.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ext = ["png", "jpg", "bmp"][i];
+            let path = dir.path().join(format!("drawn_{letter}_{size}.{ext}"));
+            drawn_letter(letter, size, dx, dy, angle, width)
+                .save(&path)
+                .unwrap();
+            files.push((path, letter));
+        }
+    }
+    let output = cnn()
+        .args(["predict", "--json", "--model"])
+        .arg(model)
+        .args(files.iter().map(|(p, _)| p))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), files.len());
+    for (line, (path, letter)) in lines.iter().zip(&files) {
+        assert_eq!(line["file"], path.to_str().unwrap());
+        let expected = letter.to_ascii_uppercase().to_string();
+        assert_eq!(
+            line["class"],
+            expected.as_str(),
+            "{}: {line}",
+            path.display()
+        );
+        assert!(line["probability"].as_f64().unwrap() > 0.5);
+    }
+
+    let plain = cnn()
+        .args(["predict", "--model"])
+        .arg(model)
+        .arg(&files[0].0)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(plain.stdout).unwrap().contains(": X ("));
+}
+
+#[test]
+fn bad_model_files_are_one_line_errors() {
+    let dir = TempDir::new().unwrap();
+    let model = std::fs::read(trained_model()).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.safetensors", vec![], "empty"),
+        ("short.safetensors", vec![1, 2, 3], "too short"),
+        (
+            "text.safetensors",
+            b"this is not a model at all".to_vec(),
+            "not a valid safetensors",
+        ),
+        (
+            "truncated.safetensors",
+            model[..model.len() - 100].to_vec(),
+            "not a valid safetensors",
+        ),
+        (
+            "header.safetensors",
+            {
+                let mut m = model.clone();
+                m[20] = b'#';
+                m
+            },
+            "not a valid safetensors",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let stderr = fails(&["eval", "--model", path.to_str().unwrap()]);
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: the file is named: {stderr}");
+    }
+    // A valid safetensors file that is not a cnn model.
+    let foreign = dir.path().join("foreign.safetensors");
+    let data = [0u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    safetensors::serialize_to_file([("w", view)], None, &foreign).unwrap();
+    let stderr = fails(&["predict", "--model", foreign.to_str().unwrap(), "x.png"]);
+    assert!(stderr.contains("not a cnn model"), "{stderr}");
+    let stderr = fails(&["eval", "--model", "/nonexistent/model.safetensors"]);
+    assert!(stderr.contains("No such file"), "{stderr}");
+}
+
+#[test]
+fn bad_images_are_one_line_errors() {
+    let model = trained_model().to_str().unwrap();
+    let dir = TempDir::new().unwrap();
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, b"not an image").unwrap();
+    let truncated = dir.path().join("cut.png");
+    let mut png = Vec::new();
+    seed_picture('x')
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
+    for (path, expected) in [
+        (empty, "empty"),
+        (text, "not an image"),
+        (truncated, "cannot decode"),
+        (dir.path().join("missing.png"), "No such file"),
+    ] {
+        let stderr = fails(&["predict", "--model", model, path.to_str().unwrap()]);
+        assert!(stderr.contains(expected), "{}: {stderr}", path.display());
+    }
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("never.safetensors");
+    let out = out.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["train", "--arch", "resnet", "--out", out],
+            "unknown preset `resnet`",
+        ),
+        (
+            vec!["train", "--arch", "conv 8@3x3, wobble", "--out", out],
+            "unknown layer `wobble`",
+        ),
+        (
+            vec![
+                "train",
+                "--arch",
+                "conv 8@30x30, dense classes",
+                "--out",
+                out,
+            ],
+            "layer 0 (conv 8@30x30)",
+        ),
+        (
+            vec![
+                "train",
+                "--arch",
+                "conv 8@3x3, maxpool 2, conv 8@15x15, dense 2",
+                "--out",
+                out,
+            ],
+            "layer 2 (conv 8@15x15) does not fit its input 8x13x13",
+        ),
+        (
+            vec!["train", "--data", "mnist", "--out", out],
+            "unknown data set",
+        ),
+        (vec!["train", "--epochs", "0", "--out", out], "--epochs"),
+        (vec!["train", "--lr", "-1", "--out", out], "--lr"),
+        (vec!["train", "--threads", "0", "--out", out], "--threads"),
+        (vec!["train", "--bogus"], "--bogus"),
+        (vec!["explain"], "--example"),
+        (vec!["explain", "--example", "y"], "invalid value"),
+        (vec!["frobnicate"], "frobnicate"),
+    ] {
+        let stderr = fails(&args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!Path::new(out).exists(), "no model file after a failed run");
+}
