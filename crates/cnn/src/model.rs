@@ -26,6 +26,8 @@ pub struct Prediction {
     pub probability: f32,
     /// Every class's probability, in the order of [`Model::classes`].
     pub probabilities: Vec<f32>,
+    /// The last layer's raw scores, before softmax.
+    pub logits: Vec<f32>,
 }
 
 impl Model {
@@ -64,6 +66,7 @@ impl Model {
                     index,
                     probability: probabilities[index],
                     probabilities,
+                    logits: logits.sample(n).to_vec(),
                 }
             })
             .collect())

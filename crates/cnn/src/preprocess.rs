@@ -101,8 +101,10 @@ impl Preprocessing {
             Background::Light => border_brightness(&picture.to_luma8()) < 127.5,
         };
         for plane in &mut planes {
-            // Triangle filtering averages the pixels each output pixel covers when shrinking.
-            *plane = image::imageops::resize(plane, width, height, FilterType::Triangle);
+            if plane.dimensions() != (width, height) {
+                // Triangle filtering averages the pixels each output pixel covers when shrinking.
+                *plane = image::imageops::resize(plane, width, height, FilterType::Triangle);
+            }
             if invert {
                 image::imageops::invert(plane);
             }

@@ -30,7 +30,11 @@ use rand::{Rng, SeedableRng};
 const TOLERANCE: f64 = 5e-3;
 const FLOOR: f64 = 1e-2;
 
-/// How a layer's input is drawn, and the finite-difference step that goes with it.
+/// Seed of every layer check's random data.
+const SEED: u64 = 2024;
+
+/// How a layer's input is drawn, and the finite-difference step that goes with it: `Distinct`
+/// for ReLU and max pooling, `Uniform` for the rest.
 #[derive(Clone, Copy, Debug)]
 enum Inputs {
     /// Uniform in `[-1, 1)`, step 0.1: for layers linear in the nudged value, where the step
@@ -79,15 +83,19 @@ struct Backward {
     grad_input: Tensor,
 }
 
-/// Runs forward then backward with `grad_output`, adding into `param_grads`. `grad_input` starts
-/// as NaN: a backward pass that added to it instead of writing it would leave NaNs.
+/// Runs forward then backward with `grad_output`, adding into `param_grads`. `grad_input` and the
+/// scratch buffer start as NaN: a backward pass that added to its input gradient instead of
+/// writing it, or read scratch it had not written, would leave NaNs.
 fn run_backward(
     layer: &dyn Layer,
     input: &Tensor,
     grad_output: &Tensor,
     param_grads: &mut [Vec<f32>],
 ) -> Tensor {
-    let mut scratch = LayerScratch::default();
+    // Scratch left over from earlier batches holds anything: NaN here, which shows if read.
+    let mut scratch = LayerScratch {
+        buffer: vec![f32::NAN; 1 << 16],
+    };
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
     layer.forward(input, &mut output, Mode::Train, &mut scratch);
     let mut grad_input = tensor(
@@ -109,22 +117,20 @@ fn run_backward(
 }
 
 /// The gradient check for one layer. Builds `spec` for `input_shape` with random parameters,
-/// runs backward on a batch of `batch`, and asserts that:
+/// runs backward on a random batch of `batch` images, and asserts that:
 /// - the input gradient and every parameter gradient match central differences of `L`;
 /// - backward *writes* the input gradient (a NaN-filled buffer comes back finite) and *adds* to
 ///   the parameter gradients: a second backward call doubles them and writes the same input
 ///   gradient again.
 ///
 /// Returns the layer and the backward results, for further checks.
-fn check_layer(
-    spec: LayerSpec,
-    input_shape: Shape,
-    batch: usize,
-    inputs: Inputs,
-    seed: u64,
-) -> (Box<dyn Layer>, Backward) {
+fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn Layer>, Backward) {
     assert!(batch > 1, "batch gradients must be checked with a batch");
-    let mut rng = rng(seed);
+    let inputs = match spec {
+        LayerSpec::Relu | LayerSpec::MaxPool2d(_) => Inputs::Distinct,
+        _ => Inputs::Uniform,
+    };
+    let mut rng = rng(SEED);
     let mut layer = spec
         .build(0, input_shape)
         .expect("the layer fits its input");
@@ -232,6 +238,14 @@ fn window(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Wind
     }
 }
 
+fn max_pool(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> LayerSpec {
+    LayerSpec::MaxPool2d(window(kernel, stride, padding, ceil_mode))
+}
+
+fn avg_pool(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> LayerSpec {
+    LayerSpec::AvgPool2d(window(kernel, stride, padding, ceil_mode))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolution
 
@@ -239,13 +253,7 @@ fn window(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Wind
 /// 6x5 input: windows at every border reach into the padding.
 #[test]
 fn conv_3x3_stride_1_pad_1() {
-    let (layer, _) = check_layer(
-        conv(3, 3, 1, 1, true),
-        Shape::new(2, 6, 5),
-        3,
-        Inputs::Uniform,
-        1,
-    );
+    let (layer, _) = check_layer(conv(3, 3, 1, 1, true), Shape::new(2, 6, 5), 3);
     assert_eq!(layer.output_shape(), Shape::new(3, 6, 5));
 }
 
@@ -254,13 +262,7 @@ fn conv_3x3_stride_1_pad_1() {
 /// column (9) are read by no window and their gradient must be exactly zero.
 #[test]
 fn conv_3x3_stride_2_pad_0_without_bias() {
-    let (layer, backward) = check_layer(
-        conv(2, 3, 2, 0, false),
-        Shape::new(3, 8, 10),
-        2,
-        Inputs::Uniform,
-        2,
-    );
+    let (layer, backward) = check_layer(conv(2, 3, 2, 0, false), Shape::new(3, 8, 10), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
     assert_eq!(layer.params().len(), 1, "nobias means no bias parameter");
     let grad = &backward.grad_input;
@@ -288,52 +290,29 @@ fn conv_3x3_stride_2_pad_0_without_bias() {
 /// 3x3 convolution, stride 2, padding 1, 2 -> 4 channels, batch 4.
 #[test]
 fn conv_3x3_stride_2_pad_1() {
-    let (layer, _) = check_layer(
-        conv(4, 3, 2, 1, true),
-        Shape::new(2, 8, 7),
-        4,
-        Inputs::Uniform,
-        3,
-    );
+    let (layer, _) = check_layer(conv(4, 3, 2, 1, true), Shape::new(2, 8, 7), 4);
     assert_eq!(layer.output_shape(), Shape::new(4, 4, 4));
 }
 
 /// 5x5 convolution, stride 1, padding 2, 3 -> 2 channels with bias.
 #[test]
 fn conv_5x5_stride_1_pad_2() {
-    let (layer, _) = check_layer(
-        conv(2, 5, 1, 2, true),
-        Shape::new(3, 7, 6),
-        2,
-        Inputs::Uniform,
-        4,
-    );
+    let (layer, _) = check_layer(conv(2, 5, 1, 2, true), Shape::new(3, 7, 6), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 7, 6));
 }
 
 /// 5x5 convolution, stride 2, padding 2, no bias, on a non-square 9x11 input.
 #[test]
 fn conv_5x5_stride_2_pad_2_without_bias() {
-    let (layer, _) = check_layer(
-        conv(3, 5, 2, 2, false),
-        Shape::new(2, 9, 11),
-        3,
-        Inputs::Uniform,
-        5,
-    );
+    let (layer, _) = check_layer(conv(3, 5, 2, 2, false), Shape::new(2, 9, 11), 3);
     assert_eq!(layer.output_shape(), Shape::new(3, 5, 6));
 }
 
-/// 5x5 convolution, stride 1, no padding: the smallest input it fits, plus one.
+/// 5x5 convolution, stride 1, no padding, on 6x5: one row taller than the kernel and exactly
+/// as wide, so the output is 2x1.
 #[test]
 fn conv_5x5_stride_1_pad_0() {
-    let (layer, _) = check_layer(
-        conv(2, 5, 1, 0, true),
-        Shape::new(2, 6, 5),
-        2,
-        Inputs::Uniform,
-        6,
-    );
+    let (layer, _) = check_layer(conv(2, 5, 1, 0, true), Shape::new(2, 6, 5), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 2, 1));
 }
 
@@ -347,7 +326,7 @@ fn conv_rectangular_kernel_stride_and_padding() {
         padding: [1, 2],
         bias: true,
     });
-    let (layer, _) = check_layer(spec, Shape::new(2, 7, 6), 2, Inputs::Uniform, 7);
+    let (layer, _) = check_layer(spec, Shape::new(2, 7, 6), 2);
     assert_eq!(layer.output_shape(), Shape::new(3, 4, 6));
 }
 
@@ -355,43 +334,19 @@ fn conv_rectangular_kernel_stride_and_padding() {
 /// without bias.
 #[test]
 fn conv_1x1_pointwise() {
-    let (layer, _) = check_layer(
-        conv(4, 1, 1, 0, true),
-        Shape::new(3, 5, 4),
-        3,
-        Inputs::Uniform,
-        8,
-    );
+    let (layer, _) = check_layer(conv(4, 1, 1, 0, true), Shape::new(3, 5, 4), 3);
     assert_eq!(layer.output_shape(), Shape::new(4, 5, 4));
-    check_layer(
-        conv(2, 1, 1, 0, false),
-        Shape::new(3, 4, 6),
-        2,
-        Inputs::Uniform,
-        9,
-    );
+    check_layer(conv(2, 1, 1, 0, false), Shape::new(3, 4, 6), 2);
 }
 
 /// A 1x1 kernel with padding 1 is not pointwise: it unfolds, and the border windows lie wholly
 /// in the padding, where outputs are the bias alone and pass no gradient back.
 #[test]
 fn conv_1x1_with_padding_unfolds() {
-    let (layer, _) = check_layer(
-        conv(2, 1, 1, 1, true),
-        Shape::new(2, 4, 3),
-        2,
-        Inputs::Uniform,
-        10,
-    );
+    let (layer, _) = check_layer(conv(2, 1, 1, 1, true), Shape::new(2, 4, 3), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 6, 5));
     // Strided too: every other pixel only.
-    check_layer(
-        conv(2, 1, 2, 0, true),
-        Shape::new(2, 5, 5),
-        2,
-        Inputs::Uniform,
-        11,
-    );
+    check_layer(conv(2, 1, 2, 0, true), Shape::new(2, 5, 5), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,13 +355,7 @@ fn conv_1x1_with_padding_unfolds() {
 /// Max pooling 2x2, stride 2, on an even 6x8 input: each gradient goes to its window's maximum.
 #[test]
 fn max_pool_2_stride_2() {
-    let (layer, _) = check_layer(
-        LayerSpec::MaxPool2d(window(2, 2, 0, false)),
-        Shape::new(2, 6, 8),
-        3,
-        Inputs::Distinct,
-        20,
-    );
+    let (layer, _) = check_layer(max_pool(2, 2, 0, false), Shape::new(2, 6, 8), 3);
     assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
     assert!(layer.params().is_empty());
 }
@@ -415,13 +364,7 @@ fn max_pool_2_stride_2() {
 /// cover a single input row or column.
 #[test]
 fn max_pool_2_ceil_7x7() {
-    let (layer, _) = check_layer(
-        LayerSpec::MaxPool2d(window(2, 2, 0, true)),
-        Shape::new(3, 7, 7),
-        2,
-        Inputs::Distinct,
-        21,
-    );
+    let (layer, _) = check_layer(max_pool(2, 2, 0, true), Shape::new(3, 7, 7), 2);
     assert_eq!(layer.output_shape(), Shape::new(3, 4, 4));
 }
 
@@ -429,34 +372,16 @@ fn max_pool_2_ceil_7x7() {
 /// several windows and collect all their gradients), with and without ceil mode.
 #[test]
 fn max_pool_3_stride_2_pad_1() {
-    let (layer, _) = check_layer(
-        LayerSpec::MaxPool2d(window(3, 2, 1, false)),
-        Shape::new(2, 8, 7),
-        2,
-        Inputs::Distinct,
-        22,
-    );
+    let (layer, _) = check_layer(max_pool(3, 2, 1, false), Shape::new(2, 8, 7), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 4, 4));
-    let (layer, _) = check_layer(
-        LayerSpec::MaxPool2d(window(3, 2, 1, true)),
-        Shape::new(2, 8, 7),
-        2,
-        Inputs::Distinct,
-        23,
-    );
+    let (layer, _) = check_layer(max_pool(3, 2, 1, true), Shape::new(2, 8, 7), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 5, 4));
 }
 
 /// Average pooling 2x2, stride 2: every pixel of a window gets a quarter of its gradient.
 #[test]
 fn avg_pool_2_stride_2() {
-    let (layer, _) = check_layer(
-        LayerSpec::AvgPool2d(window(2, 2, 0, false)),
-        Shape::new(2, 6, 8),
-        3,
-        Inputs::Uniform,
-        30,
-    );
+    let (layer, _) = check_layer(avg_pool(2, 2, 0, false), Shape::new(2, 6, 8), 3);
     assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
     assert!(layer.params().is_empty());
 }
@@ -465,13 +390,7 @@ fn avg_pool_2_stride_2() {
 /// pixels they cover (2 or 1), in forward and backward alike.
 #[test]
 fn avg_pool_2_ceil_7x7() {
-    let (layer, _) = check_layer(
-        LayerSpec::AvgPool2d(window(2, 2, 0, true)),
-        Shape::new(3, 7, 7),
-        2,
-        Inputs::Uniform,
-        31,
-    );
+    let (layer, _) = check_layer(avg_pool(2, 2, 0, true), Shape::new(3, 7, 7), 2);
     assert_eq!(layer.output_shape(), Shape::new(3, 4, 4));
 }
 
@@ -479,21 +398,9 @@ fn avg_pool_2_ceil_7x7() {
 /// padding not counted in the mean.
 #[test]
 fn avg_pool_3_stride_2_pad_1() {
-    let (layer, _) = check_layer(
-        LayerSpec::AvgPool2d(window(3, 2, 1, false)),
-        Shape::new(2, 8, 7),
-        2,
-        Inputs::Uniform,
-        32,
-    );
+    let (layer, _) = check_layer(avg_pool(3, 2, 1, false), Shape::new(2, 8, 7), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 4, 4));
-    let (layer, _) = check_layer(
-        LayerSpec::AvgPool2d(window(3, 2, 1, true)),
-        Shape::new(2, 8, 7),
-        2,
-        Inputs::Uniform,
-        33,
-    );
+    let (layer, _) = check_layer(avg_pool(3, 2, 1, true), Shape::new(2, 8, 7), 2);
     assert_eq!(layer.output_shape(), Shape::new(2, 5, 4));
 }
 
@@ -503,26 +410,14 @@ fn avg_pool_3_stride_2_pad_1() {
 /// ReLU on images: the gradient passes where the input is positive and is zero elsewhere.
 #[test]
 fn relu() {
-    let (_, backward) = check_layer(
-        LayerSpec::Relu,
-        Shape::new(2, 4, 5),
-        3,
-        Inputs::Distinct,
-        40,
-    );
+    let (_, backward) = check_layer(LayerSpec::Relu, Shape::new(2, 4, 5), 3);
     assert!(backward.grad_input.data().contains(&0.0));
 }
 
 /// Flatten: the gradient is the output gradient, reshaped back (NCHW order).
 #[test]
 fn flatten() {
-    let (layer, backward) = check_layer(
-        LayerSpec::Flatten,
-        Shape::new(3, 2, 4),
-        2,
-        Inputs::Uniform,
-        41,
-    );
+    let (layer, backward) = check_layer(LayerSpec::Flatten, Shape::new(3, 2, 4), 2);
     assert_eq!(layer.output_shape(), Shape::flat(24));
     assert_eq!(backward.grad_input.shape(), Shape::new(3, 2, 4));
 }
@@ -535,7 +430,7 @@ fn dense_with_bias() {
         out_features: 5,
         bias: true,
     });
-    let (layer, _) = check_layer(spec, Shape::flat(7), 4, Inputs::Uniform, 50);
+    let (layer, _) = check_layer(spec, Shape::flat(7), 4);
     assert_eq!(layer.params().len(), 2);
 }
 
@@ -546,7 +441,7 @@ fn dense_without_bias() {
         out_features: 3,
         bias: false,
     });
-    let (layer, _) = check_layer(spec, Shape::flat(6), 3, Inputs::Uniform, 51);
+    let (layer, _) = check_layer(spec, Shape::flat(6), 3);
     assert_eq!(layer.params().len(), 1);
 }
 
@@ -649,8 +544,10 @@ fn network_loss(
 /// The whole network's backward pass: conv (padding 1), ReLU, max pooling (ceil), conv (stride
 /// 2), ReLU, average pooling (ceil), flatten, dense, ReLU, dense, then softmax cross-entropy.
 /// Every parameter gradient of every layer matches central differences of the mean loss over a
-/// batch of 3. Entries whose nudge would cross a ReLU kink or move a max-pooling maximum (the
-/// loss is not differentiable there at this step) are skipped; there must be few of them.
+/// batch of 3 (all 212 entries, within 1e-2; the worst seen is under 1e-3). Each entry is
+/// nudged by the largest step that crosses no ReLU kink and moves no max-pooling maximum (the
+/// loss is not differentiable across those); the few entries that cross one even at the
+/// smallest step are skipped (10 of 212 with these seeds), and must stay under 10%.
 #[test]
 fn whole_network_gradients_match_finite_differences() {
     let architecture = cnn::arch::parse(

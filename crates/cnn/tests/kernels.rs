@@ -101,7 +101,9 @@ fn compare_conv(
     let start_weight = values(&mut rng, weight.len(), false);
     let start_bias = values(&mut rng, out_channels, false);
 
-    let mut scratch = vec![f32::NAN; 7];
+    // Larger than any case needs: the kernels shrink it, so every entry they read is NaN
+    // unless they wrote it first.
+    let mut scratch = vec![f32::NAN; 1 << 18];
     let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
     conv::conv2d_forward(&g, &x, &weight, bias, &mut fast, &mut scratch);
     let mut slow = Tensor::zeros(batch, g.output);
@@ -117,7 +119,7 @@ fn compare_conv(
     );
     matches("conv forward", fast.data(), slow.data(), scale.data())?;
 
-    scratch.fill(f32::NAN);
+    let mut scratch = vec![f32::NAN; 1 << 18];
     let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
     let (mut fast_dw, mut fast_db) = (start_weight.clone(), start_bias.clone());
     conv::conv2d_backward(
@@ -172,7 +174,6 @@ fn compare_conv(
 }
 
 /// Runs the fast and the reference pooling, forward and backward, on one random case.
-#[allow(clippy::too_many_arguments)]
 fn compare_pool(
     kind: PoolKind,
     batch: usize,
@@ -209,7 +210,7 @@ fn compare_pool(
     pool::pool_forward(kind, &g, &x, &mut fast);
     let mut slow = Tensor::zeros(batch, g.output);
     reference::pool_forward(kind, &g, &x, &mut slow);
-    // Pooling sums at most 25 terms of at most 1: no cancellation worth a scale.
+    // Pooling sums at most 25 terms of at most 2: no cancellation worth a scale.
     matches(
         &format!("{kind:?} pool forward"),
         fast.data(),
@@ -236,7 +237,7 @@ fn pool_axis() -> impl Strategy<Value = (usize, usize)> {
 }
 
 proptest! {
-    #![proptest_config({ let mut c = ProptestConfig::with_cases(30000); c.max_global_rejects = 100000; c })]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// im2col convolution (forward, and backward for input, weight and bias) equals the direct
     /// loops for any batch, channel counts, input size, and per-axis kernel, stride and padding

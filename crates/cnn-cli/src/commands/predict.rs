@@ -38,6 +38,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
                     "class": p.class,
                     "probability": p.probability,
                     "probabilities": probabilities,
+                    "logits": p.logits,
                 });
                 println!("{line}");
             }
