@@ -33,6 +33,8 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Show what a network computes, layer by layer (the seed's worked example with --example).
     Explain(commands::explain::ExplainArgs),
+    /// Measure training and inference speed, memory and GFLOP/s of an architecture.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,5 +87,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Predict(args) => commands::predict::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        Command::Bench(args) => commands::bench::run(args, threads),
     })
 }

@@ -656,3 +656,18 @@ fn kernels_match_reference_on_fixed_cases() {
     compare_pool(PoolKind::Average, 3, 2, [8, 7], window, false, 8).unwrap();
     compare_pool(PoolKind::Max, 3, 2, [8, 7], window, true, 9).unwrap();
 }
+
+/// Inputs narrower than the padding: whole window rows and columns fall in the padding, some
+/// windows read a single pixel (1x1 and 2x3 images under a 5x5 kernel with padding 2, and
+/// stride 3 with padding 2 on a 1x4 image).
+#[test]
+fn conv_on_inputs_smaller_than_the_kernel() {
+    for (input, window) in [
+        ([1, 1], Window2d::new([5, 5], [1, 1], [2, 2])),
+        ([2, 3], Window2d::new([5, 5], [1, 1], [2, 2])),
+        ([1, 4], Window2d::new([5, 5], [3, 3], [2, 2])),
+        ([3, 1], Window2d::new([3, 5], [2, 1], [1, 2])),
+    ] {
+        compare_conv(2, 2, 3, input, window, true, true, 11).unwrap();
+    }
+}

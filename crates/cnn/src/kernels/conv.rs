@@ -43,28 +43,54 @@ impl ConvGeometry {
     }
 }
 
-/// Runs `visit(column_row, output_position, input_index)` over every pair of a column-matrix
-/// entry and the input pixel it reads (`None` where the window lies in the zero padding).
-/// im2col and its transpose col2im are both this one walk, so they cannot disagree.
+/// One stretch of the column matrix: row `row`, output row `oy`, i.e. the entries
+/// `dst..dst + OW`. Output columns `lo..hi` read input pixels `src, src + SW, src + 2*SW...`;
+/// the others lie in the zero padding.
+#[derive(Clone, Copy)]
+struct PatchRow {
+    dst: usize,
+    lo: usize,
+    hi: usize,
+    src: usize,
+}
+
+/// Visits every stretch of the column matrix with the input pixels it reads. im2col and its
+/// transpose col2im are both this one walk, so they cannot disagree; working a row at a time
+/// (not an entry at a time) keeps the bounds checks out of the inner loop.
 #[inline(always)]
-fn for_each_patch_entry(g: &ConvGeometry, mut visit: impl FnMut(usize, usize, Option<usize>)) {
+fn for_each_patch_row(g: &ConvGeometry, mut visit: impl FnMut(PatchRow)) {
     let [kh, kw] = g.window.kernel;
     let [sh, sw] = g.window.stride;
     let [ph, pw] = g.window.padding;
     let (h, w) = (g.input.height, g.input.width);
     let (oh, ow) = (g.output.height, g.output.width);
+    let positions = oh * ow;
     for c in 0..g.input.channels {
         for i in 0..kh {
             for j in 0..kw {
                 let row = (c * kh + i) * kw + j;
+                // Output columns whose pixel x = ox * sw + j - pw lies inside 0..w.
+                let lo = (pw.saturating_sub(j)).div_ceil(sw).min(ow);
+                let hi = if w + pw > j {
+                    (w + pw - j).div_ceil(sw).min(ow)
+                } else {
+                    0
+                }
+                .max(lo);
                 for oy in 0..oh {
+                    let dst = row * positions + oy * ow;
                     let y = (oy * sh + i) as isize - ph as isize;
-                    for ox in 0..ow {
-                        let x = (ox * sw + j) as isize - pw as isize;
-                        let inside = y >= 0 && (y as usize) < h && x >= 0 && (x as usize) < w;
-                        let pixel = inside.then(|| (c * h + y as usize) * w + x as usize);
-                        visit(row, oy * ow + ox, pixel);
+                    if y < 0 || y as usize >= h || lo == hi {
+                        visit(PatchRow {
+                            dst,
+                            lo: 0,
+                            hi: 0,
+                            src: 0,
+                        });
+                        continue;
                     }
+                    let src = (c * h + y as usize) * w + lo * sw + j - pw;
+                    visit(PatchRow { dst, lo, hi, src });
                 }
             }
         }
@@ -73,18 +99,34 @@ fn for_each_patch_entry(g: &ConvGeometry, mut visit: impl FnMut(usize, usize, Op
 
 /// Unfolds one image `[C, H, W]` into `col`: `[C*KH*KW, OH*OW]`, row-major.
 pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32]) {
-    let positions = g.positions();
-    for_each_patch_entry(g, |row, position, pixel| {
-        col[row * positions + position] = pixel.map_or(0.0, |p| image[p]);
+    let (ow, sw) = (g.output.width, g.window.stride[1]);
+    for_each_patch_row(g, |PatchRow { dst, lo, hi, src }| {
+        let out = &mut col[dst..dst + ow];
+        out[..lo].fill(0.0);
+        out[hi..].fill(0.0);
+        if sw == 1 {
+            out[lo..hi].copy_from_slice(&image[src..src + hi - lo]);
+        } else {
+            for (k, o) in out[lo..hi].iter_mut().enumerate() {
+                *o = image[src + k * sw];
+            }
+        }
     });
 }
 
 /// Folds `col` back onto an image, adding every entry to the pixel it was read from.
 pub fn col2im_add(g: &ConvGeometry, col: &[f32], image: &mut [f32]) {
-    let positions = g.positions();
-    for_each_patch_entry(g, |row, position, pixel| {
-        if let Some(p) = pixel {
-            image[p] += col[row * positions + position];
+    let sw = g.window.stride[1];
+    for_each_patch_row(g, |PatchRow { dst, lo, hi, src }| {
+        let values = &col[dst + lo..dst + hi];
+        if sw == 1 {
+            for (pixel, v) in image[src..src + hi - lo].iter_mut().zip(values) {
+                *pixel += v;
+            }
+        } else {
+            for (k, v) in values.iter().enumerate() {
+                image[src + k * sw] += v;
+            }
         }
     });
 }

@@ -15,3 +15,29 @@ pub fn batch_chunks(batch: usize) -> (usize, usize) {
     let per_chunk = batch.div_ceil(threads).max(1);
     (batch.div_ceil(per_chunk), per_chunk)
 }
+
+/// Below this many values of work, a kernel runs on the calling thread: waking the pool costs
+/// more than it saves (batch-1 inference lives here).
+const PARALLEL_MIN_WORK: usize = 1 << 15;
+
+/// Runs `work(first_item, items)` over `output`, which holds items of `item_len` values each,
+/// split into one contiguous run of items per thread (or serially when `work_per_item * items`
+/// is small). `first_item` is the index of the run's first item, to find its inputs.
+pub fn for_each_item_run<T: Send>(
+    output: &mut [T],
+    item_len: usize,
+    work_per_item: usize,
+    work: impl Fn(usize, &mut [T]) + Sync,
+) {
+    use rayon::prelude::*;
+    let items = output.len() / item_len.max(1);
+    if items * work_per_item < PARALLEL_MIN_WORK || rayon::current_num_threads() == 1 {
+        work(0, output);
+        return;
+    }
+    let (_, per_run) = batch_chunks(items);
+    output
+        .par_chunks_mut(per_run * item_len)
+        .enumerate()
+        .for_each(|(run, values)| work(run * per_run, values));
+}

@@ -1,8 +1,8 @@
 //! Max and average pooling over each channel plane, with the window walk of [`Window2d`].
 
+use super::for_each_item_run;
 use crate::tensor::{Shape, Tensor};
 use crate::window::{Window2d, WindowSpan};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,17 @@ impl PoolGeometry {
 /// same rule in forward and backward, so the gradient goes where the forward value came from).
 #[inline]
 fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> usize {
+    if rows.len() == 2 && cols.len() == 2 {
+        // The common 2x2 window, unrolled; same first-maximum rule.
+        let top = rows.start * width + cols.start;
+        let mut best = top;
+        for candidate in [top + 1, top + width, top + width + 1] {
+            if plane[candidate] > plane[best] {
+                best = candidate;
+            }
+        }
+        return best;
+    }
     let mut best = rows.start * width + cols.start;
     for y in rows.start..rows.end {
         for x in cols.start..cols.end {
@@ -51,11 +62,11 @@ fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> us
 pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &mut Tensor) {
     let (in_plane, out_plane, width) = (g.input.plane(), g.output.plane(), g.input.width);
     let out_width = g.output.width;
-    output
-        .data_mut()
-        .par_chunks_mut(out_plane)
-        .zip(input.data().par_chunks(in_plane))
-        .for_each(|(out, plane)| {
+    let [kh, kw] = g.window.kernel;
+    let work = out_plane * kh * kw;
+    for_each_item_run(output.data_mut(), out_plane, work, |first, out_run| {
+        for (p, out) in out_run.chunks_mut(out_plane).enumerate() {
+            let plane = &input.data()[(first + p) * in_plane..(first + p + 1) * in_plane];
             g.walk(|oy, ox, rows, cols| {
                 out[oy * out_width + ox] = match kind {
                     PoolKind::Max => plane[argmax(plane, width, rows, cols)],
@@ -70,7 +81,8 @@ pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &m
                     }
                 };
             });
-        });
+        }
+    });
 }
 
 /// Writes `dL/dinput` (`[N, C, H, W]`) from `dL/doutput` (`[N, C, OH, OW]`): max pooling routes
@@ -84,12 +96,13 @@ pub fn pool_backward(
 ) {
     let (in_plane, out_plane, width) = (g.input.plane(), g.output.plane(), g.input.width);
     let out_width = g.output.width;
-    grad_input
-        .data_mut()
-        .par_chunks_mut(in_plane)
-        .zip(input.data().par_chunks(in_plane))
-        .zip(grad_output.data().par_chunks(out_plane))
-        .for_each(|((grad_in, plane), grad_out)| {
+    let [kh, kw] = g.window.kernel;
+    let work = out_plane * kh * kw;
+    for_each_item_run(grad_input.data_mut(), in_plane, work, |first, grad_run| {
+        for (p, grad_in) in grad_run.chunks_mut(in_plane).enumerate() {
+            let n = first + p;
+            let plane = &input.data()[n * in_plane..(n + 1) * in_plane];
+            let grad_out = &grad_output.data()[n * out_plane..(n + 1) * out_plane];
             grad_in.fill(0.0);
             g.walk(|oy, ox, rows, cols| {
                 let grad = grad_out[oy * out_width + ox];
@@ -105,5 +118,6 @@ pub fn pool_backward(
                     }
                 }
             });
-        });
+        }
+    });
 }
