@@ -16,7 +16,9 @@ const BATCH: usize = 64;
 
 fn random(batch: usize, shape: Shape, seed: u64) -> Tensor {
     let mut rng = seeded(seed, Stream::WeightInit);
-    let data = (0..batch * shape.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let data = (0..batch * shape.len())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     Tensor::from_vec(batch, shape, data).unwrap()
 }
 
@@ -36,7 +38,11 @@ fn bench_layer(c: &mut Criterion, name: &str, notation: &str, input: Shape) {
     });
     let dy = random(BATCH, layer.output_shape(), 8);
     let mut dx = Tensor::zeros(BATCH, input);
-    let mut grads: Vec<Vec<f32>> = layer.params().iter().map(|p| vec![0.0; p.value.len()]).collect();
+    let mut grads: Vec<Vec<f32>> = layer
+        .params()
+        .iter()
+        .map(|p| vec![0.0; p.value.len()])
+        .collect();
     c.bench_function(&format!("{name} backward"), |b| {
         b.iter(|| {
             let pass = BackwardPass {
@@ -51,12 +57,42 @@ fn bench_layer(c: &mut Criterion, name: &str, notation: &str, input: Shape) {
 }
 
 fn layers(c: &mut Criterion) {
-    bench_layer(c, "conv lenet5.0 6@5x5 on 1x28x28", "conv 6@5x5 pad=2", Shape::new(1, 28, 28));
-    bench_layer(c, "conv lenet5.3 16@5x5 on 6x14x14", "conv 16@5x5", Shape::new(6, 14, 14));
-    bench_layer(c, "conv cnn4.2 32@3x3 on 32x28x28", "conv 32@3x3 pad=1", Shape::new(32, 28, 28));
-    bench_layer(c, "conv cnn4.7 64@3x3 on 64x14x14", "conv 64@3x3 pad=1", Shape::new(64, 14, 14));
-    bench_layer(c, "maxpool 2 on 32x28x28", "maxpool 2", Shape::new(32, 28, 28));
-    bench_layer(c, "avgpool 2 on 32x28x28", "avgpool 2", Shape::new(32, 28, 28));
+    bench_layer(
+        c,
+        "conv lenet5.0 6@5x5 on 1x28x28",
+        "conv 6@5x5 pad=2",
+        Shape::new(1, 28, 28),
+    );
+    bench_layer(
+        c,
+        "conv lenet5.3 16@5x5 on 6x14x14",
+        "conv 16@5x5",
+        Shape::new(6, 14, 14),
+    );
+    bench_layer(
+        c,
+        "conv cnn4.2 32@3x3 on 32x28x28",
+        "conv 32@3x3 pad=1",
+        Shape::new(32, 28, 28),
+    );
+    bench_layer(
+        c,
+        "conv cnn4.7 64@3x3 on 64x14x14",
+        "conv 64@3x3 pad=1",
+        Shape::new(64, 14, 14),
+    );
+    bench_layer(
+        c,
+        "maxpool 2 on 32x28x28",
+        "maxpool 2",
+        Shape::new(32, 28, 28),
+    );
+    bench_layer(
+        c,
+        "avgpool 2 on 32x28x28",
+        "avgpool 2",
+        Shape::new(32, 28, 28),
+    );
     bench_layer(c, "relu on 32x28x28", "relu", Shape::new(32, 28, 28));
     bench_layer(c, "dense 128 on 3136", "dense 128", Shape::flat(3136));
 }

@@ -27,24 +27,19 @@ impl ConvGeometry {
         self.output.plane()
     }
 
-    /// A 1x1 kernel with stride 1 and no padding reads the image as it is: no unfolding.
-    fn is_pointwise(&self) -> bool {
-        self.window.kernel == [1, 1]
-            && self.window.stride == [1, 1]
-            && self.window.padding == [0, 0]
-    }
-
-    fn column_len(&self) -> usize {
-        if self.is_pointwise() {
-            0
-        } else {
-            self.patch_len() * self.positions()
-        }
+    /// How many images to unfold side by side into one column matrix (see [`GROUP_COLUMNS`]).
+    fn group_size(&self, per_chunk: usize) -> usize {
+        (GROUP_COLUMNS / self.positions().max(1)).clamp(1, per_chunk.max(1))
     }
 }
 
-/// One stretch of the column matrix: row `row`, output row `oy`, i.e. the entries
-/// `dst..dst + OW`. Output columns `lo..hi` read input pixels `src, src + SW, src + 2*SW...`;
+/// Images are unfolded side by side into one column matrix of about this many columns, so that
+/// a layer with few window positions (LeNet-5's 10x10 maps) still multiplies matrices wide
+/// enough for SGEMM to run at full speed, and each product's fixed cost is shared.
+const GROUP_COLUMNS: usize = 1024;
+
+/// One stretch of the column matrix: one row of one window offset for output row `oy`, i.e.
+/// the entries `dst..dst + OW`. Output columns `lo..hi` read input pixels `src, src + SW, src + 2*SW...`;
 /// the others lie in the zero padding.
 #[derive(Clone, Copy)]
 struct PatchRow {
@@ -57,14 +52,21 @@ struct PatchRow {
 /// Visits every stretch of the column matrix with the input pixels it reads. im2col and its
 /// transpose col2im are both this one walk, so they cannot disagree; working a row at a time
 /// (not an entry at a time) keeps the bounds checks out of the inner loop.
+///
+/// The matrix has `row_len` entries per row, and this image's columns start at `offset`: several
+/// images can be unfolded side by side.
 #[inline(always)]
-fn for_each_patch_row(g: &ConvGeometry, mut visit: impl FnMut(PatchRow)) {
+fn for_each_patch_row(
+    g: &ConvGeometry,
+    row_len: usize,
+    offset: usize,
+    mut visit: impl FnMut(PatchRow),
+) {
     let [kh, kw] = g.window.kernel;
     let [sh, sw] = g.window.stride;
     let [ph, pw] = g.window.padding;
     let (h, w) = (g.input.height, g.input.width);
     let (oh, ow) = (g.output.height, g.output.width);
-    let positions = oh * ow;
     for c in 0..g.input.channels {
         for i in 0..kh {
             for j in 0..kw {
@@ -78,7 +80,7 @@ fn for_each_patch_row(g: &ConvGeometry, mut visit: impl FnMut(PatchRow)) {
                 }
                 .max(lo);
                 for oy in 0..oh {
-                    let dst = row * positions + oy * ow;
+                    let dst = row * row_len + offset + oy * ow;
                     let y = (oy * sh + i) as isize - ph as isize;
                     if y < 0 || y as usize >= h || lo == hi {
                         visit(PatchRow {
@@ -97,10 +99,11 @@ fn for_each_patch_row(g: &ConvGeometry, mut visit: impl FnMut(PatchRow)) {
     }
 }
 
-/// Unfolds one image `[C, H, W]` into `col`: `[C*KH*KW, OH*OW]`, row-major.
-pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32]) {
+/// Unfolds one image `[C, H, W]` into the columns `offset..offset + OH*OW` of `col`, a
+/// `[C*KH*KW, row_len]` row-major matrix.
+pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, offset: usize) {
     let (ow, sw) = (g.output.width, g.window.stride[1]);
-    for_each_patch_row(g, |PatchRow { dst, lo, hi, src }| {
+    for_each_patch_row(g, row_len, offset, |PatchRow { dst, lo, hi, src }| {
         let out = &mut col[dst..dst + ow];
         out[..lo].fill(0.0);
         out[hi..].fill(0.0);
@@ -114,10 +117,11 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32]) {
     });
 }
 
-/// Folds `col` back onto an image, adding every entry to the pixel it was read from.
-pub fn col2im_add(g: &ConvGeometry, col: &[f32], image: &mut [f32]) {
+/// The transpose of [`im2col`]: adds every entry of the image's columns to the pixel it was
+/// read from.
+pub fn col2im_add(g: &ConvGeometry, col: &[f32], row_len: usize, offset: usize, image: &mut [f32]) {
     let sw = g.window.stride[1];
-    for_each_patch_row(g, |PatchRow { dst, lo, hi, src }| {
+    for_each_patch_row(g, row_len, offset, |PatchRow { dst, lo, hi, src }| {
         let values = &col[dst + lo..dst + hi];
         if sw == 1 {
             for (pixel, v) in image[src..src + hi - lo].iter_mut().zip(values) {
@@ -129,6 +133,14 @@ pub fn col2im_add(g: &ConvGeometry, col: &[f32], image: &mut [f32]) {
             }
         }
     });
+}
+
+/// The images of one chunk of the batch, in groups of [`ConvGeometry::group_size`]: yields
+/// (first image of the group, images in it).
+fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..count)
+        .step_by(group)
+        .map(move |start| (first + start, group.min(count - start)))
 }
 
 /// `output[n] = weight x im2col(input[n]) + bias` for every image.
@@ -145,40 +157,45 @@ pub fn conv2d_forward(
 ) {
     let batch = input.batch();
     let (chunks, per_chunk) = batch_chunks(batch);
-    let column_len = g.column_len();
-    scratch.resize(chunks * column_len.max(1), 0.0);
-    let (in_len, out_len) = (g.input.len(), g.output.len());
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
+    let group = g.group_size(per_chunk);
+    // Per chunk: the columns of a group of images, and their product with the weights.
+    let (columns_len, product_len) = (patch * group * positions, channels_out * group * positions);
+    scratch.resize(chunks * (columns_len + product_len), 0.0);
+    let (in_len, out_len) = (g.input.len(), g.output.len());
     output
         .data_mut()
         .par_chunks_mut(per_chunk * out_len)
-        .zip(scratch.par_chunks_mut(column_len.max(1)))
+        .zip(scratch.par_chunks_mut(columns_len + product_len))
         .enumerate()
-        .for_each(|(chunk, (out_chunk, column))| {
-            for (s, out) in out_chunk.chunks_mut(out_len).enumerate() {
-                let n = chunk * per_chunk + s;
-                let image = &input.data()[n * in_len..(n + 1) * in_len];
-                let columns = if g.is_pointwise() {
-                    image
-                } else {
-                    im2col(g, image, column);
-                    &column[..]
-                };
-                match bias {
-                    Some(bias) => {
-                        for (row, &b) in out.chunks_mut(positions).zip(bias) {
-                            row.fill(b);
-                        }
-                    }
-                    None => out.fill(0.0),
+        .for_each(|(chunk, (out_chunk, work))| {
+            let (columns, product) = work.split_at_mut(columns_len);
+            let first = chunk * per_chunk;
+            for (start, count) in groups(first, out_chunk.len() / out_len, group) {
+                let width = count * positions;
+                for s in 0..count {
+                    let image = &input.data()[(start + s) * in_len..(start + s + 1) * in_len];
+                    im2col(g, image, columns, width, s * positions);
                 }
+                let product = &mut product[..channels_out * width];
                 matmul(
-                    out,
+                    product,
                     MatRef::row_major(weight, channels_out, patch),
-                    MatRef::row_major(columns, patch, positions),
-                    true,
+                    MatRef::row_major(&columns[..patch * width], patch, width),
+                    false,
                     Threading::Serial,
                 );
+                // [OC, count * P] back to [count, OC, P], adding the bias.
+                for s in 0..count {
+                    let out = &mut out_chunk[(start - first + s) * out_len..][..out_len];
+                    for (oc, out_row) in out.chunks_mut(positions).enumerate() {
+                        let row = &product[oc * width + s * positions..][..positions];
+                        let b = bias.map_or(0.0, |b| b[oc]);
+                        for (o, &v) in out_row.iter_mut().zip(row) {
+                            *o = v + b;
+                        }
+                    }
+                }
             }
         });
 }
@@ -214,10 +231,13 @@ pub fn conv2d_backward(
     let batch = input.batch();
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
-    let column_len = patch * positions;
-    // Per chunk: the columns of one image, their gradient, and partial weight and bias sums.
+    let group = g.group_size(per_chunk);
+    // Per chunk: a group's columns, their gradient, its output gradient gathered as
+    // [OC, group * P], and the chunk's partial weight and bias sums.
+    let columns_len = patch * group * positions;
+    let gathered_len = channels_out * group * positions;
     let weight_len = channels_out * patch;
-    let per_chunk_scratch = 2 * column_len + weight_len + channels_out;
+    let per_chunk_scratch = 2 * columns_len + gathered_len + weight_len + channels_out;
     scratch.resize(chunks * per_chunk_scratch, 0.0);
     let (in_len, out_len) = (g.input.len(), g.output.len());
     let mut input_grad_chunks: Vec<Option<&mut [f32]>> = match grad_input {
@@ -234,52 +254,60 @@ pub fn conv2d_backward(
         .zip(input_grad_chunks.par_iter_mut())
         .enumerate()
         .for_each(|(chunk, (work, input_grad))| {
-            let (column, rest) = work.split_at_mut(column_len);
-            let (column_grad, rest) = rest.split_at_mut(column_len);
+            let (columns, rest) = work.split_at_mut(columns_len);
+            let (column_grad, rest) = rest.split_at_mut(columns_len);
+            let (gathered, rest) = rest.split_at_mut(gathered_len);
             let (partial_weight, partial_bias) = rest.split_at_mut(weight_len);
             partial_weight.fill(0.0);
             partial_bias.fill(0.0);
             let first = chunk * per_chunk;
-            let last = (first + per_chunk).min(batch);
-            for n in first..last {
-                let image = &input.data()[n * in_len..(n + 1) * in_len];
-                let out_grad = &grad_output.data()[n * out_len..(n + 1) * out_len];
-                let columns: &[f32] = if g.is_pointwise() {
-                    image
-                } else {
-                    im2col(g, image, column);
-                    column
-                };
-                // dW[OC, CKK] += dY[OC, P] x columns^T[P, CKK]
-                matmul(
-                    partial_weight,
-                    MatRef::row_major(out_grad, channels_out, positions),
-                    MatRef::row_major(columns, patch, positions).t(),
-                    true,
-                    Threading::Serial,
-                );
-                for (b, row) in partial_bias.iter_mut().zip(out_grad.chunks(positions)) {
+            let count_in_chunk = per_chunk.min(batch - first);
+            for (start, count) in groups(first, count_in_chunk, group) {
+                let width = count * positions;
+                for s in 0..count {
+                    let n = start + s;
+                    im2col(
+                        g,
+                        &input.data()[n * in_len..(n + 1) * in_len],
+                        columns,
+                        width,
+                        s * positions,
+                    );
+                    let out_grad = &grad_output.data()[n * out_len..(n + 1) * out_len];
+                    for (oc, row) in out_grad.chunks(positions).enumerate() {
+                        gathered[oc * width + s * positions..][..positions].copy_from_slice(row);
+                    }
+                }
+                let columns = MatRef::row_major(&columns[..patch * width], patch, width);
+                let dy = MatRef::row_major(&gathered[..channels_out * width], channels_out, width);
+                // dW[OC, CKK] += dY[OC, G*P] x columns^T[G*P, CKK]
+                matmul(partial_weight, dy, columns.t(), true, Threading::Serial);
+                for (b, row) in partial_bias.iter_mut().zip(dy.data.chunks(width)) {
                     *b += row.iter().sum::<f32>();
                 }
                 if let Some(input_grad) = input_grad.as_deref_mut() {
-                    let image_grad =
-                        &mut input_grad[(n - first) * in_len..(n - first + 1) * in_len];
-                    // dcolumns[CKK, P] = W^T[CKK, OC] x dY[OC, P], folded back onto the image.
+                    // dcolumns[CKK, G*P] = W^T[CKK, OC] x dY[OC, G*P], folded back per image.
                     let weight_t = MatRef::row_major(weight, channels_out, patch).t();
-                    let dy = MatRef::row_major(out_grad, channels_out, positions);
-                    if g.is_pointwise() {
-                        matmul(image_grad, weight_t, dy, false, Threading::Serial);
-                    } else {
-                        matmul(column_grad, weight_t, dy, false, Threading::Serial);
+                    matmul(
+                        &mut column_grad[..patch * width],
+                        weight_t,
+                        dy,
+                        false,
+                        Threading::Serial,
+                    );
+                    for s in 0..count {
+                        let local = start - first + s;
+                        let image_grad = &mut input_grad[local * in_len..(local + 1) * in_len];
                         image_grad.fill(0.0);
-                        col2im_add(g, column_grad, image_grad);
+                        col2im_add(g, column_grad, width, s * positions, image_grad);
                     }
                 }
             }
         });
 
     for work in scratch.chunks(per_chunk_scratch).take(chunks) {
-        let (partial_weight, partial_bias) = work[2 * column_len..].split_at(weight_len);
+        let sums = &work[2 * columns_len + gathered_len..];
+        let (partial_weight, partial_bias) = sums.split_at(weight_len);
         add_assign(grad_weight, partial_weight);
         if let Some(grad_bias) = grad_bias.as_deref_mut() {
             add_assign(grad_bias, partial_bias);
