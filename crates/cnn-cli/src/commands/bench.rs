@@ -10,7 +10,10 @@ use cnn::rng::{seeded, Stream};
 use cnn::{Gradients, Mode, Network, Shape, Tensor, Workspace};
 use rand::Rng;
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+/// Calls per layer for the per-layer forward times.
+const LAYER_CALLS: usize = 15;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -287,13 +290,16 @@ fn layer_timings(network: &Network, input: &Tensor, workspace: &mut Workspace) -
             let mut output = activations[i].clone();
             let mut run = || layer.forward(layer_input, &mut output, Mode::Infer, &mut scratch);
             run();
-            let started = Instant::now();
-            let mut calls = 0;
-            while started.elapsed() < Duration::from_millis(100) {
-                run();
-                calls += 1;
-            }
-            let seconds = started.elapsed().as_secs_f64() / calls as f64;
+            // The median of a few calls: enough for a breakdown, cheap next to the figures above.
+            let mut times: Vec<f64> = (0..LAYER_CALLS)
+                .map(|_| {
+                    let started = Instant::now();
+                    run();
+                    started.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let seconds = times[LAYER_CALLS / 2];
             LayerTiming {
                 index: i,
                 layer: summary.layer,
