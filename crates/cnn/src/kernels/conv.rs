@@ -105,12 +105,17 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, 
     let (ow, sw) = (g.output.width, g.window.stride[1]);
     for_each_patch_row(g, row_len, offset, |PatchRow { dst, lo, hi, src }| {
         let out = &mut col[dst..dst + ow];
-        out[..lo].fill(0.0);
-        out[hi..].fill(0.0);
+        let (left, rest) = out.split_at_mut(lo);
+        let (middle, right) = rest.split_at_mut(hi - lo);
+        // Rows are short (OW values): plain loops beat calls to memcpy and memset here.
+        left.iter_mut().for_each(|v| *v = 0.0);
+        right.iter_mut().for_each(|v| *v = 0.0);
         if sw == 1 {
-            out[lo..hi].copy_from_slice(&image[src..src + hi - lo]);
+            for (o, &v) in middle.iter_mut().zip(&image[src..src + hi - lo]) {
+                *o = v;
+            }
         } else {
-            for (k, o) in out[lo..hi].iter_mut().enumerate() {
+            for (k, o) in middle.iter_mut().enumerate() {
                 *o = image[src + k * sw];
             }
         }

@@ -58,29 +58,78 @@ fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> us
     best
 }
 
+/// The value of one window: its largest value, or the mean of the pixels it covers.
+#[inline]
+fn pool_window(
+    kind: PoolKind,
+    plane: &[f32],
+    width: usize,
+    rows: WindowSpan,
+    cols: WindowSpan,
+) -> f32 {
+    match kind {
+        PoolKind::Max => plane[argmax(plane, width, rows, cols)],
+        PoolKind::Average => {
+            let mut sum = 0.0;
+            for y in rows.start..rows.end {
+                sum += plane[y * width + cols.start..y * width + cols.end]
+                    .iter()
+                    .sum::<f32>();
+            }
+            sum / (rows.len() * cols.len()) as f32
+        }
+    }
+}
+
+/// Pools one plane. The 2x2, stride-2 window without padding (nearly every CNN's pooling) has
+/// its interior unrolled; the border (partial windows in ceil mode) and every other window
+/// take the general walk.
+fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32]) {
+    let (width, out_width) = (g.input.width, g.output.width);
+    let w = &g.window;
+    let (full_rows, full_cols) = if w.kernel == [2, 2] && w.stride == [2, 2] && w.padding == [0, 0]
+    {
+        (
+            (g.input.height / 2).min(g.output.height),
+            (width / 2).min(out_width),
+        )
+    } else {
+        (0, 0)
+    };
+    for oy in 0..full_rows {
+        let top = &plane[2 * oy * width..][..2 * full_cols];
+        let bottom = &plane[(2 * oy + 1) * width..][..2 * full_cols];
+        let row = &mut out[oy * out_width..][..full_cols];
+        for ((o, t), b) in row
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            *o = match kind {
+                PoolKind::Max => t[0].max(t[1]).max(b[0].max(b[1])),
+                PoolKind::Average => ((t[0] + t[1]) + (b[0] + b[1])) * 0.25,
+            };
+        }
+    }
+    for oy in 0..g.output.height {
+        let rows = w.span(0, oy, g.input.height);
+        let first_col = if oy < full_rows { full_cols } else { 0 };
+        for ox in first_col..out_width {
+            let cols = w.span(1, ox, width);
+            out[oy * out_width + ox] = pool_window(kind, plane, width, rows, cols);
+        }
+    }
+}
+
 /// Shapes: `input` `[N, C, H, W]` to `output` `[N, C, OH, OW]`.
 pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &mut Tensor) {
-    let (in_plane, out_plane, width) = (g.input.plane(), g.output.plane(), g.input.width);
-    let out_width = g.output.width;
+    let (in_plane, out_plane) = (g.input.plane(), g.output.plane());
     let [kh, kw] = g.window.kernel;
     let work = out_plane * kh * kw;
     for_each_item_run(output.data_mut(), out_plane, work, |first, out_run| {
         for (p, out) in out_run.chunks_mut(out_plane).enumerate() {
             let plane = &input.data()[(first + p) * in_plane..(first + p + 1) * in_plane];
-            g.walk(|oy, ox, rows, cols| {
-                out[oy * out_width + ox] = match kind {
-                    PoolKind::Max => plane[argmax(plane, width, rows, cols)],
-                    PoolKind::Average => {
-                        let mut sum = 0.0;
-                        for y in rows.start..rows.end {
-                            sum += plane[y * width + cols.start..y * width + cols.end]
-                                .iter()
-                                .sum::<f32>();
-                        }
-                        sum / (rows.len() * cols.len()) as f32
-                    }
-                };
-            });
+            pool_plane(kind, g, plane, out);
         }
     });
 }
