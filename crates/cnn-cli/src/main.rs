@@ -4,6 +4,8 @@
 mod arch_arg;
 mod commands;
 mod grid;
+mod inside;
+mod plot;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -13,7 +15,7 @@ use std::process::ExitCode;
 #[command(
     name = "cnn",
     version,
-    about = "Convolutional neural networks: train, eval, predict, explain"
+    about = "Convolutional neural networks: train, eval, predict, explain, serve"
 )]
 struct Cli {
     /// Worker threads (default: one per core).
@@ -33,6 +35,8 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Show what a network computes, layer by layer (the seed's worked example with --example).
     Explain(commands::explain::ExplainArgs),
+    /// Serve a web playground: draw and see the prediction and every layer's feature maps.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,5 +89,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Predict(args) => commands::predict::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        Command::Serve(args) => commands::serve::run(args, threads),
     })
 }

@@ -1,6 +1,8 @@
 pub mod eval;
 pub mod explain;
+pub mod explain_model;
 pub mod predict;
+pub mod serve;
 pub mod train;
 
 use cnn::network::LayerSummary;
