@@ -37,6 +37,11 @@ function grid(title, map, mark = () => "") {
       if (Math.abs(value) > 0.6) td.style.color = "#fff";
       const cls = mark(r, c);
       if (cls) td.className = cls;
+      if (cls === "hidden") {
+        // Not computed yet at this step: no number, no colour.
+        td.style.background = "#f6f6f6";
+        td.style.color = "transparent";
+      }
     });
   });
   panel.appendChild(table);
