@@ -77,7 +77,7 @@ impl MapGrid<'_> {
     fn columns(&self) -> usize {
         let n = self.maps.len().max(1);
         // Wide maps (flat vectors laid out in rows) get fewer columns.
-        let per_row = (900 / (self.width as i32 * self.cell() + GAP).max(1)).max(1) as usize;
+        let per_row = (1000 / (self.width as i32 * self.cell() + GAP).max(1)).max(1) as usize;
         n.min(8).min(per_row)
     }
 
