@@ -101,6 +101,16 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
     model.data = Some(data.to_arg());
     model_file::save(&model, &args.out)
         .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
+    let last = reports.last().and_then(|r| r.validation.as_ref());
+    println!(
+        "saved {}{}",
+        args.out.display(),
+        last.map_or(String::new(), |v| format!(
+            " (validation accuracy {:.2}%)",
+            100.0 * v.accuracy
+        ))
+    );
+    // After the model is saved: a plot that cannot be written does not lose the model.
     if !args.no_plot {
         let base = args
             .plot
@@ -112,14 +122,5 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
             println!("training curves: {png}, {svg}");
         }
     }
-    let last = reports.last().and_then(|r| r.validation.as_ref());
-    println!(
-        "saved {}{}",
-        args.out.display(),
-        last.map_or(String::new(), |v| format!(
-            " (validation accuracy {:.2}%)",
-            100.0 * v.accuracy
-        ))
-    );
     Ok(())
 }
