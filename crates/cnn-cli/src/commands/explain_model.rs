@@ -195,15 +195,15 @@ fn write_pictures(
         let summary = &view.summary;
         let values: Vec<f32> = view.maps.iter().flatten().flatten().copied().collect();
         let file = format!("layer_{:02}_{}.png", summary.index, summary.kind);
-        layer_grid(
-            format!(
-                "layer {} {} -> {}",
-                summary.index, summary.layer, summary.output
-            ),
-            &values,
-            summary.output,
-        )
-        .save(&dir.join(&file))?;
+        let mut title = format!(
+            "layer {} {} -> {}",
+            summary.index, summary.layer, summary.output
+        );
+        if summary.index + 1 == model.network.layers().len() {
+            // The last layer's values are the class scores, in the model's class order.
+            title.push_str(&format!(" (logits of {})", model.classes.join(", ")));
+        }
+        layer_grid(title, &values, summary.output).save(&dir.join(&file))?;
         let _ = writeln!(
             html,
             "<h2>layer {}: {}</h2>\n<pre>{}</pre>\n<img src=\"{file}\" alt=\"layer {}\">",
