@@ -4,6 +4,8 @@
 mod arch_arg;
 mod commands;
 mod grid;
+mod inside;
+mod plot;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -13,7 +15,7 @@ use std::process::ExitCode;
 #[command(
     name = "cnn",
     version,
-    about = "Convolutional neural networks: train, eval, predict, explain"
+    about = "Convolutional neural networks: train, eval, predict, explain, serve"
 )]
 struct Cli {
     /// Worker threads (default: one per core).
@@ -35,6 +37,8 @@ enum Command {
     Explain(commands::explain::ExplainArgs),
     /// Measure training and inference speed, memory and GFLOP/s of an architecture.
     Bench(commands::bench::BenchArgs),
+    /// Serve a web playground: draw and see the prediction and every layer's feature maps.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,5 +92,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => commands::predict::run(args),
         Command::Explain(args) => commands::explain::run(args),
         Command::Bench(args) => commands::bench::run(args, threads),
+        Command::Serve(args) => commands::serve::run(args, threads),
     })
 }

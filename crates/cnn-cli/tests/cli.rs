@@ -423,3 +423,211 @@ fn bad_arguments_are_one_line_errors() {
     }
     assert!(!Path::new(out).exists(), "no model file after a failed run");
 }
+
+/// A picture's share of pixels that are neither white nor grey: how much of it is drawn in
+/// colour (the maps, bars and curves).
+fn coloured_share(picture: &image::RgbImage) -> f64 {
+    let coloured = picture
+        .pixels()
+        .filter(|p| {
+            let [r, g, b] = p.0;
+            r.max(g).max(b) - r.min(g).min(b) > 40
+        })
+        .count();
+    coloured as f64 / (picture.width() * picture.height()) as f64
+}
+
+#[test]
+fn explain_a_model_writes_a_picture_per_layer_and_an_index() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let x = dir.path().join("x.png");
+    drawn_letter('x', 96, 2.0, -3.0, 0.1, 6.0).save(&x).unwrap();
+    let out = dir.path().join("explain");
+    let output = cnn()
+        .args(["explain", "--model"])
+        .arg(model)
+        .arg(&x)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    // The summary (one line per layer) and the top class, X, first.
+    assert!(text.contains("conv 8@3x3 pad=1"), "{text}");
+    assert!(text.contains("maxpool 2"), "{text}");
+    let top = text
+        .lines()
+        .skip_while(|l| !l.starts_with("top classes"))
+        .nth(1)
+        .unwrap();
+    assert!(top.trim_start().starts_with('X'), "{text}");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let layers = [
+        "layer_00_conv2d.png",
+        "layer_01_relu.png",
+        "layer_02_maxpool2d.png",
+        "layer_03_conv2d.png",
+        "layer_04_relu.png",
+        "layer_05_maxpool2d.png",
+        "layer_06_flatten.png",
+        "layer_07_dense.png",
+    ];
+    for name in layers
+        .iter()
+        .chain(&["input.png", "filters.png", "probabilities.png"])
+    {
+        assert!(html.contains(name), "index.html does not show {name}");
+        let picture = image::open(out.join(name)).unwrap().to_rgb8();
+        assert!(picture.width() >= 300, "{name}");
+        assert!(coloured_share(&picture) > 0.005, "{name} looks blank");
+    }
+    // Each layer's summary line is on the page.
+    assert!(
+        html.contains("0 conv 8@3x3 pad=1  1x28x28 -&gt; 8x28x28  80 params"),
+        "{html}"
+    );
+    // The first conv layer's 8 maps at 28x28: a grid taller than one row of maps.
+    let conv = image::open(out.join("layer_00_conv2d.png")).unwrap();
+    assert!(conv.height() > 200, "{}", conv.height());
+}
+
+#[test]
+fn explain_a_model_json_and_one_layer() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let o = dir.path().join("o.png");
+    drawn_letter('o', 64, 0.0, 0.0, 0.0, 5.0).save(&o).unwrap();
+    let output = cnn()
+        .args(["explain", "--json", "--layer", "2", "--model"])
+        .arg(model)
+        .arg(&o)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["class"], "O");
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0]["index"], 2);
+    let maps = layers[0]["maps"].as_array().unwrap();
+    assert_eq!(maps.len(), 8);
+    assert_eq!(maps[0].as_array().unwrap().len(), 14);
+    assert_eq!(json["input"][0].as_array().unwrap().len(), 28);
+
+    let out = dir.path().join("one");
+    cnn()
+        .args(["explain", "--layer", "3", "--out"])
+        .arg(&out)
+        .arg("--model")
+        .arg(model)
+        .arg(&o)
+        .assert()
+        .success();
+    assert!(out.join("layer_03_conv2d.png").exists());
+    assert!(!out.join("layer_00_conv2d.png").exists());
+
+    let stderr = fails(&[
+        "explain",
+        "--layer",
+        "99",
+        "--model",
+        model.to_str().unwrap(),
+        o.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("--layer 99"), "{stderr}");
+    let stderr = fails(&["explain", "--model", model.to_str().unwrap(), "missing.png"]);
+    assert!(stderr.contains("missing.png"), "{stderr}");
+}
+
+#[test]
+fn train_draws_curves_and_eval_draws_the_confusion_matrix() {
+    let dir = TempDir::new().unwrap();
+    let model = dir.path().join("small.safetensors");
+    cnn()
+        .args([
+            "train", "--quiet", "--data", "xo:16", "--epochs", "2", "--out",
+        ])
+        .arg(&model)
+        .assert()
+        .success();
+    for ext in ["png", "svg"] {
+        let path = dir.path().join(format!("small.training.{ext}"));
+        assert!(path.exists(), "{} missing", path.display());
+    }
+    let curves = image::open(dir.path().join("small.training.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(coloured_share(&curves) > 0.001, "the curves look blank");
+    let svg = std::fs::read_to_string(dir.path().join("small.training.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("held out") && svg.contains("epoch"));
+
+    let chosen = dir.path().join("curves");
+    let other = dir.path().join("other.safetensors");
+    cnn()
+        .args([
+            "train", "--quiet", "--data", "xo:16", "--epochs", "1", "--plot",
+        ])
+        .arg(&chosen)
+        .arg("--out")
+        .arg(&other)
+        .assert()
+        .success();
+    assert!(dir.path().join("curves.png").exists());
+    assert!(dir.path().join("curves.svg").exists());
+    assert!(!dir.path().join("other.training.png").exists());
+
+    let none = dir.path().join("none.safetensors");
+    cnn()
+        .args([
+            "train",
+            "--quiet",
+            "--data",
+            "xo:16",
+            "--epochs",
+            "1",
+            "--no-plot",
+            "--out",
+        ])
+        .arg(&none)
+        .assert()
+        .success();
+    assert!(!dir.path().join("none.training.png").exists());
+
+    let matrix = dir.path().join("confusion.png");
+    cnn()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--plot")
+        .arg(&matrix)
+        .assert()
+        .success();
+    let picture = image::open(&matrix).unwrap().to_rgb8();
+    assert!(picture.width() >= 400 && coloured_share(&picture) > 0.01);
+    let matrix_svg = dir.path().join("confusion.svg");
+    cnn()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--plot")
+        .arg(&matrix_svg)
+        .assert()
+        .success();
+    let svg = std::fs::read_to_string(&matrix_svg).unwrap();
+    assert!(
+        svg.contains("\nX\n") && svg.contains("\nO\n") && svg.contains("predicted"),
+        "{svg}"
+    );
+    let stderr = fails(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--plot",
+        "/nonexistent-dir/m.png",
+    ]);
+    assert!(stderr.contains("confusion"), "{stderr}");
+}

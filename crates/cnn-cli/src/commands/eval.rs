@@ -1,4 +1,4 @@
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use cnn::data::DataSpec;
 use cnn::model_file;
@@ -19,6 +19,9 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also draw the confusion matrix with class names into FILE (.svg for SVG, else PNG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -46,6 +49,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     let result = evaluate(&model.network, &model.preprocessing, &test, 256)?;
+    if let Some(path) = &args.plot {
+        crate::plot::confusion_matrix(path, &model.classes, &result.confusion)
+            .context("cannot draw the confusion matrix")?;
+    }
     if args.json {
         let json = serde_json::json!({
             "model": args.model,
@@ -83,6 +90,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     for (class, row) in model.classes.iter().zip(&result.confusion) {
         let cells: String = row.iter().map(|n| format!(" {n:>width$}")).collect();
         println!("  {class:<width$}{cells}");
+    }
+    if let Some(path) = &args.plot {
+        println!("confusion matrix drawn in {}", path.display());
     }
     Ok(())
 }

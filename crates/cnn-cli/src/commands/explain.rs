@@ -21,25 +21,41 @@ pub enum PoolName {
 #[derive(Args)]
 pub struct ExplainArgs {
     /// Run the seed article's worked example on its 9x9 X or O.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with_all = ["model", "image"])]
     example: Option<ExampleName>,
-    /// Convolution stride (the article uses 1; 2 halves the maps).
+    /// Model file (safetensors): show what it computes for IMAGE, layer by layer.
+    #[arg(long, requires = "image")]
+    model: Option<PathBuf>,
+    /// The picture to run through --model (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM).
+    #[arg(requires = "model")]
+    image: Option<PathBuf>,
+    /// With --model: the folder for the PNGs and index.html (default explain/).
+    #[arg(long, requires = "model")]
+    out: Option<PathBuf>,
+    /// With --model: only this layer (its number in the summary, from 0).
+    #[arg(long, requires = "model")]
+    layer: Option<usize>,
+    /// With --example: convolution stride (the article uses 1; 2 halves the maps).
     #[arg(long, default_value_t = 1)]
     stride: usize,
-    /// Pooling: max (the article) or avg.
+    /// With --example: pooling, max (the article) or avg.
     #[arg(long, value_enum, default_value = "max")]
     pool: PoolName,
-    /// Print one JSON object with every value at full precision.
+    /// Print one JSON object with every value at full precision (with --model: every layer's
+    /// maps; files are then written only if --out is given).
     #[arg(long)]
     json: bool,
-    /// Also write each stage's maps as PNG images into this folder.
-    #[arg(long)]
+    /// With --example: also write each stage's maps as PNG images into this folder.
+    #[arg(long, conflicts_with = "model")]
     png: Option<PathBuf>,
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {
+    if let (Some(model), Some(image)) = (&args.model, &args.image) {
+        return super::explain_model::run(model, image, args.out.as_deref(), args.layer, args.json);
+    }
     let Some(example) = args.example else {
-        bail!("give --example x or --example o");
+        bail!("give --example x or --example o, or --model FILE IMAGE");
     };
     if !(1..=3).contains(&args.stride) {
         bail!(

@@ -1,7 +1,9 @@
 pub mod bench;
 pub mod eval;
 pub mod explain;
+pub mod explain_model;
 pub mod predict;
+pub mod serve;
 pub mod train;
 
 use cnn::network::LayerSummary;

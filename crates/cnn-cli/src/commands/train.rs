@@ -44,6 +44,13 @@ pub struct TrainArgs {
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     quiet: bool,
+    /// Where to draw the loss and accuracy curves: PATH.png and PATH.svg (default: beside the
+    /// model, `<out>.training.png` and `.svg` with the model's extension dropped).
+    #[arg(long, conflicts_with = "no_plot")]
+    plot: Option<PathBuf>,
+    /// Do not draw the training curves.
+    #[arg(long)]
+    no_plot: bool,
 }
 
 pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
@@ -103,5 +110,17 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
             100.0 * v.accuracy
         ))
     );
+    // After the model is saved: a plot that cannot be written does not lose the model.
+    if !args.no_plot {
+        let base = args
+            .plot
+            .clone()
+            .unwrap_or_else(|| args.out.with_extension("training"));
+        let (png, svg) = crate::plot::training_curves(&base, &reports)
+            .context("cannot draw the training curves")?;
+        if !args.quiet {
+            println!("training curves: {png}, {svg}");
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,188 @@
+"""End-to-end test of `cnn serve` in a real browser (Debian's headless Chromium driven by
+chromedriver through Selenium): draws an X and then an O stroke by stroke on the canvas with
+synthetic pointer events and checks that the page names the letter as the top class and shows
+the feature maps; then steps through the worked-example page. Screenshots go to the artifacts
+folder.
+
+    python browser/playground_test.py CNN_BINARY MODEL ARTIFACTS_DIR
+
+Talks only to the server it starts on 127.0.0.1; every wait is bounded.
+"""
+
+import math
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.actions import interaction
+from selenium.webdriver.common.actions.action_builder import ActionBuilder
+from selenium.webdriver.common.actions.pointer_input import PointerInput
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+PAD = 280  # the canvas's CSS size in pixels
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(binary, model, port):
+    server = subprocess.Popen(
+        [binary, "serve", "--model", model, "--addr", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"cnn serve exited: {server.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("cnn serve did not answer within 30 s")
+
+
+def browser(profile):
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1600",
+        f"--user-data-dir={profile}",
+    ]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+def draw(driver, strokes):
+    """Each stroke is a list of (x, y) canvas points: pointer down at the first, moves through
+    the rest, up at the last, as a person drawing with a mouse."""
+    pad = driver.find_element(By.ID, "pad")
+    for stroke in strokes:
+        mouse = PointerInput(interaction.POINTER_MOUSE, "mouse")
+        actions = ActionBuilder(driver, mouse=mouse, duration=15)
+        x, y = stroke[0]
+        actions.pointer_action.move_to(pad, int(x - PAD / 2), int(y - PAD / 2))
+        actions.pointer_action.pointer_down()
+        for x, y in stroke[1:]:
+            actions.pointer_action.move_to(pad, int(x - PAD / 2), int(y - PAD / 2))
+        actions.pointer_action.pointer_up()
+        actions.perform()
+
+
+def line(a, b, steps=14):
+    return [(a[0] + (b[0] - a[0]) * i / steps, a[1] + (b[1] - a[1]) * i / steps) for i in range(steps + 1)]
+
+
+LETTERS = {
+    "X": [line((60, 55), (222, 228)), line((220, 52), (62, 226))],
+    "O": [
+        [
+            (140 + 82 * math.sin(2 * math.pi * i / 40), 140 - 100 * math.cos(2 * math.pi * i / 40))
+            for i in range(42)
+        ]
+    ],
+}
+
+
+def check_letter(driver, url, letter, artifacts):
+    driver.get(url)
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model-line").text != "")
+    draw(driver, LETTERS[letter])
+    # The page sends a request per stroke event, one at a time, and the last answer is for the
+    # finished drawing once nothing is in flight.
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script(
+            "return document.body.dataset.state === 'idle' && !!document.body.dataset.predictions"
+        )
+    )
+    top = driver.find_element(By.ID, "top").get_attribute("data-class")
+    maps = driver.execute_script("return document.querySelectorAll('canvas.map').length")
+    drawn = driver.execute_script(
+        "return Array.from(document.querySelectorAll('canvas.map')).filter(c => c.width > 0 && c.height > 0).length"
+    )
+    text = driver.find_element(By.ID, "top").text
+    shot = artifacts / f"playground-{letter.lower()}.png"
+    driver.save_screenshot(str(shot))
+    failures = []
+    if top != letter:
+        failures.append(f"drew {letter}, the page's top class is {top!r} ({text})")
+    if maps < 10 or drawn != maps:
+        failures.append(f"drew {letter}: {maps} feature-map canvases, {drawn} with pixels")
+    print(f"{letter}: top class {text!r}, {maps} feature-map images, screenshot {shot}")
+    return failures
+
+
+def check_example_page(driver, url, artifacts):
+    driver.get(url + "example")
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.grid"))
+    for _ in range(4):
+        driver.find_element(By.ID, "next").click()
+    explanation = driver.find_element(By.ID, "explanation").text
+    driver.save_screenshot(str(artifacts / "example-page.png"))
+    print(f"example page, step 5: {explanation[:100]}...")
+    # Step 3 is the first window of the `\\` feature: 7 of 9 products are +1, mean 0.78.
+    driver.find_element(By.ID, "prev").click()
+    driver.find_element(By.ID, "prev").click()
+    first = driver.find_element(By.ID, "explanation").text
+    if "7/9 = 0.78" not in first:
+        return [f"the first window of the example does not show 7/9 = 0.78: {first}"]
+    return []
+
+
+def main():
+    binary, model, artifacts = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    artifacts.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = start_server(binary, model, port)
+    url = f"http://127.0.0.1:{port}/"
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            driver = browser(profile)
+            try:
+                for letter in ["X", "O"]:
+                    results[f"draw {letter}"] = check_letter(driver, url, letter, artifacts)
+                results["example page"] = check_example_page(driver, url, artifacts)
+            finally:
+                driver.quit()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    failed = {name: f for name, f in results.items() if f}
+    for name, failures in failed.items():
+        for failure in failures:
+            print(f"FAILED {name}: {failure}")
+    print(f"browser: {len(results) - len(failed)} passed, {len(failed)} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

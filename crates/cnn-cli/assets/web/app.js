@@ -1,0 +1,221 @@
+// The drawing page: every stroke is sent as a PNG to /api/predict?maps=true; the answer is
+// drawn as probability bars and one small canvas per feature map. At most one request is in
+// flight; strokes made meanwhile are sent when it returns, so the page always ends up showing
+// the latest drawing. document.body.dataset.state is "busy" while a request is outstanding.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ctx = pad.getContext("2d");
+let drawing = false;
+let last = null;
+let inFlight = false;
+let pending = false;
+let predictions = 0;
+
+function clearPad() {
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+}
+
+function pointer(event) {
+  const box = pad.getBoundingClientRect();
+  return [
+    ((event.clientX - box.left) * pad.width) / box.width,
+    ((event.clientY - box.top) * pad.height) / box.height,
+  ];
+}
+
+function segment(from, to) {
+  ctx.strokeStyle = "#000";
+  ctx.lineWidth = 20;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.beginPath();
+  ctx.moveTo(from[0], from[1]);
+  ctx.lineTo(to[0], to[1]);
+  ctx.stroke();
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  drawing = true;
+  pad.setPointerCapture(event.pointerId);
+  last = pointer(event);
+  segment(last, last);
+  schedule();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const point = pointer(event);
+  segment(last, point);
+  last = point;
+  schedule();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, () => {
+    if (!drawing) return;
+    drawing = false;
+    schedule();
+  });
+}
+document.getElementById("clear").addEventListener("click", () => {
+  clearPad();
+  document.getElementById("top").textContent = "";
+  document.getElementById("probabilities").textContent = "";
+  document.getElementById("layers").textContent = "";
+});
+
+document.addEventListener("dragover", (event) => event.preventDefault());
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  const file = event.dataTransfer.files[0];
+  if (!file) return;
+  const url = URL.createObjectURL(file);
+  const picture = new Image();
+  picture.onload = () => {
+    clearPad();
+    const scale = Math.min(pad.width / picture.width, pad.height / picture.height);
+    const w = picture.width * scale;
+    const h = picture.height * scale;
+    ctx.drawImage(picture, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    URL.revokeObjectURL(url);
+  };
+  picture.src = url;
+  send(file, file.type || "application/octet-stream");
+});
+
+function schedule() {
+  if (inFlight) {
+    pending = true;
+    return;
+  }
+  pad.toBlob((blob) => send(blob, "image/png"), "image/png");
+}
+
+function send(blob, type) {
+  inFlight = true;
+  document.body.dataset.state = "busy";
+  fetch("/api/predict?maps=true", { method: "POST", headers: { "Content-Type": type }, body: blob })
+    .then((response) => response.json().then((json) => ({ ok: response.ok, json })))
+    .then(({ ok, json }) => {
+      if (!ok) throw new Error(json.error || "request failed");
+      show(json);
+      document.getElementById("status").textContent = "";
+    })
+    .catch((err) => {
+      document.getElementById("status").textContent = "error: " + err.message;
+      document.getElementById("status").className = "legend error";
+    })
+    .finally(() => {
+      inFlight = false;
+      if (pending) {
+        pending = false;
+        schedule();
+      } else {
+        document.body.dataset.state = "idle";
+      }
+    });
+}
+
+// Blue for negative, white for 0, red for positive, full strength at +-range (as cnn::viz).
+function colour(value, range) {
+  const t = Math.max(-1, Math.min(1, value / (range || 1)));
+  const end = t < 0 ? [33, 102, 172] : [178, 24, 43];
+  const s = Math.abs(t);
+  return end.map((e) => Math.round(255 + (e - 255) * s));
+}
+
+function mapCanvas(rows, range, scale) {
+  const height = rows.length;
+  const width = rows[0].length;
+  const canvas = document.createElement("canvas");
+  canvas.className = "map";
+  canvas.width = width;
+  canvas.height = height;
+  canvas.style.width = width * scale + "px";
+  canvas.style.height = height * scale + "px";
+  const c = canvas.getContext("2d");
+  const pixels = c.createImageData(width, height);
+  rows.forEach((row, y) =>
+    row.forEach((value, x) => {
+      const [r, g, b] = colour(value, range);
+      const i = 4 * (y * width + x);
+      pixels.data.set([r, g, b, 255], i);
+    })
+  );
+  c.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function maxAbs(maps) {
+  let m = 0;
+  for (const map of maps) for (const row of map) for (const v of row) m = Math.max(m, Math.abs(v));
+  return m || 1;
+}
+
+// A layer's maps as canvases; flat outputs (dense) as one map in rows of 16 values.
+function layerSection(title, maps) {
+  const section = document.createElement("section");
+  const heading = document.createElement("h3");
+  const range = maxAbs(maps);
+  heading.textContent = `${title}   (scale ±${range.toPrecision(3)})`;
+  section.appendChild(heading);
+  const holder = document.createElement("div");
+  holder.className = "maps";
+  let shown = maps;
+  if (maps[0].length === 1 && maps[0][0].length === 1) {
+    const values = maps.map((m) => m[0][0]);
+    const width = Math.min(16, values.length);
+    const rows = [];
+    for (let i = 0; i < values.length; i += width) {
+      const row = values.slice(i, i + width);
+      while (row.length < width) row.push(0);
+      rows.push(row);
+    }
+    shown = [rows];
+  }
+  const size = Math.max(shown[0].length, shown[0][0].length);
+  const scale = Math.max(2, Math.min(16, Math.floor(112 / size)));
+  for (const map of shown) holder.appendChild(mapCanvas(map, range, scale));
+  section.appendChild(holder);
+  return section;
+}
+
+function show(result) {
+  predictions += 1;
+  document.body.dataset.predictions = String(predictions);
+  const top = document.getElementById("top");
+  top.textContent = `${result.class} ${(100 * result.probability).toFixed(1)}%`;
+  top.dataset.class = result.class;
+  const bars = document.getElementById("probabilities");
+  bars.textContent = "";
+  const ranked = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
+  ranked.forEach(([name, p], i) => {
+    const bar = document.createElement("div");
+    bar.className = i === 0 ? "bar top" : "bar";
+    bar.innerHTML = `<span class="name"></span><span class="fill"></span><span class="value"></span>`;
+    bar.querySelector(".name").textContent = name;
+    bar.querySelector(".fill").style.width = Math.max(1, 240 * p) + "px";
+    bar.querySelector(".value").textContent = (100 * p).toFixed(1) + "%";
+    bars.appendChild(bar);
+  });
+  const layers = document.getElementById("layers");
+  layers.textContent = "";
+  if (result.input) layers.appendChild(layerSection("input (as the model sees it)", result.input));
+  for (const layer of result.layers || []) {
+    const line = `${layer.index} ${layer.layer}  ${shapeText(layer.input)} -> ${shapeText(layer.output)}  ${layer.params} params  ${layer.flops} FLOPs`;
+    layers.appendChild(layerSection(line, layer.maps));
+  }
+}
+
+function shapeText(s) {
+  return s.height === 1 && s.width === 1 ? `${s.channels}` : `${s.channels}x${s.height}x${s.width}`;
+}
+
+clearPad();
+fetch("/api/model")
+  .then((r) => r.json())
+  .then((m) => {
+    document.getElementById("model-line").textContent =
+      `model: ${m.layers.map((l) => l.layer).join(", ")}; classes ${m.classes.join(", ")}; ${m.params} parameters`;
+  });

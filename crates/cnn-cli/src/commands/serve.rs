@@ -1,0 +1,605 @@
+//! `cnn serve`: a local web playground. One page to draw on (or drop a picture onto) that shows
+//! the class probabilities and every layer's feature maps as the user draws; one page that walks
+//! through the seed's worked example; and the JSON API behind them. The pages are embedded in
+//! the binary. One model is shared by every request; inference runs on blocking threads, at
+//! most one per core at a time, each with its own workspace.
+
+use crate::inside::{look_inside, maps_of, LayerView};
+use anyhow::{Context, Result};
+use axum::body::{to_bytes, Body};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args;
+use cnn::kernels::pool::PoolKind;
+use cnn::network::Workspace;
+use cnn::seed_example::{self, Letter};
+use cnn::{model_file, Model};
+use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model file (safetensors) written by `cnn train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
+    max_body: usize,
+}
+
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+/// Pictures wider or taller than this are refused before decoding (413), so that a small
+/// compressed file cannot ask for gigabytes of pixels.
+pub const MAX_SIDE: u32 = 4096;
+
+const INDEX_HTML: &str = include_str!("../../assets/web/index.html");
+const APP_JS: &str = include_str!("../../assets/web/app.js");
+const EXAMPLE_HTML: &str = include_str!("../../assets/web/example.html");
+const EXAMPLE_JS: &str = include_str!("../../assets/web/example.js");
+const STYLE_CSS: &str = include_str!("../../assets/web/style.css");
+
+#[derive(Clone)]
+pub struct AppState {
+    model: Arc<Model>,
+    /// One permit per core: inference is CPU-bound, so more at once only adds latency.
+    permits: Arc<Semaphore>,
+    max_body: usize,
+}
+
+impl AppState {
+    pub fn new(model: Arc<Model>, threads: usize, max_body: usize) -> Self {
+        AppState {
+            model,
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+            max_body,
+        }
+    }
+}
+
+pub fn run(args: ServeArgs, threads: usize) -> Result<()> {
+    let model = Arc::new(model_file::load(&args.model)?);
+    let state = AppState::new(model, threads, args.max_body);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the server's runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        let address = listener.local_addr()?;
+        println!(
+            "serving {} on http://{address}/ (drawing) and http://{address}/example (the seed's example); Ctrl-C stops",
+            args.model.display()
+        );
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("the server stopped")
+    })
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/example", get(|| async { Html(EXAMPLE_HTML) }))
+        .route("/app.js", get(|| async { javascript(APP_JS) }))
+        .route("/example.js", get(|| async { javascript(EXAMPLE_JS) }))
+        .route(
+            "/style.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    STYLE_CSS,
+                )
+            }),
+        )
+        .route("/api/model", get(model_summary))
+        .route("/api/predict", post(predict))
+        .route("/api/example", get(example))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page or API route") })
+        .with_state(state)
+}
+
+fn javascript(source: &'static str) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        source,
+    )
+}
+
+/// Every failure is a status and `{"error": "..."}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn model_summary(State(state): State<AppState>) -> Response {
+    let model = &state.model;
+    Json(serde_json::json!({
+        "classes": model.classes,
+        "input": model.network.input_shape(),
+        "layers": model.network.summary(),
+        "params": model.network.param_count(),
+        "flops": model.network.flops_per_image(),
+        "preprocessing": model.preprocessing,
+        "data": model.data,
+    }))
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct PredictResponse {
+    class: String,
+    probability: f32,
+    probabilities: serde_json::Map<String, serde_json::Value>,
+    classes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<Vec<Vec<Vec<f32>>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<Vec<LayerView>>,
+}
+
+thread_local! {
+    /// Each blocking thread keeps its workspace between requests.
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::new());
+}
+
+async fn predict(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let with_maps = match query.get("maps").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("maps must be true or false, not {other:?}"),
+            )
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match content_type.as_deref() {
+        Some("image/png") | Some("image/jpeg") | Some("image/jpg") => {}
+        Some(other) => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("the body must be an image/png or image/jpeg picture, not {other}"),
+            )
+        }
+        None => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "give a Content-Type: image/png or image/jpeg",
+            )
+        }
+    }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {} bytes", state.max_body),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.max_body) {
+        return too_large();
+    }
+    let bytes = match to_bytes(body, state.max_body).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let source = std::error::Error::source(&e).map(|s| s.to_string());
+            if source.is_some_and(|s| s.contains("length limit"))
+                || e.to_string().contains("length limit")
+            {
+                return too_large();
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    if bytes.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the body is empty, not an image");
+    }
+    let Ok(_permit) = state.permits.clone().acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
+    };
+    let model = state.model.clone();
+    let work = tokio::task::spawn_blocking(move || classify(&model, &bytes, with_maps));
+    match work.await {
+        Ok(Ok(response)) => Json(response).into_response(),
+        Ok(Err((status, message))) => error(status, message),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model failed on this picture",
+        ),
+    }
+}
+
+/// Decodes and classifies one picture (PNG or JPEG only), on a blocking thread.
+fn classify(
+    model: &Model,
+    bytes: &[u8],
+    with_maps: bool,
+) -> Result<PredictResponse, (StatusCode, String)> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(format!("cannot read the picture: {e}")))?;
+    match reader.format() {
+        Some(image::ImageFormat::Png) | Some(image::ImageFormat::Jpeg) => {}
+        Some(other) => {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("a {other:?} picture: send PNG or JPEG"),
+            ))
+        }
+        None => return Err(bad("not an image (PNG or JPEG expected)".into())),
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| bad(format!("cannot decode this picture: {e}")))?;
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the picture is {width}x{height}; at most {MAX_SIDE}x{MAX_SIDE} is accepted"),
+        ));
+    }
+    let picture = cnn::preprocess::decode_picture(bytes).map_err(bad)?;
+    let inside = WORKSPACE
+        .with(|workspace| look_inside(model, &picture, &mut workspace.borrow_mut()))
+        .map_err(|e| bad(format!("{e:#}")))?;
+    let prediction = inside.prediction;
+    Ok(PredictResponse {
+        probabilities: model
+            .classes
+            .iter()
+            .zip(&prediction.probabilities)
+            .map(|(c, &p)| (c.clone(), p.into()))
+            .collect(),
+        class: prediction.class,
+        probability: prediction.probability,
+        classes: model.classes.clone(),
+        input: with_maps.then(|| maps_of(&inside.input)),
+        layers: with_maps.then_some(inside.layers),
+    })
+}
+
+/// `GET /api/example?letter=x|o&stride=1|2|3&pool=max|avg`: the seed's worked example.
+async fn example(Query(query): Query<HashMap<String, String>>) -> Response {
+    let letter = match query
+        .get("letter")
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("x") => Letter::X,
+        Some("o") => Letter::O,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("letter must be x or o, not {other:?}"),
+            )
+        }
+    };
+    let stride = match query.get("stride").map(|s| s.parse::<usize>()) {
+        None => 1,
+        Some(Ok(s)) if (1..=3).contains(&s) => s,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "stride must be 1, 2 or 3"),
+    };
+    let pool = match query.get("pool").map(String::as_str) {
+        None | Some("max") => PoolKind::Max,
+        Some("avg") => PoolKind::Average,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("pool must be max or avg, not {other:?}"),
+            )
+        }
+    };
+    match seed_example::run(letter, stride, pool) {
+        Ok(result) => Json(serde_json::json!({
+            "letter": if letter == Letter::X { "X" } else { "O" },
+            "stride": stride,
+            "pool": if pool == PoolKind::Max { "max" } else { "avg" },
+            "example": result,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The API as a client sees it, through the router (no socket): good requests answer with
+    //! the prediction; every bad one with a 4xx and a JSON error.
+    use super::*;
+    use axum::http::Request;
+    use cnn::preprocess::Preprocessing;
+    use cnn::Network;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// An untrained X/O-shaped model: enough to exercise the API.
+    fn app(max_body: usize) -> Router {
+        let layers =
+            cnn::arch::parse("conv 4@3x3 pad=1, relu, maxpool 2, dense classes", 2).unwrap();
+        let mut network = Network::new(&layers, cnn::Shape::new(1, 28, 28)).unwrap();
+        network.init_kaiming(&mut cnn::rng::seeded(1, cnn::rng::Stream::WeightInit));
+        let model = Model::new(
+            network,
+            vec!["O".into(), "X".into()],
+            Preprocessing::seed_convention(),
+        )
+        .unwrap();
+        router(AppState::new(Arc::new(model), 2, max_body))
+    }
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let picture = image::GrayImage::from_fn(width, height, |x, y| {
+            image::Luma([if x == y || x + y == width - 1 { 0 } else { 255 }])
+        });
+        let mut bytes = Vec::new();
+        picture
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    async fn call(
+        app: Router,
+        uri: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::post(uri);
+        if let Some(t) = content_type {
+            request = request.header(header::CONTENT_TYPE, t);
+        }
+        let response = app
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+
+    fn assert_error(status: StatusCode, json: &serde_json::Value, expected: StatusCode) {
+        assert_eq!(status, expected, "{json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "no error message: {json}"
+        );
+    }
+
+    #[tokio::test]
+    async fn predict_answers_class_and_probabilities() {
+        let (status, json) =
+            call(app(1 << 20), "/api/predict", Some("image/png"), png(64, 64)).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let class = json["class"].as_str().unwrap();
+        assert!(class == "X" || class == "O");
+        let total: f64 = ["X", "O"]
+            .iter()
+            .map(|c| json["probabilities"][c].as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5, "{json}");
+        assert!(json.get("layers").is_none(), "maps only when asked");
+    }
+
+    #[tokio::test]
+    async fn predict_with_maps_gives_every_layer() {
+        let (status, json) = call(
+            app(1 << 20),
+            "/api/predict?maps=true",
+            Some("image/png"),
+            png(40, 30),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let layers = json["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 5); // conv, relu, maxpool, flatten (inserted), dense
+        let conv = &layers[0]["maps"];
+        assert_eq!(conv.as_array().unwrap().len(), 4);
+        assert_eq!(conv[0].as_array().unwrap().len(), 28);
+        assert_eq!(layers[2]["maps"][0].as_array().unwrap().len(), 14);
+        assert_eq!(json["input"][0].as_array().unwrap().len(), 28);
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413() {
+        let (status, json) =
+            call(app(1000), "/api/predict", Some("image/png"), png(200, 200)).await;
+        assert_error(status, &json, StatusCode::PAYLOAD_TOO_LARGE);
+        // A declared Content-Length above the cap is refused before the body is read.
+        let response = app(1000)
+            .oneshot(
+                Request::post("/api/predict")
+                    .header(header::CONTENT_TYPE, "image/png")
+                    .header(header::CONTENT_LENGTH, "1000000000")
+                    .body(Body::from(png(8, 8)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn pictures_too_large_in_pixels_get_413() {
+        let (status, json) = call(
+            app(1 << 22),
+            "/api/predict",
+            Some("image/png"),
+            png(MAX_SIDE + 1, 2),
+        )
+        .await;
+        assert_error(status, &json, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn wrong_content_types_get_415() {
+        for content_type in [Some("text/plain"), Some("application/json"), None] {
+            let (status, json) =
+                call(app(1 << 20), "/api/predict", content_type, png(20, 20)).await;
+            assert_error(status, &json, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        // A BMP declared as PNG: only PNG and JPEG are taken.
+        let mut bmp = Vec::new();
+        image::RgbImage::new(4, 4)
+            .write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
+            .unwrap();
+        let (status, json) = call(app(1 << 20), "/api/predict", Some("image/png"), bmp).await;
+        assert_error(status, &json, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test]
+    async fn bodies_that_are_not_images_get_400() {
+        let mut truncated = png(64, 64);
+        truncated.truncate(60);
+        for body in [
+            b"hello, world".to_vec(),
+            truncated,
+            vec![0xff, 0xd8, 0xff, 0x00],
+        ] {
+            let (status, json) = call(app(1 << 20), "/api/predict", Some("image/png"), body).await;
+            assert_error(status, &json, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_bodies_get_400() {
+        let (status, json) = call(app(1 << 20), "/api/predict", Some("image/png"), vec![]).await;
+        assert_error(status, &json, StatusCode::BAD_REQUEST);
+        assert!(json["error"].as_str().unwrap().contains("empty"));
+    }
+
+    #[tokio::test]
+    async fn bad_query_values_and_unknown_routes_are_json_errors() {
+        let (status, json) = call(
+            app(1 << 20),
+            "/api/predict?maps=maybe",
+            Some("image/png"),
+            png(8, 8),
+        )
+        .await;
+        assert_error(status, &json, StatusCode::BAD_REQUEST);
+        let response = app(1 << 20)
+            .oneshot(Request::get("/api/nothing").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let response = app(1 << 20)
+            .oneshot(
+                Request::get("/api/example?letter=z")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn model_and_example_routes_answer_json() {
+        let response = app(1 << 20)
+            .oneshot(Request::get("/api/model").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["classes"], serde_json::json!(["O", "X"]));
+        assert_eq!(json["layers"][0]["layer"], "conv 4@3x3 pad=1");
+        let response = app(1 << 20)
+            .oneshot(
+                Request::get("/api/example?letter=x&stride=1&pool=max")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        // The article's figure: the top-left value of the `\` map is 7/9.
+        let first = json["example"]["conv"][0][0][0].as_f64().unwrap();
+        assert!((first - 7.0 / 9.0).abs() < 1e-6, "{first}");
+        for page in ["/", "/example", "/app.js", "/example.js", "/style.css"] {
+            let response = app(1 << 20)
+                .oneshot(Request::get(page).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{page}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_one_model() {
+        let app = app(1 << 20);
+        let body = png(64, 64);
+        let answers = futures_join(
+            (0..64)
+                .map(|_| {
+                    call(
+                        app.clone(),
+                        "/api/predict?maps=true",
+                        Some("image/png"),
+                        body.clone(),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+        let first = &answers[0].1;
+        for (status, json) in &answers {
+            assert_eq!(*status, StatusCode::OK);
+            // The same picture gives the same numbers whichever thread served it.
+            assert_eq!(json, first);
+        }
+    }
+
+    async fn futures_join<F: std::future::Future + Send + 'static>(
+        futures: Vec<F>,
+    ) -> Vec<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+        let mut outputs = Vec::new();
+        for handle in handles {
+            outputs.push(handle.await.unwrap());
+        }
+        outputs
+    }
+}
