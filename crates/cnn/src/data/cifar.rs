@@ -65,7 +65,7 @@ pub fn parse_batch(
     if bytes.is_empty() {
         return Err("empty file, not a CIFAR-10 batch".into());
     }
-    if bytes.len() % RECORD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(RECORD_BYTES) {
         return Err(format!(
             "{} bytes is not a whole number of {RECORD_BYTES}-byte records (label + 3x32x32 \
              pixels): truncated, or not a CIFAR-10 binary batch",
