@@ -43,9 +43,9 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     (
         "fashion",
-        "conv 24@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, \
-         conv 48@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, \
-         dropout 0.25, dense 128, relu, dropout 0.25, dense classes",
+        "conv 32@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, \
+         conv 64@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, \
+         dense 128, relu, dropout 0.25, dense classes",
     ),
 ];
 
