@@ -29,7 +29,7 @@ pub fn resolve(argument: &str, classes: usize) -> Result<(String, Vec<LayerSpec>
 
 /// A single name-like word: what a mistyped preset looks like (a lone `relu` is not).
 fn is_word(argument: &str) -> bool {
-    let known_layers = ["relu", "flatten"];
+    let known_layers = ["relu", "flatten", "gap", "batchnorm", "dropout"];
     argument
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a network and save it as a safetensors model file.
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Measure a model's accuracy on a data set's test split.
     Eval(commands::eval::EvalArgs),
     /// Classify image files with a model.
@@ -87,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start {threads} threads: {e}"))?;
     pool.install(|| match cli.command {
-        Command::Train(args) => commands::train::run(args, threads),
+        Command::Train(args) => commands::train::run(*args, threads),
         Command::Eval(args) => commands::eval::run(args),
         Command::Predict(args) => commands::predict::run(args),
         Command::Explain(args) => commands::explain::run(args),

@@ -27,7 +27,7 @@ impl TrainObserver for ProgressReporter {
         let bar = ProgressBar::with_draw_target(Some(images as u64), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} images  {per_sec:.0}  eta {eta}  {msg}",
+                "epoch {prefix} [{bar:30}] {pos}/{len} images  {per_sec:.0}  epoch ends in {eta}  {msg}",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -36,10 +36,13 @@ impl TrainObserver for ProgressReporter {
         self.bar = Some(bar);
     }
 
-    fn batch_done(&mut self, images_done: usize, mean_loss: f64) {
+    fn batch_done(&mut self, images_done: usize, mean_loss: f64, accuracy: f64) {
         if let Some(bar) = &self.bar {
             bar.set_position(images_done as u64);
-            bar.set_message(format!("loss {mean_loss:.4}"));
+            bar.set_message(format!(
+                "loss {mean_loss:.4}  accuracy {:.2}%",
+                100.0 * accuracy
+            ));
         }
     }
 
@@ -58,13 +61,15 @@ impl TrainObserver for ProgressReporter {
             )
         });
         eprintln!(
-            "epoch {}/{}  train loss {:.4} accuracy {:.2}%{validation}  {:.1}s ({:.0} images/s)",
+            "epoch {}/{}  train loss {:.4} accuracy {:.2}%{validation}  lr {:.2e}  {:.1}s ({:.0} images/s, about {:.0}s left)",
             report.epoch,
             self.epochs,
             report.train_loss,
             100.0 * report.train_accuracy,
+            report.learning_rate,
             report.seconds,
-            report.images_per_second
+            report.images_per_second,
+            report.seconds * self.epochs.saturating_sub(report.epoch) as f64
         );
     }
 }

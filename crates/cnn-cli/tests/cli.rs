@@ -631,3 +631,66 @@ fn train_draws_curves_and_eval_draws_the_confusion_matrix() {
     ]);
     assert!(stderr.contains("confusion"), "{stderr}");
 }
+
+/// A run stopped after epoch 1 and resumed from its checkpoint ends with the same model file,
+/// byte for byte, as a run never interrupted: with batch normalisation, dropout, augmentation,
+/// AdamW and a cosine schedule, whose state all lives in the checkpoint or follows the seed.
+#[test]
+fn resumed_training_gives_the_same_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.safetensors");
+    let resumed = dir.path().join("resumed.safetensors");
+    let args = |out: &Path| {
+        vec![
+            "--threads".to_string(),
+            "2".into(),
+            "train".into(),
+            "--quiet".into(),
+            "--arch".into(),
+            "conv 8@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, dropout 0.2, dense classes"
+                .into(),
+            "--epochs".into(),
+            "3".into(),
+            "--optimizer".into(),
+            "adamw".into(),
+            "--weight-decay".into(),
+            "0.01".into(),
+            "--schedule".into(),
+            "cosine".into(),
+            "--warmup".into(),
+            "1".into(),
+            "--shift".into(),
+            "2".into(),
+            "--flip".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    cnn().args(args(&whole)).assert().success();
+    let mut first = args(&resumed);
+    first.extend(["--stop-after".to_string(), "1".into()]);
+    cnn().args(first).assert().success();
+    assert!(!resumed.exists(), "a stopped run writes no model");
+    let checkpoint = dir.path().join("resumed.safetensors.ckpt");
+    let output = cnn()
+        .args(["--threads", "2", "train", "--quiet", "--resume"])
+        .arg(&checkpoint)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("resuming after epoch 1 of 3"));
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&resumed).unwrap(),
+        "the resumed run's model differs from the uninterrupted run's"
+    );
+    // A damaged checkpoint is a one-line error.
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, &bytes[..bytes.len() / 2]).unwrap();
+    let error = fails(&["train", "--resume", checkpoint.to_str().unwrap()]);
+    assert!(error.contains("resumed.safetensors.ckpt"), "{error}");
+}

@@ -114,7 +114,8 @@ fn training_step(c: &mut Criterion) {
                 softmax_cross_entropy(logits, &labels, grad).unwrap();
                 grads.zero();
                 network.backward(&x, &mut workspace, &mut grads);
-                optimizer.step(&mut network, &grads, 1e-6);
+                network.update_running_statistics(&workspace);
+                optimizer.step(&mut network, &grads, 1e-6, 0.0);
             })
         });
     }

@@ -11,6 +11,9 @@
 //! | `avgpool 2 [stride=S] [pad=P] [ceil]` | the mean of the pixels each window covers |
 //! | `flatten` | `C x H x W` to `C*H*W` (added before the first `dense` if missing) |
 //! | `dense 120 [nobias]` | fully connected, 120 outputs; `dense classes` = one per class |
+//! | `batchnorm` | batch normalisation per channel (PyTorch's `BatchNorm2d`) |
+//! | `dropout 0.5` | zeroes values with probability 0.5 while training (default 0.5) |
+//! | `gap` | global average pooling: `C x H x W` to `C` |
 //!
 //! Sizes may be one number (`5`, square) or `HxW` (`3x5`). Example, LeNet-5:
 //! `conv 6@5x5 pad=2, relu, maxpool 2, conv 16@5x5, relu, maxpool 2, dense 120, relu,
@@ -38,6 +41,12 @@ pub const PRESETS: &[(&str, &str)] = &[
         "conv 32@3x3 pad=1, relu, conv 32@3x3 pad=1, relu, maxpool 2, conv 64@3x3 pad=1, relu, \
          conv 64@3x3 pad=1, relu, maxpool 2, dense 128, relu, dense classes",
     ),
+    (
+        "fashion",
+        "conv 32@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, \
+         conv 64@3x3 pad=1 nobias, batchnorm, relu, maxpool 2, \
+         dense 128, relu, dropout 0.25, dense classes",
+    ),
 ];
 
 pub fn preset(name: &str) -> Option<&'static str> {
@@ -56,6 +65,8 @@ pub fn parse(text: &str, classes: usize) -> Result<Vec<LayerSpec>> {
     for item in items {
         let layer = parse_layer(item, classes)
             .map_err(|reason| Error::Architecture(format!("`{item}`: {reason}")))?;
+        // `gap` is PyTorch's `AdaptiveAvgPool2d(1)`, whose output is still 4-D: a flatten
+        // follows it too, so module indices match `nn.Sequential`.
         let flattened = layers
             .iter()
             .any(|l| matches!(l, LayerSpec::Flatten | LayerSpec::Dense(_)));
@@ -157,6 +168,23 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "maxpool" | "maxpool2d" => Ok(LayerSpec::MaxPool2d(pool_window(only("a window size")?)?)),
         "avgpool" | "avgpool2d" => Ok(LayerSpec::AvgPool2d(pool_window(only("a window size")?)?)),
         "relu" => none(false).map(|_| LayerSpec::Relu),
+        "batchnorm" | "batchnorm2d" | "bn" => none(false).map(|_| LayerSpec::BatchNorm2d),
+        "gap" | "globalavgpool" => none(false).map(|_| LayerSpec::GlobalAvgPool),
+        "dropout" => {
+            let rate = match positional.as_slice() {
+                [] => 0.5,
+                [r] => r
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|r| (0.0..1.0).contains(r))
+                    .ok_or_else(|| format!("`{r}` is not a dropout rate in [0, 1)"))?,
+                [_, extra, ..] => return Err(format!("unexpected `{extra}`")),
+            };
+            if !options.is_empty() {
+                return Err(format!("unexpected `{}`", options[0]));
+            }
+            Ok(LayerSpec::Dropout { rate })
+        }
         "flatten" => none(false).map(|_| LayerSpec::Flatten),
         "dense" | "linear" | "fc" => {
             let size = only("an output count, e.g. `dense 120` or `dense classes`")?;
@@ -173,7 +201,8 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         }
         "" => Err("empty layer".into()),
         other => Err(format!(
-            "unknown layer `{other}` (layers: conv, relu, maxpool, avgpool, flatten, dense)"
+            "unknown layer `{other}` (layers: conv, relu, maxpool, avgpool, gap, batchnorm, \
+             dropout, flatten, dense)"
         )),
     }
 }

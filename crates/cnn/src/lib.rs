@@ -6,6 +6,7 @@
 //! ([`data`]); [`model_file`] saves and loads it as safetensors that PyTorch reads.
 
 pub mod arch;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod fsutil;

@@ -2,7 +2,8 @@
 //! `model.load_state_dict(safetensors.torch.load_file(path))` works without conversion.
 //!
 //! Tensors are named `"<layer index>.weight"` and `"<layer index>.bias"`, little-endian f32,
-//! conv weights `[out, in, kh, kw]`, dense weights `[out, in]`. The header's `__metadata__`
+//! conv weights `[out, in, kh, kw]`, dense weights `[out, in]`; batch normalisation adds
+//! `running_mean`, `running_var` (f32) and `num_batches_tracked` (int64, shape `[]`). The header's `__metadata__`
 //! holds JSON strings: `architecture` (the layer list), `notation` (the same in the text
 //! notation), `input_shape` (`[C, H, W]`), `classes`, `preprocessing`, `format`, and `data`
 //! (the `--data` spec it was trained on, when known).
@@ -14,7 +15,7 @@ use crate::layers::LayerSpec;
 use crate::model::Model;
 use crate::network::Network;
 use crate::preprocess::Preprocessing;
-use crate::tensor::Shape;
+use crate::tensor::{Param, Shape};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
@@ -25,8 +26,23 @@ pub const FORMAT: &str = "cnn-model-1";
 
 /// Serialises a model to safetensors bytes. The same model always gives the same bytes.
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
-    let architecture = model.network.architecture();
-    let shape = model.network.input_shape();
+    parts_to_bytes(
+        &model.network,
+        &model.classes,
+        &model.preprocessing,
+        model.data.as_deref(),
+    )
+}
+
+/// [`to_bytes`] for the parts of a model (a checkpoint holds a network still being trained).
+pub fn parts_to_bytes(
+    network: &Network,
+    classes: &[String],
+    preprocessing: &Preprocessing,
+    data: Option<&str>,
+) -> Result<Vec<u8>> {
+    let architecture = network.architecture();
+    let shape = network.input_shape();
     let json = |value: serde_json::Result<String>| {
         value.map_err(|e| Error::Invalid(format!("cannot describe the model: {e}")))
     };
@@ -45,35 +61,124 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
                 shape.width,
             ]))?,
         ),
-        (
-            "classes".to_string(),
-            json(serde_json::to_string(&model.classes))?,
-        ),
+        ("classes".to_string(), json(serde_json::to_string(classes))?),
         (
             "preprocessing".to_string(),
-            json(serde_json::to_string(&model.preprocessing))?,
+            json(serde_json::to_string(preprocessing))?,
         ),
     ]);
-    if let Some(data) = &model.data {
-        metadata.insert("data".to_string(), data.clone());
+    if let Some(data) = data {
+        metadata.insert("data".to_string(), data.to_string());
     }
-    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = model
-        .network
-        .params()
+    let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = network
+        .tensors()
         .map(|(index, param)| {
-            let bytes = param.value.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (format!("{index}.{}", param.name), param.dims.clone(), bytes)
+            let (dtype, bytes) = encode(param);
+            (
+                format!("{index}.{}", param.name),
+                dtype,
+                param.dims.clone(),
+                bytes,
+            )
         })
         .collect();
     let mut views = Vec::with_capacity(buffers.len());
-    for (name, dims, bytes) in &buffers {
-        let view = TensorView::new(Dtype::F32, dims.clone(), bytes)
+    for (name, dtype, dims, bytes) in &buffers {
+        let view = TensorView::new(*dtype, dims.clone(), bytes)
             .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))?;
         views.push((name.as_str(), view));
     }
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::Invalid(format!("cannot serialise the model: {e}")))?;
     canonical_header(bytes)
+}
+
+/// Tensors PyTorch keeps as integers (batch normalisation's `num_batches_tracked`, int64).
+fn is_count(name: &str) -> bool {
+    name == "num_batches_tracked"
+}
+
+/// A tensor's dtype and little-endian bytes: f32, or int64 for counts.
+pub fn encode(param: &Param) -> (Dtype, Vec<u8>) {
+    if is_count(param.name) {
+        let bytes = param
+            .value
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect();
+        (Dtype::I64, bytes)
+    } else {
+        let bytes = param.value.iter().flat_map(|v| v.to_le_bytes()).collect();
+        (Dtype::F32, bytes)
+    }
+}
+
+/// Overwrites `param` with the tensor `name` of `tensors`, checking dtype, shape and values.
+pub fn decode(
+    tensors: &SafeTensors<'_>,
+    name: &str,
+    param: &mut Param,
+) -> std::result::Result<(), String> {
+    let view = tensors
+        .tensor(name)
+        .map_err(|_| format!("tensor `{name}` is missing"))?;
+    let expected = if is_count(param.name) {
+        Dtype::I64
+    } else {
+        Dtype::F32
+    };
+    if view.dtype() != expected {
+        return Err(format!(
+            "tensor `{name}` is {:?}, expected {expected:?}",
+            view.dtype()
+        ));
+    }
+    if view.shape() != param.dims.as_slice() {
+        return Err(format!(
+            "tensor `{name}` has shape {:?}, the architecture needs {:?}",
+            view.shape(),
+            param.dims
+        ));
+    }
+    if expected == Dtype::I64 {
+        for (value, chunk) in param.value.iter_mut().zip(view.data().chunks_exact(8)) {
+            *value = i64::from_le_bytes(chunk.try_into().expect("8 bytes")) as f32;
+        }
+    } else {
+        for (value, chunk) in param.value.iter_mut().zip(view.data().chunks_exact(4)) {
+            *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        }
+    }
+    if param.value.iter().any(|v| !v.is_finite()) {
+        return Err(format!("tensor `{name}` holds NaN or infinite values"));
+    }
+    Ok(())
+}
+
+/// Loads every parameter and buffer of `network` from `tensors` (named `"<index>.<name>"`),
+/// which must hold nothing else.
+pub fn load_tensors(
+    network: &mut Network,
+    tensors: &SafeTensors<'_>,
+) -> std::result::Result<(), String> {
+    let mut expected = 0;
+    for (index, layer) in network.layers_mut().iter_mut().enumerate() {
+        for param in layer.params_mut() {
+            expected += 1;
+            decode(tensors, &format!("{index}.{}", param.name), param)?;
+        }
+        for buffer in layer.buffers_mut() {
+            expected += 1;
+            decode(tensors, &format!("{index}.{}", buffer.name), buffer)?;
+        }
+    }
+    if tensors.len() != expected {
+        return Err(format!(
+            "it holds {} tensors, the architecture has {expected} parameters",
+            tensors.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The safetensors crate writes `__metadata__` in hash-map order, which changes from run to
@@ -145,41 +250,7 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model, String> {
     let mut network = Network::new(&architecture, Shape::new(channels, height, width))
         .map_err(|e| format!("its architecture does not build: {e}"))?;
 
-    let mut expected = 0;
-    for (index, layer) in network.layers_mut().iter_mut().enumerate() {
-        for param in layer.params_mut() {
-            expected += 1;
-            let name = format!("{index}.{}", param.name);
-            let view = tensors
-                .tensor(&name)
-                .map_err(|_| format!("tensor `{name}` is missing"))?;
-            if view.dtype() != Dtype::F32 {
-                return Err(format!(
-                    "tensor `{name}` is {:?}, expected F32",
-                    view.dtype()
-                ));
-            }
-            if view.shape() != param.dims.as_slice() {
-                return Err(format!(
-                    "tensor `{name}` has shape {:?}, the architecture needs {:?}",
-                    view.shape(),
-                    param.dims
-                ));
-            }
-            for (value, chunk) in param.value.iter_mut().zip(view.data().chunks_exact(4)) {
-                *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-            }
-            if param.value.iter().any(|v| !v.is_finite()) {
-                return Err(format!("tensor `{name}` holds NaN or infinite values"));
-            }
-        }
-    }
-    if tensors.len() != expected {
-        return Err(format!(
-            "it holds {} tensors, the architecture has {expected} parameters",
-            tensors.len()
-        ));
-    }
+    load_tensors(&mut network, &tensors)?;
     let mut model = Model::new(network, classes, preprocessing).map_err(|e| e.to_string())?;
     model.data = metadata.get("data").cloned();
     Ok(model)

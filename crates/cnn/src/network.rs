@@ -83,6 +83,23 @@ impl Network {
             .flat_map(|l| l.params_mut().iter_mut())
     }
 
+    /// Every saved tensor with the index of its layer: each layer's parameters, then its
+    /// buffers, as PyTorch's `state_dict` orders them.
+    pub fn tensors(&self) -> impl Iterator<Item = (usize, &Param)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.params().iter().chain(l.buffers()).map(move |p| (i, p)))
+    }
+
+    /// Lets every layer update what it tracks across batches (batch normalisation's running
+    /// statistics) from the training forward pass just run in `workspace`.
+    pub fn update_running_statistics(&mut self, workspace: &Workspace) {
+        for (layer, scratch) in self.layers.iter_mut().zip(&workspace.scratch) {
+            layer.update_running_statistics(scratch);
+        }
+    }
+
     pub fn param_count(&self) -> usize {
         self.params().map(|(_, p)| p.value.len()).sum()
     }
@@ -93,6 +110,11 @@ impl Network {
         for param in self.params_mut() {
             if param.name == "bias" {
                 param.value.fill(0.0);
+                continue;
+            }
+            // A one-dimensional weight scales features (batch normalisation): start at 1.
+            if param.dims.len() < 2 {
+                param.value.fill(1.0);
                 continue;
             }
             let fan_in: usize = param.dims[1..].iter().product();
@@ -143,6 +165,9 @@ impl Network {
         workspace.fit(self.layers.len());
         let batch = input.batch();
         for (i, layer) in self.layers.iter().enumerate() {
+            workspace.scratch[i].seed = workspace
+                .step_seed
+                .wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let (done, rest) = workspace.activations.split_at_mut(i);
             let layer_input = done.last().unwrap_or(input);
             let output = &mut rest[0];
@@ -161,6 +186,7 @@ impl Network {
             grad_output,
             grad_input,
             scratch,
+            ..
         } = workspace;
         let (mut current, mut next) = (grad_output, grad_input);
         for (i, layer) in self.layers.iter().enumerate().rev() {
@@ -195,6 +221,7 @@ pub struct Workspace {
     grad_output: Tensor,
     grad_input: Tensor,
     scratch: Vec<LayerScratch>,
+    step_seed: u64,
 }
 
 impl Default for Tensor {
@@ -206,6 +233,12 @@ impl Default for Tensor {
 impl Workspace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Seeds the randomness of the next forward passes (dropout): the trainer sets one per
+    /// step, so masks differ between steps and replay exactly.
+    pub fn set_step_seed(&mut self, seed: u64) {
+        self.step_seed = seed;
     }
 
     fn fit(&mut self, layers: usize) {

@@ -12,6 +12,9 @@ pub enum Stream {
     XoTrain = 3,
     XoValidation = 4,
     XoTest = 5,
+    ValidationSplit = 6,
+    Augment = 7,
+    Dropout = 8,
 }
 
 pub fn seeded(seed: u64, stream: Stream) -> ChaCha8Rng {

@@ -12,6 +12,8 @@ use crate::preprocess::Preprocessing;
 use crate::rng::{seeded, Stream};
 use crate::tensor::Tensor;
 use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -21,8 +23,65 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub learning_rate: f32,
     pub optimizer: OptimizerConfig,
-    /// Fixes the order of the data in every epoch (initial weights are seeded by the caller).
+    /// Fixes the order of the data in every epoch, the augmentation and dropout (initial
+    /// weights are seeded by the caller).
     pub seed: u64,
+    /// L2 penalty (SGD, Adam: added to the gradient) or decoupled decay (AdamW).
+    #[serde(default)]
+    pub weight_decay: f32,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Epochs over which the learning rate rises linearly from near 0 to `learning_rate`.
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    #[serde(default)]
+    pub augment: Augment,
+}
+
+/// How the learning rate changes over training (after any warm-up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// Multiplied by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f32 },
+    /// Half a cosine from `learning_rate` down to 0 at the end of the last epoch.
+    Cosine,
+}
+
+/// Random changes to each training image, drawn anew every step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Shift by up to this many pixels each way, filling with zero bytes (a random crop of the
+    /// image padded by `shift`).
+    pub shift: usize,
+    /// Mirror left-right half of the time.
+    pub flip: bool,
+}
+
+impl TrainConfig {
+    /// The learning rate at `progress` epochs into training (`0.5` = half way through the
+    /// first epoch).
+    pub fn learning_rate_at(&self, progress: f64) -> f32 {
+        let base = f64::from(self.learning_rate);
+        let warmup = self.warmup_epochs as f64;
+        if progress < warmup {
+            return (base * (progress + 1e-3).min(warmup) / warmup) as f32;
+        }
+        let rate = match self.schedule {
+            Schedule::Constant => base,
+            Schedule::Step { every, gamma } => {
+                base * f64::from(gamma).powi((progress / every.max(1) as f64).floor() as i32)
+            }
+            Schedule::Cosine => {
+                let span = (self.epochs as f64 - warmup).max(1e-9);
+                let t = ((progress - warmup) / span).clamp(0.0, 1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        };
+        rate as f32
+    }
 }
 
 impl TrainConfig {
@@ -39,8 +98,30 @@ impl TrainConfig {
                 self.learning_rate
             )));
         }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "--weight-decay must be 0 or more, not {}",
+                self.weight_decay
+            )));
+        }
+        if let Schedule::Step { every, gamma } = self.schedule {
+            if every == 0 || !(gamma.is_finite() && gamma > 0.0) {
+                return Err(Error::Invalid(
+                    "a step schedule needs a period of at least 1 epoch and a positive factor"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// Where training stands after an epoch: what a checkpoint stores beside the network.
+#[derive(Clone, Debug)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    pub optimizer: Optimizer,
 }
 
 /// What one epoch achieved.
@@ -52,14 +133,21 @@ pub struct EpochReport {
     pub validation: Option<Evaluation>,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// The learning rate at the end of the epoch.
+    pub learning_rate: f32,
 }
 
 /// Receives progress as training goes; every method has a do-nothing default.
 pub trait TrainObserver {
     fn epoch_started(&mut self, _epoch: usize, _images: usize) {}
-    /// After each step: images done so far this epoch, and the running mean loss.
-    fn batch_done(&mut self, _images_done: usize, _mean_loss: f64) {}
+    /// After each step: images done so far this epoch, the running mean loss and accuracy.
+    fn batch_done(&mut self, _images_done: usize, _mean_loss: f64, _accuracy: f64) {}
     fn epoch_done(&mut self, _report: &EpochReport) {}
+    /// After each epoch, with everything needed to continue from here (see
+    /// [`train_from`]); an error stops training.
+    fn checkpoint(&mut self, _network: &Network, _state: &TrainState) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An observer that ignores everything.
@@ -75,6 +163,37 @@ pub fn train(
     config: &TrainConfig,
     observer: &mut dyn TrainObserver,
 ) -> Result<Vec<EpochReport>> {
+    train_from(
+        network,
+        preprocessing,
+        data,
+        validation,
+        config,
+        None,
+        observer,
+    )
+}
+
+/// A seed for one training step's randomness (augmentation, dropout), from the run's seed and
+/// the step's number: no generator state to carry, so a resumed run draws the same numbers.
+fn step_seed(seed: u64, step: u64, stream: Stream) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.set_stream(stream as u64);
+    rng
+}
+
+/// [`train`], continuing from `resume` (a network and state saved by
+/// [`TrainObserver::checkpoint`]) when given: the result is the same, bit for bit, as a run
+/// that was never interrupted, for the same thread count.
+pub fn train_from(
+    network: &mut Network,
+    preprocessing: &Preprocessing,
+    data: &Dataset,
+    validation: Option<&Dataset>,
+    config: &TrainConfig,
+    resume: Option<TrainState>,
+    observer: &mut dyn TrainObserver,
+) -> Result<Vec<EpochReport>> {
     config.validate()?;
     check_fits(network, data)?;
     if let Some(v) = validation {
@@ -85,30 +204,64 @@ pub fn train(
     }
     let mut rng = seeded(config.seed, Stream::Shuffle);
     let mut order: Vec<usize> = (0..data.len()).collect();
-    let mut optimizer = Optimizer::new(config.optimizer, network);
+    let (first_epoch, mut optimizer) = match resume {
+        Some(state) => {
+            if !state.optimizer.fits(network) {
+                return Err(Error::Invalid(
+                    "the checkpoint's optimizer state does not fit the network".into(),
+                ));
+            }
+            // Replay the shuffles of the epochs already done.
+            for _ in 0..state.epoch {
+                order.shuffle(&mut rng);
+            }
+            (state.epoch + 1, state.optimizer)
+        }
+        None => (1, Optimizer::new(config.optimizer, network)),
+    };
+    let steps_per_epoch = data.len().div_ceil(config.batch_size);
+    let mut pixels = Vec::new();
     let mut workspace = Workspace::new();
     let mut grads = Gradients::new(network);
     let mut batch = Tensor::empty();
     let mut labels = Vec::with_capacity(config.batch_size);
     let mut reports = Vec::with_capacity(config.epochs);
 
-    for epoch in 1..=config.epochs {
+    let mut learning_rate = config.learning_rate;
+    for epoch in first_epoch..=config.epochs {
         order.shuffle(&mut rng);
         observer.epoch_started(epoch, data.len());
         let started = Instant::now();
         let (mut total_loss, mut correct, mut seen) = (0.0, 0, 0);
-        for indices in order.chunks(config.batch_size) {
-            data.fill_batch(indices, preprocessing, &mut batch, &mut labels);
+        for (step_in_epoch, indices) in order.chunks(config.batch_size).enumerate() {
+            let step = ((epoch - 1) * steps_per_epoch + step_in_epoch) as u64;
+            if config.augment == Augment::default() {
+                data.fill_batch(indices, preprocessing, &mut batch, &mut labels);
+            } else {
+                data.fill_batch_augmented(
+                    indices,
+                    preprocessing,
+                    config.augment,
+                    &mut step_seed(config.seed, step, Stream::Augment),
+                    &mut pixels,
+                    &mut batch,
+                    &mut labels,
+                );
+            }
+            workspace.set_step_seed(step_seed(config.seed, step, Stream::Dropout).next_u64());
             network.forward(&batch, &mut workspace, Mode::Train)?;
+            network.update_running_statistics(&workspace);
             let (logits, grad) = workspace.output_and_grad_mut();
             let stats = softmax_cross_entropy(logits, &labels, grad)?;
             grads.zero();
             network.backward(&batch, &mut workspace, &mut grads);
-            optimizer.step(network, &grads, config.learning_rate);
+            let progress = (epoch - 1) as f64 + step_in_epoch as f64 / steps_per_epoch as f64;
+            learning_rate = config.learning_rate_at(progress);
+            optimizer.step(network, &grads, learning_rate, config.weight_decay);
             total_loss += stats.total_loss;
             correct += stats.correct;
             seen += indices.len();
-            observer.batch_done(seen, total_loss / seen as f64);
+            observer.batch_done(seen, total_loss / seen as f64, correct as f64 / seen as f64);
         }
         let seconds = started.elapsed().as_secs_f64();
         let train_loss = total_loss / seen as f64;
@@ -126,9 +279,17 @@ pub fn train(
                 .transpose()?,
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
+            learning_rate,
         };
         observer.epoch_done(&report);
         reports.push(report);
+        observer.checkpoint(
+            network,
+            &TrainState {
+                epoch,
+                optimizer: optimizer.clone(),
+            },
+        )?;
     }
     Ok(reports)
 }
@@ -191,4 +352,63 @@ pub fn evaluate(
         accuracy: correct as f64 / images.max(1) as f64,
         confusion,
     })
+}
+
+impl Evaluation {
+    /// Per class, the share of its images that were called right (0 for a class with none).
+    pub fn per_class_accuracy(&self) -> Vec<f64> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(class, row)| {
+                let total: usize = row.iter().sum();
+                row[class] as f64 / total.max(1) as f64
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(schedule: Schedule, warmup_epochs: usize) -> TrainConfig {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 1,
+            learning_rate: 0.1,
+            optimizer: OptimizerConfig::adam(),
+            seed: 1,
+            weight_decay: 0.0,
+            schedule,
+            warmup_epochs,
+            augment: Augment::default(),
+        }
+    }
+
+    #[test]
+    fn schedules_follow_their_formulas() {
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        let constant = config(Schedule::Constant, 0);
+        assert!(close(constant.learning_rate_at(7.3), 0.1));
+        let step = config(
+            Schedule::Step {
+                every: 3,
+                gamma: 0.5,
+            },
+            0,
+        );
+        assert!(close(step.learning_rate_at(2.9), 0.1));
+        assert!(close(step.learning_rate_at(3.0), 0.05));
+        assert!(close(step.learning_rate_at(6.5), 0.025));
+        let cosine = config(Schedule::Cosine, 0);
+        assert!(close(cosine.learning_rate_at(0.0), 0.1));
+        assert!(close(cosine.learning_rate_at(5.0), 0.05));
+        assert!(cosine.learning_rate_at(9.99) < 1e-4);
+        // Warm-up: a linear rise over 2 epochs, then the cosine over the other 8.
+        let warm = config(Schedule::Cosine, 2);
+        assert!(close(warm.learning_rate_at(1.0), 0.05 + 0.00005));
+        assert!(close(warm.learning_rate_at(2.0), 0.1));
+        assert!(close(warm.learning_rate_at(6.0), 0.05));
+    }
 }

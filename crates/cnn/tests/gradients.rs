@@ -95,6 +95,7 @@ fn run_backward(
     // Scratch left over from earlier batches holds anything: NaN here, which shows if read.
     let mut scratch = LayerScratch {
         buffer: vec![f32::NAN; 1 << 16],
+        ..LayerScratch::default()
     };
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
     layer.forward(input, &mut output, Mode::Train, &mut scratch);

@@ -184,8 +184,9 @@ pub fn run(args: BenchArgs, threads: usize) -> Result<()> {
         softmax_cross_entropy(logits, labels, grad).expect("labels in range");
         grads.zero();
         network.backward(input, &mut workspace, &mut grads);
+        network.update_running_statistics(&workspace);
         // A tiny rate keeps the weights (and so the work) as they are.
-        optimizer.step(network, &grads, 1e-6);
+        optimizer.step(network, &grads, 1e-6, 0.0);
     };
     let train = args.phases.contains(&Phase::Train).then(|| {
         for _ in 0..3 {

@@ -61,36 +61,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "accuracy": result.accuracy,
             "loss": result.loss,
             "classes": model.classes,
+            "per_class_accuracy": result.per_class_accuracy(),
             "confusion": result.confusion,
         });
         println!("{json}");
         return Ok(());
     }
-    println!(
-        "{}: {} test images of {spec}: accuracy {:.2}%, loss {:.4}",
-        args.model.display(),
-        result.images,
-        100.0 * result.accuracy,
-        result.loss
-    );
-    println!("confusion matrix (rows: true class, columns: predicted):");
-    let width = model
-        .classes
-        .iter()
-        .map(|c| c.len())
-        .max()
-        .unwrap_or(1)
-        .max(6);
-    let header: String = model
-        .classes
-        .iter()
-        .map(|c| format!(" {c:>width$}"))
-        .collect();
-    println!("  {:<width$}{header}", "");
-    for (class, row) in model.classes.iter().zip(&result.confusion) {
-        let cells: String = row.iter().map(|n| format!(" {n:>width$}")).collect();
-        println!("  {class:<width$}{cells}");
-    }
+    print!("{}: ", args.model.display());
+    super::train::print_evaluation(&result, &model.classes, &format!("test split of {spec}"));
     if let Some(path) = &args.plot {
         println!("confusion matrix drawn in {}", path.display());
     }

@@ -32,3 +32,15 @@ pub fn print_summary(summary: &[LayerSummary], input: cnn::Shape) {
         "", "total", "", params, flops
     );
 }
+
+/// The confusion matrix, rows the true class, columns the predicted one.
+pub fn print_confusion(classes: &[String], confusion: &[Vec<usize>]) {
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let width = classes.iter().map(|c| c.len()).max().unwrap_or(1).max(6);
+    let header: String = classes.iter().map(|c| format!(" {c:>width$}")).collect();
+    println!("  {:<width$}{header}", "");
+    for (class, row) in classes.iter().zip(confusion) {
+        let cells: String = row.iter().map(|n| format!(" {n:>width$}")).collect();
+        println!("  {class:<width$}{cells}");
+    }
+}

@@ -7,20 +7,30 @@
 //! - `backward` *adds* the gradient of the loss with respect to each parameter to
 //!   `param_grads` (gradients accumulate; the trainer zeroes them once per step) and
 //!   *writes* the gradient with respect to its input into `grad_input` when that is asked for.
-//! - Layers hold no mutable state: buffers live in the caller's [`LayerScratch`], so one network
-//!   serves many threads at once.
+//! - Layers hold no mutable state during a pass: buffers live in the caller's [`LayerScratch`],
+//!   so one network serves many threads at once. The one exception is between passes: after a
+//!   training forward pass the trainer calls [`Layer::update_running_statistics`] (batch
+//!   normalisation's running mean and variance; a no-op for every other layer).
+//! - Randomness in a forward pass (dropout) comes from [`LayerScratch::seed`], which the
+//!   network sets per layer and per step from [`crate::Workspace::set_step_seed`].
 
 mod activation;
+mod batchnorm;
 mod conv;
 mod dense;
+mod dropout;
 mod flatten;
+mod global_pool;
 mod pool;
 mod spec;
 
 pub use activation::Relu;
+pub use batchnorm::BatchNorm2d;
 pub use conv::Conv2d;
 pub use dense::Dense;
+pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use global_pool::GlobalAvgPool;
 pub use pool::Pool2d;
 pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
 
@@ -38,6 +48,8 @@ pub enum Mode {
 #[derive(Debug, Default)]
 pub struct LayerScratch {
     pub buffer: Vec<f32>,
+    /// Seed of this layer's randomness for the current step (dropout masks).
+    pub seed: u64,
 }
 
 /// What a backward pass reads and writes.
@@ -64,6 +76,16 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     fn params_mut(&mut self) -> &mut [Param] {
         &mut []
     }
+    /// State that is saved but not learnt (batch normalisation's `running_mean`,
+    /// `running_var`, `num_batches_tracked`), in PyTorch's order, after the parameters.
+    fn buffers(&self) -> &[Param] {
+        &[]
+    }
+    fn buffers_mut(&mut self) -> &mut [Param] {
+        &mut []
+    }
+    /// Called by the trainer after each training forward pass, with that pass's scratch.
+    fn update_running_statistics(&mut self, _scratch: &LayerScratch) {}
     /// Floating-point operations for one image's forward pass (a multiply-add counts two).
     fn flops_per_image(&self) -> u64;
     fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch);

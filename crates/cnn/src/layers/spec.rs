@@ -1,7 +1,7 @@
 //! Architectures as data: what each layer is, independent of any input shape. Serialised into
 //! model files (key `architecture`), so a model file rebuilds its own network.
 
-use super::{Conv2d, Dense, Flatten, Layer, Pool2d, Relu};
+use super::{BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool, Layer, Pool2d, Relu};
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
 use crate::tensor::Shape;
@@ -26,7 +26,7 @@ pub struct DenseConfig {
 
 /// One layer of an architecture. Index `i` in a list of these is module `i` of PyTorch's
 /// `nn.Sequential`, which is where the parameter names `"<i>.weight"` come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LayerSpec {
     Conv2d(Conv2dConfig),
@@ -35,6 +35,16 @@ pub enum LayerSpec {
     AvgPool2d(Window2d),
     Flatten,
     Dense(DenseConfig),
+    /// Batch normalisation per channel (PyTorch's `BatchNorm2d`, eps 1e-5, momentum 0.1).
+    #[serde(rename = "batchnorm2d")]
+    BatchNorm2d,
+    /// Zeroes each value with probability `rate` while training.
+    Dropout {
+        rate: f32,
+    },
+    /// The mean of each feature map: `C x H x W` to `C`.
+    #[serde(rename = "global_avg_pool")]
+    GlobalAvgPool,
 }
 
 impl LayerSpec {
@@ -47,6 +57,9 @@ impl LayerSpec {
             LayerSpec::AvgPool2d(_) => "avgpool2d",
             LayerSpec::Flatten => "flatten",
             LayerSpec::Dense(_) => "dense",
+            LayerSpec::BatchNorm2d => "batchnorm2d",
+            LayerSpec::Dropout { .. } => "dropout",
+            LayerSpec::GlobalAvgPool => "gap",
         }
     }
 
@@ -73,6 +86,9 @@ impl LayerSpec {
             }
             LayerSpec::Flatten => Box::new(Flatten::new(input)),
             LayerSpec::Dense(config) => Box::new(Dense::new(config, input).map_err(misfit)?),
+            LayerSpec::BatchNorm2d => Box::new(BatchNorm2d::new(input)),
+            LayerSpec::Dropout { rate } => Box::new(Dropout::new(rate, input).map_err(misfit)?),
+            LayerSpec::GlobalAvgPool => Box::new(GlobalAvgPool::new(input)),
         };
         Ok(layer)
     }
@@ -133,6 +149,9 @@ impl fmt::Display for LayerSpec {
                 }
                 Ok(())
             }
+            LayerSpec::BatchNorm2d => write!(f, "batchnorm"),
+            LayerSpec::Dropout { rate } => write!(f, "dropout {rate}"),
+            LayerSpec::GlobalAvgPool => write!(f, "gap"),
         }
     }
 }
