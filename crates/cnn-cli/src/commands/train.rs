@@ -145,7 +145,7 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
             flip: false,
         }),
         "fashion" => Some(PresetSettings {
-            epochs: 10,
+            epochs: 15,
             batch: 64,
             optimizer: OptimizerName::Adamw,
             lr: 0.002,
