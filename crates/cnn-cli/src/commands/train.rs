@@ -145,7 +145,7 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
             flip: false,
         }),
         "fashion" => Some(PresetSettings {
-            epochs: 15,
+            epochs: 20,
             batch: 64,
             optimizer: OptimizerName::Adamw,
             lr: 0.002,
