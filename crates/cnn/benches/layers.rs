@@ -4,9 +4,9 @@
 
 use cnn::arch;
 use cnn::layers::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
-use cnn::loss::softmax_cross_entropy;
 use cnn::optim::{Optimizer, OptimizerConfig};
 use cnn::rng::{seeded, Stream};
+use cnn::train::train_step;
 use cnn::{Gradients, Network, Shape, Tensor, Workspace};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::Rng;
@@ -109,13 +109,14 @@ fn training_step(c: &mut Criterion) {
         let mut optimizer = Optimizer::new(OptimizerConfig::sgd(), &network);
         c.bench_function(&format!("{preset} training step, batch {BATCH}"), |b| {
             b.iter(|| {
-                network.forward(&x, &mut workspace, Mode::Train).unwrap();
-                let (logits, grad) = workspace.output_and_grad_mut();
-                softmax_cross_entropy(logits, &labels, grad).unwrap();
-                grads.zero();
-                network.backward(&x, &mut workspace, &mut grads);
-                network.update_running_statistics(&workspace);
-                optimizer.step(&mut network, &grads, 1e-6, 0.0);
+                train_step(
+                    &mut network,
+                    (&mut workspace, &mut grads),
+                    &mut optimizer,
+                    (&x, &labels),
+                    (1e-6, 0.0),
+                )
+                .unwrap();
             })
         });
     }

@@ -5,7 +5,7 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::layers::Mode;
-use crate::loss::{argmax, cross_entropy, softmax_cross_entropy};
+use crate::loss::{argmax, cross_entropy, softmax_cross_entropy, LossStats};
 use crate::network::{Gradients, Network, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::preprocess::Preprocessing;
@@ -249,15 +249,15 @@ pub fn train_from(
                 );
             }
             workspace.set_step_seed(step_seed(config.seed, step, Stream::Dropout).next_u64());
-            network.forward(&batch, &mut workspace, Mode::Train)?;
-            network.update_running_statistics(&workspace);
-            let (logits, grad) = workspace.output_and_grad_mut();
-            let stats = softmax_cross_entropy(logits, &labels, grad)?;
-            grads.zero();
-            network.backward(&batch, &mut workspace, &mut grads);
             let progress = (epoch - 1) as f64 + step_in_epoch as f64 / steps_per_epoch as f64;
             learning_rate = config.learning_rate_at(progress);
-            optimizer.step(network, &grads, learning_rate, config.weight_decay);
+            let stats = train_step(
+                network,
+                (&mut workspace, &mut grads),
+                &mut optimizer,
+                (&batch, &labels),
+                (learning_rate, config.weight_decay),
+            )?;
             total_loss += stats.total_loss;
             correct += stats.correct;
             seen += indices.len();
@@ -292,6 +292,28 @@ pub fn train_from(
         )?;
     }
     Ok(reports)
+}
+
+/// One optimisation step on a prepared batch (`[N, input_shape]` with its `N` labels): forward
+/// in training mode, running statistics, loss, backward, then the optimizer with
+/// `(learning rate, weight decay)`. `buffers` (the workspace and the gradients) are reused from
+/// step to step. Returns the batch's summed loss and correct count.
+pub fn train_step(
+    network: &mut Network,
+    buffers: (&mut Workspace, &mut Gradients),
+    optimizer: &mut Optimizer,
+    (batch, labels): (&Tensor, &[usize]),
+    (learning_rate, weight_decay): (f32, f32),
+) -> Result<LossStats> {
+    let (workspace, grads) = buffers;
+    network.forward(batch, workspace, Mode::Train)?;
+    network.update_running_statistics(workspace);
+    let (logits, grad) = workspace.output_and_grad_mut();
+    let stats = softmax_cross_entropy(logits, labels, grad)?;
+    grads.zero();
+    network.backward(batch, workspace, grads);
+    optimizer.step(network, grads, learning_rate, weight_decay);
+    Ok(stats)
 }
 
 fn check_fits(network: &Network, data: &Dataset) -> Result<()> {

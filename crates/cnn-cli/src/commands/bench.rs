@@ -4,9 +4,9 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use cnn::loss::softmax_cross_entropy;
 use cnn::optim::{Optimizer, OptimizerConfig};
 use cnn::rng::{seeded, Stream};
+use cnn::train::train_step;
 use cnn::{Gradients, Mode, Network, Shape, Tensor, Workspace};
 use rand::Rng;
 use serde::Serialize;
@@ -177,16 +177,15 @@ pub fn run(args: BenchArgs, threads: usize) -> Result<()> {
     let mut train_step = |network: &mut Network| {
         let (input, labels) = &batches[step % batches.len()];
         step += 1;
-        network
-            .forward(input, &mut workspace, Mode::Train)
-            .expect("shapes checked at build");
-        let (logits, grad) = workspace.output_and_grad_mut();
-        softmax_cross_entropy(logits, labels, grad).expect("labels in range");
-        grads.zero();
-        network.backward(input, &mut workspace, &mut grads);
-        network.update_running_statistics(&workspace);
         // A tiny rate keeps the weights (and so the work) as they are.
-        optimizer.step(network, &grads, 1e-6, 0.0);
+        train_step(
+            network,
+            (&mut workspace, &mut grads),
+            &mut optimizer,
+            (input, labels),
+            (1e-6, 0.0),
+        )
+        .expect("shapes checked at build, labels in range");
     };
     let train = args.phases.contains(&Phase::Train).then(|| {
         for _ in 0..3 {
