@@ -20,7 +20,9 @@ use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, Layer, LayerScratch};
 use cnn::loss::softmax_cross_entropy;
 use cnn::window::Window2d;
 use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
-use common::{assert_close, central_differences, distinct, rng, tensor, uniform, widen};
+use common::{
+    assert_close, central_differences, distinct, input_differences, rng, tensor, uniform, widen,
+};
 use rand::{Rng, SeedableRng};
 
 /// Largest relative error allowed between a backward gradient and its finite-difference
@@ -174,14 +176,7 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
 
     // Finite differences with respect to the input.
     let eps = inputs.eps();
-    let mut nudged = input.clone();
-    let numeric = central_differences(input.data(), eps, |i, v| {
-        let original = nudged.data()[i];
-        nudged.data_mut()[i] = v;
-        let loss = objective(&*layer, &nudged, &weights);
-        nudged.data_mut()[i] = original;
-        loss
-    });
+    let numeric = input_differences(&input, eps, |nudged| objective(&*layer, nudged, &weights));
     assert_close(
         &format!("{spec} on {batch} x {input_shape}: input gradient"),
         &widen(grad_input.data()),

@@ -8,7 +8,7 @@ mod common;
 
 use cnn::layers::{BackwardPass, Layer, LayerScratch};
 use cnn::{LayerSpec, Mode, Shape, Tensor};
-use common::{assert_close, central_differences, rng, tensor, uniform, widen};
+use common::{assert_close, central_differences, input_differences, rng, tensor, uniform, widen};
 
 const TOLERANCE: f64 = 1e-2;
 const FLOOR: f64 = 1e-2;
@@ -75,14 +75,7 @@ fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
         );
     }
 
-    let mut nudged = input.clone();
-    let numeric = central_differences(input.data(), eps, |i, v| {
-        let original = nudged.data()[i];
-        nudged.data_mut()[i] = v;
-        let loss = objective(&*layer, &nudged, &weights);
-        nudged.data_mut()[i] = original;
-        loss
-    });
+    let numeric = input_differences(&input, eps, |nudged| objective(&*layer, nudged, &weights));
     assert_close(
         &format!("{spec} on {batch} x {shape}: input gradient"),
         &widen(grad_input.data()),

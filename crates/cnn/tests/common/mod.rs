@@ -51,6 +51,19 @@ pub fn central_differences(
         .collect()
 }
 
+/// Central differences of `loss` with respect to every value of `input`, nudging one value at
+/// a time in a copy of it.
+pub fn input_differences(input: &Tensor, eps: f32, loss: impl Fn(&Tensor) -> f64) -> Vec<f64> {
+    let mut nudged = input.clone();
+    central_differences(input.data(), eps, |i, v| {
+        let original = nudged.data()[i];
+        nudged.data_mut()[i] = v;
+        let value = loss(&nudged);
+        nudged.data_mut()[i] = original;
+        value
+    })
+}
+
 /// `|a - b| / max(|a|, |b|, floor)`: relative error, turning absolute near zero.
 pub fn relative_error(a: f64, b: f64, floor: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(floor)
