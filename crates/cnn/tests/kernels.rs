@@ -54,6 +54,10 @@ fn values(rng: &mut impl rand::Rng, len: usize, coarse: bool) -> Vec<f32> {
     }
 }
 
+fn epilogue(bias: Option<&[f32]>) -> cnn::kernels::Epilogue<'_> {
+    cnn::kernels::Epilogue { bias, relu: false }
+}
+
 fn abs(values: &[f32]) -> Vec<f32> {
     values.iter().map(|v| v.abs()).collect()
 }
@@ -105,7 +109,15 @@ fn compare_conv(
     // unless they wrote it first.
     let mut scratch = vec![f32::NAN; 1 << 18];
     let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
-    conv::conv2d_forward(&g, &x, &weight, bias, &mut fast, &mut scratch);
+    conv::conv2d_forward(
+        &g,
+        &x,
+        &weight,
+        &Default::default(),
+        epilogue(bias),
+        &mut fast,
+        &mut scratch,
+    );
     let mut slow = Tensor::zeros(batch, g.output);
     reference::conv2d_forward(&g, &x, &weight, bias, &mut slow);
     let mut scale = Tensor::zeros(batch, g.output);
@@ -126,6 +138,7 @@ fn compare_conv(
         &g,
         &x,
         &weight,
+        &Default::default(),
         &dy,
         ConvGrads {
             input: input_grad.then_some(&mut fast_dx),
@@ -275,6 +288,25 @@ proptest! {
         compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
     }
 
+    /// The Winograd path (3x3, stride 1, at least 8 input channels: forward, and the input
+    /// gradient when there are at least 8 output channels) equals the direct loops, on odd and
+    /// even sizes (tiles hanging over the edge) and with batches large enough to be split over
+    /// threads inside one image.
+    #[test]
+    fn winograd_conv_matches_reference(
+        batch in 1usize..=3,
+        channels in 8usize..=20,
+        out_channels in 1usize..=20,
+        input in [1usize..=20, 1usize..=20],
+        padding in [0usize..=2, 0usize..=2],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d::new([3, 3], [1, 1], padding);
+        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+    }
+
     /// Max and average pooling (forward and backward) equal the direct loops for any shape,
     /// window, stride, padding up to half the window, and ceil mode. Half the cases draw small
     /// integers, so windows hold ties, which both kernels must break the same way (the first
@@ -319,7 +351,15 @@ fn image_1_to_9() -> Tensor {
 fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, expected: &[f32]) {
     let input = image_1_to_9();
     let mut fast = Tensor::zeros(1, g.output);
-    conv::conv2d_forward(g, &input, weight, bias, &mut fast, &mut Vec::new());
+    conv::conv2d_forward(
+        g,
+        &input,
+        weight,
+        &Default::default(),
+        epilogue(bias),
+        &mut fast,
+        &mut Vec::new(),
+    );
     assert_eq!(fast.data(), expected, "fast kernel");
     let mut slow = Tensor::zeros(1, g.output);
     reference::conv2d_forward(g, &input, weight, bias, &mut slow);
@@ -415,6 +455,7 @@ fn conv_backward_golden() {
         &g,
         &input,
         &weight,
+        &Default::default(),
         &dy,
         ConvGrads {
             input: Some(&mut dx),

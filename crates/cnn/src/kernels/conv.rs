@@ -2,8 +2,9 @@
 //! columns are its windows, so the whole convolution is `weights x columns`, one SGEMM.
 //! The batch is split into one chunk per thread; each chunk reuses its own column buffer.
 
-use super::batch_chunks;
 use super::gemm::{matmul, MatRef, Threading};
+use super::winograd::{self, TransformedWeights, WeightOrder};
+use super::{batch_chunks, Epilogue};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
 use rayon::prelude::*;
@@ -25,6 +26,23 @@ impl ConvGeometry {
     /// Columns of the column matrix: `OH * OW`, one per window position.
     pub fn positions(&self) -> usize {
         self.output.plane()
+    }
+
+    /// The convolution that carries output gradients back to the input: same kernel size,
+    /// input and output swapped, padding `K - 1 - P`. Meaningful for stride 1 only (and
+    /// padding below the kernel size); callers check.
+    pub fn transposed(&self) -> ConvGeometry {
+        let [kh, kw] = self.window.kernel;
+        let [ph, pw] = self.window.padding;
+        ConvGeometry {
+            input: self.output,
+            output: self.input,
+            window: Window2d::new(
+                self.window.kernel,
+                self.window.stride,
+                [(kh - 1).saturating_sub(ph), (kw - 1).saturating_sub(pw)],
+            ),
+        }
     }
 
     /// How many images to unfold side by side into one column matrix (see [`GROUP_COLUMNS`]).
@@ -148,19 +166,34 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
         .map(move |start| (first + start, group.min(count - start)))
 }
 
-/// `output[n] = weight x im2col(input[n]) + bias` for every image.
+/// `output[n] = weight x im2col(input[n])` then the epilogue (bias, ReLU), for every image.
+/// 3x3 stride-1 convolutions with enough input channels go to [`winograd`] instead.
 ///
 /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
-/// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `scratch` is resized once and reused.
+/// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `transformed` caches what Winograd derives from
+/// the weights (see [`TransformedWeights::clear`]). `scratch` is resized once and reused.
 pub fn conv2d_forward(
     g: &ConvGeometry,
     input: &Tensor,
     weight: &[f32],
-    bias: Option<&[f32]>,
+    transformed: &TransformedWeights,
+    epilogue: Epilogue<'_>,
     output: &mut Tensor,
     scratch: &mut Vec<f32>,
 ) {
     let batch = input.batch();
+    if winograd::supports(g) {
+        winograd::conv3x3_forward(
+            g,
+            batch,
+            input.data(),
+            transformed.get(g, weight, WeightOrder::Forward),
+            epilogue,
+            output.data_mut(),
+            scratch,
+        );
+        return;
+    }
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
     let group = g.group_size(per_chunk);
@@ -190,15 +223,12 @@ pub fn conv2d_forward(
                     false,
                     Threading::Serial,
                 );
-                // [OC, count * P] back to [count, OC, P], adding the bias.
+                // [OC, count * P] back to [count, OC, P], through the epilogue.
                 for s in 0..count {
                     let out = &mut out_chunk[(start - first + s) * out_len..][..out_len];
                     for (oc, out_row) in out.chunks_mut(positions).enumerate() {
                         let row = &product[oc * width + s * positions..][..positions];
-                        let b = bias.map_or(0.0, |b| b[oc]);
-                        for (o, &v) in out_row.iter_mut().zip(row) {
-                            *o = v + b;
-                        }
+                        epilogue.apply(oc, row, out_row);
                     }
                 }
             }
@@ -224,6 +254,7 @@ pub fn conv2d_backward(
     g: &ConvGeometry,
     input: &Tensor,
     weight: &[f32],
+    transformed: &TransformedWeights,
     grad_output: &Tensor,
     grads: ConvGrads<'_>,
     scratch: &mut Vec<f32>,
@@ -234,6 +265,12 @@ pub fn conv2d_backward(
         bias: mut grad_bias,
     } = grads;
     let batch = input.batch();
+    // The input gradient of a 3x3 stride-1 convolution is itself one (of the output gradient,
+    // with the kernel flipped and transposed): Winograd computes it when it can.
+    let (grad_input, winograd_input) = match grad_input {
+        Some(t) if winograd::supports_input_gradient(g) => (None, Some(t)),
+        other => (other, None),
+    };
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
     let group = g.group_size(per_chunk);
@@ -317,6 +354,19 @@ pub fn conv2d_backward(
         if let Some(grad_bias) = grad_bias.as_deref_mut() {
             add_assign(grad_bias, partial_bias);
         }
+    }
+
+    if let Some(grad_input) = winograd_input {
+        let transposed = g.transposed();
+        winograd::conv3x3_forward(
+            &transposed,
+            batch,
+            grad_output.data(),
+            transformed.get(&transposed, weight, WeightOrder::FlippedTransposed),
+            Epilogue::default(),
+            grad_input.data_mut(),
+            scratch,
+        );
     }
 }
 

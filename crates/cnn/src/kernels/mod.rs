@@ -6,6 +6,34 @@ pub mod conv;
 pub mod gemm;
 pub mod pool;
 pub mod reference;
+pub mod winograd;
+
+/// What a kernel does to each output value on its way out, so that no separate pass over the
+/// output is needed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Then `max(0, ·)`: a ReLU fused into the layer before it.
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// `out = epilogue(values)` for values of output channel `channel`.
+    #[inline(always)]
+    pub fn apply(&self, channel: usize, values: &[f32], out: &mut [f32]) {
+        let bias = self.bias.map_or(0.0, |b| b[channel]);
+        if self.relu {
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = (v + bias).max(0.0);
+            }
+        } else {
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = v + bias;
+            }
+        }
+    }
+}
 
 /// Splits a batch into `chunks` contiguous runs of `per_chunk` samples, one rayon task each.
 /// The split depends only on the batch size and the thread count, so partial sums reduced in

@@ -2,6 +2,8 @@
 
 use super::{BackwardPass, Conv2dConfig, Layer, LayerScratch, LayerSpec, Mode};
 use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
+use crate::kernels::winograd::TransformedWeights;
+use crate::kernels::Epilogue;
 use crate::tensor::{Param, Shape, Tensor};
 use crate::window::Window2d;
 
@@ -11,6 +13,8 @@ pub struct Conv2d {
     config: Conv2dConfig,
     geometry: ConvGeometry,
     params: Vec<Param>,
+    /// Derived from the weights by the Winograd kernel; cleared whenever they may change.
+    transformed: TransformedWeights,
 }
 
 impl Conv2d {
@@ -61,6 +65,7 @@ impl Conv2d {
                 window,
             },
             params,
+            transformed: TransformedWeights::default(),
         })
     }
 
@@ -91,6 +96,7 @@ impl Layer for Conv2d {
     }
 
     fn params_mut(&mut self) -> &mut [Param] {
+        self.transformed.clear();
         &mut self.params
     }
 
@@ -106,7 +112,11 @@ impl Layer for Conv2d {
             &self.geometry,
             input,
             weight,
-            self.bias(),
+            &self.transformed,
+            Epilogue {
+                bias: self.bias(),
+                relu: false,
+            },
             output,
             &mut scratch.buffer,
         );
@@ -125,6 +135,7 @@ impl Layer for Conv2d {
             &self.geometry,
             pass.input,
             &self.params[0].value,
+            &self.transformed,
             pass.grad_output,
             ConvGrads {
                 input: pass.grad_input,

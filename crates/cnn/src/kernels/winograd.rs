@@ -1,0 +1,564 @@
+//! 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, 2015):
+//! each 2x2 block of outputs ("tile") is computed from the 4x4 input patch under it with 16
+//! multiplications per input channel instead of im2col's 36.
+//!
+//! In matrix form, for one tile and one (output, input) channel pair:
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, where `g` is the 3x3 kernel, `d` the 4x4 patch and
+//! ```text
+//!      [1  0 -1  0]       [ 1    0    0 ]
+//! Bᵀ = [0  1  1  0]   G = [1/2  1/2  1/2]   Aᵀ = [1 1  1  0]
+//!      [0 -1  1  0]       [1/2 -1/2  1/2]        [0 1 -1 -1]
+//!      [0  1  0 -1]       [ 0    0    1 ]
+//! ```
+//! Summed over input channels, each of the 16 positions of the 4x4 transformed tile is a matrix
+//! product: `M[ξ] (OC x tiles) = U[ξ] (OC x C) · V[ξ] (C x tiles)`. So the kernel is: transform
+//! the weights (`U`), transform the input patches (`V`), run 16 SGEMMs, transform back (`Y`).
+//! The transforms only add and halve, so results stay within f32 rounding of the direct sum.
+//!
+//! Work is split by rows of tiles across the whole batch: a thread takes a contiguous run of
+//! tile rows, which lets a single image (batch-1 inference) use every core, and each block of
+//! rows is sized so that its `V` and `M` stay in the core's cache.
+
+use super::conv::ConvGeometry;
+use super::gemm::{matmul, MatRef, Threading};
+use super::Epilogue;
+use std::sync::OnceLock;
+
+/// Defines `fn $name(args)` as `$body(args)` compiled for the widest vector instructions this
+/// CPU has (AVX-512, else AVX2 with FMA), chosen at run time, or for the baseline otherwise.
+/// The transforms are plain loops that the compiler vectorises: this lets it use wide
+/// registers without building the whole crate for one CPU.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn medium($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { medium($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// Positions in a transformed 4x4 tile: one SGEMM each.
+const POSITIONS: usize = 16;
+
+/// Below this many input channels the SGEMMs are too thin to pay for the transforms (a
+/// first layer on grey images has one): im2col does better there.
+const MIN_CHANNELS: usize = 8;
+
+/// A block's `V` and `M` together take about this many floats (1 MiB): they stay in a core's
+/// L2 cache between the transforms and the SGEMMs.
+const BLOCK_FLOATS: usize = 1 << 18;
+
+/// Below this many multiply-adds of SGEMM work a convolution runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// Whether [`conv3x3_forward`] computes this convolution.
+pub fn supports(g: &ConvGeometry) -> bool {
+    g.window.kernel == [3, 3]
+        && g.window.stride == [1, 1]
+        && g.window.padding[0] <= 2
+        && g.window.padding[1] <= 2
+        && g.input.channels >= MIN_CHANNELS
+}
+
+/// Whether [`conv3x3_forward`] computes the input gradient of this convolution (a 3x3 stride-1
+/// convolution of the output gradient: see [`ConvGeometry::transposed`]).
+pub fn supports_input_gradient(g: &ConvGeometry) -> bool {
+    g.window.kernel == [3, 3]
+        && g.window.stride == [1, 1]
+        && g.window.padding[0] <= 2
+        && g.window.padding[1] <= 2
+        && supports(&g.transposed())
+}
+
+/// Where the 16 transformed weight matrices `U[ξ]` (`OC x C` each) come from: the layer's
+/// weights as they are (`[OC, C, 3, 3]`, a forward pass), or flipped and with input and output
+/// channels swapped (`W'[c, oc, i, j] = W[oc, c, 2 - i, 2 - j]`), which turns the same kernel
+/// into the gradient with respect to the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightOrder {
+    Forward,
+    FlippedTransposed,
+}
+
+/// The transformed weights `U`, computed once per set of weights and order, then shared by
+/// every pass and thread until the weights change ([`TransformedWeights::clear`]).
+#[derive(Debug, Default)]
+pub struct TransformedWeights {
+    forward: OnceLock<Vec<f32>>,
+    flipped_transposed: OnceLock<Vec<f32>>,
+}
+
+impl TransformedWeights {
+    /// `U` for `weight` (`[OC, C, 3, 3]` of the layer) in `order`, `geometry` being the
+    /// convolution as computed.
+    pub fn get(&self, geometry: &ConvGeometry, weight: &[f32], order: WeightOrder) -> &[f32] {
+        let cell = match order {
+            WeightOrder::Forward => &self.forward,
+            WeightOrder::FlippedTransposed => &self.flipped_transposed,
+        };
+        cell.get_or_init(|| {
+            let (channels_out, channels) = (geometry.output.channels, geometry.input.channels);
+            let mut transformed = vec![0.0; POSITIONS * channels_out * channels];
+            transform_weights(weight, channels_out, channels, order, &mut transformed);
+            transformed
+        })
+    }
+
+    /// Forgets the transformed weights: call whenever the weights may have changed.
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Tile counts: `[rows, columns]` of 2x2 output tiles.
+fn tiles(g: &ConvGeometry) -> [usize; 2] {
+    [g.output.height.div_ceil(2), g.output.width.div_ceil(2)]
+}
+
+/// Tiles are laid out `stride = columns + 1` to a row: the extra one, never written out, lets
+/// every transform run as one long loop over a whole stretch of rows (its neighbours to the
+/// right and below are then always `+1` and `+stride` away).
+fn stride(g: &ConvGeometry) -> usize {
+    tiles(g)[1] + 1
+}
+
+/// Floats of scratch per block of `block_rows` tile rows: `V`, `M`, and the buffers of the
+/// transforms.
+fn block_scratch_len(g: &ConvGeometry, block_rows: usize) -> usize {
+    let tile_count = block_rows * stride(g);
+    POSITIONS * (g.input.channels + g.output.channels) * tile_count
+        + transform_buffers_len(block_rows, stride(g))
+}
+
+/// The input transform's buffers: the padded input split into 4 planes by row and column
+/// parity (`block_rows + 1` rows each), and 8 row-wise combinations; the output transform
+/// reuses them.
+fn transform_buffers_len(block_rows: usize, stride: usize) -> usize {
+    12 * (block_rows + 1) * stride + 16
+}
+
+/// `output[n] = conv(input[n], weight)` then the epilogue, for every image of the batch.
+///
+/// `geometry` is the convolution as computed (for [`WeightOrder::FlippedTransposed`], the
+/// transposed one: its input is the forward pass's output gradient); `transformed` comes from
+/// [`TransformedWeights::get`] for the same geometry. `input` and `output` hold `batch` images
+/// in NCHW.
+pub fn conv3x3_forward(
+    geometry: &ConvGeometry,
+    batch: usize,
+    input: &[f32],
+    transformed: &[f32],
+    epilogue: Epilogue<'_>,
+    output: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let g = geometry;
+    let (channels, channels_out) = (g.input.channels, g.output.channels);
+    let [tile_rows, tile_cols] = tiles(g);
+    let all_rows = batch * tile_rows;
+    let block_rows = (BLOCK_FLOATS / (POSITIONS * (channels + channels_out) * (tile_cols + 1)))
+        .clamp(1, tile_rows.max(1));
+    let work = POSITIONS * channels * channels_out * all_rows * tile_cols;
+    let threads = if work < PARALLEL_MIN_WORK {
+        1
+    } else {
+        rayon::current_num_threads().max(1)
+    };
+    let rows_per_run = all_rows.div_ceil(threads).max(1);
+    let runs = all_rows.div_ceil(rows_per_run);
+
+    assert_eq!(transformed.len(), POSITIONS * channels_out * channels);
+    let per_run = block_scratch_len(g, block_rows);
+    scratch.resize(runs * per_run, 0.0);
+    let run_scratch = &mut scratch[..];
+
+    let out_ptr = SharedOut(output.as_mut_ptr(), output.len());
+    let run = |index: usize, work: &mut [f32]| {
+        let first = index * rows_per_run;
+        let last = (first + rows_per_run).min(all_rows);
+        let mut start = first;
+        while start < last {
+            let end = (start + block_rows).min(last);
+            // SAFETY: runs cover disjoint tile rows, and a tile row writes only the two output
+            // rows under it, so no two runs write the same output value.
+            let output = unsafe { out_ptr.slice() };
+            block(
+                g,
+                input,
+                transformed,
+                epilogue,
+                output,
+                start..end,
+                block_rows,
+                work,
+            );
+            start = end;
+        }
+    };
+    if runs == 1 {
+        run(0, &mut run_scratch[..per_run]);
+    } else {
+        use rayon::prelude::*;
+        run_scratch
+            .par_chunks_mut(per_run)
+            .take(runs)
+            .enumerate()
+            .for_each(|(index, work)| run(index, work));
+    }
+}
+
+/// The output buffer, shared by runs that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32, usize);
+
+// SAFETY: only used by `conv3x3_forward`, whose runs write disjoint values.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// Callers must not write the same values from two threads.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0, self.1)
+    }
+}
+
+/// `U[ξ][oc, c] = (G g Gᵀ)[ξ]` for every channel pair, 16 row-major `OC x C` matrices.
+fn transform_weights(
+    weight: &[f32],
+    channels_out: usize,
+    channels: usize,
+    order: WeightOrder,
+    transformed: &mut [f32],
+) {
+    let plane = channels_out * channels;
+    for oc in 0..channels_out {
+        for c in 0..channels {
+            let mut g = [0.0f32; 9];
+            match order {
+                WeightOrder::Forward => g.copy_from_slice(&weight[(oc * channels + c) * 9..][..9]),
+                WeightOrder::FlippedTransposed => {
+                    // The layer's weight is [C', OC', 3, 3] with C' = our OC, OC' = our C.
+                    let source = &weight[(c * channels_out + oc) * 9..][..9];
+                    for (k, v) in g.iter_mut().enumerate() {
+                        *v = source[8 - k];
+                    }
+                }
+            }
+            // G g: 4 rows of 3.
+            let mut gg = [[0.0f32; 3]; 4];
+            for j in 0..3 {
+                let (a, b, d) = (g[j], g[3 + j], g[6 + j]);
+                gg[0][j] = a;
+                gg[1][j] = 0.5 * (a + b + d);
+                gg[2][j] = 0.5 * (a - b + d);
+                gg[3][j] = d;
+            }
+            // (G g) Gᵀ: 4 x 4.
+            for (i, row) in gg.iter().enumerate() {
+                let (a, b, d) = (row[0], row[1], row[2]);
+                let values = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
+                for (j, v) in values.into_iter().enumerate() {
+                    transformed[(4 * i + j) * plane + oc * channels + c] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Tile rows `rows` (numbered across the batch) through the three steps: input transform,
+/// 16 SGEMMs, output transform.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    g: &ConvGeometry,
+    input: &[f32],
+    transformed_weights: &[f32],
+    epilogue: Epilogue<'_>,
+    output: &mut [f32],
+    rows: std::ops::Range<usize>,
+    block_rows: usize,
+    work: &mut [f32],
+) {
+    let (channels, channels_out) = (g.input.channels, g.output.channels);
+    let tile_count = rows.len() * stride(g);
+    let (v, rest) = work.split_at_mut(POSITIONS * channels * tile_count);
+    let (m, rest) = rest.split_at_mut(POSITIONS * channels_out * tile_count);
+    let buffers = &mut rest[..transform_buffers_len(block_rows, stride(g))];
+
+    for segment in segments(g, rows.clone()) {
+        transform_input(g, input, segment, v, tile_count, buffers);
+    }
+    for position in 0..POSITIONS {
+        matmul(
+            &mut m[position * channels_out * tile_count..][..channels_out * tile_count],
+            MatRef::row_major(
+                &transformed_weights[position * channels_out * channels..]
+                    [..channels_out * channels],
+                channels_out,
+                channels,
+            ),
+            MatRef::row_major(
+                &v[position * channels * tile_count..][..channels * tile_count],
+                channels,
+                tile_count,
+            ),
+            false,
+            Threading::Serial,
+        );
+    }
+    for segment in segments(g, rows.clone()) {
+        transform_output(g, m, segment, tile_count, epilogue, output, buffers);
+    }
+}
+
+/// Part of a block that lies in one image: tile rows `first_row..first_row + rows` of
+/// `image`, whose tiles start at column `column` of the block's matrices.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    image: usize,
+    first_row: usize,
+    rows: usize,
+    column: usize,
+}
+
+/// Splits a block's tile rows (numbered across the batch) at image boundaries.
+fn segments(g: &ConvGeometry, rows: std::ops::Range<usize>) -> impl Iterator<Item = Segment> {
+    let tile_rows = tiles(g)[0];
+    let stride = stride(g);
+    let block_start = rows.start;
+    let mut row = rows.start;
+    std::iter::from_fn(move || {
+        if row >= rows.end {
+            return None;
+        }
+        let (image, first_row) = (row / tile_rows, row % tile_rows);
+        let count = (tile_rows - first_row).min(rows.end - row);
+        let segment = Segment {
+            image,
+            first_row,
+            rows: count,
+            column: (row - block_start) * stride,
+        };
+        row += count;
+        Some(segment)
+    })
+}
+
+multiversion! {
+    /// `V[ξ][c, t] = (Bᵀ d B)[ξ]` for every channel `c` and tile `t` of the segment, `d` being
+    /// the tile's 4x4 input patch (zero outside the image).
+    ///
+    /// The padded input is split into four planes by row and column parity, `stride` wide:
+    /// tile `t`'s patch is then rows `t` and `t + stride` of the even- and odd-row planes,
+    /// columns `t` and `t + 1`. So both combinations (`Bᵀ d` over rows, `· B` over columns)
+    /// are long loops over the whole segment, shifted by `stride` or by one.
+    fn transform_input(
+        g: &ConvGeometry,
+        input: &[f32],
+        segment: Segment,
+        v: &mut [f32],
+        tile_count: usize,
+        buffers: &mut [f32]
+    ) => transform_input_impl
+}
+
+#[inline(always)]
+fn transform_input_impl(
+    g: &ConvGeometry,
+    input: &[f32],
+    segment: Segment,
+    v: &mut [f32],
+    tile_count: usize,
+    buffers: &mut [f32],
+) {
+    let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
+    let [pad_y, pad_x] = g.window.padding;
+    let stride = stride(g);
+    let n = segment.rows * stride; // tiles in the segment, the extra column included
+    let plane_len = (segment.rows + 1) * stride + 1;
+    let (planes, combined) = buffers.split_at_mut(4 * plane_len);
+    for c in 0..channels {
+        let image = &input[(segment.image * channels + c) * height * width..][..height * width];
+        // planes[2 * column parity + row parity][r * stride + t]: the pixel at padded row
+        // 2 * (first_row + r) + row parity, padded column 2t + column parity.
+        for r in 0..=segment.rows {
+            for row_parity in 0..2 {
+                let y = (2 * (segment.first_row + r) + row_parity) as isize - pad_y as isize;
+                let (even_columns, odd_columns) = planes.split_at_mut(2 * plane_len);
+                let even = &mut even_columns[row_parity * plane_len + r * stride..][..stride];
+                let odd = &mut odd_columns[row_parity * plane_len + r * stride..][..stride];
+                if y < 0 || y as usize >= height {
+                    even.fill(0.0);
+                    odd.fill(0.0);
+                } else {
+                    split_columns(&image[y as usize * width..][..width], pad_x, even, odd);
+                }
+            }
+        }
+        // The extra column of the last row reads one past the planes' rows: keep it finite.
+        for plane in planes.chunks_exact_mut(plane_len) {
+            plane[plane_len - 1] = 0.0;
+        }
+        // Bᵀ d over rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3 with d0, d1 the even and odd rows
+        // at tile t and d2, d3 the same one tile row down (t + stride). combined[2i + parity]
+        // holds row i for even and odd columns.
+        for parity in 0..2 {
+            let even_rows = &planes[2 * parity * plane_len..][..plane_len];
+            let odd_rows = &planes[(2 * parity + 1) * plane_len..][..plane_len];
+            let (d0, d2) = (&even_rows[..n + 1], &even_rows[stride..][..n + 1]);
+            let (d1, d3) = (&odd_rows[..n + 1], &odd_rows[stride..][..n + 1]);
+            let row = |i: usize| {
+                let start = (2 * i + parity) * (n + 1);
+                start..start + n + 1
+            };
+            combine(&mut combined[row(0)], d0, d2, |a, b| a - b);
+            combine(&mut combined[row(1)], d1, d2, |a, b| a + b);
+            combine(&mut combined[row(2)], d2, d1, |a, b| a - b);
+            combine(&mut combined[row(3)], d1, d3, |a, b| a - b);
+        }
+        // · B over columns: x0 - x2, x1 + x2, x2 - x1, x1 - x3 with x0, x1 the even and odd
+        // columns at tile t and x2, x3 the same at t + 1.
+        for i in 0..4 {
+            let x_even = &combined[2 * i * (n + 1)..][..n + 1];
+            let x_odd = &combined[(2 * i + 1) * (n + 1)..][..n + 1];
+            let (x0, x2) = (&x_even[..n], &x_even[1..]);
+            let (x1, x3) = (&x_odd[..n], &x_odd[1..]);
+            let out = |j: usize| {
+                let start = ((4 * i + j) * channels + c) * tile_count + segment.column;
+                start..start + n
+            };
+            combine(&mut v[out(0)], x0, x2, |a, b| a - b);
+            combine(&mut v[out(1)], x1, x2, |a, b| a + b);
+            combine(&mut v[out(2)], x2, x1, |a, b| a - b);
+            combine(&mut v[out(3)], x1, x3, |a, b| a - b);
+        }
+    }
+}
+
+/// Splits one image row into its even and odd padded columns: `even[t]` is pixel
+/// `2t - pad`, `odd[t]` pixel `2t + 1 - pad`, zero outside the row.
+#[inline(always)]
+fn split_columns(line: &[f32], pad: usize, even: &mut [f32], odd: &mut [f32]) {
+    for (t, (e, o)) in even.iter_mut().zip(odd.iter_mut()).enumerate() {
+        let x = 2 * t;
+        *e = if x >= pad && x - pad < line.len() {
+            line[x - pad]
+        } else {
+            0.0
+        };
+        *o = if x + 1 >= pad && x + 1 - pad < line.len() {
+            line[x + 1 - pad]
+        } else {
+            0.0
+        };
+    }
+}
+
+#[inline(always)]
+fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
+    }
+}
+
+multiversion! {
+    /// `Y = Aᵀ M A` for every output channel and tile of the segment, then the epilogue,
+    /// written to the 2x2 outputs under each tile (the last row or column of tiles may hang
+    /// over the edge; the extra column of tiles is never written).
+    fn transform_output(
+        g: &ConvGeometry,
+        m: &[f32],
+        segment: Segment,
+        tile_count: usize,
+        epilogue: Epilogue<'_>,
+        output: &mut [f32],
+        buffers: &mut [f32]
+    ) => transform_output_impl
+}
+
+#[inline(always)]
+fn transform_output_impl(
+    g: &ConvGeometry,
+    m: &[f32],
+    segment: Segment,
+    tile_count: usize,
+    epilogue: Epilogue<'_>,
+    output: &mut [f32],
+    buffers: &mut [f32],
+) {
+    let (channels_out, height, width) = (g.output.channels, g.output.height, g.output.width);
+    let stride = stride(g);
+    let n = segment.rows * stride;
+    let plane = channels_out * tile_count;
+    let (s, y) = buffers[..12 * n].split_at_mut(8 * n);
+    for oc in 0..channels_out {
+        let at = |position: usize| &m[position * plane + oc * tile_count + segment.column..][..n];
+        // Aᵀ M over rows: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3, for each column j.
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+            let (s0, s1) = s[2 * j * n..(2 * j + 2) * n].split_at_mut(n);
+            for t in 0..n {
+                s0[t] = m0[t] + m1[t] + m2[t];
+                s1[t] = m1[t] - m2[t] - m3[t];
+            }
+        }
+        // · A over columns, then the epilogue: y[2r + dx] is output row r, column dx of each tile.
+        let bias = epilogue.bias.map_or(0.0, |b| b[oc]);
+        for r in 0..2 {
+            let row = |j: usize| &s[(2 * j + r) * n..][..n];
+            let (c0, c1, c2, c3) = (row(0), row(1), row(2), row(3));
+            let (y0, y1) = y[2 * r * n..(2 * r + 2) * n].split_at_mut(n);
+            for t in 0..n {
+                let (a, b) = (c0[t] + c1[t] + c2[t] + bias, c1[t] - c2[t] - c3[t] + bias);
+                (y0[t], y1[t]) = if epilogue.relu {
+                    (a.max(0.0), b.max(0.0))
+                } else {
+                    (a, b)
+                };
+            }
+        }
+        let out_plane =
+            &mut output[(segment.image * channels_out + oc) * height * width..][..height * width];
+        for r in 0..segment.rows {
+            for dy in 0..2 {
+                let oy = 2 * (segment.first_row + r) + dy;
+                if oy >= height {
+                    continue;
+                }
+                let left = &y[2 * dy * n + r * stride..][..stride - 1];
+                let right = &y[(2 * dy + 1) * n + r * stride..][..stride - 1];
+                let out = &mut out_plane[oy * width..][..width];
+                let (pairs, last) = out.split_at_mut(width / 2 * 2);
+                for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(left).zip(right) {
+                    pair[0] = a;
+                    pair[1] = b;
+                }
+                if let Some(value) = last.first_mut() {
+                    *value = left[width / 2];
+                }
+            }
+        }
+    }
+}
