@@ -45,7 +45,7 @@ pub fn look_inside(
     workspace: &mut Workspace,
 ) -> Result<Inside> {
     let input = model.input_from_picture(picture)?;
-    let prediction = model.predict(&input, workspace)?.remove(0);
+    let prediction = model.predict_traced(&input, workspace)?.remove(0);
     let layers = model
         .network
         .summary()

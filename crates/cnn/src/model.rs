@@ -53,10 +53,26 @@ impl Model {
         })
     }
 
-    /// Class probabilities for a batch of prepared inputs (`[N, input_shape]`).
+    /// Class probabilities for a batch of prepared inputs (`[N, input_shape]`), by the fast
+    /// inference path ([`Network::infer`]).
     pub fn predict(&self, inputs: &Tensor, workspace: &mut Workspace) -> Result<Vec<Prediction>> {
+        let logits = self.network.infer(inputs, workspace)?;
+        Ok(self.predictions(logits))
+    }
+
+    /// As [`Model::predict`], keeping every layer's output in `workspace` (see
+    /// [`Workspace::activations`]) for showing what the network sees.
+    pub fn predict_traced(
+        &self,
+        inputs: &Tensor,
+        workspace: &mut Workspace,
+    ) -> Result<Vec<Prediction>> {
         let logits = self.network.forward(inputs, workspace, Mode::Infer)?;
-        Ok((0..logits.batch())
+        Ok(self.predictions(logits))
+    }
+
+    fn predictions(&self, logits: &Tensor) -> Vec<Prediction> {
+        (0..logits.batch())
             .map(|n| {
                 let mut probabilities = vec![0.0; self.classes.len()];
                 softmax(logits.sample(n), &mut probabilities);
@@ -69,7 +85,7 @@ impl Model {
                     logits: logits.sample(n).to_vec(),
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Prepares a decoded picture as this model's input (`[1, input_shape]`).

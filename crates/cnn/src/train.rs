@@ -359,7 +359,7 @@ pub fn evaluate(
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         data.fill_batch(chunk, preprocessing, &mut batch, &mut labels);
-        let logits = network.forward(&batch, &mut workspace, Mode::Infer)?;
+        let logits = network.infer(&batch, &mut workspace)?;
         for (n, &label) in labels.iter().enumerate() {
             let row = logits.sample(n);
             total_loss += f64::from(cross_entropy(row, label));

@@ -202,9 +202,7 @@ pub fn run(args: BenchArgs, threads: usize) -> Result<()> {
     let single = random_batch(1, shape, &mut rng);
     let mut infer_workspace = Workspace::new();
     let infer = |input: &Tensor, workspace: &mut Workspace| {
-        network
-            .forward(input, workspace, Mode::Infer)
-            .expect("fits");
+        network.infer(input, workspace).expect("fits");
     };
     let latency = args.phases.contains(&Phase::Latency).then(|| {
         for _ in 0..20 {

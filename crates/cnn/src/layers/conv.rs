@@ -76,6 +76,27 @@ impl Conv2d {
     fn bias(&self) -> Option<&[f32]> {
         self.params.get(1).map(|p| &p.value[..])
     }
+
+    fn forward_with(
+        &self,
+        input: &Tensor,
+        output: &mut Tensor,
+        relu: bool,
+        scratch: &mut LayerScratch,
+    ) {
+        conv2d_forward(
+            &self.geometry,
+            input,
+            &self.params[0].value,
+            &self.transformed,
+            Epilogue {
+                bias: self.bias(),
+                relu,
+            },
+            output,
+            &mut scratch.buffer,
+        );
+    }
 }
 
 impl Layer for Conv2d {
@@ -107,19 +128,17 @@ impl Layer for Conv2d {
 
     /// `[N, C, H, W]` to `[N, OC, OH, OW]`.
     fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, scratch: &mut LayerScratch) {
-        let weight = &self.params[0].value;
-        conv2d_forward(
-            &self.geometry,
-            input,
-            weight,
-            &self.transformed,
-            Epilogue {
-                bias: self.bias(),
-                relu: false,
-            },
-            output,
-            &mut scratch.buffer,
-        );
+        self.forward_with(input, output, false, scratch);
+    }
+
+    fn forward_then_relu(
+        &self,
+        input: &Tensor,
+        output: &mut Tensor,
+        scratch: &mut LayerScratch,
+    ) -> bool {
+        self.forward_with(input, output, true, scratch);
+        true
     }
 
     fn backward(

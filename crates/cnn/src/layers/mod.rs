@@ -89,6 +89,17 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// Floating-point operations for one image's forward pass (a multiply-add counts two).
     fn flops_per_image(&self) -> u64;
     fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch);
+    /// This layer's inference forward pass followed by a ReLU, in one pass over the output,
+    /// when the layer can fuse them (convolution, dense); `false` (and nothing written) when it
+    /// cannot. Used by [`crate::Network::infer`].
+    fn forward_then_relu(
+        &self,
+        _input: &Tensor,
+        _output: &mut Tensor,
+        _scratch: &mut LayerScratch,
+    ) -> bool {
+        false
+    }
     fn backward(
         &self,
         pass: BackwardPass<'_>,
