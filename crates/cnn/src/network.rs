@@ -178,11 +178,16 @@ impl Network {
     /// cache. Unlike [`Network::forward`], the other layers' outputs are not kept.
     pub fn infer<'w>(&self, input: &Tensor, workspace: &'w mut Workspace) -> Result<&'w Tensor> {
         self.check_input(input)?;
+        crate::kernels::on_pool(|| self.infer_checked(input, workspace));
+        Ok(workspace.output())
+    }
+
+    fn infer_checked(&self, input: &Tensor, workspace: &mut Workspace) {
         let batch = input.batch();
         let threads = rayon::current_num_threads().max(1);
         if batch < 2 * SUB_BATCH {
             self.infer_whole(input, workspace);
-            return Ok(workspace.output());
+            return;
         }
         let Workspace {
             activations,
@@ -214,7 +219,6 @@ impl Network {
                     workspace.staged_input = staged;
                 }
             });
-        Ok(workspace.output())
     }
 
     /// [`Network::infer`] on the whole batch at once, each layer splitting its own work.

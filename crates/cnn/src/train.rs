@@ -306,14 +306,16 @@ pub fn train_step(
     (learning_rate, weight_decay): (f32, f32),
 ) -> Result<LossStats> {
     let (workspace, grads) = buffers;
-    network.forward(batch, workspace, Mode::Train)?;
-    network.update_running_statistics(workspace);
-    let (logits, grad) = workspace.output_and_grad_mut();
-    let stats = softmax_cross_entropy(logits, labels, grad)?;
-    grads.zero();
-    network.backward(batch, workspace, grads);
-    optimizer.step(network, grads, learning_rate, weight_decay);
-    Ok(stats)
+    crate::kernels::on_pool(|| {
+        network.forward(batch, workspace, Mode::Train)?;
+        network.update_running_statistics(workspace);
+        let (logits, grad) = workspace.output_and_grad_mut();
+        let stats = softmax_cross_entropy(logits, labels, grad)?;
+        grads.zero();
+        network.backward(batch, workspace, grads);
+        optimizer.step(network, grads, learning_rate, weight_decay);
+        Ok(stats)
+    })
 }
 
 fn check_fits(network: &Network, data: &Dataset) -> Result<()> {

@@ -53,7 +53,7 @@ pub enum Threading {
 
 /// Products smaller than this many multiply-adds run serially: below it, waking threads costs
 /// more than the work (measured with `cargo bench --bench gemm`).
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+const PARALLEL_MIN_FLOPS: usize = 1 << 21;
 
 /// `c = a · b` (or `c += a · b` with `accumulate`), with `c` row-major `a.rows x b.cols`.
 ///

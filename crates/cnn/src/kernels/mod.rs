@@ -35,6 +35,19 @@ impl Epilogue<'_> {
     }
 }
 
+/// Runs `work` on a thread of the rayon pool (at once when already on one). A pass is a
+/// sequence of parallel kernels: started from outside the pool, each of them would hand its
+/// work to the pool and put the caller to sleep until it is done, two thread wake-ups per
+/// kernel, which is most of the time of a batch-1 inference. From inside, the caller works
+/// on its own share while another thread steals the rest.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        work()
+    } else {
+        rayon::scope(|_| work())
+    }
+}
+
 /// Splits a batch into `chunks` contiguous runs of `per_chunk` samples, one rayon task each.
 /// The split depends only on the batch size and the thread count, so partial sums reduced in
 /// chunk order give the same bits on every run with the same thread count.

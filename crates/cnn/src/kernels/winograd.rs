@@ -70,7 +70,7 @@ const MIN_CHANNELS: usize = 8;
 const BLOCK_FLOATS: usize = 1 << 18;
 
 /// Below this many multiply-adds of SGEMM work a convolution runs on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 18;
+const PARALLEL_MIN_WORK: usize = 1 << 23;
 
 /// Whether [`conv3x3_forward`] computes this convolution.
 pub fn supports(g: &ConvGeometry) -> bool {
