@@ -125,7 +125,6 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, 
         let out = &mut col[dst..dst + ow];
         let (left, rest) = out.split_at_mut(lo);
         let (middle, right) = rest.split_at_mut(hi - lo);
-        // Rows are short (OW values): plain loops beat calls to memcpy and memset here.
         left.iter_mut().for_each(|v| *v = 0.0);
         right.iter_mut().for_each(|v| *v = 0.0);
         if sw == 1 {
@@ -195,25 +194,37 @@ pub fn conv2d_forward(
         return;
     }
     let (chunks, per_chunk) = batch_chunks(batch);
-    let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
-    let group = g.group_size(per_chunk);
-    // Per chunk: the columns of a group of images, and their product with the weights.
+    let (channels_out, patch) = (g.output.channels, g.patch_len());
+    let layout = ColumnLayout::of(g);
+    let positions = layout.positions(g);
+    let group = (GROUP_COLUMNS / positions.max(1)).clamp(1, per_chunk.max(1));
+    // Per chunk: the padded image, the columns of a group of images, and their product with
+    // the weights.
+    let padded_len = layout.padded_len(g);
     let (columns_len, product_len) = (patch * group * positions, channels_out * group * positions);
-    scratch.resize(chunks * (columns_len + product_len), 0.0);
+    let per_chunk_scratch = padded_len + columns_len + product_len;
+    scratch.resize(chunks * per_chunk_scratch, 0.0);
     let (in_len, out_len) = (g.input.len(), g.output.len());
+    let (out_rows, out_width) = (g.output.height, g.output.width);
     output
         .data_mut()
         .par_chunks_mut(per_chunk * out_len)
-        .zip(scratch.par_chunks_mut(columns_len + product_len))
+        .zip(scratch.par_chunks_mut(per_chunk_scratch))
         .enumerate()
         .for_each(|(chunk, (out_chunk, work))| {
+            let (padded, work) = work.split_at_mut(padded_len);
             let (columns, product) = work.split_at_mut(columns_len);
             let first = chunk * per_chunk;
             for (start, count) in groups(first, out_chunk.len() / out_len, group) {
                 let width = count * positions;
                 for s in 0..count {
                     let image = &input.data()[(start + s) * in_len..(start + s + 1) * in_len];
-                    im2col(g, image, columns, width, s * positions);
+                    match layout {
+                        ColumnLayout::Exact => im2col(g, image, columns, width, s * positions),
+                        ColumnLayout::PaddedRows { .. } => {
+                            im2col_stride1(g, image, padded, columns, width, s * positions)
+                        }
+                    }
                 }
                 let product = &mut product[..channels_out * width];
                 matmul(
@@ -224,15 +235,108 @@ pub fn conv2d_forward(
                     Threading::Serial,
                 );
                 // [OC, count * P] back to [count, OC, P], through the epilogue.
+                let pitch = layout.row_pitch(g);
                 for s in 0..count {
                     let out = &mut out_chunk[(start - first + s) * out_len..][..out_len];
-                    for (oc, out_row) in out.chunks_mut(positions).enumerate() {
-                        let row = &product[oc * width + s * positions..][..positions];
-                        epilogue.apply(oc, row, out_row);
+                    for (oc, out_plane) in out.chunks_mut(out_rows * out_width).enumerate() {
+                        let plane = &product[oc * width + s * positions..][..positions];
+                        if pitch == out_width {
+                            epilogue.apply(oc, plane, out_plane);
+                            continue;
+                        }
+                        for (out_row, row) in
+                            out_plane.chunks_mut(out_width).zip(plane.chunks(pitch))
+                        {
+                            epilogue.apply(oc, &row[..out_width], out_row);
+                        }
                     }
                 }
             }
         });
+}
+
+/// How an image is unfolded into columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ColumnLayout {
+    /// One column per output position (any stride).
+    Exact,
+    /// Stride 1: the image is zero-padded once, and one column is made per position of the
+    /// *padded* width, `OH x (W + 2P)`. Each row of the column matrix is then a single
+    /// contiguous copy of the padded image (offset by the kernel entry), instead of one short
+    /// copy per output row; the product's extra columns (past the output width) are dropped.
+    PaddedRows { width: usize },
+}
+
+impl ColumnLayout {
+    fn of(g: &ConvGeometry) -> Self {
+        let padded_width = g.input.width + 2 * g.window.padding[1];
+        // Worth it while the dropped columns stay a small share of the product.
+        if g.window.stride == [1, 1] && 4 * padded_width <= 5 * g.output.width {
+            ColumnLayout::PaddedRows {
+                width: padded_width,
+            }
+        } else {
+            ColumnLayout::Exact
+        }
+    }
+
+    /// Columns per image.
+    fn positions(self, g: &ConvGeometry) -> usize {
+        g.output.height * self.row_pitch(g)
+    }
+
+    /// Columns per output row.
+    fn row_pitch(self, g: &ConvGeometry) -> usize {
+        match self {
+            ColumnLayout::Exact => g.output.width,
+            ColumnLayout::PaddedRows { width } => width,
+        }
+    }
+
+    /// The padded image, plus room for the last row of the column matrix to read past it.
+    fn padded_len(self, g: &ConvGeometry) -> usize {
+        match self {
+            ColumnLayout::Exact => 0,
+            ColumnLayout::PaddedRows { width } => {
+                let rows = g.input.height + 2 * g.window.padding[0];
+                g.input.channels * rows * width + g.window.kernel[1]
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 1 in the [`ColumnLayout::PaddedRows`] layout: column `oy * Wp + ox`
+/// of row `(c, i, j)` is padded pixel `(c, oy + i, ox + j)`, so each row is one copy.
+fn im2col_stride1(
+    g: &ConvGeometry,
+    image: &[f32],
+    padded: &mut [f32],
+    col: &mut [f32],
+    row_len: usize,
+    offset: usize,
+) {
+    let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
+    let [pad_y, pad_x] = g.window.padding;
+    let [kh, kw] = g.window.kernel;
+    let padded_width = width + 2 * pad_x;
+    let plane = (height + 2 * pad_y) * padded_width;
+    padded.fill(0.0);
+    for c in 0..channels {
+        for y in 0..height {
+            padded[c * plane + (y + pad_y) * padded_width + pad_x..][..width]
+                .copy_from_slice(&image[(c * height + y) * width..][..width]);
+        }
+    }
+    let n = g.output.height * padded_width;
+    for c in 0..channels {
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = (c * kh + i) * kw + j;
+                col[row * row_len + offset..][..n]
+                    .copy_from_slice(&padded[c * plane + i * padded_width + j..][..n]);
+            }
+        }
+    }
 }
 
 /// Where a convolution's backward pass puts its gradients.
