@@ -69,6 +69,10 @@ const MIN_CHANNELS: usize = 8;
 /// L2 cache between the transforms and the SGEMMs.
 const BLOCK_FLOATS: usize = 1 << 18;
 
+/// The matrices' rows are padded to a multiple of this many tiles (one AVX-512 register): the
+/// SGEMM then reads `V` in place instead of copying it into its own layout first.
+const COLUMN_ALIGN: usize = 16;
+
 /// Below this many multiply-adds of SGEMM work a convolution runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 23;
 
@@ -146,7 +150,7 @@ fn stride(g: &ConvGeometry) -> usize {
 /// Floats of scratch per block of `block_rows` tile rows: `V`, `M`, and the buffers of the
 /// transforms.
 fn block_scratch_len(g: &ConvGeometry, block_rows: usize) -> usize {
-    let tile_count = block_rows * stride(g);
+    let tile_count = (block_rows * stride(g)).next_multiple_of(COLUMN_ALIGN);
     POSITIONS * (g.input.channels + g.output.channels) * tile_count
         + transform_buffers_len(block_rows, stride(g))
 }
@@ -302,7 +306,7 @@ fn block(
     work: &mut [f32],
 ) {
     let (channels, channels_out) = (g.input.channels, g.output.channels);
-    let tile_count = rows.len() * stride(g);
+    let tile_count = (rows.len() * stride(g)).next_multiple_of(COLUMN_ALIGN);
     let (v, rest) = work.split_at_mut(POSITIONS * channels * tile_count);
     let (m, rest) = rest.split_at_mut(POSITIONS * channels_out * tile_count);
     let buffers = &mut rest[..transform_buffers_len(block_rows, stride(g))];
