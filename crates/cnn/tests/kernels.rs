@@ -712,3 +712,35 @@ fn conv_on_inputs_smaller_than_the_kernel() {
         compare_conv(2, 2, 3, input, window, true, true, 11).unwrap();
     }
 }
+
+/// The fast inference path (conv + ReLU fused, large batches in per-thread sub-batches) gives
+/// the logits of the plain forward pass, on every preset and on a batch that leaves a ragged
+/// last sub-batch, for one image and for many.
+#[test]
+fn infer_matches_forward() {
+    use cnn::network::SUB_BATCH;
+    let mut rng = rng(7);
+    for preset in ["xo", "lenet5", "cnn4", "fashion"] {
+        let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let shape = Shape::new(1, 28, 28);
+        let mut network = cnn::Network::new(&layers, shape).unwrap();
+        network.init_kaiming(&mut rng);
+        for batch in [1, 3, 2 * SUB_BATCH + 5] {
+            let input = tensor(batch, shape, values(&mut rng, batch * shape.len(), false));
+            let mut workspace = cnn::Workspace::new();
+            let expected = network
+                .forward(&input, &mut workspace, Mode::Infer)
+                .unwrap()
+                .clone();
+            let mut fast_workspace = cnn::Workspace::new();
+            let fast = network.infer(&input, &mut fast_workspace).unwrap();
+            assert_eq!(fast.batch(), batch);
+            for (i, (&f, &e)) in fast.data().iter().zip(expected.data()).enumerate() {
+                assert!(
+                    (f - e).abs() <= TOLERANCE * e.abs().max(1.0),
+                    "{preset}, batch {batch}, logit {i}: infer {f}, forward {e}"
+                );
+            }
+        }
+    }
+}

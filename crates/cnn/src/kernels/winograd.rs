@@ -516,32 +516,38 @@ fn transform_output_impl(
     let stride = stride(g);
     let n = segment.rows * stride;
     let plane = channels_out * tile_count;
-    let (s, y) = buffers[..12 * n].split_at_mut(8 * n);
+    let y = &mut buffers[..4 * n];
     for oc in 0..channels_out {
-        let at = |position: usize| &m[position * plane + oc * tile_count + segment.column..][..n];
-        // Aᵀ M over rows: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3, for each column j.
-        for j in 0..4 {
-            let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-            let (s0, s1) = s[2 * j * n..(2 * j + 2) * n].split_at_mut(n);
-            for t in 0..n {
-                s0[t] = m0[t] + m1[t] + m2[t];
-                s1[t] = m1[t] - m2[t] - m3[t];
-            }
-        }
-        // · A over columns, then the epilogue: y[2r + dx] is output row r, column dx of each tile.
+        // Aᵀ M over rows (s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 for each column j), then the
+        // same over columns, then the epilogue, in one pass over the tiles: y[2r + dx][t] is
+        // tile t's output at row r, column dx.
+        let base = oc * tile_count + segment.column;
+        assert!((POSITIONS - 1) * plane + base + n <= m.len());
         let bias = epilogue.bias.map_or(0.0, |b| b[oc]);
-        for r in 0..2 {
-            let row = |j: usize| &s[(2 * j + r) * n..][..n];
-            let (c0, c1, c2, c3) = (row(0), row(1), row(2), row(3));
-            let (y0, y1) = y[2 * r * n..(2 * r + 2) * n].split_at_mut(n);
-            for t in 0..n {
-                let (a, b) = (c0[t] + c1[t] + c2[t] + bias, c1[t] - c2[t] - c3[t] + bias);
-                (y0[t], y1[t]) = if epilogue.relu {
-                    (a.max(0.0), b.max(0.0))
+        let (y0, rest) = y.split_at_mut(n);
+        let (y1, rest) = rest.split_at_mut(n);
+        let (y2, y3) = rest.split_at_mut(n);
+        for t in 0..n {
+            // SAFETY: the largest index read is (POSITIONS - 1) * plane + base + n - 1, inside
+            // `m` by the assertion above.
+            let at = |position: usize| unsafe { *m.get_unchecked(position * plane + base + t) };
+            let s = |j: usize| {
+                let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                (m0 + m1 + m2, m1 - m2 - m3)
+            };
+            let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (s(0), s(1), s(2), s(3));
+            let finish = |v: f32| {
+                let v = v + bias;
+                if epilogue.relu {
+                    v.max(0.0)
                 } else {
-                    (a, b)
-                };
-            }
+                    v
+                }
+            };
+            y0[t] = finish(a0 + a1 + a2);
+            y1[t] = finish(a1 - a2 - a3);
+            y2[t] = finish(b0 + b1 + b2);
+            y3[t] = finish(b1 - b2 - b3);
         }
         let out_plane =
             &mut output[(segment.image * channels_out + oc) * height * width..][..height * width];
