@@ -219,12 +219,7 @@ pub fn conv2d_forward(
                 let width = count * positions;
                 for s in 0..count {
                     let image = &input.data()[(start + s) * in_len..(start + s + 1) * in_len];
-                    match layout {
-                        ColumnLayout::Exact => im2col(g, image, columns, width, s * positions),
-                        ColumnLayout::PaddedRows { .. } => {
-                            im2col_stride1(g, image, padded, columns, width, s * positions)
-                        }
-                    }
+                    layout.unfold(g, image, padded, columns, width, s * positions);
                 }
                 let product = &mut product[..channels_out * width];
                 matmul(
@@ -258,16 +253,20 @@ pub fn conv2d_forward(
 /// How an image is unfolded into columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ColumnLayout {
-    /// One column per output position (any stride).
+    /// One column per output position, any stride: [`im2col`].
     Exact,
-    /// Stride 1: the image is zero-padded once, and one column is made per position of the
-    /// *padded* width, `OH x (W + 2P)`. Each row of the column matrix is then a single
-    /// contiguous copy of the padded image (offset by the kernel entry), instead of one short
-    /// copy per output row; the product's extra columns (past the output width) are dropped.
+    /// Stride 1, one column per output position, copied from a zero-padded copy of the image
+    /// (so no copy needs bounds logic): [`im2col_stride1`].
+    ExactFromPadded,
+    /// Stride 1: one column per position of the *padded* width, `OH x (W + 2P)`. Each row of
+    /// the column matrix is then a single contiguous copy of the padded image (offset by the
+    /// kernel entry) instead of one short copy per output row; the product's extra columns
+    /// (past the output width) are dropped.
     PaddedRows { width: usize },
 }
 
 impl ColumnLayout {
+    /// The fastest layout for a forward pass.
     fn of(g: &ConvGeometry) -> Self {
         let padded_width = g.input.width + 2 * g.window.padding[1];
         // Worth it while the dropped columns stay a small share of the product.
@@ -275,6 +274,16 @@ impl ColumnLayout {
             ColumnLayout::PaddedRows {
                 width: padded_width,
             }
+        } else {
+            Self::exact(g)
+        }
+    }
+
+    /// The fastest layout with one column per output position (the backward pass gathers the
+    /// output gradient that way).
+    fn exact(g: &ConvGeometry) -> Self {
+        if g.window.stride == [1, 1] {
+            ColumnLayout::ExactFromPadded
         } else {
             ColumnLayout::Exact
         }
@@ -288,27 +297,55 @@ impl ColumnLayout {
     /// Columns per output row.
     fn row_pitch(self, g: &ConvGeometry) -> usize {
         match self {
-            ColumnLayout::Exact => g.output.width,
+            ColumnLayout::Exact | ColumnLayout::ExactFromPadded => g.output.width,
             ColumnLayout::PaddedRows { width } => width,
         }
     }
 
-    /// The padded image, plus room for the last row of the column matrix to read past it.
+    /// The padded image, plus room for the copies to read past it.
     fn padded_len(self, g: &ConvGeometry) -> usize {
+        let padded_plane =
+            (g.input.height + 2 * g.window.padding[0]) * (g.input.width + 2 * g.window.padding[1]);
         match self {
             ColumnLayout::Exact => 0,
-            ColumnLayout::PaddedRows { width } => {
-                let rows = g.input.height + 2 * g.window.padding[0];
-                g.input.channels * rows * width + g.window.kernel[1]
-            }
+            ColumnLayout::ExactFromPadded => g.input.channels * padded_plane + SHORT_ROW,
+            ColumnLayout::PaddedRows { .. } => g.input.channels * padded_plane + g.window.kernel[1],
+        }
+    }
+
+    /// Unfolds `image` into columns `offset..offset + positions` of `col` (`row_len` wide).
+    fn unfold(
+        self,
+        g: &ConvGeometry,
+        image: &[f32],
+        padded: &mut [f32],
+        col: &mut [f32],
+        row_len: usize,
+        offset: usize,
+    ) {
+        match self {
+            ColumnLayout::Exact => im2col(g, image, col, row_len, offset),
+            _ => im2col_stride1(g, self, image, padded, col, row_len, offset),
         }
     }
 }
 
-/// [`im2col`] for stride 1 in the [`ColumnLayout::PaddedRows`] layout: column `oy * Wp + ox`
-/// of row `(c, i, j)` is padded pixel `(c, oy + i, ox + j)`, so each row is one copy.
+/// Output rows up to this long are copied as one fixed-size block (see [`im2col_stride1`]).
+const SHORT_ROW: usize = 16;
+
+/// [`im2col`] for stride 1, from a zero-padded copy of the image: row `(c, i, j)` of the
+/// column matrix reads padded pixels `(c, oy + i, ox + j)`.
+///
+/// In [`ColumnLayout::PaddedRows`] each row is one copy. In
+/// [`ColumnLayout::ExactFromPadded`] each output row is one copy; rows of at most
+/// [`SHORT_ROW`] values (LeNet-5's second layer has 10) are copied as a fixed block of that
+/// many that spills into the next output rows, which are written right after (the last rows
+/// of each image are copied exactly, so nothing spills past them): a plain copy of a
+/// length known only at run time is a call to `memcpy`, whose fixed cost was most of that
+/// layer's time.
 fn im2col_stride1(
     g: &ConvGeometry,
+    layout: ColumnLayout,
     image: &[f32],
     padded: &mut [f32],
     col: &mut [f32],
@@ -327,13 +364,31 @@ fn im2col_stride1(
                 .copy_from_slice(&image[(c * height + y) * width..][..width]);
         }
     }
-    let n = g.output.height * padded_width;
+    let (out_rows, out_width) = (g.output.height, g.output.width);
     for c in 0..channels {
         for i in 0..kh {
             for j in 0..kw {
                 let row = (c * kh + i) * kw + j;
-                col[row * row_len + offset..][..n]
-                    .copy_from_slice(&padded[c * plane + i * padded_width + j..][..n]);
+                let source = c * plane + i * padded_width + j;
+                let dst = row * row_len + offset;
+                if let ColumnLayout::PaddedRows { .. } = layout {
+                    let n = out_rows * padded_width;
+                    col[dst..][..n].copy_from_slice(&padded[source..][..n]);
+                    continue;
+                }
+                for oy in 0..out_rows {
+                    let from = source + oy * padded_width;
+                    let to = dst + oy * out_width;
+                    if out_width <= SHORT_ROW
+                        && (oy * out_width + SHORT_ROW) <= out_rows * out_width
+                    {
+                        let block: [f32; SHORT_ROW] =
+                            padded[from..from + SHORT_ROW].try_into().expect("a block");
+                        col[to..to + SHORT_ROW].copy_from_slice(&block);
+                    } else {
+                        col[to..to + out_width].copy_from_slice(&padded[from..from + out_width]);
+                    }
+                }
             }
         }
     }
@@ -380,10 +435,12 @@ pub fn conv2d_backward(
     let group = g.group_size(per_chunk);
     // Per chunk: a group's columns, their gradient, its output gradient gathered as
     // [OC, group * P], and the chunk's partial weight and bias sums.
+    let layout = ColumnLayout::exact(g);
+    let padded_len = layout.padded_len(g);
     let columns_len = patch * group * positions;
     let gathered_len = channels_out * group * positions;
     let weight_len = channels_out * patch;
-    let per_chunk_scratch = 2 * columns_len + gathered_len + weight_len + channels_out;
+    let per_chunk_scratch = 2 * columns_len + gathered_len + weight_len + channels_out + padded_len;
     scratch.resize(chunks * per_chunk_scratch, 0.0);
     let (in_len, out_len) = (g.input.len(), g.output.len());
     let mut input_grad_chunks: Vec<Option<&mut [f32]>> = match grad_input {
@@ -403,7 +460,8 @@ pub fn conv2d_backward(
             let (columns, rest) = work.split_at_mut(columns_len);
             let (column_grad, rest) = rest.split_at_mut(columns_len);
             let (gathered, rest) = rest.split_at_mut(gathered_len);
-            let (partial_weight, partial_bias) = rest.split_at_mut(weight_len);
+            let (partial_weight, rest) = rest.split_at_mut(weight_len);
+            let (partial_bias, padded) = rest.split_at_mut(channels_out);
             partial_weight.fill(0.0);
             partial_bias.fill(0.0);
             let first = chunk * per_chunk;
@@ -412,9 +470,10 @@ pub fn conv2d_backward(
                 let width = count * positions;
                 for s in 0..count {
                     let n = start + s;
-                    im2col(
+                    layout.unfold(
                         g,
                         &input.data()[n * in_len..(n + 1) * in_len],
+                        padded,
                         columns,
                         width,
                         s * positions,
@@ -453,7 +512,8 @@ pub fn conv2d_backward(
 
     for work in scratch.chunks(per_chunk_scratch).take(chunks) {
         let sums = &work[2 * columns_len + gathered_len..];
-        let (partial_weight, partial_bias) = sums.split_at(weight_len);
+        let (partial_weight, rest) = sums.split_at(weight_len);
+        let partial_bias = &rest[..channels_out];
         add_assign(grad_weight, partial_weight);
         if let Some(grad_bias) = grad_bias.as_deref_mut() {
             add_assign(grad_bias, partial_bias);
