@@ -3,7 +3,7 @@
 //! during a pass lives in a [`Workspace`], so one network serves many threads at once.
 
 use crate::error::{Error, Result};
-use crate::layers::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::layers::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
 use crate::tensor::{Param, Shape, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -172,8 +172,8 @@ impl Network {
     }
 
     /// Runs `input` through the network for prediction only and returns the logits
-    /// (`[N, output_shape]`), as fast as the engine can: a ReLU after a convolution is computed
-    /// inside it, and a large batch is cut into sub-batches of [`SUB_BATCH`] images that each
+    /// (`[N, output_shape]`), as fast as the engine can: a ReLU (and a 2x2 max pooling) after
+    /// a convolution is computed inside it, and a large batch is cut into sub-batches of [`SUB_BATCH`] images that each
     /// thread takes through every layer in turn, so that the activations stay in the core's
     /// cache. Unlike [`Network::forward`], the other layers' outputs are not kept.
     pub fn infer<'w>(&self, input: &Tensor, workspace: &'w mut Workspace) -> Result<&'w Tensor> {
@@ -230,13 +230,14 @@ impl Network {
             let layer = &self.layers[i];
             let (done, rest) = workspace.activations.split_at_mut(i);
             let layer_input = done.last().unwrap_or(input);
-            let relu_next = self.layers.get(i + 1).map(|l| l.spec()) == Some(LayerSpec::Relu);
-            if relu_next {
-                // Written where the ReLU's output goes; the pre-activation is never stored.
-                let output = &mut rest[1];
-                output.reshape(batch, layer.output_shape());
-                if layer.forward_then_relu(layer_input, output, &mut workspace.scratch[i]) {
-                    i += 2;
+            let fused = self.fusion_after(i);
+            if fused != Fusion::default() {
+                // Written where the last fused layer's output goes; the others are skipped.
+                let last = i + usize::from(fused.relu) + usize::from(fused.max_pool);
+                let output = &mut rest[last - i];
+                output.reshape(batch, self.layers[last].output_shape());
+                if layer.forward_fused(layer_input, output, fused, &mut workspace.scratch[i]) {
+                    i = last + 1;
                     continue;
                 }
             }
@@ -244,6 +245,23 @@ impl Network {
             output.reshape(batch, layer.output_shape());
             layer.forward(layer_input, output, Mode::Infer, &mut workspace.scratch[i]);
             i += 1;
+        }
+    }
+
+    /// Which of the layers after layer `i` could be computed with it: a ReLU, then a 2x2
+    /// max pooling with stride 2, no padding, and no partial windows.
+    fn fusion_after(&self, i: usize) -> Fusion {
+        let spec = |k: usize| self.layers.get(i + k).map(|l| l.spec());
+        if spec(1) != Some(LayerSpec::Relu) {
+            return Fusion::default();
+        }
+        let shape = self.layers[i].output_shape();
+        let max_pool = matches!(spec(2), Some(LayerSpec::MaxPool2d(w))
+            if w.kernel == [2, 2] && w.stride == [2, 2] && w.padding == [0, 0]
+                && (!w.ceil_mode || (shape.height.is_multiple_of(2) && shape.width.is_multiple_of(2))));
+        Fusion {
+            relu: true,
+            max_pool,
         }
     }
 

@@ -55,7 +55,11 @@ fn values(rng: &mut impl rand::Rng, len: usize, coarse: bool) -> Vec<f32> {
 }
 
 fn epilogue(bias: Option<&[f32]>) -> cnn::kernels::Epilogue<'_> {
-    cnn::kernels::Epilogue { bias, relu: false }
+    cnn::kernels::Epilogue {
+        bias,
+        relu: false,
+        max_pool: false,
+    }
 }
 
 fn abs(values: &[f32]) -> Vec<f32> {
@@ -305,6 +309,58 @@ proptest! {
     ) {
         let window = Window2d::new([3, 3], [1, 1], padding);
         compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+    }
+
+    /// A convolution with its ReLU and 2x2 max pooling fused in (inference) equals the
+    /// reference convolution, ReLU and pooling one after the other, on the Winograd path and
+    /// on both im2col layouts, odd sizes included (the last row or column is dropped).
+    #[test]
+    fn fused_conv_relu_pool_matches_reference(
+        batch in 1usize..=3,
+        channels in prop_oneof![1usize..=3, 8usize..=12],
+        out_channels in 1usize..=6,
+        input in [2usize..=15, 2usize..=15],
+        kernel in prop_oneof![Just(3usize), 1usize..=5],
+        padding in 0usize..=2,
+        bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d::new([kernel, kernel], [1, 1], [padding, padding]);
+        let Some([out_height, out_width]) = window.output_size(input) else {
+            return Ok(());
+        };
+        prop_assume!(out_height >= 2 && out_width >= 2);
+        let g = ConvGeometry {
+            input: Shape::new(channels, input[0], input[1]),
+            output: Shape::new(out_channels, out_height, out_width),
+            window,
+        };
+        let mut rng = rng(seed);
+        let x = tensor(batch, g.input, values(&mut rng, batch * g.input.len(), false));
+        let weight = values(&mut rng, out_channels * g.patch_len(), false);
+        let bias_values = values(&mut rng, out_channels, false);
+        let bias = bias.then_some(&bias_values[..]);
+        let fused = cnn::kernels::Epilogue { bias, relu: true, max_pool: true };
+        let pooled = fused.output_shape(g.output);
+        let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
+        conv::conv2d_forward(&g, &x, &weight, &Default::default(), fused, &mut fast, &mut Vec::new());
+
+        let mut conv_out = Tensor::zeros(batch, g.output);
+        reference::conv2d_forward(&g, &x, &weight, bias, &mut conv_out);
+        conv_out.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+        let pool = PoolGeometry {
+            input: g.output,
+            output: pooled,
+            window: Window2d::new([2, 2], [2, 2], [0, 0]),
+        };
+        let mut slow = Tensor::zeros(batch, pooled);
+        reference::pool_forward(PoolKind::Max, &pool, &conv_out, &mut slow);
+        let mut scale = Tensor::zeros(batch, g.output);
+        let abs_bias = bias.map(abs);
+        reference::conv2d_forward(&g, &abs_tensor(&x), &abs(&weight), abs_bias.as_deref(), &mut scale);
+        let mut pooled_scale = Tensor::zeros(batch, pooled);
+        reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
+        matches("fused conv", fast.data(), slow.data(), pooled_scale.data())?;
     }
 
     /// Max and average pooling (forward and backward) equal the direct loops for any shape,

@@ -165,7 +165,8 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
         .map(move |start| (first + start, group.min(count - start)))
 }
 
-/// `output[n] = weight x im2col(input[n])` then the epilogue (bias, ReLU), for every image.
+/// `output[n] = weight x im2col(input[n])` then the epilogue (bias, ReLU, 2x2 max pooling),
+/// for every image; `output` has the epilogue's output shape.
 /// 3x3 stride-1 convolutions with enough input channels go to [`winograd`] instead.
 ///
 /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
@@ -204,7 +205,7 @@ pub fn conv2d_forward(
     let (columns_len, product_len) = (patch * group * positions, channels_out * group * positions);
     let per_chunk_scratch = padded_len + columns_len + product_len;
     scratch.resize(chunks * per_chunk_scratch, 0.0);
-    let (in_len, out_len) = (g.input.len(), g.output.len());
+    let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
     let (out_rows, out_width) = (g.output.height, g.output.width);
     output
         .data_mut()
@@ -233,17 +234,9 @@ pub fn conv2d_forward(
                 let pitch = layout.row_pitch(g);
                 for s in 0..count {
                     let out = &mut out_chunk[(start - first + s) * out_len..][..out_len];
-                    for (oc, out_plane) in out.chunks_mut(out_rows * out_width).enumerate() {
+                    for (oc, out_plane) in out.chunks_mut(out_len / channels_out).enumerate() {
                         let plane = &product[oc * width + s * positions..][..positions];
-                        if pitch == out_width {
-                            epilogue.apply(oc, plane, out_plane);
-                            continue;
-                        }
-                        for (out_row, row) in
-                            out_plane.chunks_mut(out_width).zip(plane.chunks(pitch))
-                        {
-                            epilogue.apply(oc, &row[..out_width], out_row);
-                        }
+                        epilogue.apply_plane(oc, plane, (out_rows, out_width, pitch), out_plane);
                     }
                 }
             }

@@ -8,6 +8,8 @@ pub mod pool;
 pub mod reference;
 pub mod winograd;
 
+use crate::tensor::Shape;
+
 /// What a kernel does to each output value on its way out, so that no separate pass over the
 /// output is needed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -16,9 +18,73 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// Then `max(0, ·)`: a ReLU fused into the layer before it.
     pub relu: bool,
+    /// Then the maximum of each 2x2 block (stride 2, no padding, a last odd row or column
+    /// dropped): a max pooling fused into the layer before it. The output is then
+    /// `[OC, OH / 2, OW / 2]`. The maximum is taken first, which gives the same values, as
+    /// adding the bias and the ReLU are both monotonic.
+    pub max_pool: bool,
 }
 
 impl Epilogue<'_> {
+    /// `[OC, OH, OW]` for a layer computing `output` before the epilogue.
+    pub fn output_shape(&self, output: Shape) -> Shape {
+        if self.max_pool {
+            Shape::new(output.channels, output.height / 2, output.width / 2)
+        } else {
+            output
+        }
+    }
+
+    /// `value` plus the bias of `channel`, then the ReLU (not the pooling).
+    #[inline(always)]
+    pub fn finish(&self, channel: usize, value: f32) -> f32 {
+        let value = value + self.bias.map_or(0.0, |b| b[channel]);
+        if self.relu {
+            value.max(0.0)
+        } else {
+            value
+        }
+    }
+
+    /// The epilogue of one output plane of channel `channel`: `plane` holds `rows` rows of
+    /// `width` values, `pitch` apart; `out` receives `[rows, width]`, or its 2x2 maxima.
+    pub fn apply_plane(
+        &self,
+        channel: usize,
+        plane: &[f32],
+        (rows, width, pitch): (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        if self.max_pool {
+            let (pooled_rows, pooled_width) = (rows / 2, width / 2);
+            for (py, out_row) in out
+                .chunks_exact_mut(pooled_width)
+                .take(pooled_rows)
+                .enumerate()
+            {
+                let top = &plane[2 * py * pitch..][..2 * pooled_width];
+                let bottom = &plane[(2 * py + 1) * pitch..][..2 * pooled_width];
+                for ((o, t), b) in out_row
+                    .iter_mut()
+                    .zip(top.chunks_exact(2))
+                    .zip(bottom.chunks_exact(2))
+                {
+                    *o = self.finish(channel, t[0].max(t[1]).max(b[0].max(b[1])));
+                }
+            }
+        } else if pitch == width {
+            self.apply(channel, &plane[..rows * width], &mut out[..rows * width]);
+        } else {
+            for (out_row, row) in out
+                .chunks_exact_mut(width)
+                .zip(plane.chunks(pitch))
+                .take(rows)
+            {
+                self.apply(channel, &row[..width], out_row);
+            }
+        }
+    }
+
     /// `out = epilogue(values)` for values of output channel `channel`.
     #[inline(always)]
     pub fn apply(&self, channel: usize, values: &[f32], out: &mut [f32]) {

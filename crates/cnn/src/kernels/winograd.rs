@@ -167,7 +167,7 @@ fn transform_buffers_len(block_rows: usize, stride: usize) -> usize {
 /// `geometry` is the convolution as computed (for [`WeightOrder::FlippedTransposed`], the
 /// transposed one: its input is the forward pass's output gradient); `transformed` comes from
 /// [`TransformedWeights::get`] for the same geometry. `input` and `output` hold `batch` images
-/// in NCHW.
+/// in NCHW (`output` in the epilogue's output shape).
 pub fn conv3x3_forward(
     geometry: &ConvGeometry,
     batch: usize,
@@ -548,6 +548,31 @@ fn transform_output_impl(
             y1[t] = finish(a1 - a2 - a3);
             y2[t] = finish(b0 + b1 + b2);
             y3[t] = finish(b1 - b2 - b3);
+        }
+        if epilogue.max_pool {
+            // A tile's 2x2 outputs are exactly one pooling window.
+            let (pooled_rows, pooled_width) = (height / 2, width / 2);
+            let pooled_len = pooled_rows * pooled_width;
+            let out_plane =
+                &mut output[(segment.image * channels_out + oc) * pooled_len..][..pooled_len];
+            for r in 0..segment.rows {
+                let py = segment.first_row + r;
+                if py >= pooled_rows {
+                    continue;
+                }
+                let out = &mut out_plane[py * pooled_width..][..pooled_width];
+                let tiles = r * stride..r * stride + pooled_width;
+                let (y0, y1, y2, y3) = (&y[..n], &y[n..2 * n], &y[2 * n..3 * n], &y[3 * n..]);
+                for (((o, &a), (&b, &c)), &d) in out
+                    .iter_mut()
+                    .zip(&y0[tiles.clone()])
+                    .zip(y1[tiles.clone()].iter().zip(&y2[tiles.clone()]))
+                    .zip(&y3[tiles])
+                {
+                    *o = a.max(b).max(c.max(d));
+                }
+            }
+            continue;
         }
         let out_plane =
             &mut output[(segment.image * channels_out + oc) * height * width..][..height * width];

@@ -1,6 +1,6 @@
 //! 2-D convolution: the seed's features sliding over the image.
 
-use super::{BackwardPass, Conv2dConfig, Layer, LayerScratch, LayerSpec, Mode};
+use super::{BackwardPass, Conv2dConfig, Fusion, Layer, LayerScratch, LayerSpec, Mode};
 use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
 use crate::kernels::winograd::TransformedWeights;
 use crate::kernels::Epilogue;
@@ -81,7 +81,7 @@ impl Conv2d {
         &self,
         input: &Tensor,
         output: &mut Tensor,
-        relu: bool,
+        fused: Fusion,
         scratch: &mut LayerScratch,
     ) {
         conv2d_forward(
@@ -91,7 +91,8 @@ impl Conv2d {
             &self.transformed,
             Epilogue {
                 bias: self.bias(),
-                relu,
+                relu: fused.relu,
+                max_pool: fused.max_pool,
             },
             output,
             &mut scratch.buffer,
@@ -128,16 +129,17 @@ impl Layer for Conv2d {
 
     /// `[N, C, H, W]` to `[N, OC, OH, OW]`.
     fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, scratch: &mut LayerScratch) {
-        self.forward_with(input, output, false, scratch);
+        self.forward_with(input, output, Fusion::default(), scratch);
     }
 
-    fn forward_then_relu(
+    fn forward_fused(
         &self,
         input: &Tensor,
         output: &mut Tensor,
+        fused: Fusion,
         scratch: &mut LayerScratch,
     ) -> bool {
-        self.forward_with(input, output, true, scratch);
+        self.forward_with(input, output, fused, scratch);
         true
     }
 

@@ -36,6 +36,15 @@ pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
 
 use crate::tensor::{Param, Shape, Tensor};
 
+/// The layers after a convolution that [`Layer::forward_fused`] computes with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fusion {
+    /// A ReLU.
+    pub relu: bool,
+    /// Then a 2x2 max pooling with stride 2, no padding, no partial windows.
+    pub max_pool: bool,
+}
+
 /// Layers such as dropout behave differently while training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -89,13 +98,15 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// Floating-point operations for one image's forward pass (a multiply-add counts two).
     fn flops_per_image(&self) -> u64;
     fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch);
-    /// This layer's inference forward pass followed by a ReLU, in one pass over the output,
-    /// when the layer can fuse them (convolution, dense); `false` (and nothing written) when it
-    /// cannot. Used by [`crate::Network::infer`].
-    fn forward_then_relu(
+    /// This layer's inference forward pass followed by the layers in `fused` (a ReLU, then a
+    /// 2x2 max pooling), in one pass over the output, when the layer can fuse them
+    /// (convolution); `false`, with nothing written, when it cannot. `output` has the shape
+    /// of the last fused layer's output. Used by [`crate::Network::infer`].
+    fn forward_fused(
         &self,
         _input: &Tensor,
         _output: &mut Tensor,
+        _fused: Fusion,
         _scratch: &mut LayerScratch,
     ) -> bool {
         false
