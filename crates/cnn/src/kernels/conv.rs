@@ -326,17 +326,30 @@ impl ColumnLayout {
 /// Output rows up to this long are copied as one fixed-size block (see [`im2col_stride1`]).
 const SHORT_ROW: usize = 16;
 
-/// [`im2col`] for stride 1, from a zero-padded copy of the image: row `(c, i, j)` of the
-/// column matrix reads padded pixels `(c, oy + i, ox + j)`.
-///
-/// In [`ColumnLayout::PaddedRows`] each row is one copy. In
-/// [`ColumnLayout::ExactFromPadded`] each output row is one copy; rows of at most
-/// [`SHORT_ROW`] values (LeNet-5's second layer has 10) are copied as a fixed block of that
-/// many that spills into the next output rows, which are written right after (the last rows
-/// of each image are copied exactly, so nothing spills past them): a plain copy of a
-/// length known only at run time is a call to `memcpy`, whose fixed cost was most of that
-/// layer's time.
-fn im2col_stride1(
+multiversion! {
+    /// [`im2col`] for stride 1, from a zero-padded copy of the image: row `(c, i, j)` of the
+    /// column matrix reads padded pixels `(c, oy + i, ox + j)`.
+    ///
+    /// In [`ColumnLayout::PaddedRows`] each row is one copy. In
+    /// [`ColumnLayout::ExactFromPadded`] each output row is one copy; rows of at most
+    /// [`SHORT_ROW`] values (LeNet-5's second layer has 10) are copied as a fixed block of that
+    /// many that spills into the next output rows, which are written right after (the last rows
+    /// of each image are copied exactly, so nothing spills past them): a plain copy of a
+    /// length known only at run time is a call to `memcpy`, whose fixed cost was most of that
+    /// layer's time.
+    fn im2col_stride1(
+        g: &ConvGeometry,
+        layout: ColumnLayout,
+        image: &[f32],
+        padded: &mut [f32],
+        col: &mut [f32],
+        row_len: usize,
+        offset: usize
+    ) => im2col_stride1_impl
+}
+
+#[inline(always)]
+fn im2col_stride1_impl(
     g: &ConvGeometry,
     layout: ColumnLayout,
     image: &[f32],

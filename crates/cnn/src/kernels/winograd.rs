@@ -24,40 +24,6 @@ use super::gemm::{matmul, MatRef, Threading};
 use super::Epilogue;
 use std::sync::OnceLock;
 
-/// Defines `fn $name(args)` as `$body(args)` compiled for the widest vector instructions this
-/// CPU has (AVX-512, else AVX2 with FMA), chosen at run time, or for the baseline otherwise.
-/// The transforms are plain loops that the compiler vectorises: this lets it use wide
-/// registers without building the whole crate for one CPU.
-macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn wide($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn medium($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F.
-                    return unsafe { wide($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    return unsafe { medium($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
 /// Positions in a transformed 4x4 tile: one SGEMM each.
 const POSITIONS: usize = 16;
 
