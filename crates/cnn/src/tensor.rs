@@ -56,11 +56,29 @@ impl fmt::Display for Shape {
 }
 
 /// A batch of `batch` images of one `shape`, stored contiguously as `[batch, C, H, W]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Tensor {
     batch: usize,
     shape: Shape,
+    /// At least `batch * shape.len()` values, the rest left from a larger shape (see
+    /// [`Tensor::reshape`]).
     data: Vec<f32>,
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Self {
+        Tensor {
+            batch: self.batch,
+            shape: self.shape,
+            data: self.data().to_vec(),
+        }
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.batch == other.batch && self.shape == other.shape && self.data() == other.data()
+    }
 }
 
 impl Tensor {
@@ -94,12 +112,23 @@ impl Tensor {
     }
 
     /// Changes the batch and shape, keeping the allocation when it is large enough, so that
-    /// buffers reused from batch to batch allocate only once. Values are left unspecified:
-    /// callers overwrite them.
+    /// buffers reused from batch to batch (and from layer to layer) allocate and clear memory
+    /// only once. Values are left unspecified: callers overwrite them.
     pub fn reshape(&mut self, batch: usize, shape: Shape) {
         self.batch = batch;
         self.shape = shape;
-        self.data.resize(batch * shape.len(), 0.0);
+        if self.data.len() < self.len() {
+            self.data.resize(self.len(), 0.0);
+        }
+    }
+
+    /// Values held: `batch * shape.len()`.
+    pub fn len(&self) -> usize {
+        self.batch * self.shape.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn batch(&self) -> usize {
@@ -111,33 +140,35 @@ impl Tensor {
     }
 
     pub fn data(&self) -> &[f32] {
-        &self.data
+        &self.data[..self.len()]
     }
 
     pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+        let len = self.len();
+        &mut self.data[..len]
     }
 
-    pub fn into_vec(self) -> Vec<f32> {
+    pub fn into_vec(mut self) -> Vec<f32> {
+        self.data.truncate(self.len());
         self.data
     }
 
     /// The values of image `index` of the batch: `[C, H, W]`.
     pub fn sample(&self, index: usize) -> &[f32] {
         let len = self.shape.len();
-        &self.data[index * len..(index + 1) * len]
+        &self.data()[index * len..(index + 1) * len]
     }
 
     pub fn sample_mut(&mut self, index: usize) -> &mut [f32] {
         let len = self.shape.len();
-        &mut self.data[index * len..(index + 1) * len]
+        &mut self.data_mut()[index * len..(index + 1) * len]
     }
 
     /// Channel `channel` of image `index`: `[H, W]`, row-major.
     pub fn plane(&self, index: usize, channel: usize) -> &[f32] {
         let plane = self.shape.plane();
         let start = index * self.shape.len() + channel * plane;
-        &self.data[start..start + plane]
+        &self.data()[start..start + plane]
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::gemm::{matmul, MatRef, Threading};
 use super::winograd::{self, TransformedWeights, WeightOrder};
-use super::{batch_chunks, Epilogue};
+use super::{batch_chunks, scratch_prefix, Epilogue};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
 use rayon::prelude::*;
@@ -204,7 +204,7 @@ pub fn conv2d_forward(
     let padded_len = layout.padded_len(g);
     let (columns_len, product_len) = (patch * group * positions, channels_out * group * positions);
     let per_chunk_scratch = padded_len + columns_len + product_len;
-    scratch.resize(chunks * per_chunk_scratch, 0.0);
+    let scratch = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
     let (out_rows, out_width) = (g.output.height, g.output.width);
     output
@@ -447,7 +447,7 @@ pub fn conv2d_backward(
     let gathered_len = channels_out * group * positions;
     let weight_len = channels_out * patch;
     let per_chunk_scratch = 2 * columns_len + gathered_len + weight_len + channels_out + padded_len;
-    scratch.resize(chunks * per_chunk_scratch, 0.0);
+    let work_area = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), g.output.len());
     let mut input_grad_chunks: Vec<Option<&mut [f32]>> = match grad_input {
         Some(t) => t
@@ -458,7 +458,7 @@ pub fn conv2d_backward(
         None => (0..chunks).map(|_| None).collect(),
     };
 
-    scratch
+    work_area
         .par_chunks_mut(per_chunk_scratch)
         .zip(input_grad_chunks.par_iter_mut())
         .enumerate()
@@ -516,7 +516,7 @@ pub fn conv2d_backward(
             }
         });
 
-    for work in scratch.chunks(per_chunk_scratch).take(chunks) {
+    for work in work_area.chunks(per_chunk_scratch).take(chunks) {
         let sums = &work[2 * columns_len + gathered_len..];
         let (partial_weight, rest) = sums.split_at(weight_len);
         let partial_bias = &rest[..channels_out];

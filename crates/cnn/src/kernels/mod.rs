@@ -151,6 +151,17 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// The first `len` values of a kernel's scratch buffer, growing it when needed but never
+/// shrinking it: a layer's forward and backward passes share one buffer and need different
+/// sizes, and a shrink followed by a grow would clear the memory again on every step.
+/// Values are left as they were: kernels overwrite what they read.
+pub fn scratch_prefix(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    &mut scratch[..len]
+}
+
 /// Splits a batch into `chunks` contiguous runs of `per_chunk` samples, one rayon task each.
 /// The split depends only on the batch size and the thread count, so partial sums reduced in
 /// chunk order give the same bits on every run with the same thread count.

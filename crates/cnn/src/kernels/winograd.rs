@@ -160,8 +160,7 @@ pub fn conv3x3_forward(
 
     assert_eq!(transformed.len(), POSITIONS * channels_out * channels);
     let per_run = block_scratch_len(g, block_rows);
-    scratch.resize(runs * per_run, 0.0);
-    let run_scratch = &mut scratch[..];
+    let run_scratch = super::scratch_prefix(scratch, runs * per_run);
 
     let out_ptr = SharedOut(output.as_mut_ptr(), output.len());
     let run = |index: usize, work: &mut [f32]| {
