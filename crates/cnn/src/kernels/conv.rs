@@ -53,8 +53,10 @@ impl ConvGeometry {
 
 /// Images are unfolded side by side into one column matrix of about this many columns, so that
 /// a layer with few window positions (LeNet-5's 10x10 maps) still multiplies matrices wide
-/// enough for SGEMM to run at full speed, and each product's fixed cost is shared.
-const GROUP_COLUMNS: usize = 1024;
+/// enough for SGEMM to run at full speed, and each product's fixed cost is shared. (256, 512,
+/// 1024 and 2048 measured with `cnn bench --arch lenet5`: 256 and 512 train fastest, as the
+/// columns then stay in L2; 2048 is slowest.)
+const GROUP_COLUMNS: usize = 512;
 
 /// One stretch of the column matrix: one row of one window offset for output row `oy`, i.e.
 /// the entries `dst..dst + OW`. Output columns `lo..hi` read input pixels `src, src + SW, src + 2*SW...`;
