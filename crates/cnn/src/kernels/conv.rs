@@ -346,55 +346,44 @@ multiversion! {
         padded: &mut [f32],
         col: &mut [f32],
         row_len: usize,
-        offset: usize
-    ) => im2col_stride1_impl
-}
-
-#[inline(always)]
-fn im2col_stride1_impl(
-    g: &ConvGeometry,
-    layout: ColumnLayout,
-    image: &[f32],
-    padded: &mut [f32],
-    col: &mut [f32],
-    row_len: usize,
-    offset: usize,
-) {
-    let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
-    let [pad_y, pad_x] = g.window.padding;
-    let [kh, kw] = g.window.kernel;
-    let padded_width = width + 2 * pad_x;
-    let plane = (height + 2 * pad_y) * padded_width;
-    padded.fill(0.0);
-    for c in 0..channels {
-        for y in 0..height {
-            padded[c * plane + (y + pad_y) * padded_width + pad_x..][..width]
-                .copy_from_slice(&image[(c * height + y) * width..][..width]);
+        offset: usize,
+    ) {
+        let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
+        let [pad_y, pad_x] = g.window.padding;
+        let [kh, kw] = g.window.kernel;
+        let padded_width = width + 2 * pad_x;
+        let plane = (height + 2 * pad_y) * padded_width;
+        padded.fill(0.0);
+        for c in 0..channels {
+            for y in 0..height {
+                padded[c * plane + (y + pad_y) * padded_width + pad_x..][..width]
+                    .copy_from_slice(&image[(c * height + y) * width..][..width]);
+            }
         }
-    }
-    let (out_rows, out_width) = (g.output.height, g.output.width);
-    for c in 0..channels {
-        for i in 0..kh {
-            for j in 0..kw {
-                let row = (c * kh + i) * kw + j;
-                let source = c * plane + i * padded_width + j;
-                let dst = row * row_len + offset;
-                if let ColumnLayout::PaddedRows { .. } = layout {
-                    let n = out_rows * padded_width;
-                    col[dst..][..n].copy_from_slice(&padded[source..][..n]);
-                    continue;
-                }
-                for oy in 0..out_rows {
-                    let from = source + oy * padded_width;
-                    let to = dst + oy * out_width;
-                    if out_width <= SHORT_ROW
-                        && (oy * out_width + SHORT_ROW) <= out_rows * out_width
-                    {
-                        let block: [f32; SHORT_ROW] =
-                            padded[from..from + SHORT_ROW].try_into().expect("a block");
-                        col[to..to + SHORT_ROW].copy_from_slice(&block);
-                    } else {
-                        col[to..to + out_width].copy_from_slice(&padded[from..from + out_width]);
+        let (out_rows, out_width) = (g.output.height, g.output.width);
+        for c in 0..channels {
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = (c * kh + i) * kw + j;
+                    let source = c * plane + i * padded_width + j;
+                    let dst = row * row_len + offset;
+                    if let ColumnLayout::PaddedRows { .. } = layout {
+                        let n = out_rows * padded_width;
+                        col[dst..][..n].copy_from_slice(&padded[source..][..n]);
+                        continue;
+                    }
+                    for oy in 0..out_rows {
+                        let from = source + oy * padded_width;
+                        let to = dst + oy * out_width;
+                        if out_width <= SHORT_ROW
+                            && (oy * out_width + SHORT_ROW) <= out_rows * out_width
+                        {
+                            let block: [f32; SHORT_ROW] =
+                                padded[from..from + SHORT_ROW].try_into().expect("a block");
+                            col[to..to + SHORT_ROW].copy_from_slice(&block);
+                        } else {
+                            col[to..to + out_width].copy_from_slice(&padded[from..from + out_width]);
+                        }
                     }
                 }
             }

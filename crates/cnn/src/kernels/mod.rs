@@ -4,23 +4,25 @@
 
 #[macro_use]
 mod multiversion {
-    /// Defines `fn $name(args)` as `$body(args)` compiled for the widest vector instructions this
-    /// CPU has (AVX-512, else AVX2 with FMA), chosen at run time, or for the baseline otherwise.
+    /// Defines `fn $name(args) { body }` compiled for the widest vector instructions this CPU
+    /// has (AVX-512, else AVX2 with FMA), chosen at run time, or for the baseline otherwise.
     /// For kernels written as plain loops that the compiler vectorises: this lets it use wide
     /// registers without building the whole crate for one CPU.
     macro_rules! multiversion {
-        ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
             $(#[$meta])*
             fn $name($($arg: $ty),*) {
+                #[inline(always)]
+                fn body($($arg: $ty),*) $body
                 #[cfg(target_arch = "x86_64")]
                 {
                     #[target_feature(enable = "avx512f")]
                     unsafe fn wide($($arg: $ty),*) {
-                        $body($($arg),*)
+                        body($($arg),*)
                     }
                     #[target_feature(enable = "avx2,fma")]
                     unsafe fn medium($($arg: $ty),*) {
-                        $body($($arg),*)
+                        body($($arg),*)
                     }
                     if std::arch::is_x86_feature_detected!("avx512f") {
                         // SAFETY: the CPU has AVX-512F.
@@ -33,7 +35,7 @@ mod multiversion {
                         return unsafe { medium($($arg),*) };
                     }
                 }
-                $body($($arg),*)
+                body($($arg),*)
             }
         };
     }

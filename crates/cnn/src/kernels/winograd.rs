@@ -351,79 +351,69 @@ multiversion! {
         segment: Segment,
         v: &mut [f32],
         tile_count: usize,
-        buffers: &mut [f32]
-    ) => transform_input_impl
-}
-
-#[inline(always)]
-fn transform_input_impl(
-    g: &ConvGeometry,
-    input: &[f32],
-    segment: Segment,
-    v: &mut [f32],
-    tile_count: usize,
-    buffers: &mut [f32],
-) {
-    let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
-    let [pad_y, pad_x] = g.window.padding;
-    let stride = stride(g);
-    let n = segment.rows * stride; // tiles in the segment, the extra column included
-    let plane_len = (segment.rows + 1) * stride + 1;
-    let (planes, combined) = buffers.split_at_mut(4 * plane_len);
-    for c in 0..channels {
-        let image = &input[(segment.image * channels + c) * height * width..][..height * width];
-        // planes[2 * column parity + row parity][r * stride + t]: the pixel at padded row
-        // 2 * (first_row + r) + row parity, padded column 2t + column parity.
-        for r in 0..=segment.rows {
-            for row_parity in 0..2 {
-                let y = (2 * (segment.first_row + r) + row_parity) as isize - pad_y as isize;
-                let (even_columns, odd_columns) = planes.split_at_mut(2 * plane_len);
-                let even = &mut even_columns[row_parity * plane_len + r * stride..][..stride];
-                let odd = &mut odd_columns[row_parity * plane_len + r * stride..][..stride];
-                if y < 0 || y as usize >= height {
-                    even.fill(0.0);
-                    odd.fill(0.0);
-                } else {
-                    split_columns(&image[y as usize * width..][..width], pad_x, even, odd);
+        buffers: &mut [f32],
+    ) {
+        let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
+        let [pad_y, pad_x] = g.window.padding;
+        let stride = stride(g);
+        let n = segment.rows * stride; // tiles in the segment, the extra column included
+        let plane_len = (segment.rows + 1) * stride + 1;
+        let (planes, combined) = buffers.split_at_mut(4 * plane_len);
+        for c in 0..channels {
+            let image = &input[(segment.image * channels + c) * height * width..][..height * width];
+            // planes[2 * column parity + row parity][r * stride + t]: the pixel at padded row
+            // 2 * (first_row + r) + row parity, padded column 2t + column parity.
+            for r in 0..=segment.rows {
+                for row_parity in 0..2 {
+                    let y = (2 * (segment.first_row + r) + row_parity) as isize - pad_y as isize;
+                    let (even_columns, odd_columns) = planes.split_at_mut(2 * plane_len);
+                    let even = &mut even_columns[row_parity * plane_len + r * stride..][..stride];
+                    let odd = &mut odd_columns[row_parity * plane_len + r * stride..][..stride];
+                    if y < 0 || y as usize >= height {
+                        even.fill(0.0);
+                        odd.fill(0.0);
+                    } else {
+                        split_columns(&image[y as usize * width..][..width], pad_x, even, odd);
+                    }
                 }
             }
-        }
-        // The extra column of the last row reads one past the planes' rows: keep it finite.
-        for plane in planes.chunks_exact_mut(plane_len) {
-            plane[plane_len - 1] = 0.0;
-        }
-        // Bᵀ d over rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3 with d0, d1 the even and odd rows
-        // at tile t and d2, d3 the same one tile row down (t + stride). combined[2i + parity]
-        // holds row i for even and odd columns.
-        for parity in 0..2 {
-            let even_rows = &planes[2 * parity * plane_len..][..plane_len];
-            let odd_rows = &planes[(2 * parity + 1) * plane_len..][..plane_len];
-            let (d0, d2) = (&even_rows[..n + 1], &even_rows[stride..][..n + 1]);
-            let (d1, d3) = (&odd_rows[..n + 1], &odd_rows[stride..][..n + 1]);
-            let row = |i: usize| {
-                let start = (2 * i + parity) * (n + 1);
-                start..start + n + 1
-            };
-            combine(&mut combined[row(0)], d0, d2, |a, b| a - b);
-            combine(&mut combined[row(1)], d1, d2, |a, b| a + b);
-            combine(&mut combined[row(2)], d2, d1, |a, b| a - b);
-            combine(&mut combined[row(3)], d1, d3, |a, b| a - b);
-        }
-        // · B over columns: x0 - x2, x1 + x2, x2 - x1, x1 - x3 with x0, x1 the even and odd
-        // columns at tile t and x2, x3 the same at t + 1.
-        for i in 0..4 {
-            let x_even = &combined[2 * i * (n + 1)..][..n + 1];
-            let x_odd = &combined[(2 * i + 1) * (n + 1)..][..n + 1];
-            let (x0, x2) = (&x_even[..n], &x_even[1..]);
-            let (x1, x3) = (&x_odd[..n], &x_odd[1..]);
-            let out = |j: usize| {
-                let start = ((4 * i + j) * channels + c) * tile_count + segment.column;
-                start..start + n
-            };
-            combine(&mut v[out(0)], x0, x2, |a, b| a - b);
-            combine(&mut v[out(1)], x1, x2, |a, b| a + b);
-            combine(&mut v[out(2)], x2, x1, |a, b| a - b);
-            combine(&mut v[out(3)], x1, x3, |a, b| a - b);
+            // The extra column of the last row reads one past the planes' rows: keep it finite.
+            for plane in planes.chunks_exact_mut(plane_len) {
+                plane[plane_len - 1] = 0.0;
+            }
+            // Bᵀ d over rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3 with d0, d1 the even and odd rows
+            // at tile t and d2, d3 the same one tile row down (t + stride). combined[2i + parity]
+            // holds row i for even and odd columns.
+            for parity in 0..2 {
+                let even_rows = &planes[2 * parity * plane_len..][..plane_len];
+                let odd_rows = &planes[(2 * parity + 1) * plane_len..][..plane_len];
+                let (d0, d2) = (&even_rows[..n + 1], &even_rows[stride..][..n + 1]);
+                let (d1, d3) = (&odd_rows[..n + 1], &odd_rows[stride..][..n + 1]);
+                let row = |i: usize| {
+                    let start = (2 * i + parity) * (n + 1);
+                    start..start + n + 1
+                };
+                combine(&mut combined[row(0)], d0, d2, |a, b| a - b);
+                combine(&mut combined[row(1)], d1, d2, |a, b| a + b);
+                combine(&mut combined[row(2)], d2, d1, |a, b| a - b);
+                combine(&mut combined[row(3)], d1, d3, |a, b| a - b);
+            }
+            // · B over columns: x0 - x2, x1 + x2, x2 - x1, x1 - x3 with x0, x1 the even and odd
+            // columns at tile t and x2, x3 the same at t + 1.
+            for i in 0..4 {
+                let x_even = &combined[2 * i * (n + 1)..][..n + 1];
+                let x_odd = &combined[(2 * i + 1) * (n + 1)..][..n + 1];
+                let (x0, x2) = (&x_even[..n], &x_even[1..]);
+                let (x1, x3) = (&x_odd[..n], &x_odd[1..]);
+                let out = |j: usize| {
+                    let start = ((4 * i + j) * channels + c) * tile_count + segment.column;
+                    start..start + n
+                };
+                combine(&mut v[out(0)], x0, x2, |a, b| a - b);
+                combine(&mut v[out(1)], x1, x2, |a, b| a + b);
+                combine(&mut v[out(2)], x2, x1, |a, b| a - b);
+                combine(&mut v[out(3)], x1, x3, |a, b| a - b);
+            }
         }
     }
 }
@@ -465,100 +455,89 @@ multiversion! {
         tile_count: usize,
         epilogue: Epilogue<'_>,
         output: &mut [f32],
-        buffers: &mut [f32]
-    ) => transform_output_impl
-}
-
-#[inline(always)]
-fn transform_output_impl(
-    g: &ConvGeometry,
-    m: &[f32],
-    segment: Segment,
-    tile_count: usize,
-    epilogue: Epilogue<'_>,
-    output: &mut [f32],
-    buffers: &mut [f32],
-) {
-    let (channels_out, height, width) = (g.output.channels, g.output.height, g.output.width);
-    let stride = stride(g);
-    let n = segment.rows * stride;
-    let plane = channels_out * tile_count;
-    let y = &mut buffers[..4 * n];
-    for oc in 0..channels_out {
-        // Aᵀ M over rows (s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 for each column j), then the
-        // same over columns, then the epilogue, in one pass over the tiles: y[2r + dx][t] is
-        // tile t's output at row r, column dx.
-        let base = oc * tile_count + segment.column;
-        assert!((POSITIONS - 1) * plane + base + n <= m.len());
-        let bias = epilogue.bias.map_or(0.0, |b| b[oc]);
-        let (y0, rest) = y.split_at_mut(n);
-        let (y1, rest) = rest.split_at_mut(n);
-        let (y2, y3) = rest.split_at_mut(n);
-        for t in 0..n {
-            // SAFETY: the largest index read is (POSITIONS - 1) * plane + base + n - 1, inside
-            // `m` by the assertion above.
-            let at = |position: usize| unsafe { *m.get_unchecked(position * plane + base + t) };
-            let s = |j: usize| {
-                let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                (m0 + m1 + m2, m1 - m2 - m3)
-            };
-            let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (s(0), s(1), s(2), s(3));
-            let finish = |v: f32| {
-                let v = v + bias;
-                if epilogue.relu {
-                    v.max(0.0)
-                } else {
-                    v
-                }
-            };
-            y0[t] = finish(a0 + a1 + a2);
-            y1[t] = finish(a1 - a2 - a3);
-            y2[t] = finish(b0 + b1 + b2);
-            y3[t] = finish(b1 - b2 - b3);
-        }
-        if epilogue.max_pool {
-            // A tile's 2x2 outputs are exactly one pooling window.
-            let (pooled_rows, pooled_width) = (height / 2, width / 2);
-            let pooled_len = pooled_rows * pooled_width;
-            let out_plane =
-                &mut output[(segment.image * channels_out + oc) * pooled_len..][..pooled_len];
-            for r in 0..segment.rows {
-                let py = segment.first_row + r;
-                if py >= pooled_rows {
-                    continue;
-                }
-                let out = &mut out_plane[py * pooled_width..][..pooled_width];
-                let tiles = r * stride..r * stride + pooled_width;
-                let (y0, y1, y2, y3) = (&y[..n], &y[n..2 * n], &y[2 * n..3 * n], &y[3 * n..]);
-                for (((o, &a), (&b, &c)), &d) in out
-                    .iter_mut()
-                    .zip(&y0[tiles.clone()])
-                    .zip(y1[tiles.clone()].iter().zip(&y2[tiles.clone()]))
-                    .zip(&y3[tiles])
-                {
-                    *o = a.max(b).max(c.max(d));
-                }
+        buffers: &mut [f32],
+    ) {
+        let (channels_out, height, width) = (g.output.channels, g.output.height, g.output.width);
+        let stride = stride(g);
+        let n = segment.rows * stride;
+        let plane = channels_out * tile_count;
+        let y = &mut buffers[..4 * n];
+        for oc in 0..channels_out {
+            // Aᵀ M over rows (s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 for each column j), then the
+            // same over columns, then the epilogue, in one pass over the tiles: y[2r + dx][t] is
+            // tile t's output at row r, column dx.
+            let base = oc * tile_count + segment.column;
+            assert!((POSITIONS - 1) * plane + base + n <= m.len());
+            let bias = epilogue.bias.map_or(0.0, |b| b[oc]);
+            let (y0, rest) = y.split_at_mut(n);
+            let (y1, rest) = rest.split_at_mut(n);
+            let (y2, y3) = rest.split_at_mut(n);
+            for t in 0..n {
+                // SAFETY: the largest index read is (POSITIONS - 1) * plane + base + n - 1, inside
+                // `m` by the assertion above.
+                let at = |position: usize| unsafe { *m.get_unchecked(position * plane + base + t) };
+                let s = |j: usize| {
+                    let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                    (m0 + m1 + m2, m1 - m2 - m3)
+                };
+                let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (s(0), s(1), s(2), s(3));
+                let finish = |v: f32| {
+                    let v = v + bias;
+                    if epilogue.relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                };
+                y0[t] = finish(a0 + a1 + a2);
+                y1[t] = finish(a1 - a2 - a3);
+                y2[t] = finish(b0 + b1 + b2);
+                y3[t] = finish(b1 - b2 - b3);
             }
-            continue;
-        }
-        let out_plane =
-            &mut output[(segment.image * channels_out + oc) * height * width..][..height * width];
-        for r in 0..segment.rows {
-            for dy in 0..2 {
-                let oy = 2 * (segment.first_row + r) + dy;
-                if oy >= height {
-                    continue;
+            if epilogue.max_pool {
+                // A tile's 2x2 outputs are exactly one pooling window.
+                let (pooled_rows, pooled_width) = (height / 2, width / 2);
+                let pooled_len = pooled_rows * pooled_width;
+                let out_plane =
+                    &mut output[(segment.image * channels_out + oc) * pooled_len..][..pooled_len];
+                for r in 0..segment.rows {
+                    let py = segment.first_row + r;
+                    if py >= pooled_rows {
+                        continue;
+                    }
+                    let out = &mut out_plane[py * pooled_width..][..pooled_width];
+                    let tiles = r * stride..r * stride + pooled_width;
+                    let (y0, y1, y2, y3) = (&y[..n], &y[n..2 * n], &y[2 * n..3 * n], &y[3 * n..]);
+                    for (((o, &a), (&b, &c)), &d) in out
+                        .iter_mut()
+                        .zip(&y0[tiles.clone()])
+                        .zip(y1[tiles.clone()].iter().zip(&y2[tiles.clone()]))
+                        .zip(&y3[tiles])
+                    {
+                        *o = a.max(b).max(c.max(d));
+                    }
                 }
-                let left = &y[2 * dy * n + r * stride..][..stride - 1];
-                let right = &y[(2 * dy + 1) * n + r * stride..][..stride - 1];
-                let out = &mut out_plane[oy * width..][..width];
-                let (pairs, last) = out.split_at_mut(width / 2 * 2);
-                for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(left).zip(right) {
-                    pair[0] = a;
-                    pair[1] = b;
-                }
-                if let Some(value) = last.first_mut() {
-                    *value = left[width / 2];
+                continue;
+            }
+            let out_plane =
+                &mut output[(segment.image * channels_out + oc) * height * width..][..height * width];
+            for r in 0..segment.rows {
+                for dy in 0..2 {
+                    let oy = 2 * (segment.first_row + r) + dy;
+                    if oy >= height {
+                        continue;
+                    }
+                    let left = &y[2 * dy * n + r * stride..][..stride - 1];
+                    let right = &y[(2 * dy + 1) * n + r * stride..][..stride - 1];
+                    let out = &mut out_plane[oy * width..][..width];
+                    let (pairs, last) = out.split_at_mut(width / 2 * 2);
+                    for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(left).zip(right) {
+                        pair[0] = a;
+                        pair[1] = b;
+                    }
+                    if let Some(value) = last.first_mut() {
+                        *value = left[width / 2];
+                    }
                 }
             }
         }
