@@ -58,6 +58,10 @@ impl ConvGeometry {
 /// columns then stay in L2; 2048 is slowest.)
 const GROUP_COLUMNS: usize = 512;
 
+/// The column matrix's rows are padded to a multiple of this many columns (one AVX-512
+/// register); the extra columns' products are never read.
+const COLUMN_ALIGN: usize = 16;
+
 /// One stretch of the column matrix: one row of one window offset for output row `oy`, i.e.
 /// the entries `dst..dst + OW`. Output columns `lo..hi` read input pixels `src, src + SW, src + 2*SW...`;
 /// the others lie in the zero padding.
@@ -204,7 +208,8 @@ pub fn conv2d_forward(
     // Per chunk: the padded image, the columns of a group of images, and their product with
     // the weights.
     let padded_len = layout.padded_len(g);
-    let (columns_len, product_len) = (patch * group * positions, channels_out * group * positions);
+    let padded_width = (group * positions).next_multiple_of(COLUMN_ALIGN);
+    let (columns_len, product_len) = (patch * padded_width, channels_out * padded_width);
     let per_chunk_scratch = padded_len + columns_len + product_len;
     let scratch = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
@@ -219,7 +224,8 @@ pub fn conv2d_forward(
             let (columns, product) = work.split_at_mut(columns_len);
             let first = chunk * per_chunk;
             for (start, count) in groups(first, out_chunk.len() / out_len, group) {
-                let width = count * positions;
+                // Rounded up to whole SIMD registers: the SGEMM then reads the columns in place.
+                let width = (count * positions).next_multiple_of(COLUMN_ALIGN);
                 for s in 0..count {
                     let image = &input.data()[(start + s) * in_len..(start + s + 1) * in_len];
                     layout.unfold(g, image, padded, columns, width, s * positions);
