@@ -44,11 +44,6 @@ impl ConvGeometry {
             ),
         }
     }
-
-    /// How many images to unfold side by side into one column matrix (see [`GROUP_COLUMNS`]).
-    fn group_size(&self, per_chunk: usize) -> usize {
-        (GROUP_COLUMNS / self.positions().max(1)).clamp(1, per_chunk.max(1))
-    }
 }
 
 /// Images are unfolded side by side into one column matrix of about this many columns, so that
@@ -163,7 +158,13 @@ pub fn col2im_add(g: &ConvGeometry, col: &[f32], row_len: usize, offset: usize, 
     });
 }
 
-/// The images of one chunk of the batch, in groups of [`ConvGeometry::group_size`]: yields
+/// How many images of `positions` columns each to unfold side by side into one column matrix
+/// (see [`GROUP_COLUMNS`]), in a chunk of `per_chunk` images.
+fn group_size(positions: usize, per_chunk: usize) -> usize {
+    (GROUP_COLUMNS / positions.max(1)).clamp(1, per_chunk.max(1))
+}
+
+/// The images of one chunk of the batch, in groups of [`group_size`]: yields
 /// (first image of the group, images in it).
 fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..count)
@@ -203,13 +204,13 @@ pub fn conv2d_forward(
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, patch) = (g.output.channels, g.patch_len());
     let layout = ColumnLayout::of(g);
-    let positions = layout.positions(g);
-    let group = (GROUP_COLUMNS / positions.max(1)).clamp(1, per_chunk.max(1));
+    let (positions, pitch) = (layout.positions(g), layout.row_pitch(g));
+    let group = group_size(positions, per_chunk);
     // Per chunk: the padded image, the columns of a group of images, and their product with
     // the weights.
     let padded_len = layout.padded_len(g);
-    let padded_width = (group * positions).next_multiple_of(COLUMN_ALIGN);
-    let (columns_len, product_len) = (patch * padded_width, channels_out * padded_width);
+    let max_width = (group * positions).next_multiple_of(COLUMN_ALIGN);
+    let (columns_len, product_len) = (patch * max_width, channels_out * max_width);
     let per_chunk_scratch = padded_len + columns_len + product_len;
     let scratch = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
@@ -239,7 +240,6 @@ pub fn conv2d_forward(
                     Threading::Serial,
                 );
                 // [OC, count * P] back to [count, OC, P], through the epilogue.
-                let pitch = layout.row_pitch(g);
                 for s in 0..count {
                     let out = &mut out_chunk[(start - first + s) * out_len..][..out_len];
                     for (oc, out_plane) in out.chunks_mut(out_len / channels_out).enumerate() {
@@ -435,7 +435,7 @@ pub fn conv2d_backward(
     };
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
-    let group = g.group_size(per_chunk);
+    let group = group_size(positions, per_chunk);
     // Per chunk: a group's columns, their gradient, its output gradient gathered as
     // [OC, group * P], and the chunk's partial weight and bias sums.
     let layout = ColumnLayout::exact(g);

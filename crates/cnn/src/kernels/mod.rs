@@ -74,10 +74,15 @@ impl Epilogue<'_> {
         }
     }
 
-    /// `value` plus the bias of `channel`, then the ReLU (not the pooling).
+    /// The bias of output channel `channel` (0 without one).
     #[inline(always)]
-    pub fn finish(&self, channel: usize, value: f32) -> f32 {
-        let value = value + self.bias.map_or(0.0, |b| b[channel]);
+    pub fn bias_of(&self, channel: usize) -> f32 {
+        self.bias.map_or(0.0, |b| b[channel])
+    }
+
+    /// The ReLU, when there is one, of a value that already has its bias.
+    #[inline(always)]
+    pub fn activate(&self, value: f32) -> f32 {
         if self.relu {
             value.max(0.0)
         } else {
@@ -95,6 +100,7 @@ impl Epilogue<'_> {
         out: &mut [f32],
     ) {
         if self.max_pool {
+            let bias = self.bias_of(channel);
             let (pooled_rows, pooled_width) = (rows / 2, width / 2);
             for (py, out_row) in out
                 .chunks_exact_mut(pooled_width)
@@ -108,7 +114,7 @@ impl Epilogue<'_> {
                     .zip(top.chunks_exact(2))
                     .zip(bottom.chunks_exact(2))
                 {
-                    *o = self.finish(channel, t[0].max(t[1]).max(b[0].max(b[1])));
+                    *o = self.activate(t[0].max(t[1]).max(b[0].max(b[1])) + bias);
                 }
             }
         } else if pitch == width {
@@ -127,15 +133,9 @@ impl Epilogue<'_> {
     /// `out = epilogue(values)` for values of output channel `channel`.
     #[inline(always)]
     pub fn apply(&self, channel: usize, values: &[f32], out: &mut [f32]) {
-        let bias = self.bias.map_or(0.0, |b| b[channel]);
-        if self.relu {
-            for (o, &v) in out.iter_mut().zip(values) {
-                *o = (v + bias).max(0.0);
-            }
-        } else {
-            for (o, &v) in out.iter_mut().zip(values) {
-                *o = v + bias;
-            }
+        let bias = self.bias_of(channel);
+        for (o, &v) in out.iter_mut().zip(values) {
+            *o = self.activate(v + bias);
         }
     }
 }
@@ -143,8 +143,8 @@ impl Epilogue<'_> {
 /// Runs `work` on a thread of the rayon pool (at once when already on one). A pass is a
 /// sequence of parallel kernels: started from outside the pool, each of them would hand its
 /// work to the pool and put the caller to sleep until it is done, two thread wake-ups per
-/// kernel, which is most of the time of a batch-1 inference. From inside, the caller works
-/// on its own share while another thread steals the rest.
+/// kernel. From inside, the caller works on its own share while another thread steals the
+/// rest. (`cnn` itself already runs inside its pool; this is for library callers.)
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         work()

@@ -56,11 +56,8 @@ pub fn supports(g: &ConvGeometry) -> bool {
 /// Whether [`conv3x3_forward`] computes the input gradient of this convolution (a 3x3 stride-1
 /// convolution of the output gradient: see [`ConvGeometry::transposed`]).
 pub fn supports_input_gradient(g: &ConvGeometry) -> bool {
-    g.window.kernel == [3, 3]
-        && g.window.stride == [1, 1]
-        && g.window.padding[0] <= 2
-        && g.window.padding[1] <= 2
-        && supports(&g.transposed())
+    // The transposed convolution keeps kernel and stride; its padding `2 - P` needs P <= 2.
+    g.window.padding[0] <= 2 && g.window.padding[1] <= 2 && supports(&g.transposed())
 }
 
 /// Where the 16 transformed weight matrices `U[ξ]` (`OC x C` each) come from: the layer's
@@ -468,7 +465,7 @@ multiversion! {
             // tile t's output at row r, column dx.
             let base = oc * tile_count + segment.column;
             assert!((POSITIONS - 1) * plane + base + n <= m.len());
-            let bias = epilogue.bias.map_or(0.0, |b| b[oc]);
+            let bias = epilogue.bias_of(oc);
             let (y0, rest) = y.split_at_mut(n);
             let (y1, rest) = rest.split_at_mut(n);
             let (y2, y3) = rest.split_at_mut(n);
@@ -481,14 +478,7 @@ multiversion! {
                     (m0 + m1 + m2, m1 - m2 - m3)
                 };
                 let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (s(0), s(1), s(2), s(3));
-                let finish = |v: f32| {
-                    let v = v + bias;
-                    if epilogue.relu {
-                        v.max(0.0)
-                    } else {
-                        v
-                    }
-                };
+                let finish = |v: f32| epilogue.activate(v + bias);
                 y0[t] = finish(a0 + a1 + a2);
                 y1[t] = finish(a1 - a2 - a3);
                 y2[t] = finish(b0 + b1 + b2);
