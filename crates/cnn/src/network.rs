@@ -186,7 +186,8 @@ impl Network {
         let batch = input.batch();
         let threads = rayon::current_num_threads().max(1);
         if batch < 2 * SUB_BATCH {
-            self.infer_whole(input, workspace);
+            // Too few images to share out: every thread works on each layer in turn.
+            crate::kernels::team::Team::run(|| self.infer_whole(input, workspace));
             return;
         }
         let Workspace {

@@ -788,14 +788,22 @@ fn infer_matches_forward() {
                 .forward(&input, &mut workspace, Mode::Infer)
                 .unwrap()
                 .clone();
-            let mut fast_workspace = cnn::Workspace::new();
-            let fast = network.infer(&input, &mut fast_workspace).unwrap();
-            assert_eq!(fast.batch(), batch);
-            for (i, (&f, &e)) in fast.data().iter().zip(expected.data()).enumerate() {
-                assert!(
-                    (f - e).abs() <= TOLERANCE * e.abs().max(1.0),
-                    "{preset}, batch {batch}, logit {i}: infer {f}, forward {e}"
-                );
+            // One thread, two, and three (which splits unevenly): small batches run on a
+            // team of them, large ones in sub-batches.
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut fast_workspace = cnn::Workspace::new();
+                let fast = pool.install(|| network.infer(&input, &mut fast_workspace).unwrap());
+                assert_eq!(fast.batch(), batch);
+                for (i, (&f, &e)) in fast.data().iter().zip(expected.data()).enumerate() {
+                    assert!(
+                        (f - e).abs() <= TOLERANCE * e.abs().max(1.0),
+                        "{preset}, batch {batch}, {threads} threads, logit {i}: infer {f}, forward {e}"
+                    );
+                }
             }
         }
     }

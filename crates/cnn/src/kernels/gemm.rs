@@ -2,6 +2,8 @@
 //! lowered to. Backed by the `gemm` crate (see README, "Choice of SGEMM", for the measurement
 //! against `matrixmultiply` that decided it).
 
+use super::team::{parts_for, SharedSlice, Team};
+
 /// A read-only strided matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 /// Transposing is swapping the strides, so no kernel ever copies a matrix to transpose it.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +34,24 @@ impl<'a> MatRef<'a> {
             cols: self.rows,
             row_stride: self.col_stride,
             col_stride: self.row_stride,
+        }
+    }
+
+    /// Rows `range` of this matrix.
+    pub fn rows_in(self, range: std::ops::Range<usize>) -> Self {
+        MatRef {
+            data: &self.data[(range.start * self.row_stride).min(self.data.len())..],
+            rows: range.len(),
+            ..self
+        }
+    }
+
+    /// Columns `range` of this matrix.
+    pub fn cols_in(self, range: std::ops::Range<usize>) -> Self {
+        MatRef {
+            data: &self.data[(range.start * self.col_stride).min(self.data.len())..],
+            cols: range.len(),
+            ..self
         }
     }
 
@@ -74,6 +94,30 @@ pub fn matmul(c: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, thr
         }
         return;
     }
+    if threading == Threading::Parallel {
+        if let Some(team) = Team::current() {
+            let parts = parts_for(m * n * k, usize::MAX);
+            if parts > 1 {
+                // Split the longer side of `c` into one slice per thread; each product then
+                // reads its own part of `a` (rows) or `b` (columns) only.
+                let (along_rows, len) = if m >= n { (true, m) } else { (false, n) };
+                let per_part = len.div_ceil(parts);
+                let c = SharedSlice(c.as_mut_ptr());
+                team.for_each(len.div_ceil(per_part), &|part| {
+                    let range = part * per_part..((part + 1) * per_part).min(len);
+                    let (a, b, offset) = if along_rows {
+                        (a.rows_in(range.clone()), b, range.start * n)
+                    } else {
+                        (a, b.cols_in(range.clone()), range.start)
+                    };
+                    // SAFETY: as below, for the block of `c` this part owns: parts write
+                    // disjoint rows (or columns) of `c`.
+                    unsafe { sgemm(c.at(offset), n, a, b, accumulate, gemm::Parallelism::None) };
+                });
+                return;
+            }
+        }
+    }
     let parallelism = match threading {
         Threading::Parallel if m * n * k >= PARALLEL_MIN_FLOPS => {
             gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -83,29 +127,43 @@ pub fn matmul(c: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, thr
     // SAFETY: every element that gemm reads lies inside `a.data` and `b.data` (checked by
     // `assert_in_bounds`), every element it writes inside `c[..m * n]` (row-major, checked
     // above); `c` is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    unsafe { sgemm(c.as_mut_ptr(), n, a, b, accumulate, parallelism) };
+}
+
+/// `c = a · b` (or `c += a · b`), `c` being `a.rows x b.cols` with rows `c_row_stride` apart.
+///
+/// # Safety
+/// `a` and `b` must be in bounds, `c` valid for writes over every element of that block, and
+/// no other thread may touch that block meanwhile.
+unsafe fn sgemm(
+    c: *mut f32,
+    c_row_stride: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        a.rows,
+        b.cols,
+        a.cols,
+        c,
+        1,
+        c_row_stride as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.data.as_ptr(),
+        b.col_stride as isize,
+        b.row_stride as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub mod conv;
 pub mod gemm;
 pub mod pool;
 pub mod reference;
+pub mod team;
 pub mod winograd;
 
 use crate::tensor::Shape;

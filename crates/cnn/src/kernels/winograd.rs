@@ -21,6 +21,7 @@
 
 use super::conv::ConvGeometry;
 use super::gemm::{matmul, MatRef, Threading};
+use super::team::{for_each_chunk_mut, parts_for, SharedSlice};
 use super::Epilogue;
 use std::sync::OnceLock;
 
@@ -39,9 +40,9 @@ const BLOCK_FLOATS: usize = 1 << 18;
 /// SGEMM then reads `V` in place instead of copying it into its own layout first.
 const COLUMN_ALIGN: usize = 16;
 
-/// Below this many multiply-adds of SGEMM work a convolution runs on the calling thread:
-/// measured on `cnn4` at batch 1 (up to 3.7M), handing half of it to a second thread cost more
-/// in wake-ups than it saved.
+/// Below this many multiply-adds of SGEMM work a convolution runs on the calling thread, unless
+/// it runs in a [`super::team::Team`]: measured on `cnn4` at batch 1 (up to 3.7M), handing
+/// half of it to the rayon pool cost more in wake-ups than it saved.
 const PARALLEL_MIN_WORK: usize = 1 << 23;
 
 /// Whether [`conv3x3_forward`] computes this convolution.
@@ -149,20 +150,15 @@ pub fn conv3x3_forward(
     let block_rows = (BLOCK_FLOATS / (POSITIONS * (channels + channels_out) * (tile_cols + 1)))
         .clamp(1, tile_rows.max(1));
     let work = POSITIONS * channels * channels_out * all_rows * tile_cols;
-    let threads = if work < PARALLEL_MIN_WORK {
-        1
-    } else {
-        rayon::current_num_threads().max(1)
-    };
-    let rows_per_run = all_rows.div_ceil(threads).max(1);
+    let rows_per_run = all_rows.div_ceil(parts_for(work, PARALLEL_MIN_WORK)).max(1);
     let runs = all_rows.div_ceil(rows_per_run);
 
     assert_eq!(transformed.len(), POSITIONS * channels_out * channels);
     let per_run = block_scratch_len(g, block_rows);
     let run_scratch = super::scratch_prefix(scratch, runs * per_run);
 
-    let out_ptr = SharedOut(output.as_mut_ptr(), output.len());
-    let run = |index: usize, work: &mut [f32]| {
+    let (out_len, out_ptr) = (output.len(), SharedSlice(output.as_mut_ptr()));
+    for_each_chunk_mut(run_scratch, per_run, |index, work| {
         let first = index * rows_per_run;
         let last = (first + rows_per_run).min(all_rows);
         let mut start = first;
@@ -170,7 +166,7 @@ pub fn conv3x3_forward(
             let end = (start + block_rows).min(last);
             // SAFETY: runs cover disjoint tile rows, and a tile row writes only the two output
             // rows under it, so no two runs write the same output value.
-            let output = unsafe { out_ptr.slice() };
+            let output = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(0), out_len) };
             block(
                 g,
                 input,
@@ -183,34 +179,7 @@ pub fn conv3x3_forward(
             );
             start = end;
         }
-    };
-    if runs == 1 {
-        run(0, &mut run_scratch[..per_run]);
-    } else {
-        use rayon::prelude::*;
-        run_scratch
-            .par_chunks_mut(per_run)
-            .take(runs)
-            .enumerate()
-            .for_each(|(index, work)| run(index, work));
-    }
-}
-
-/// The output buffer, shared by runs that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32, usize);
-
-// SAFETY: only used by `conv3x3_forward`, whose runs write disjoint values.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// Callers must not write the same values from two threads.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0, self.1)
-    }
+    });
 }
 
 /// `U[ξ][oc, c] = (G g Gᵀ)[ξ]` for every channel pair, 16 row-major `OC x C` matrices.
