@@ -3,6 +3,7 @@
 //! during a pass lives in a [`Workspace`], so one network serves many threads at once.
 
 use crate::error::{Error, Result};
+use crate::kernels::team::Team;
 use crate::layers::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
 use crate::tensor::{Param, Shape, Tensor};
 use rand::Rng;
@@ -186,8 +187,13 @@ impl Network {
         let batch = input.batch();
         let threads = rayon::current_num_threads().max(1);
         if batch < 2 * SUB_BATCH {
-            // Too few images to share out: every thread works on each layer in turn.
-            crate::kernels::team::Team::run(|| self.infer_whole(input, workspace));
+            // Too few images to share out: every thread works on each layer in turn, when
+            // the layers are large enough to split at all.
+            if self.flops_per_image() as usize / 2 * batch >= TEAM_MIN_WORK {
+                Team::run(|| self.infer_whole(input, workspace));
+            } else {
+                self.infer_whole(input, workspace);
+            }
             return;
         }
         let Workspace {
@@ -332,6 +338,10 @@ pub struct Workspace {
 /// stay in a core's L2 cache, large enough that each layer's work is not all overhead
 /// (measured with `cnn bench --phases throughput`).
 pub const SUB_BATCH: usize = 16;
+
+/// Multiply-adds of a pass below which [`Network::infer`] forms no [`Team`]: forming one costs
+/// about 2 us (LeNet-5 at batch 1, 0.4M multiply-adds: 14 us alone, 16 us with a team).
+const TEAM_MIN_WORK: usize = 1 << 21;
 
 impl Default for Tensor {
     fn default() -> Self {
