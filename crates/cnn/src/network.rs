@@ -189,7 +189,7 @@ impl Network {
         if batch < 2 * SUB_BATCH {
             // Too few images to share out: every thread works on each layer in turn, when
             // the layers are large enough to split at all.
-            if self.flops_per_image() as usize / 2 * batch >= TEAM_MIN_WORK {
+            if self.flops_per_image() as usize / 2 * batch >= TEAM_MIN_PASS_WORK {
                 Team::run(|| self.infer_whole(input, workspace));
             } else {
                 self.infer_whole(input, workspace);
@@ -341,7 +341,7 @@ pub const SUB_BATCH: usize = 16;
 
 /// Multiply-adds of a pass below which [`Network::infer`] forms no [`Team`]: forming one costs
 /// about 2 us (LeNet-5 at batch 1, 0.4M multiply-adds: 14 us alone, 16 us with a team).
-const TEAM_MIN_WORK: usize = 1 << 21;
+const TEAM_MIN_PASS_WORK: usize = 1 << 21;
 
 impl Default for Tensor {
     fn default() -> Self {

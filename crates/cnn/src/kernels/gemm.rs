@@ -63,8 +63,9 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Whether a product may spread over the current rayon pool. Kernels that already run one task
-/// per core (conv over batch chunks) multiply serially inside each task.
+/// Whether a product may spread over the current team (split by rows or columns of `c`) or
+/// rayon pool. Kernels that already run one task per core (conv over batch chunks) multiply
+/// serially inside each task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Threading {
     Serial,

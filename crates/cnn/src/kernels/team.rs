@@ -195,6 +195,11 @@ impl Team {
 /// Runs `task(0) .. task(tasks - 1)` in parallel: on the current team when there is one, else
 /// on the rayon pool.
 pub fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync) {
+    if tasks <= 1 {
+        // Nothing to share: not even a hand-over to the pool.
+        (0..tasks).for_each(task);
+        return;
+    }
     match Team::current() {
         Some(team) => team.for_each(tasks, &task),
         None => {
