@@ -4,6 +4,7 @@
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::kernels::team::Team;
 use crate::layers::Mode;
 use crate::loss::{argmax, cross_entropy, softmax_cross_entropy, LossStats};
 use crate::network::{Gradients, Network, Workspace};
@@ -298,6 +299,9 @@ pub fn train_from(
 /// in training mode, running statistics, loss, backward, then the optimizer with
 /// `(learning rate, weight decay)`. `buffers` (the workspace and the gradients) are reused from
 /// step to step. Returns the batch's summed loss and correct count.
+///
+/// The step runs in a [`Team`]: the pool's threads stay with it from the first kernel to the
+/// last instead of being woken for each.
 pub fn train_step(
     network: &mut Network,
     buffers: (&mut Workspace, &mut Gradients),
@@ -307,14 +311,16 @@ pub fn train_step(
 ) -> Result<LossStats> {
     let (workspace, grads) = buffers;
     crate::kernels::on_pool(|| {
-        network.forward(batch, workspace, Mode::Train)?;
-        network.update_running_statistics(workspace);
-        let (logits, grad) = workspace.output_and_grad_mut();
-        let stats = softmax_cross_entropy(logits, labels, grad)?;
-        grads.zero();
-        network.backward(batch, workspace, grads);
-        optimizer.step(network, grads, learning_rate, weight_decay);
-        Ok(stats)
+        Team::run(|| {
+            network.forward(batch, workspace, Mode::Train)?;
+            network.update_running_statistics(workspace);
+            let (logits, grad) = workspace.output_and_grad_mut();
+            let stats = softmax_cross_entropy(logits, labels, grad)?;
+            grads.zero();
+            network.backward(batch, workspace, grads);
+            optimizer.step(network, grads, learning_rate, weight_decay);
+            Ok(stats)
+        })
     })
 }
 

@@ -759,3 +759,82 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
         }
     }
 }
+
+/// A training step runs in a team of threads (`train::train_step`), its kernels split over
+/// the team instead of the rayon pool. Checked on every preset (`cnn4` has batch
+/// normalisation), on 1, 2 and 3 threads, for a batch that does not divide evenly: two steps
+/// in a team give the same bits, and the same gradients as the step taken layer by layer on
+/// the pool. Those agree to rounding only: a team may split a product differently from the
+/// pool, which changes the order of some sums (within 1e-5 of each parameter's largest
+/// gradient; about 1e-6 measured).
+#[test]
+fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
+    use cnn::optim::{Optimizer, OptimizerConfig};
+    let shape = Shape::new(1, 28, 28);
+    let batch = 13;
+    for preset in ["xo", "lenet5", "cnn4"] {
+        let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let mut start = Network::new(&layers, shape).unwrap();
+        start.init_kaiming(&mut rng(90));
+        let mut data_rng = rng(91);
+        let images = tensor(
+            batch,
+            shape,
+            uniform(&mut data_rng, batch * shape.len(), 0.0, 1.0),
+        );
+        let labels: Vec<usize> = (0..batch).map(|_| data_rng.random_range(0..10)).collect();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            // The gradients of one step and the parameters after it.
+            let step = |in_team: bool| {
+                let mut network = Network::new(&layers, shape).unwrap();
+                for (to, (_, from)) in network.params_mut().zip(start.params()) {
+                    to.value.clone_from(&from.value);
+                }
+                let mut optimizer = Optimizer::new(OptimizerConfig::sgd(), &network);
+                let (mut workspace, mut grads) = (Workspace::new(), Gradients::new(&network));
+                pool.install(|| {
+                    if in_team {
+                        cnn::train::train_step(
+                            &mut network,
+                            (&mut workspace, &mut grads),
+                            &mut optimizer,
+                            (&images, &labels),
+                            (0.01, 1e-4),
+                        )
+                        .unwrap();
+                        return;
+                    }
+                    network
+                        .forward(&images, &mut workspace, Mode::Train)
+                        .unwrap();
+                    network.update_running_statistics(&workspace);
+                    let (logits, grad) = workspace.output_and_grad_mut();
+                    softmax_cross_entropy(logits, &labels, grad).unwrap();
+                    network.backward(&images, &mut workspace, &mut grads);
+                    optimizer.step(&mut network, &grads, 0.01, 1e-4);
+                });
+                let params: Vec<u32> = network
+                    .tensors()
+                    .flat_map(|(_, p)| p.value.iter().map(|v| v.to_bits()))
+                    .collect();
+                (grads.iter().cloned().collect::<Vec<_>>(), params)
+            };
+            let context = format!("{preset}, {threads} threads");
+            let (team, again, pool_step) = (step(true), step(true), step(false));
+            assert!(team.1 == again.1, "{context}: two steps in a team differ");
+            for (i, (fast, plain)) in team.0.iter().zip(&pool_step.0).enumerate() {
+                let largest = plain.iter().fold(f32::MIN_POSITIVE, |m, g| m.max(g.abs()));
+                for (f, p) in fast.iter().zip(plain) {
+                    assert!(
+                        (f - p).abs() <= 1e-5 * largest,
+                        "{context}, parameter {i}: gradient {f} in a team, {p} on the pool"
+                    );
+                }
+            }
+        }
+    }
+}

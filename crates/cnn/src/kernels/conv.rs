@@ -3,11 +3,11 @@
 //! The batch is split into one chunk per thread; each chunk reuses its own column buffer.
 
 use super::gemm::{matmul, MatRef, Threading};
+use super::team::for_each_chunk_pair_mut;
 use super::winograd::{self, TransformedWeights, WeightOrder};
 use super::{batch_chunks, scratch_prefix, Epilogue};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
-use rayon::prelude::*;
 
 /// Shapes of one convolution: `input` is `C x H x W`, `output` is `OC x OH x OW`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,12 +215,10 @@ pub fn conv2d_forward(
     let scratch = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
     let (out_rows, out_width) = (g.output.height, g.output.width);
-    output
-        .data_mut()
-        .par_chunks_mut(per_chunk * out_len)
-        .zip(scratch.par_chunks_mut(per_chunk_scratch))
-        .enumerate()
-        .for_each(|(chunk, (out_chunk, work))| {
+    for_each_chunk_pair_mut(
+        (output.data_mut(), per_chunk * out_len),
+        (scratch, per_chunk_scratch),
+        |chunk, out_chunk, work| {
             let (padded, work) = work.split_at_mut(padded_len);
             let (columns, product) = work.split_at_mut(columns_len);
             let first = chunk * per_chunk;
@@ -248,7 +246,8 @@ pub fn conv2d_forward(
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 /// How an image is unfolded into columns.
@@ -446,20 +445,13 @@ pub fn conv2d_backward(
     let per_chunk_scratch = 2 * columns_len + gathered_len + weight_len + channels_out + padded_len;
     let work_area = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), g.output.len());
-    let mut input_grad_chunks: Vec<Option<&mut [f32]>> = match grad_input {
-        Some(t) => t
-            .data_mut()
-            .chunks_mut(per_chunk * in_len)
-            .map(Some)
-            .collect(),
-        None => (0..chunks).map(|_| None).collect(),
-    };
-
-    work_area
-        .par_chunks_mut(per_chunk_scratch)
-        .zip(input_grad_chunks.par_iter_mut())
-        .enumerate()
-        .for_each(|(chunk, (work, input_grad))| {
+    let grad_input = grad_input.map_or(&mut [][..], |t| t.data_mut());
+    for_each_chunk_pair_mut(
+        (work_area, per_chunk_scratch),
+        (grad_input, per_chunk * in_len),
+        |chunk, work, input_grad| {
+            // Empty when nobody asked for the input gradient.
+            let mut input_grad = (!input_grad.is_empty()).then_some(input_grad);
             let (columns, rest) = work.split_at_mut(columns_len);
             let (column_grad, rest) = rest.split_at_mut(columns_len);
             let (gathered, rest) = rest.split_at_mut(gathered_len);
@@ -511,7 +503,8 @@ pub fn conv2d_backward(
                     }
                 }
             }
-        });
+        },
+    );
 
     for work in work_area.chunks(per_chunk_scratch).take(chunks) {
         let sums = &work[2 * columns_len + gathered_len..];

@@ -187,15 +187,13 @@ pub fn for_each_item_run<T: Send>(
     work_per_item: usize,
     work: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    use rayon::prelude::*;
     let items = output.len() / item_len.max(1);
     if items * work_per_item < PARALLEL_MIN_WORK || rayon::current_num_threads() == 1 {
         work(0, output);
         return;
     }
     let (_, per_run) = batch_chunks(items);
-    output
-        .par_chunks_mut(per_run * item_len)
-        .enumerate()
-        .for_each(|(run, values)| work(run * per_run, values));
+    team::for_each_chunk_mut(output, per_run * item_len, |run, values| {
+        work(run * per_run, values)
+    });
 }
