@@ -253,6 +253,77 @@ fn pool_axis() -> impl Strategy<Value = (usize, usize)> {
     (1usize..=5).prop_flat_map(|kernel| (Just(kernel), 0..=(kernel / 2).min(2)))
 }
 
+/// Runs the fast convolution with ReLU and 2x2 max pooling fused in, and the reference
+/// convolution, ReLU and pooling one after the other, on one random case.
+fn compare_fused(
+    batch: usize,
+    channels: usize,
+    out_channels: usize,
+    input: [usize; 2],
+    window: Window2d,
+    bias: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let Some([out_height, out_width]) = window.output_size(input) else {
+        return Ok(());
+    };
+    prop_assume!(out_height >= 2 && out_width >= 2);
+    let g = ConvGeometry {
+        input: Shape::new(channels, input[0], input[1]),
+        output: Shape::new(out_channels, out_height, out_width),
+        window,
+    };
+    let mut rng = rng(seed);
+    let x = tensor(
+        batch,
+        g.input,
+        values(&mut rng, batch * g.input.len(), false),
+    );
+    let weight = values(&mut rng, out_channels * g.patch_len(), false);
+    let bias_values = values(&mut rng, out_channels, false);
+    let bias = bias.then_some(&bias_values[..]);
+    let fused = cnn::kernels::Epilogue {
+        bias,
+        relu: true,
+        max_pool: true,
+    };
+    let pooled = fused.output_shape(g.output);
+    let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
+    conv::conv2d_forward(
+        &g,
+        &x,
+        &weight,
+        &Default::default(),
+        fused,
+        &mut fast,
+        &mut Vec::new(),
+    );
+
+    let mut conv_out = Tensor::zeros(batch, g.output);
+    reference::conv2d_forward(&g, &x, &weight, bias, &mut conv_out);
+    conv_out.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    let pool = PoolGeometry {
+        input: g.output,
+        output: pooled,
+        window: Window2d::new([2, 2], [2, 2], [0, 0]),
+    };
+    let mut slow = Tensor::zeros(batch, pooled);
+    reference::pool_forward(PoolKind::Max, &pool, &conv_out, &mut slow);
+    let mut scale = Tensor::zeros(batch, g.output);
+    let abs_bias = bias.map(abs);
+    reference::conv2d_forward(
+        &g,
+        &abs_tensor(&x),
+        &abs(&weight),
+        abs_bias.as_deref(),
+        &mut scale,
+    );
+    let mut pooled_scale = Tensor::zeros(batch, pooled);
+    reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
+    matches("fused conv", fast.data(), slow.data(), pooled_scale.data())?;
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -326,41 +397,27 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let window = Window2d::new([kernel, kernel], [1, 1], [padding, padding]);
-        let Some([out_height, out_width]) = window.output_size(input) else {
-            return Ok(());
-        };
-        prop_assume!(out_height >= 2 && out_width >= 2);
-        let g = ConvGeometry {
-            input: Shape::new(channels, input[0], input[1]),
-            output: Shape::new(out_channels, out_height, out_width),
-            window,
-        };
-        let mut rng = rng(seed);
-        let x = tensor(batch, g.input, values(&mut rng, batch * g.input.len(), false));
-        let weight = values(&mut rng, out_channels * g.patch_len(), false);
-        let bias_values = values(&mut rng, out_channels, false);
-        let bias = bias.then_some(&bias_values[..]);
-        let fused = cnn::kernels::Epilogue { bias, relu: true, max_pool: true };
-        let pooled = fused.output_shape(g.output);
-        let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
-        conv::conv2d_forward(&g, &x, &weight, &Default::default(), fused, &mut fast, &mut Vec::new());
+        compare_fused(batch, channels, out_channels, input, window, bias, seed)?;
+    }
 
-        let mut conv_out = Tensor::zeros(batch, g.output);
-        reference::conv2d_forward(&g, &x, &weight, bias, &mut conv_out);
-        conv_out.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
-        let pool = PoolGeometry {
-            input: g.output,
-            output: pooled,
-            window: Window2d::new([2, 2], [2, 2], [0, 0]),
-        };
-        let mut slow = Tensor::zeros(batch, pooled);
-        reference::pool_forward(PoolKind::Max, &pool, &conv_out, &mut slow);
-        let mut scale = Tensor::zeros(batch, g.output);
-        let abs_bias = bias.map(abs);
-        reference::conv2d_forward(&g, &abs_tensor(&x), &abs(&weight), abs_bias.as_deref(), &mut scale);
-        let mut pooled_scale = Tensor::zeros(batch, pooled);
-        reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
-        matches("fused conv", fast.data(), slow.data(), pooled_scale.data())?;
+    /// The direct path (stride 1, few input channels) equals the direct loops, plain and
+    /// with ReLU and max pooling fused in, on rows wider than one vector of 16 columns and
+    /// with several blocks of output channels.
+    #[test]
+    fn direct_conv_matches_reference(
+        batch in 1usize..=2,
+        channels in 1usize..=3,
+        out_channels in 1usize..=20,
+        input in [1usize..=40, 1usize..=40],
+        kernel in [1usize..=5, 1usize..=5],
+        padding in [0usize..=2, 0usize..=2],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d::new(kernel, [1, 1], padding);
+        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+        compare_fused(batch, channels, out_channels, input, window, bias, seed)?;
     }
 
     /// Max and average pooling (forward and backward) equal the direct loops for any shape,

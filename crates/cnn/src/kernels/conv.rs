@@ -2,6 +2,7 @@
 //! columns are its windows, so the whole convolution is `weights x columns`, one SGEMM.
 //! The batch is split into one chunk per thread; each chunk reuses its own column buffer.
 
+use super::direct;
 use super::gemm::{matmul, MatRef, Threading};
 use super::team::for_each_chunk_pair_mut;
 use super::winograd::{self, TransformedWeights, WeightOrder};
@@ -174,7 +175,8 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
 
 /// `output[n] = weight x im2col(input[n])` then the epilogue (bias, ReLU, 2x2 max pooling),
 /// for every image; `output` has the epilogue's output shape.
-/// 3x3 stride-1 convolutions with enough input channels go to [`winograd`] instead.
+/// 3x3 stride-1 convolutions with enough input channels go to [`winograd`] instead, and
+/// stride-1 convolutions with few to [`direct`].
 ///
 /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
 /// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `transformed` caches what Winograd derives from
@@ -199,6 +201,10 @@ pub fn conv2d_forward(
             output.data_mut(),
             scratch,
         );
+        return;
+    }
+    if direct::supports(g) {
+        direct::conv_forward(g, batch, input.data(), weight, epilogue, output.data_mut());
         return;
     }
     let (chunks, per_chunk) = batch_chunks(batch);

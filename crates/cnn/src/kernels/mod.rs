@@ -42,6 +42,7 @@ mod multiversion {
 }
 
 pub mod conv;
+pub mod direct;
 pub mod gemm;
 pub mod pool;
 pub mod reference;

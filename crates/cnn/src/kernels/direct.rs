@@ -1,0 +1,241 @@
+//! Direct convolution for layers with few input channels (a first layer on grey or colour
+//! images): no unfolding, no matrix product. Each output row is computed 16 pixels at a time:
+//! the input row under each kernel tap is loaded once and multiplied, in registers, by every
+//! output channel's weight for that tap.
+//!
+//! im2col does badly on such layers: its column matrix has only `C * KH * KW` rows (9 for a
+//! 3x3 layer on grey images), so the product is mostly memory traffic (unfolding 9 copies of the
+//! image, writing the product, reading it back for the epilogue), and at batch 1 it gives one
+//! task to one thread. Here the output is written once, with its epilogue, and the work splits
+//! by output channels as well as by image.
+//!
+//! Written with AVX-512 instructions; without them, convolutions go to im2col.
+
+use super::conv::ConvGeometry;
+use super::Epilogue;
+
+/// Largest `C * KH * KW` computed here: up to a 5x5 kernel on colour images. Beyond it the
+/// im2col product has enough rows to run at full speed.
+const MAX_PATCH: usize = 80;
+
+/// Output channels computed together: each has two rows of 16 pixels in registers.
+const CHANNEL_BLOCK: usize = 8;
+
+/// Multiply-adds below which the convolution runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// Whether [`conv_forward`] computes this convolution.
+pub fn supports(g: &ConvGeometry) -> bool {
+    g.window.stride == [1, 1] && g.patch_len() <= MAX_PATCH && has_avx512()
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `output[n] = conv(input[n], weight)` then the epilogue, for every image of the batch: as
+/// [`super::conv::conv2d_forward`], whose shapes it takes. Call only where [`supports`] holds.
+pub fn conv_forward(
+    g: &ConvGeometry,
+    batch: usize,
+    input: &[f32],
+    weight: &[f32],
+    epilogue: Epilogue<'_>,
+    output: &mut [f32],
+) {
+    assert!(supports(g), "direct convolution of an unsupported shape");
+    let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
+    assert!(input.len() >= batch * in_len && output.len() >= batch * out_len);
+    assert_eq!(weight.len(), g.output.channels * g.patch_len());
+    let blocks = g.output.channels.div_ceil(CHANNEL_BLOCK);
+    let work = batch * g.output.len() * g.patch_len();
+    let output = super::team::SharedSlice(output.as_mut_ptr());
+    let plane = out_len / g.output.channels;
+    let task = |index: usize| {
+        let (n, block) = (index / blocks, index % blocks);
+        let first = block * CHANNEL_BLOCK;
+        let count = CHANNEL_BLOCK.min(g.output.channels - first);
+        // SAFETY: each task takes the output planes of its own image and block of channels,
+        // inside `output` (asserted above).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(output.at(n * out_len + first * plane), count * plane)
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supports` checked that the CPU has AVX-512F.
+        unsafe {
+            avx512::channel_block(
+                g,
+                &input[n * in_len..][..in_len],
+                weight,
+                epilogue,
+                first,
+                out,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (n, out, &epilogue);
+    };
+    if super::team::parts_for(work, PARALLEL_MIN_WORK) > 1 {
+        super::team::for_each_task(batch * blocks, task);
+    } else {
+        (0..batch * blocks).for_each(task);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{ConvGeometry, Epilogue, CHANNEL_BLOCK, MAX_PATCH};
+    use std::arch::x86_64::*;
+
+    /// A mask of lanes `low..high` of 16.
+    #[inline(always)]
+    fn lanes(low: isize, high: isize) -> __mmask16 {
+        let (low, high) = (low.clamp(0, 16), high.clamp(0, 16));
+        let below = |k: isize| ((1u32 << k) - 1) as __mmask16;
+        if high <= low {
+            0
+        } else {
+            below(high) & !below(low)
+        }
+    }
+
+    /// Output channels `first..first + CHANNEL_BLOCK` (fewer at the end) of one image: every
+    /// pair of output rows, 16 columns at a time, then the epilogue. `out` holds those
+    /// channels' output planes (`[OH, OW]` each, or pooled).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn channel_block(
+        g: &ConvGeometry,
+        image: &[f32],
+        weight: &[f32],
+        epilogue: Epilogue<'_>,
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
+        let (out_height, out_width) = (g.output.height, g.output.width);
+        let [kh, kw] = g.window.kernel;
+        let [pad_y, pad_x] = g.window.padding;
+        let patch = g.patch_len();
+        let count = CHANNEL_BLOCK.min(g.output.channels - first);
+        // The block's weights tap by tap, [tap][o], zero for channels past the last: the
+        // inner loop then has the same length for every block.
+        let mut packed = [0.0f32; MAX_PATCH * CHANNEL_BLOCK];
+        for o in 0..count {
+            for (tap, &w) in weight[(first + o) * patch..][..patch].iter().enumerate() {
+                packed[tap * CHANNEL_BLOCK + o] = w;
+            }
+        }
+        let (pooled_height, pooled_width) = (out_height / 2, out_width / 2);
+        let zero = _mm512_setzero_ps();
+        for top in (0..out_height).step_by(2) {
+            if epilogue.max_pool && top / 2 >= pooled_height {
+                break;
+            }
+            for left in (0..out_width).step_by(16) {
+                let mut sums = [[zero; CHANNEL_BLOCK]; 2];
+                let columns = lanes(0, (out_width - left) as isize);
+                for c in 0..channels {
+                    for i in 0..kh {
+                        // Input rows under output rows top and top + 1 (None outside).
+                        let line = |row: usize| {
+                            let y = (top + row + i) as isize - pad_y as isize;
+                            (0..height as isize)
+                                .contains(&y)
+                                .then(|| ((c * height) as isize + y) * width as isize)
+                        };
+                        let lines = [line(0), line(1)];
+                        for j in 0..kw {
+                            // Input columns left + l + j - pad for lanes l inside the image.
+                            let column = (left + j) as isize - pad_x as isize;
+                            let mask = lanes(-column, width as isize - column) & columns;
+                            // SAFETY: unmasked lanes read line + column + l, inside the
+                            // image row (the mask keeps 0 <= column + l < width); masked-off
+                            // lanes are not read.
+                            let load = |line: Option<isize>| match line {
+                                Some(line) => unsafe {
+                                    _mm512_maskz_loadu_ps(
+                                        mask,
+                                        image.as_ptr().wrapping_offset(line + column),
+                                    )
+                                },
+                                None => zero,
+                            };
+                            let (upper, lower) = (load(lines[0]), load(lines[1]));
+                            let tap = (c * kh + i) * kw + j;
+                            let weights: &[f32; CHANNEL_BLOCK] = packed[tap * CHANNEL_BLOCK..]
+                                [..CHANNEL_BLOCK]
+                                .try_into()
+                                .expect("a block of weights");
+                            for o in 0..CHANNEL_BLOCK {
+                                let w = _mm512_set1_ps(weights[o]);
+                                sums[0][o] = _mm512_fmadd_ps(w, upper, sums[0][o]);
+                                sums[1][o] = _mm512_fmadd_ps(w, lower, sums[1][o]);
+                            }
+                        }
+                    }
+                }
+                for (o, pair) in (0..count).map(|o| (o, [sums[0][o], sums[1][o]])) {
+                    let oc = first + o;
+                    let bias = _mm512_set1_ps(epilogue.bias_of(oc));
+                    let activate = |v: __m512| {
+                        let v = _mm512_add_ps(v, bias);
+                        if epilogue.relu {
+                            _mm512_max_ps(v, zero)
+                        } else {
+                            v
+                        }
+                    };
+                    if epilogue.max_pool {
+                        // The larger of the two rows, then of each pair of columns: lane k of
+                        // `pooled` is pooled column left / 2 + k.
+                        let rows = _mm512_max_ps(pair[0], pair[1]);
+                        let even =
+                            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+                        let odd =
+                            _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+                        let pooled = _mm512_max_ps(
+                            _mm512_permutexvar_ps(even, rows),
+                            _mm512_permutexvar_ps(odd, rows),
+                        );
+                        let column = left / 2;
+                        let mask = lanes(0, 8) & lanes(0, pooled_width as isize - column as isize);
+                        if mask != 0 {
+                            let at = (o * pooled_height + top / 2) * pooled_width + column;
+                            assert!(at + (mask.count_ones() as usize) <= out.len());
+                            // SAFETY: unmasked lanes write pooled columns below the pooled
+                            // width, in row top / 2 < pooled height of plane o, inside `out`.
+                            unsafe {
+                                _mm512_mask_storeu_ps(
+                                    out.as_mut_ptr().add(at),
+                                    mask,
+                                    activate(pooled),
+                                )
+                            };
+                        }
+                        continue;
+                    }
+                    let mask = columns;
+                    for (row, sum) in pair.into_iter().enumerate() {
+                        if top + row >= out_height {
+                            break;
+                        }
+                        let at = (o * out_height + top + row) * out_width + left;
+                        assert!(at + (mask.count_ones() as usize) <= out.len());
+                        // SAFETY: unmasked lanes write columns below the output width, in
+                        // row top + row of plane o, inside `out`.
+                        unsafe {
+                            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), mask, activate(sum))
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
