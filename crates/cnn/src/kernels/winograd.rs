@@ -122,8 +122,23 @@ fn stride(g: &ConvGeometry) -> usize {
 /// transforms.
 fn block_scratch_len(g: &ConvGeometry, block_rows: usize) -> usize {
     let tile_count = (block_rows * stride(g)).next_multiple_of(COLUMN_ALIGN);
-    POSITIONS * (g.input.channels + g.output.channels) * tile_count
+    POSITIONS
+        * (position_stride(g.input.channels, tile_count)
+            + position_stride(g.output.channels, tile_count))
         + transform_buffers_len(block_rows, stride(g))
+}
+
+/// Floats from one position's matrix to the next in `V` and `M` (`rows x tile_count` each,
+/// `tile_count` a multiple of 16): an odd multiple of 16, so that the 16 matrices start at 16
+/// different cache-line offsets within a 4 KiB page. The transforms touch all 16 at once, and
+/// matrices a multiple of 4 KiB apart would all fall in the same set of the L1 cache.
+fn position_stride(rows: usize, tile_count: usize) -> usize {
+    let len = rows * tile_count;
+    if (len / 16) % 2 == 1 {
+        len
+    } else {
+        len + 16
+    }
 }
 
 /// The input transform's buffers: the padded input split into 4 planes by row and column
@@ -245,8 +260,12 @@ fn block(
 ) {
     let (channels, channels_out) = (g.input.channels, g.output.channels);
     let tile_count = (rows.len() * stride(g)).next_multiple_of(COLUMN_ALIGN);
-    let (v, rest) = work.split_at_mut(POSITIONS * channels * tile_count);
-    let (m, rest) = rest.split_at_mut(POSITIONS * channels_out * tile_count);
+    let (v_stride, m_stride) = (
+        position_stride(channels, tile_count),
+        position_stride(channels_out, tile_count),
+    );
+    let (v, rest) = work.split_at_mut(POSITIONS * v_stride);
+    let (m, rest) = rest.split_at_mut(POSITIONS * m_stride);
     let buffers = &mut rest[..transform_buffers_len(block_rows, stride(g))];
 
     for segment in segments(g, rows.clone()) {
@@ -254,7 +273,7 @@ fn block(
     }
     for position in 0..POSITIONS {
         matmul(
-            &mut m[position * channels_out * tile_count..][..channels_out * tile_count],
+            &mut m[position * m_stride..][..channels_out * tile_count],
             MatRef::row_major(
                 &transformed_weights[position * channels_out * channels..]
                     [..channels_out * channels],
@@ -262,7 +281,7 @@ fn block(
                 channels,
             ),
             MatRef::row_major(
-                &v[position * channels * tile_count..][..channels * tile_count],
+                &v[position * v_stride..][..channels * tile_count],
                 channels,
                 tile_count,
             ),
@@ -377,7 +396,9 @@ multiversion! {
                 let (x0, x2) = (&x_even[..n], &x_even[1..]);
                 let (x1, x3) = (&x_odd[..n], &x_odd[1..]);
                 let out = |j: usize| {
-                    let start = ((4 * i + j) * channels + c) * tile_count + segment.column;
+                    let start = (4 * i + j) * position_stride(channels, tile_count)
+                        + c * tile_count
+                        + segment.column;
                     start..start + n
                 };
                 combine(&mut v[out(0)], x0, x2, |a, b| a - b);
@@ -431,7 +452,7 @@ multiversion! {
         let (channels_out, height, width) = (g.output.channels, g.output.height, g.output.width);
         let stride = stride(g);
         let n = segment.rows * stride;
-        let plane = channels_out * tile_count;
+        let plane = position_stride(channels_out, tile_count);
         let y = &mut buffers[..4 * n];
         for oc in 0..channels_out {
             // Aᵀ M over rows (s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 for each column j), then the
