@@ -243,14 +243,19 @@ impl Network {
                 let last = i + usize::from(fused.relu) + usize::from(fused.max_pool);
                 let output = &mut rest[last - i];
                 output.reshape(batch, self.layers[last].output_shape());
-                if layer.forward_fused(layer_input, output, fused, &mut workspace.scratch[i]) {
+                if layer.forward_fused(layer_input, output, fused, &mut workspace.pass_scratch) {
                     i = last + 1;
                     continue;
                 }
             }
             let output = &mut rest[0];
             output.reshape(batch, layer.output_shape());
-            layer.forward(layer_input, output, Mode::Infer, &mut workspace.scratch[i]);
+            layer.forward(
+                layer_input,
+                output,
+                Mode::Infer,
+                &mut workspace.pass_scratch,
+            );
             i += 1;
         }
     }
@@ -327,6 +332,10 @@ pub struct Workspace {
     grad_output: Tensor,
     grad_input: Tensor,
     scratch: Vec<LayerScratch>,
+    /// The one scratch buffer that every layer of [`Network::infer`] uses in turn: nothing
+    /// has to outlive a layer there, and one buffer instead of one per layer keeps a pass's
+    /// memory in the cores' caches (measured on `cnn4` at batch 1: 3-4% faster).
+    pass_scratch: LayerScratch,
     step_seed: u64,
     /// One workspace per thread for [`Network::infer`]'s sub-batches, and the copy of a
     /// sub-batch's images that each one runs on.
