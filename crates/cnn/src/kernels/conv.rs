@@ -175,8 +175,8 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
 
 /// `output[n] = weight x im2col(input[n])` then the epilogue (bias, ReLU, 2x2 max pooling),
 /// for every image; `output` has the epilogue's output shape.
-/// 3x3 stride-1 convolutions with enough input channels go to [`winograd`] instead, and
-/// stride-1 convolutions with few to [`direct`].
+/// Stride-1 convolutions with few input channels go to [`direct`] instead, 3x3 stride-1
+/// convolutions with enough input channels to [`winograd`].
 ///
 /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
 /// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `transformed` caches what Winograd derives from
@@ -191,6 +191,11 @@ pub fn conv2d_forward(
     scratch: &mut Vec<f32>,
 ) {
     let batch = input.batch();
+    if direct::supports(g) {
+        let blocks = transformed.direct_blocks(g, weight);
+        direct::conv_forward(g, batch, input.data(), blocks, epilogue, output.data_mut());
+        return;
+    }
     if winograd::supports(g) {
         winograd::conv3x3_forward(
             g,
@@ -201,10 +206,6 @@ pub fn conv2d_forward(
             output.data_mut(),
             scratch,
         );
-        return;
-    }
-    if direct::supports(g) {
-        direct::conv_forward(g, batch, input.data(), weight, epilogue, output.data_mut());
         return;
     }
     let (chunks, per_chunk) = batch_chunks(batch);

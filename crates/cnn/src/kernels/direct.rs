@@ -1,13 +1,17 @@
 //! Direct convolution for layers with few input channels (a first layer on grey or colour
 //! images): no unfolding, no matrix product. Each output row is computed 16 pixels at a time:
-//! the input row under each kernel tap is loaded once and multiplied, in registers, by every
-//! output channel's weight for that tap.
+//! the input row under each kernel tap is loaded once and multiplied, in registers, by 8
+//! output channels' weights for that tap (broadcast), for two output rows at once.
 //!
 //! im2col does badly on such layers: its column matrix has only `C * KH * KW` rows (9 for a
 //! 3x3 layer on grey images), so the product is mostly memory traffic (unfolding 9 copies of the
 //! image, writing the product, reading it back for the epilogue), and at batch 1 it gives one
 //! task to one thread. Here the output is written once, with its epilogue, and the work splits
 //! by output channels as well as by image.
+//!
+//! Not for layers with many input channels, even at batch 1 (measured on `cnn4`'s 64-channel
+//! 3x3 layer at 14x14: 216 us on one thread against Winograd's 74): this kernel does 2.25x
+//! Winograd's multiplications, and even at the machine's peak it would be slower.
 //!
 //! Written with AVX-512 instructions; without them, convolutions go to im2col.
 
@@ -18,6 +22,9 @@ use super::Epilogue;
 /// im2col product has enough rows to run at full speed.
 const MAX_PATCH: usize = 80;
 
+/// Widest kernel handled (the kernel's column masks are kept in an array).
+const MAX_KERNEL_WIDTH: usize = 16;
+
 /// Output channels computed together: each has two rows of 16 pixels in registers.
 const CHANNEL_BLOCK: usize = 8;
 
@@ -26,7 +33,10 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// Whether [`conv_forward`] computes this convolution.
 pub fn supports(g: &ConvGeometry) -> bool {
-    g.window.stride == [1, 1] && g.patch_len() <= MAX_PATCH && has_avx512()
+    g.window.stride == [1, 1]
+        && g.patch_len() <= MAX_PATCH
+        && g.window.kernel[1] <= MAX_KERNEL_WIDTH
+        && has_avx512()
 }
 
 fn has_avx512() -> bool {
@@ -40,21 +50,40 @@ fn has_avx512() -> bool {
     }
 }
 
+/// `weight` (`[OC, C * KH * KW]`) regrouped for [`conv_forward`]: per block of
+/// [`CHANNEL_BLOCK`] output channels, tap by tap, the block's weights for that tap
+/// (`[OC / 8][C * KH * KW][8]`), zero for channels past the last.
+pub fn block_weights(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
+    let (channels_out, patch) = (g.output.channels, g.patch_len());
+    let mut blocks = vec![0.0; channels_out.div_ceil(CHANNEL_BLOCK) * patch * CHANNEL_BLOCK];
+    for (oc, row) in weight.chunks_exact(patch).take(channels_out).enumerate() {
+        let block = &mut blocks[oc / CHANNEL_BLOCK * patch * CHANNEL_BLOCK..];
+        for (tap, &w) in row.iter().enumerate() {
+            block[tap * CHANNEL_BLOCK + oc % CHANNEL_BLOCK] = w;
+        }
+    }
+    blocks
+}
+
 /// `output[n] = conv(input[n], weight)` then the epilogue, for every image of the batch: as
-/// [`super::conv::conv2d_forward`], whose shapes it takes. Call only where [`supports`] holds.
+/// [`super::conv::conv2d_forward`], whose shapes it takes, with the weights as
+/// [`block_weights`] gives them. Call only where [`supports`] holds.
 pub fn conv_forward(
     g: &ConvGeometry,
     batch: usize,
     input: &[f32],
-    weight: &[f32],
+    blocked_weights: &[f32],
     epilogue: Epilogue<'_>,
     output: &mut [f32],
 ) {
     assert!(supports(g), "direct convolution of an unsupported shape");
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
     assert!(input.len() >= batch * in_len && output.len() >= batch * out_len);
-    assert_eq!(weight.len(), g.output.channels * g.patch_len());
-    let blocks = g.output.channels.div_ceil(CHANNEL_BLOCK);
+    let (blocks, block_len) = (
+        g.output.channels.div_ceil(CHANNEL_BLOCK),
+        g.patch_len() * CHANNEL_BLOCK,
+    );
+    assert_eq!(blocked_weights.len(), blocks * block_len);
     let work = batch * g.output.len() * g.patch_len();
     let output = super::team::SharedSlice(output.as_mut_ptr());
     let plane = out_len / g.output.channels;
@@ -73,7 +102,7 @@ pub fn conv_forward(
             avx512::channel_block(
                 g,
                 &input[n * in_len..][..in_len],
-                weight,
+                &blocked_weights[block * block_len..][..block_len],
                 epilogue,
                 first,
                 out,
@@ -91,7 +120,7 @@ pub fn conv_forward(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{ConvGeometry, Epilogue, CHANNEL_BLOCK, MAX_PATCH};
+    use super::{ConvGeometry, Epilogue, CHANNEL_BLOCK, MAX_KERNEL_WIDTH};
     use std::arch::x86_64::*;
 
     /// A mask of lanes `low..high` of 16.
@@ -107,13 +136,14 @@ mod avx512 {
     }
 
     /// Output channels `first..first + CHANNEL_BLOCK` (fewer at the end) of one image: every
-    /// pair of output rows, 16 columns at a time, then the epilogue. `out` holds those
-    /// channels' output planes (`[OH, OW]` each, or pooled).
+    /// pair of output rows, 16 columns at a time, then the epilogue. `weights` is the block's
+    /// part of [`super::block_weights`]; `out` holds the block's output planes (`[OH, OW]`
+    /// each, or pooled).
     #[target_feature(enable = "avx512f")]
     pub(super) fn channel_block(
         g: &ConvGeometry,
         image: &[f32],
-        weight: &[f32],
+        weights: &[f32],
         epilogue: Epilogue<'_>,
         first: usize,
         out: &mut [f32],
@@ -122,16 +152,9 @@ mod avx512 {
         let (out_height, out_width) = (g.output.height, g.output.width);
         let [kh, kw] = g.window.kernel;
         let [pad_y, pad_x] = g.window.padding;
-        let patch = g.patch_len();
         let count = CHANNEL_BLOCK.min(g.output.channels - first);
-        // The block's weights tap by tap, [tap][o], zero for channels past the last: the
-        // inner loop then has the same length for every block.
-        let mut packed = [0.0f32; MAX_PATCH * CHANNEL_BLOCK];
-        for o in 0..count {
-            for (tap, &w) in weight[(first + o) * patch..][..patch].iter().enumerate() {
-                packed[tap * CHANNEL_BLOCK + o] = w;
-            }
-        }
+        assert!(kw <= MAX_KERNEL_WIDTH && weights.len() == g.patch_len() * CHANNEL_BLOCK);
+        assert_eq!(image.len(), g.input.len());
         let (pooled_height, pooled_width) = (out_height / 2, out_width / 2);
         let zero = _mm512_setzero_ps();
         for top in (0..out_height).step_by(2) {
@@ -139,42 +162,48 @@ mod avx512 {
                 break;
             }
             for left in (0..out_width).step_by(16) {
-                let mut sums = [[zero; CHANNEL_BLOCK]; 2];
                 let columns = lanes(0, (out_width - left) as isize);
+                // Tap column j reads input columns left + l + j - pad for lanes l: those
+                // inside the image.
+                let mut masks = [0 as __mmask16; MAX_KERNEL_WIDTH];
+                for (j, mask) in masks.iter_mut().enumerate().take(kw) {
+                    let column = (left + j) as isize - pad_x as isize;
+                    *mask = lanes(-column, width as isize - column) & columns;
+                }
+                let mut sums = [[zero; CHANNEL_BLOCK]; 2];
+                let mut taps = weights.chunks_exact(CHANNEL_BLOCK);
                 for c in 0..channels {
                     for i in 0..kh {
-                        // Input rows under output rows top and top + 1 (None outside).
-                        let line = |row: usize| {
-                            let y = (top + row + i) as isize - pad_y as isize;
-                            (0..height as isize)
-                                .contains(&y)
-                                .then(|| ((c * height) as isize + y) * width as isize)
+                        // The input rows under output rows top and top + 1, if inside.
+                        let row = |r: usize| {
+                            let y = (top + r + i) as isize - pad_y as isize;
+                            (0..height as isize).contains(&y).then(|| {
+                                ((c * height) as isize + y) * width as isize + left as isize
+                                    - pad_x as isize
+                            })
                         };
-                        let lines = [line(0), line(1)];
-                        for j in 0..kw {
-                            // Input columns left + l + j - pad for lanes l inside the image.
-                            let column = (left + j) as isize - pad_x as isize;
-                            let mask = lanes(-column, width as isize - column) & columns;
-                            // SAFETY: unmasked lanes read line + column + l, inside the
-                            // image row (the mask keeps 0 <= column + l < width); masked-off
-                            // lanes are not read.
-                            let load = |line: Option<isize>| match line {
-                                Some(line) => unsafe {
+                        let (upper_row, lower_row) = (row(0), row(1));
+                        for (j, &mask) in masks.iter().enumerate().take(kw) {
+                            let tap: &[f32; CHANNEL_BLOCK] = taps
+                                .next()
+                                .expect("a weight per tap")
+                                .try_into()
+                                .expect("a block of weights");
+                            // SAFETY: unmasked lanes read input column left + l + j - pad of
+                            // a row inside the image, which the mask keeps inside that row;
+                            // masked-off lanes are not read.
+                            let load = |row: Option<isize>| match row {
+                                Some(start) => unsafe {
                                     _mm512_maskz_loadu_ps(
                                         mask,
-                                        image.as_ptr().wrapping_offset(line + column),
+                                        image.as_ptr().wrapping_offset(start + j as isize),
                                     )
                                 },
                                 None => zero,
                             };
-                            let (upper, lower) = (load(lines[0]), load(lines[1]));
-                            let tap = (c * kh + i) * kw + j;
-                            let weights: &[f32; CHANNEL_BLOCK] = packed[tap * CHANNEL_BLOCK..]
-                                [..CHANNEL_BLOCK]
-                                .try_into()
-                                .expect("a block of weights");
+                            let (upper, lower) = (load(upper_row), load(lower_row));
                             for o in 0..CHANNEL_BLOCK {
-                                let w = _mm512_set1_ps(weights[o]);
+                                let w = _mm512_set1_ps(tap[o]);
                                 sums[0][o] = _mm512_fmadd_ps(w, upper, sums[0][o]);
                                 sums[1][o] = _mm512_fmadd_ps(w, lower, sums[1][o]);
                             }

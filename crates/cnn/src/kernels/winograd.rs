@@ -76,12 +76,15 @@ pub enum WeightOrder {
     FlippedTransposed,
 }
 
-/// The transformed weights `U`, computed once per set of weights and order, then shared by
-/// every pass and thread until the weights change ([`TransformedWeights::clear`]).
+/// What the fast kernels derive from a layer's weights: Winograd's transformed weights `U` (per
+/// [`WeightOrder`]) and the direct kernel's blocked copy ([`super::direct`]). Each is computed
+/// once per set of weights, then shared by every pass and thread until the weights change
+/// ([`TransformedWeights::clear`]).
 #[derive(Debug, Default)]
 pub struct TransformedWeights {
     forward: OnceLock<Vec<f32>>,
     flipped_transposed: OnceLock<Vec<f32>>,
+    direct_blocks: OnceLock<Vec<f32>>,
 }
 
 impl TransformedWeights {
@@ -98,6 +101,13 @@ impl TransformedWeights {
             transform_weights(weight, channels_out, channels, order, &mut transformed);
             transformed
         })
+    }
+
+    /// `weight` (`[OC, C * KH * KW]`) as [`super::direct`] reads it: see
+    /// [`super::direct::block_weights`].
+    pub fn direct_blocks(&self, geometry: &ConvGeometry, weight: &[f32]) -> &[f32] {
+        self.direct_blocks
+            .get_or_init(|| super::direct::block_weights(geometry, weight))
     }
 
     /// Forgets the transformed weights: call whenever the weights may have changed.
