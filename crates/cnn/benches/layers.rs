@@ -71,6 +71,12 @@ fn layers(c: &mut Criterion) {
     );
     bench_layer(
         c,
+        "conv cnn4.0 32@3x3 on 1x28x28",
+        "conv 32@3x3 pad=1",
+        Shape::new(1, 28, 28),
+    );
+    bench_layer(
+        c,
         "conv cnn4.2 32@3x3 on 32x28x28",
         "conv 32@3x3 pad=1",
         Shape::new(32, 28, 28),
