@@ -70,6 +70,50 @@ fn abs_tensor(t: &Tensor) -> Tensor {
     tensor(t.batch(), t.shape(), abs(t.data()))
 }
 
+/// One random convolution: its geometry, input, weights and bias values, and the generator to
+/// draw more from.
+struct ConvCase {
+    g: ConvGeometry,
+    x: Tensor,
+    weight: Vec<f32>,
+    bias_values: Vec<f32>,
+    rng: common::TestRng,
+}
+
+impl ConvCase {
+    /// `None` when the window does not fit the input.
+    fn draw(
+        batch: usize,
+        channels: usize,
+        out_channels: usize,
+        input: [usize; 2],
+        window: Window2d,
+        seed: u64,
+    ) -> Option<Self> {
+        let [out_height, out_width] = window.output_size(input)?;
+        let g = ConvGeometry {
+            input: Shape::new(channels, input[0], input[1]),
+            output: Shape::new(out_channels, out_height, out_width),
+            window,
+        };
+        let mut rng = rng(seed);
+        let x = tensor(
+            batch,
+            g.input,
+            values(&mut rng, batch * g.input.len(), false),
+        );
+        let weight = values(&mut rng, out_channels * g.patch_len(), false);
+        let bias_values = values(&mut rng, out_channels, false);
+        Some(ConvCase {
+            g,
+            x,
+            weight,
+            bias_values,
+            rng,
+        })
+    }
+}
+
 /// Runs the fast and the reference convolution, forward and backward, on one random case.
 /// Fast buffers start as garbage (NaN scratch and input gradient) that they must overwrite;
 /// parameter gradients start at the same random values in both, to which both must add.
@@ -84,22 +128,15 @@ fn compare_conv(
     input_grad: bool,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let output = window.output_size(input);
-    prop_assume!(output.is_some());
-    let [out_height, out_width] = output.unwrap();
-    let g = ConvGeometry {
-        input: Shape::new(channels, input[0], input[1]),
-        output: Shape::new(out_channels, out_height, out_width),
-        window,
-    };
-    let mut rng = rng(seed);
-    let x = tensor(
-        batch,
-        g.input,
-        values(&mut rng, batch * g.input.len(), false),
-    );
-    let weight = values(&mut rng, out_channels * g.patch_len(), false);
-    let bias_values = values(&mut rng, out_channels, false);
+    let case = ConvCase::draw(batch, channels, out_channels, input, window, seed);
+    prop_assume!(case.is_some());
+    let ConvCase {
+        g,
+        x,
+        weight,
+        bias_values,
+        mut rng,
+    } = case.unwrap();
     let bias = bias.then_some(&bias_values[..]);
     let dy = tensor(
         batch,
@@ -264,23 +301,17 @@ fn compare_fused(
     bias: bool,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let Some([out_height, out_width]) = window.output_size(input) else {
+    let Some(ConvCase {
+        g,
+        x,
+        weight,
+        bias_values,
+        ..
+    }) = ConvCase::draw(batch, channels, out_channels, input, window, seed)
+    else {
         return Ok(());
     };
-    prop_assume!(out_height >= 2 && out_width >= 2);
-    let g = ConvGeometry {
-        input: Shape::new(channels, input[0], input[1]),
-        output: Shape::new(out_channels, out_height, out_width),
-        window,
-    };
-    let mut rng = rng(seed);
-    let x = tensor(
-        batch,
-        g.input,
-        values(&mut rng, batch * g.input.len(), false),
-    );
-    let weight = values(&mut rng, out_channels * g.patch_len(), false);
-    let bias_values = values(&mut rng, out_channels, false);
+    prop_assume!(g.output.height >= 2 && g.output.width >= 2);
     let bias = bias.then_some(&bias_values[..]);
     let fused = cnn::kernels::Epilogue {
         bias,

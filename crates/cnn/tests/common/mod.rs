@@ -7,8 +7,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The tests' random generator.
+pub type TestRng = ChaCha8Rng;
+
 /// A seeded generator, so that every failure replays.
-pub fn rng(seed: u64) -> ChaCha8Rng {
+pub fn rng(seed: u64) -> TestRng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
