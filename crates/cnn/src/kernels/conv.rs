@@ -179,8 +179,8 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
 /// convolutions with enough input channels to [`winograd`].
 ///
 /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
-/// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `transformed` caches what Winograd derives from
-/// the weights (see [`TransformedWeights::clear`]). `scratch` is resized once and reused.
+/// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `transformed` caches what the Winograd and direct
+/// kernels derive from the weights (see [`TransformedWeights::clear`]). `scratch` is resized once and reused.
 pub fn conv2d_forward(
     g: &ConvGeometry,
     input: &Tensor,

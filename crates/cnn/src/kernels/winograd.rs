@@ -368,6 +368,7 @@ multiversion! {
         let [pad_y, pad_x] = g.window.padding;
         let stride = stride(g);
         let n = segment.rows * stride; // tiles in the segment, the extra column included
+        let v_stride = position_stride(channels, tile_count);
         let plane_len = (segment.rows + 1) * stride + 1;
         let (planes, combined) = buffers.split_at_mut(4 * plane_len);
         for c in 0..channels {
@@ -417,9 +418,7 @@ multiversion! {
                 let (x0, x2) = (&x_even[..n], &x_even[1..]);
                 let (x1, x3) = (&x_odd[..n], &x_odd[1..]);
                 let out = |j: usize| {
-                    let start = (4 * i + j) * position_stride(channels, tile_count)
-                        + c * tile_count
-                        + segment.column;
+                    let start = (4 * i + j) * v_stride + c * tile_count + segment.column;
                     start..start + n
                 };
                 combine(&mut v[out(0)], x0, x2, |a, b| a - b);

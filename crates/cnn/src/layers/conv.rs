@@ -13,7 +13,8 @@ pub struct Conv2d {
     config: Conv2dConfig,
     geometry: ConvGeometry,
     params: Vec<Param>,
-    /// Derived from the weights by the Winograd kernel; cleared whenever they may change.
+    /// Derived from the weights by the Winograd and direct kernels; cleared whenever they may
+    /// change.
     transformed: TransformedWeights,
 }
 
