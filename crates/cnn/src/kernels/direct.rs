@@ -121,19 +121,8 @@ pub fn conv_forward(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{ConvGeometry, Epilogue, CHANNEL_BLOCK, MAX_KERNEL_WIDTH};
+    use crate::kernels::lanes;
     use std::arch::x86_64::*;
-
-    /// A mask of lanes `low..high` of 16.
-    #[inline(always)]
-    fn lanes(low: isize, high: isize) -> __mmask16 {
-        let (low, high) = (low.clamp(0, 16), high.clamp(0, 16));
-        let below = |k: isize| ((1u32 << k) - 1) as __mmask16;
-        if high <= low {
-            0
-        } else {
-            below(high) & !below(low)
-        }
-    }
 
     /// Output channels `first..first + CHANNEL_BLOCK` (fewer at the end) of one image: every
     /// pair of output rows, 16 columns at a time, then the epilogue. `weights` is the block's
@@ -213,14 +202,7 @@ mod avx512 {
                 for (o, pair) in (0..count).map(|o| (o, [sums[0][o], sums[1][o]])) {
                     let oc = first + o;
                     let bias = _mm512_set1_ps(epilogue.bias_of(oc));
-                    let activate = |v: __m512| {
-                        let v = _mm512_add_ps(v, bias);
-                        if epilogue.relu {
-                            _mm512_max_ps(v, zero)
-                        } else {
-                            v
-                        }
-                    };
+                    let activate = |v: __m512| epilogue.finish_16(bias, v);
                     if epilogue.max_pool {
                         // The larger of the two rows, then of each pair of columns: lane k of
                         // `pooled` is pooled column left / 2 + k.

@@ -140,6 +140,39 @@ impl Epilogue<'_> {
             *o = self.activate(v + bias);
         }
     }
+
+    /// `bias` (an output channel's, in every lane) added to 16 values, then the ReLU if any:
+    /// what the AVX-512 kernels apply to a register (a max pooling, if any, taken before).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) fn finish_16(
+        &self,
+        bias: std::arch::x86_64::__m512,
+        values: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let values = _mm512_add_ps(values, bias);
+        if self.relu {
+            _mm512_max_ps(values, _mm512_setzero_ps())
+        } else {
+            values
+        }
+    }
+}
+
+/// The mask of lanes `low..high` (clamped to `0..16`) of an AVX-512 register of 16 floats: the
+/// lanes a masked load or store of the AVX-512 kernels touches.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn lanes(low: isize, high: isize) -> std::arch::x86_64::__mmask16 {
+    let (low, high) = (low.clamp(0, 16), high.clamp(0, 16));
+    let below = |k: isize| ((1u32 << k) - 1) as u16;
+    if high <= low {
+        0
+    } else {
+        below(high) & !below(low)
+    }
 }
 
 /// Runs `work` on a thread of the rayon pool (at once when already on one). A pass is a

@@ -649,19 +649,8 @@ mod avx512 {
     use super::{
         position_stride, stride, tiles, ConvGeometry, Epilogue, Segment, POSITIONS, PRODUCT_ROWS,
     };
+    use crate::kernels::lanes;
     use std::arch::x86_64::*;
-
-    /// A mask of lanes `low..high` of 16.
-    #[inline(always)]
-    fn lanes(low: isize, high: isize) -> __mmask16 {
-        let (low, high) = (low.clamp(0, 16), high.clamp(0, 16));
-        let below = |k: isize| ((1u32 << k) - 1) as __mmask16;
-        if high <= low {
-            0
-        } else {
-            below(high) & !below(low)
-        }
-    }
 
     /// `M[ξ] = U[ξ] · V[ξ]` for the 16 positions, `U` packed (see
     /// [`super::transform_weights`]); `shape` is `[OC, C, tile_count]`, `strides` the floats
@@ -867,20 +856,12 @@ mod avx512 {
         assert!(segment.column + segment.rows * stride <= tile_count);
         assert!((POSITIONS - 1) * plane + channels_out * tile_count <= m.len());
         assert!((segment.image + 1) * channels_out * out_plane_len <= output.len());
-        let zero = _mm512_setzero_ps();
         // Lanes 0-7 of the first two registers, alternately; then lanes 8-15.
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         for oc in 0..channels_out {
             let bias = _mm512_set1_ps(epilogue.bias_of(oc));
-            let finish = |value: __m512| {
-                let value = _mm512_add_ps(value, bias);
-                if epilogue.relu {
-                    _mm512_max_ps(value, zero)
-                } else {
-                    value
-                }
-            };
+            let finish = |value: __m512| epilogue.finish_16(bias, value);
             let out_plane = (segment.image * channels_out + oc) * out_plane_len;
             for first_tile in (0..tile_cols).step_by(16) {
                 let load_mask = lanes(0, (tile_cols - first_tile) as isize);
