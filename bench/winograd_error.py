@@ -83,6 +83,7 @@ def main():
         ("F(2x2,3x3), points 0, 1, -1", 2, [0, 1, -1]),
         ("F(4x4,3x3), points 0, 1, -1, 2, -2", 4, [0, 1, -1, 2, -2]),
         ("F(4x4,3x3), points 0, 1, -1, 1/2, -1/2", 4, [0, 1, -1, Fraction(1, 2), Fraction(-1, 2)]),
+        ("F(4x4,3x3), points 0, 1, -1, 1/2, -2", 4, [0, 1, -1, Fraction(1, 2), -2]),
     ]
     print(f"worst relative error over {args.trials} trials (the tests allow 1e-5)")
     for name, m, points in cases:
