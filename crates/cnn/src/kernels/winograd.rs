@@ -953,10 +953,12 @@ mod tests {
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
 
+    /// The two sum the same terms in different orders: they agree to a few units in the last
+    /// place of the terms (up to about 30 here), not of the result, which may cancel to 0.
     fn close(fast: &[f32], plain: &[f32]) -> Result<(), TestCaseError> {
         for (i, (a, b)) in fast.iter().zip(plain).enumerate() {
             prop_assert!(
-                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                 "at {i}: {a} vs {b}"
             );
         }
