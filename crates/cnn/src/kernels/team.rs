@@ -15,6 +15,7 @@
 //! finds its pool), so kernels deep in a layer reach it without every layer passing it on;
 //! outside a team, [`for_each_task`] falls back to the rayon pool.
 
+use crossbeam_utils::CachePadded;
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,18 +27,21 @@ struct Stage {
     task: *const (dyn Fn(usize) + Sync + 'static),
 }
 
+/// The counters sit on cache lines of their own (`CachePadded`): helpers poll `epoch` and
+/// `finished` while they wait, and claiming or finishing a task then does not take those lines
+/// away from them (nor a line that the leader polls from the thread that writes it).
 pub struct Team {
     /// Threads that may take part, the leader included.
     size: usize,
     /// Odd while a stage is open to helpers, even while it is closed. Only the leader writes.
-    epoch: AtomicUsize,
+    epoch: CachePadded<AtomicUsize>,
     /// Helpers reading the open stage: the leader does not touch `stage` again until this is 0.
-    active: AtomicUsize,
+    active: CachePadded<AtomicUsize>,
     /// The next task of the open stage to hand out, and how many have finished.
-    next: AtomicUsize,
-    done: AtomicUsize,
+    next: CachePadded<AtomicUsize>,
+    done: CachePadded<AtomicUsize>,
     /// Set when the pass is over: helpers return.
-    finished: AtomicBool,
+    finished: CachePadded<AtomicBool>,
     /// Set when a task panicked on a helper: the leader panics in turn.
     panicked: AtomicBool,
     stage: UnsafeCell<Stage>,
@@ -59,11 +63,11 @@ impl Team {
         let nothing: &'static (dyn Fn(usize) + Sync) = &nothing;
         Team {
             size,
-            epoch: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            finished: AtomicBool::new(false),
+            epoch: CachePadded::new(AtomicUsize::new(0)),
+            active: CachePadded::new(AtomicUsize::new(0)),
+            next: CachePadded::new(AtomicUsize::new(0)),
+            done: CachePadded::new(AtomicUsize::new(0)),
+            finished: CachePadded::new(AtomicBool::new(false)),
             panicked: AtomicBool::new(false),
             stage: UnsafeCell::new(Stage {
                 tasks: 0,
