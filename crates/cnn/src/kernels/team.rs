@@ -27,9 +27,10 @@ struct Stage {
     task: *const (dyn Fn(usize) + Sync + 'static),
 }
 
-/// The counters sit on cache lines of their own (`CachePadded`): helpers poll `epoch` and
-/// `finished` while they wait, and claiming or finishing a task then does not take those lines
-/// away from them (nor a line that the leader polls from the thread that writes it).
+/// Each counter sits on a cache line of its own (`CachePadded`). Helpers poll `epoch` and
+/// `finished` while they wait, the leader polls `done`; on one shared line, every claim of a
+/// task (`next`) and every count of a finished one would first have to take the line back from
+/// the pollers. Measured on `cnn4` at batch 1: 137 to 125 us.
 pub struct Team {
     /// Threads that may take part, the leader included.
     size: usize,

@@ -379,7 +379,7 @@ fn block(
 fn product(u: &[f32], v: &[f32], m: &mut [f32], shape: [usize; 3], strides: [usize; 2]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: `packed_weights` holds only where the CPU has AVX-512F.
+        // SAFETY: the CPU has AVX-512F.
         unsafe { avx512::product(u, v, m, shape, strides) };
         return;
     }
@@ -647,7 +647,8 @@ multiversion! {
     }
 }
 
-/// The transforms with AVX-512 instructions, 16 tiles of a tile row to a register.
+/// The transforms and the product with AVX-512 instructions, 16 tiles of a tile row to a
+/// register.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{
@@ -731,9 +732,11 @@ mod avx512 {
         for c in 0..channels {
             let mut tiles = [_mm512_setzero_ps(); WIDTH];
             for (k, register) in tiles.iter_mut().enumerate() {
+                // SAFETY: row c of `V`, inside its buffer (the caller's contract).
                 *register = unsafe { _mm512_loadu_ps(v.add(c * row_stride + 16 * k)) };
             }
             for (r, row) in sums.iter_mut().enumerate() {
+                // SAFETY: weight (c, r) of the block, inside it (the caller's contract).
                 let weight = _mm512_set1_ps(unsafe { *u.add(c * PRODUCT_ROWS + r) });
                 for (sum, &tile) in row.iter_mut().zip(&tiles) {
                     *sum = _mm512_fmadd_ps(weight, tile, *sum);
@@ -742,6 +745,7 @@ mod avx512 {
         }
         for (r, row) in sums.iter().enumerate().take(rows) {
             for (k, &sum) in row.iter().enumerate() {
+                // SAFETY: row r < rows of the block of `M` (the caller's contract).
                 unsafe { _mm512_storeu_ps(m.add(r * row_stride + 16 * k), sum) };
             }
         }
