@@ -24,7 +24,9 @@ fn random(batch: usize, shape: Shape, seed: u64) -> Tensor {
 
 fn bench_layer(c: &mut Criterion, name: &str, notation: &str, input: Shape) {
     let spec: LayerSpec = arch::parse(notation, 10).unwrap().pop().unwrap();
-    let mut layer = spec.build(0, input).unwrap();
+    let mut layer = spec
+        .build(0, input, cnn::kernels::simd::Isa::from_env().unwrap())
+        .unwrap();
     for (i, p) in layer.params_mut().iter_mut().enumerate() {
         let r = random(1, Shape::flat(p.value.len()), i as u64);
         p.value.copy_from_slice(r.data());

@@ -3,6 +3,7 @@
 //! during a pass lives in a [`Workspace`], so one network serves many threads at once.
 
 use crate::error::{Error, Result};
+use crate::kernels::simd::Isa;
 use crate::kernels::team::Team;
 use crate::layers::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
 use crate::tensor::{Param, Shape, Tensor};
@@ -30,15 +31,22 @@ pub struct LayerSummary {
 
 impl Network {
     /// Builds the layers of `architecture` for images of `input_shape`, checking that each layer
-    /// fits the one before. Parameters start at zero: call [`Network::init_kaiming`] or load them.
+    /// fits the one before, with the kernels of the instruction set `CNN_KERNELS` names (the
+    /// best this CPU has by default: [`Isa::from_env`]). Parameters start at zero: call
+    /// [`Network::init_kaiming`] or load them.
     pub fn new(architecture: &[LayerSpec], input_shape: Shape) -> Result<Self> {
+        Network::with_isa(architecture, input_shape, Isa::from_env()?)
+    }
+
+    /// [`Network::new`] with the kernels of `isa`, whatever `CNN_KERNELS` says.
+    pub fn with_isa(architecture: &[LayerSpec], input_shape: Shape, isa: Isa) -> Result<Self> {
         if architecture.is_empty() {
             return Err(Error::Architecture("it has no layers".into()));
         }
         let mut shape = input_shape;
         let mut layers = Vec::with_capacity(architecture.len());
         for (index, spec) in architecture.iter().enumerate() {
-            let layer = spec.build(index, shape)?;
+            let layer = spec.build(index, shape, isa)?;
             shape = layer.output_shape();
             layers.push(layer);
         }

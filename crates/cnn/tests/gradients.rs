@@ -135,7 +135,7 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
     };
     let mut rng = rng(SEED);
     let mut layer = spec
-        .build(0, input_shape)
+        .build(0, input_shape, cnn::kernels::simd::Isa::from_env().unwrap())
         .expect("the layer fits its input");
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
@@ -691,7 +691,13 @@ fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [
 #[test]
 fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
     let spec = conv(3, 3, 2, 1, true);
-    let mut layer = spec.build(0, Shape::new(2, 7, 6)).unwrap();
+    let mut layer = spec
+        .build(
+            0,
+            Shape::new(2, 7, 6),
+            cnn::kernels::simd::Isa::from_env().unwrap(),
+        )
+        .unwrap();
     let mut rng = rng(80);
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);

@@ -1,12 +1,17 @@
 //! The fast kernels against the plain reference kernels (`cnn::kernels::reference`), as
-//! property tests over random shapes, and every layer's forward pass against values computed by
-//! hand.
+//! property tests over random shapes, on every instruction set and with every algorithm that
+//! applies, and every layer's forward pass against values computed by hand.
+//!
+//! The convolution properties run once per instruction set, as tests named after it
+//! (`avx512::winograd_conv_matches_reference`, `avx2::...`, `portable::...`): a CPU without
+//! one prints that it skipped it, and the test passes without running.
 
 mod common;
 
-use cnn::kernels::conv::{self, ConvGeometry, ConvGrads};
+use cnn::kernels::conv::{Conv2dKernel, ConvAlgorithm, ConvGeometry, ConvGrads};
 use cnn::kernels::pool::{self, PoolGeometry, PoolKind};
 use cnn::kernels::reference;
+use cnn::kernels::simd::Isa;
 use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, LayerScratch};
 use cnn::window::Window2d;
 use cnn::{LayerSpec, Mode, Shape, Tensor};
@@ -114,11 +119,41 @@ impl ConvCase {
     }
 }
 
-/// Runs the fast and the reference convolution, forward and backward, on one random case.
-/// Fast buffers start as garbage (NaN scratch and input gradient) that they must overwrite;
-/// parameter gradients start at the same random values in both, to which both must add.
+/// Every way this machine can compute `g` with `isa`: each forward algorithm that applies,
+/// with each input-gradient algorithm that applies.
+fn conv_kernels(g: &ConvGeometry, isa: Isa) -> Vec<Conv2dKernel> {
+    let mut kernels = Vec::new();
+    for forward in ConvAlgorithm::ALL {
+        for input_gradient in ConvAlgorithm::ALL {
+            kernels.extend(Conv2dKernel::with_algorithms(
+                *g,
+                isa,
+                forward,
+                input_gradient,
+            ));
+        }
+    }
+    assert!(!kernels.is_empty(), "im2col computes every convolution");
+    kernels
+}
+
+/// The kernel's name in failure messages: `avx2 winograd/im2col` (forward, input gradient).
+fn kernel_name(kernel: &Conv2dKernel) -> String {
+    format!(
+        "{} {}/{}",
+        kernel.isa(),
+        kernel.forward_algorithm().name(),
+        kernel.input_gradient_algorithm().name()
+    )
+}
+
+/// Runs the reference convolution, forward and backward, and the fast one with every
+/// algorithm that applies on `isa`, on one random case. Fast buffers start as garbage (NaN
+/// scratch and input gradient) that they must overwrite; parameter gradients start at the same
+/// random values in both, to which both must add.
 #[allow(clippy::too_many_arguments)]
 fn compare_conv(
+    isa: Isa,
     batch: usize,
     channels: usize,
     out_channels: usize,
@@ -146,19 +181,6 @@ fn compare_conv(
     let start_weight = values(&mut rng, weight.len(), false);
     let start_bias = values(&mut rng, out_channels, false);
 
-    // Larger than any case needs: the kernels shrink it, so every entry they read is NaN
-    // unless they wrote it first.
-    let mut scratch = vec![f32::NAN; 1 << 18];
-    let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
-    conv::conv2d_forward(
-        &g,
-        &x,
-        &weight,
-        &Default::default(),
-        epilogue(bias),
-        &mut fast,
-        &mut scratch,
-    );
     let mut slow = Tensor::zeros(batch, g.output);
     reference::conv2d_forward(&g, &x, &weight, bias, &mut slow);
     let mut scale = Tensor::zeros(batch, g.output);
@@ -169,24 +191,6 @@ fn compare_conv(
         &abs(&weight),
         abs_bias.as_deref(),
         &mut scale,
-    );
-    matches("conv forward", fast.data(), slow.data(), scale.data())?;
-
-    let mut scratch = vec![f32::NAN; 1 << 18];
-    let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
-    let (mut fast_dw, mut fast_db) = (start_weight.clone(), start_bias.clone());
-    conv::conv2d_backward(
-        &g,
-        &x,
-        &weight,
-        &Default::default(),
-        &dy,
-        ConvGrads {
-            input: input_grad.then_some(&mut fast_dx),
-            weight: &mut fast_dw,
-            bias: bias.is_some().then_some(&mut fast_db[..]),
-        },
-        &mut scratch,
     );
     let mut slow_dx = Tensor::zeros(batch, g.input);
     let (mut slow_dw, mut slow_db) = (start_weight.clone(), start_bias.clone());
@@ -210,19 +214,59 @@ fn compare_conv(
         &mut scale_dw,
         &mut scale_db,
     );
-    matches("conv weight gradient", &fast_dw, &slow_dw, &scale_dw)?;
-    if bias.is_some() {
-        matches("conv bias gradient", &fast_db, &slow_db, &scale_db)?;
-    } else {
-        prop_assert_eq!(&fast_db, &start_bias, "no bias gradient was asked for");
-    }
-    if input_grad {
+
+    for kernel in conv_kernels(&g, isa) {
+        let name = kernel_name(&kernel);
+        // Larger than any case needs: the kernels shrink it, so every entry they read is NaN
+        // unless they wrote it first.
+        let mut scratch = vec![f32::NAN; 1 << 18];
+        let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
+        kernel.forward(&x, &weight, epilogue(bias), &mut fast, &mut scratch);
         matches(
-            "conv input gradient",
-            fast_dx.data(),
-            slow_dx.data(),
-            scale_dx.data(),
+            &format!("{name} conv forward"),
+            fast.data(),
+            slow.data(),
+            scale.data(),
         )?;
+
+        let mut scratch = vec![f32::NAN; 1 << 18];
+        let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
+        let (mut fast_dw, mut fast_db) = (start_weight.clone(), start_bias.clone());
+        kernel.backward(
+            &x,
+            &weight,
+            &dy,
+            ConvGrads {
+                input: input_grad.then_some(&mut fast_dx),
+                weight: &mut fast_dw,
+                bias: bias.is_some().then_some(&mut fast_db[..]),
+            },
+            &mut scratch,
+        );
+        matches(
+            &format!("{name} conv weight gradient"),
+            &fast_dw,
+            &slow_dw,
+            &scale_dw,
+        )?;
+        if bias.is_some() {
+            matches(
+                &format!("{name} conv bias gradient"),
+                &fast_db,
+                &slow_db,
+                &scale_db,
+            )?;
+        } else {
+            prop_assert_eq!(&fast_db, &start_bias, "no bias gradient was asked for");
+        }
+        if input_grad {
+            matches(
+                &format!("{name} conv input gradient"),
+                fast_dx.data(),
+                slow_dx.data(),
+                scale_dx.data(),
+            )?;
+        }
     }
     Ok(())
 }
@@ -290,9 +334,12 @@ fn pool_axis() -> impl Strategy<Value = (usize, usize)> {
     (1usize..=5).prop_flat_map(|kernel| (Just(kernel), 0..=(kernel / 2).min(2)))
 }
 
-/// Runs the fast convolution with ReLU and 2x2 max pooling fused in, and the reference
-/// convolution, ReLU and pooling one after the other, on one random case.
+/// Runs the fast convolution with ReLU and 2x2 max pooling fused in, with every forward
+/// algorithm that applies on `isa`, and the reference convolution, ReLU and pooling one after
+/// the other, on one random case.
+#[allow(clippy::too_many_arguments)]
 fn compare_fused(
+    isa: Isa,
     batch: usize,
     channels: usize,
     out_channels: usize,
@@ -319,17 +366,6 @@ fn compare_fused(
         max_pool: true,
     };
     let pooled = fused.output_shape(g.output);
-    let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
-    conv::conv2d_forward(
-        &g,
-        &x,
-        &weight,
-        &Default::default(),
-        fused,
-        &mut fast,
-        &mut Vec::new(),
-    );
-
     let mut conv_out = Tensor::zeros(batch, g.output);
     reference::conv2d_forward(&g, &x, &weight, bias, &mut conv_out);
     conv_out.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
@@ -351,18 +387,56 @@ fn compare_fused(
     );
     let mut pooled_scale = Tensor::zeros(batch, pooled);
     reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
-    matches("fused conv", fast.data(), slow.data(), pooled_scale.data())?;
+    for forward in ConvAlgorithm::ALL {
+        let Some(kernel) = Conv2dKernel::with_algorithms(g, isa, forward, ConvAlgorithm::Im2col)
+        else {
+            continue;
+        };
+        let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
+        kernel.forward(&x, &weight, fused, &mut fast, &mut Vec::new());
+        let what = format!("{isa} {} fused conv", forward.name());
+        matches(&what, fast.data(), slow.data(), pooled_scale.data())?;
+    }
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+/// Defines each property once per instruction set, as `#[test] fn` in modules `avx512`, `avx2`
+/// and `portable`: the property's body sees the instruction set as `$isa`. On a CPU without
+/// it, the test says so on stderr and passes without running: a path the CPU lacks is skipped,
+/// never failed, and no property rejects all its cases.
+macro_rules! for_each_isa {
+    ($($(#[$meta:meta])* fn $name:ident($isa:ident; $($arg:ident in $strategy:expr),* $(,)?) $body:block)*) => {
+        for_each_isa!(@module avx512, Isa::Avx512, $($(#[$meta])* fn $name($isa; $($arg in $strategy),*) $body)*);
+        for_each_isa!(@module avx2, Isa::Avx2, $($(#[$meta])* fn $name($isa; $($arg in $strategy),*) $body)*);
+        for_each_isa!(@module portable, Isa::Portable, $($(#[$meta])* fn $name($isa; $($arg in $strategy),*) $body)*);
+    };
+    (@module $module:ident, $which:expr, $($(#[$meta:meta])* fn $name:ident($isa:ident; $($arg:ident in $strategy:expr),*) $body:block)*) => {
+        mod $module {
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    let $isa: Isa = $which;
+                    if !$isa.is_supported() {
+                        let has: Vec<&str> = Isa::supported().iter().map(|i| i.name()).collect();
+                        eprintln!("skipped: this CPU cannot run {} kernels (it has: {})", $isa, has.join(", "));
+                        return;
+                    }
+                    proptest!(ProptestConfig::with_cases(128), |($($arg in $strategy),*)| $body);
+                }
+            )*
+        }
+    };
+}
 
-    /// im2col convolution (forward, and backward for input, weight and bias) equals the direct
-    /// loops for any batch, channel counts, input size, and per-axis kernel, stride and padding
-    /// that fit; with and without bias, with and without an input gradient asked for.
-    #[test]
+for_each_isa! {
+    /// im2col convolution (forward, and backward for input, weight and bias), and the direct
+    /// and Winograd ones where they apply, equal the direct loops for any batch, channel
+    /// counts, input size, and per-axis kernel, stride and padding that fit; with and without
+    /// bias, with and without an input gradient asked for.
     fn conv_matches_reference(
+        isa;
         batch in 1usize..=4,
         channels in 1usize..=4,
         out_channels in 1usize..=5,
@@ -375,13 +449,13 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let window = Window2d::new(kernel, stride, padding);
-        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+        compare_conv(isa, batch, channels, out_channels, input, window, bias, input_grad, seed)?;
     }
 
-    /// The pointwise path (1x1 kernel, stride 1, no padding: no unfolding) equals the direct
+    /// The pointwise case (1x1 kernel, stride 1, no padding: no unfolding) equals the direct
     /// loops too. Random shapes almost never draw it, so it has its own property.
-    #[test]
     fn pointwise_conv_matches_reference(
+        isa;
         batch in 1usize..=4,
         channels in 1usize..=4,
         out_channels in 1usize..=5,
@@ -391,33 +465,35 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let window = Window2d::new([1, 1], [1, 1], [0, 0]);
-        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+        compare_conv(isa, batch, channels, out_channels, input, window, bias, input_grad, seed)?;
     }
 
-    /// The Winograd path (3x3, stride 1, at least 8 input channels: forward, and the input
-    /// gradient when there are at least 8 output channels) equals the direct loops, on odd and
-    /// even sizes (tiles hanging over the edge) and with batches large enough to be split over
-    /// threads inside one image.
-    #[test]
+    /// The Winograd case (3x3, stride 1, at least 8 input channels: forward, and the input
+    /// gradient when there are at least 8 output channels) equals the direct loops, on odd
+    /// and even sizes (tiles hanging over the edge), rows of more than one register of tiles
+    /// (up to 19 tiles), several blocks of the product's output channels, and batches large
+    /// enough to be split over threads inside one image.
     fn winograd_conv_matches_reference(
+        isa;
         batch in 1usize..=3,
         channels in 8usize..=20,
         out_channels in 1usize..=20,
-        input in [1usize..=20, 1usize..=20],
+        input in [1usize..=20, 1usize..=38],
         padding in [0usize..=2, 0usize..=2],
         bias in any::<bool>(),
         input_grad in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let window = Window2d::new([3, 3], [1, 1], padding);
-        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+        compare_conv(isa, batch, channels, out_channels, input, window, bias, input_grad, seed)?;
     }
 
     /// A convolution with its ReLU and 2x2 max pooling fused in (inference) equals the
-    /// reference convolution, ReLU and pooling one after the other, on the Winograd path and
-    /// on both im2col layouts, odd sizes included (the last row or column is dropped).
-    #[test]
+    /// reference convolution, ReLU and pooling one after the other, with every algorithm that
+    /// applies (Winograd, direct and both im2col layouts), odd sizes included (the last row
+    /// or column is dropped).
     fn fused_conv_relu_pool_matches_reference(
+        isa;
         batch in 1usize..=3,
         channels in prop_oneof![1usize..=3, 8usize..=12],
         out_channels in 1usize..=6,
@@ -428,14 +504,14 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let window = Window2d::new([kernel, kernel], [1, 1], [padding, padding]);
-        compare_fused(batch, channels, out_channels, input, window, bias, seed)?;
+        compare_fused(isa, batch, channels, out_channels, input, window, bias, seed)?;
     }
 
-    /// The direct path (stride 1, few input channels) equals the direct loops, plain and
-    /// with ReLU and max pooling fused in, on rows wider than one vector of 16 columns and
+    /// The direct case (stride 1, few input channels) equals the direct loops, plain and
+    /// with ReLU and max pooling fused in, on rows wider than one register of columns and
     /// with several blocks of output channels.
-    #[test]
     fn direct_conv_matches_reference(
+        isa;
         batch in 1usize..=2,
         channels in 1usize..=3,
         out_channels in 1usize..=20,
@@ -447,9 +523,13 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let window = Window2d::new(kernel, [1, 1], padding);
-        compare_conv(batch, channels, out_channels, input, window, bias, input_grad, seed)?;
-        compare_fused(batch, channels, out_channels, input, window, bias, seed)?;
+        compare_conv(isa, batch, channels, out_channels, input, window, bias, input_grad, seed)?;
+        compare_fused(isa, batch, channels, out_channels, input, window, bias, seed)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Max and average pooling (forward and backward) equal the direct loops for any shape,
     /// window, stride, padding up to half the window, and ceil mode. Half the cases draw small
@@ -494,17 +574,13 @@ fn image_1_to_9() -> Tensor {
 /// Runs both conv kernels and the conv layer forward; asserts all three give `expected`.
 fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, expected: &[f32]) {
     let input = image_1_to_9();
-    let mut fast = Tensor::zeros(1, g.output);
-    conv::conv2d_forward(
-        g,
-        &input,
-        weight,
-        &Default::default(),
-        epilogue(bias),
-        &mut fast,
-        &mut Vec::new(),
-    );
-    assert_eq!(fast.data(), expected, "fast kernel");
+    for isa in Isa::supported() {
+        for kernel in conv_kernels(g, isa) {
+            let mut fast = Tensor::zeros(1, g.output);
+            kernel.forward(&input, weight, epilogue(bias), &mut fast, &mut Vec::new());
+            assert_eq!(fast.data(), expected, "{}", kernel_name(&kernel));
+        }
+    }
     let mut slow = Tensor::zeros(1, g.output);
     reference::conv2d_forward(g, &input, weight, bias, &mut slow);
     assert_eq!(slow.data(), expected, "reference kernel");
@@ -516,7 +592,7 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
         padding: g.window.padding,
         bias: bias.is_some(),
     });
-    let mut layer = spec.build(0, g.input).unwrap();
+    let mut layer = spec.build(0, g.input, Isa::from_env().unwrap()).unwrap();
     layer.params_mut()[0].value = weight.to_vec();
     if let Some(bias) = bias {
         layer.params_mut()[1].value = bias.to_vec();
@@ -593,25 +669,29 @@ fn conv_backward_golden() {
     let dy = tensor(1, g.output, vec![1.0; 4]);
     let expected_dx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
 
-    let mut dx = Tensor::zeros(1, g.input);
-    let (mut dw, mut db) = (vec![0.0; 4], vec![0.0]);
-    conv::conv2d_backward(
-        &g,
-        &input,
-        &weight,
-        &Default::default(),
-        &dy,
-        ConvGrads {
-            input: Some(&mut dx),
-            weight: &mut dw,
-            bias: Some(&mut db),
-        },
-        &mut Vec::new(),
-    );
-    assert_eq!(
-        (dx.data(), &dw[..], &db[..]),
-        (&expected_dx[..], &[12.0, 16.0, 24.0, 28.0][..], &[4.0][..])
-    );
+    for isa in Isa::supported() {
+        for kernel in conv_kernels(&g, isa) {
+            let mut dx = Tensor::zeros(1, g.input);
+            let (mut dw, mut db) = (vec![0.0; 4], vec![0.0]);
+            kernel.backward(
+                &input,
+                &weight,
+                &dy,
+                ConvGrads {
+                    input: Some(&mut dx),
+                    weight: &mut dw,
+                    bias: Some(&mut db),
+                },
+                &mut Vec::new(),
+            );
+            assert_eq!(
+                (dx.data(), &dw[..], &db[..]),
+                (&expected_dx[..], &[12.0, 16.0, 24.0, 28.0][..], &[4.0][..]),
+                "{}",
+                kernel_name(&kernel)
+            );
+        }
+    }
 
     let mut dx = Tensor::zeros(1, g.input);
     let (mut dw, mut db) = (vec![0.0; 4], vec![0.0]);
@@ -653,7 +733,7 @@ fn assert_pool_forward(kind: PoolKind, input: &Tensor, g: &PoolGeometry, expecte
         PoolKind::Max => LayerSpec::MaxPool2d(g.window),
         PoolKind::Average => LayerSpec::AvgPool2d(g.window),
     };
-    let layer = spec.build(0, g.input).unwrap();
+    let layer = spec.build(0, g.input, Isa::from_env().unwrap()).unwrap();
     assert_eq!(layer.output_shape(), g.output);
     let mut output = Tensor::zeros(input.batch(), g.output);
     layer.forward(
@@ -755,7 +835,9 @@ fn max_pool_golden_routes_gradients_to_the_first_maximum() {
 #[test]
 fn relu_golden() {
     let shape = Shape::flat(5);
-    let layer = LayerSpec::Relu.build(0, shape).unwrap();
+    let layer = LayerSpec::Relu
+        .build(0, shape, Isa::from_env().unwrap())
+        .unwrap();
     let input = tensor(1, shape, vec![-2.0, -0.5, 0.0, 0.5, 3.0]);
     let mut output = Tensor::zeros(1, shape);
     layer.forward(
@@ -793,7 +875,9 @@ fn dense_golden() {
         out_features: 2,
         bias: true,
     });
-    let mut layer = spec.build(0, Shape::flat(3)).unwrap();
+    let mut layer = spec
+        .build(0, Shape::flat(3), Isa::from_env().unwrap())
+        .unwrap();
     layer.params_mut()[0].value = vec![1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
     layer.params_mut()[1].value = vec![0.5, -1.0];
     assert_eq!(layer.params()[0].dims, [2, 3]);
@@ -812,7 +896,9 @@ fn dense_golden() {
 #[test]
 fn flatten_golden() {
     let shape = Shape::new(2, 2, 2);
-    let layer = LayerSpec::Flatten.build(0, shape).unwrap();
+    let layer = LayerSpec::Flatten
+        .build(0, shape, Isa::from_env().unwrap())
+        .unwrap();
     let values: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let input = tensor(2, shape, values.clone());
     let mut output = Tensor::zeros(2, Shape::flat(8));
@@ -831,7 +917,10 @@ fn flatten_golden() {
 #[test]
 fn kernels_match_reference_on_fixed_cases() {
     let window = Window2d::new([3, 3], [1, 1], [1, 1]);
-    compare_conv(3, 4, 5, [12, 11], window, true, true, 7).unwrap();
+    for isa in Isa::supported() {
+        compare_conv(isa, 3, 4, 5, [12, 11], window, true, true, 7).unwrap();
+        compare_conv(isa, 3, 9, 10, [12, 37], window, true, true, 8).unwrap();
+    }
     let window = Window2d {
         kernel: [3, 3],
         stride: [2, 2],
@@ -853,7 +942,9 @@ fn conv_on_inputs_smaller_than_the_kernel() {
         ([1, 4], Window2d::new([5, 5], [3, 3], [2, 2])),
         ([3, 1], Window2d::new([3, 5], [2, 1], [1, 2])),
     ] {
-        compare_conv(2, 2, 3, input, window, true, true, 11).unwrap();
+        for isa in Isa::supported() {
+            compare_conv(isa, 2, 2, 3, input, window, true, true, 11).unwrap();
+        }
     }
 }
 
@@ -864,10 +955,13 @@ fn conv_on_inputs_smaller_than_the_kernel() {
 fn infer_matches_forward() {
     use cnn::network::SUB_BATCH;
     let mut rng = rng(7);
-    for preset in ["xo", "lenet5", "cnn4", "fashion"] {
+    for (preset, isa) in ["xo", "lenet5", "cnn4", "fashion"]
+        .into_iter()
+        .flat_map(|preset| Isa::supported().into_iter().map(move |isa| (preset, isa)))
+    {
         let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
         let shape = Shape::new(1, 28, 28);
-        let mut network = cnn::Network::new(&layers, shape).unwrap();
+        let mut network = cnn::Network::with_isa(&layers, shape, isa).unwrap();
         network.init_kaiming(&mut rng);
         for batch in [1, 3, 2 * SUB_BATCH + 5] {
             let input = tensor(batch, shape, values(&mut rng, batch * shape.len(), false));
@@ -889,7 +983,7 @@ fn infer_matches_forward() {
                 for (i, (&f, &e)) in fast.data().iter().zip(expected.data()).enumerate() {
                     assert!(
                         (f - e).abs() <= TOLERANCE * e.abs().max(1.0),
-                        "{preset}, batch {batch}, {threads} threads, logit {i}: infer {f}, forward {e}"
+                        "{preset} ({isa}), batch {batch}, {threads} threads, logit {i}: infer {f}, forward {e}"
                     );
                 }
             }

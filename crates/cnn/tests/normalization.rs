@@ -38,7 +38,9 @@ fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
 /// that backward adds to parameter gradients (two calls double them).
 fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
     let mut rng = rng(SEED);
-    let mut layer = spec.build(0, shape).unwrap();
+    let mut layer = spec
+        .build(0, shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .unwrap();
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), 0.5, 1.5);
     }
@@ -130,7 +132,9 @@ fn dropout_gradients_match_finite_differences_for_a_fixed_mask() {
 #[test]
 fn batchnorm_normalises_batches_and_tracks_running_statistics() {
     let shape = Shape::new(2, 3, 3);
-    let mut layer = LayerSpec::BatchNorm2d.build(0, shape).unwrap();
+    let mut layer = LayerSpec::BatchNorm2d
+        .build(0, shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .unwrap();
     let names: Vec<_> = layer
         .params()
         .iter()
@@ -186,7 +190,9 @@ fn batchnorm_normalises_batches_and_tracks_running_statistics() {
 #[test]
 fn dropout_is_the_identity_in_inference_and_seeded_in_training() {
     let shape = Shape::flat(10_000);
-    let layer = LayerSpec::Dropout { rate: 0.3 }.build(0, shape).unwrap();
+    let layer = LayerSpec::Dropout { rate: 0.3 }
+        .build(0, shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .unwrap();
     let input = tensor(1, shape, vec![1.0; shape.len()]);
     let inferred = forward(&*layer, &input, Mode::Infer, &mut LayerScratch::default());
     assert_eq!(inferred.data(), input.data());

@@ -1,14 +1,17 @@
-//! Convolution lowered to matrix products (im2col): each image is unfolded into a matrix whose
-//! columns are its windows, so the whole convolution is `weights x columns`, one SGEMM.
-//! The batch is split into one chunk per thread; each chunk reuses its own column buffer.
+//! Convolution: which algorithm computes each pass ([`Conv2dKernel`]), and the general one,
+//! lowered to matrix products (im2col): each image is unfolded into a matrix whose columns are
+//! its windows, so the whole convolution is `weights x columns`, one SGEMM. The batch is split
+//! into one chunk per thread; each chunk reuses its own column buffer.
 
 use super::direct;
 use super::gemm::{matmul, MatRef, Threading};
+use super::simd::{Isa, Kernel, Simd};
 use super::team::for_each_chunk_pair_mut;
-use super::winograd::{self, TransformedWeights, WeightOrder};
+use super::winograd::{self, WeightOrder};
 use super::{batch_chunks, scratch_prefix, Epilogue};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
+use std::sync::OnceLock;
 
 /// Shapes of one convolution: `input` is `C x H x W`, `output` is `OC x OH x OW`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +46,248 @@ impl ConvGeometry {
                 self.window.stride,
                 [(kh - 1).saturating_sub(ph), (kw - 1).saturating_sub(pw)],
             ),
+        }
+    }
+}
+
+/// How a convolution's forward pass, or its input gradient, is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvAlgorithm {
+    /// Stride 1, few input channels (a first layer): [`direct`].
+    Direct,
+    /// 3x3, stride 1, at least 8 input channels: [`winograd`].
+    Winograd,
+    /// Any convolution: im2col and SGEMM.
+    Im2col,
+}
+
+impl ConvAlgorithm {
+    /// Every algorithm, fastest first where several apply.
+    pub const ALL: [ConvAlgorithm; 3] = [
+        ConvAlgorithm::Direct,
+        ConvAlgorithm::Winograd,
+        ConvAlgorithm::Im2col,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgorithm::Direct => "direct",
+            ConvAlgorithm::Winograd => "winograd",
+            ConvAlgorithm::Im2col => "im2col",
+        }
+    }
+
+    /// Whether this algorithm computes the forward pass of `g`.
+    pub fn supports_forward(self, g: &ConvGeometry) -> bool {
+        match self {
+            ConvAlgorithm::Direct => direct::supports(g),
+            ConvAlgorithm::Winograd => winograd::supports(g),
+            ConvAlgorithm::Im2col => true,
+        }
+    }
+
+    /// Whether this algorithm computes the input gradient of `g` (the weight gradient is
+    /// always im2col's).
+    pub fn supports_input_gradient(self, g: &ConvGeometry) -> bool {
+        match self {
+            ConvAlgorithm::Direct => false,
+            ConvAlgorithm::Winograd => winograd::supports_input_gradient(g),
+            ConvAlgorithm::Im2col => true,
+        }
+    }
+}
+
+/// One convolution as it will be computed: its shapes, the algorithm of each pass and the
+/// instruction set, chosen once when the layer is built, and what the fast algorithms derive
+/// from the weights (Winograd's transformed weights, the direct kernel's blocked copy),
+/// computed once per set of weights and shared by every pass and thread until
+/// [`Conv2dKernel::weights_changed`].
+#[derive(Debug)]
+pub struct Conv2dKernel {
+    geometry: ConvGeometry,
+    isa: Isa,
+    forward: ConvAlgorithm,
+    input_gradient: ConvAlgorithm,
+    derived: DerivedWeights,
+}
+
+#[derive(Debug, Default)]
+struct DerivedWeights {
+    winograd_forward: OnceLock<Vec<f32>>,
+    winograd_input_gradient: OnceLock<Vec<f32>>,
+    direct_blocks: OnceLock<Vec<f32>>,
+}
+
+impl Conv2dKernel {
+    /// The fastest algorithms for `geometry`, with `isa`'s instructions.
+    pub fn new(geometry: ConvGeometry, isa: Isa) -> Self {
+        let fastest = |supports: fn(ConvAlgorithm, &ConvGeometry) -> bool| {
+            ConvAlgorithm::ALL
+                .into_iter()
+                .find(|a| supports(*a, &geometry))
+                .expect("im2col computes every convolution")
+        };
+        Conv2dKernel {
+            geometry,
+            isa,
+            forward: fastest(ConvAlgorithm::supports_forward),
+            input_gradient: fastest(ConvAlgorithm::supports_input_gradient),
+            derived: DerivedWeights::default(),
+        }
+    }
+
+    /// Given algorithms (for tests and benchmarks), or `None` when one does not apply.
+    pub fn with_algorithms(
+        geometry: ConvGeometry,
+        isa: Isa,
+        forward: ConvAlgorithm,
+        input_gradient: ConvAlgorithm,
+    ) -> Option<Self> {
+        (forward.supports_forward(&geometry) && input_gradient.supports_input_gradient(&geometry))
+            .then(|| Conv2dKernel {
+                forward,
+                input_gradient,
+                ..Conv2dKernel::new(geometry, isa)
+            })
+    }
+
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn forward_algorithm(&self) -> ConvAlgorithm {
+        self.forward
+    }
+
+    pub fn input_gradient_algorithm(&self) -> ConvAlgorithm {
+        self.input_gradient
+    }
+
+    /// Forgets what was derived from the weights: call whenever they may have changed.
+    pub fn weights_changed(&mut self) {
+        self.derived = DerivedWeights::default();
+    }
+
+    fn winograd_weights(&self, weight: &[f32], order: WeightOrder) -> &[f32] {
+        let g = &self.geometry;
+        let (cell, [channels_out, channels]) = match order {
+            WeightOrder::Forward => (
+                &self.derived.winograd_forward,
+                [g.output.channels, g.input.channels],
+            ),
+            WeightOrder::FlippedTransposed => (
+                &self.derived.winograd_input_gradient,
+                [g.input.channels, g.output.channels],
+            ),
+        };
+        cell.get_or_init(|| {
+            winograd::transform_weights(self.isa, weight, [channels_out, channels], order)
+        })
+    }
+
+    /// `output[n] = weight x input[n]` then the epilogue (bias, ReLU, 2x2 max pooling), for
+    /// every image.
+    ///
+    /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
+    /// `bias` `[OC]`, `output` `[N, OC, OH, OW]` (the epilogue's output shape). `scratch` grows
+    /// once and is reused.
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        weight: &[f32],
+        epilogue: Epilogue<'_>,
+        output: &mut Tensor,
+        scratch: &mut Vec<f32>,
+    ) {
+        let (g, batch) = (&self.geometry, input.batch());
+        match self.forward {
+            ConvAlgorithm::Direct => {
+                let blocks = self
+                    .derived
+                    .direct_blocks
+                    .get_or_init(|| direct::block_weights(self.isa, g, weight));
+                direct::conv_forward(
+                    self.isa,
+                    g,
+                    batch,
+                    input.data(),
+                    blocks,
+                    epilogue,
+                    output.data_mut(),
+                );
+            }
+            ConvAlgorithm::Winograd => winograd::conv3x3_forward(
+                self.isa,
+                g,
+                batch,
+                input.data(),
+                self.winograd_weights(weight, WeightOrder::Forward),
+                epilogue,
+                output.data_mut(),
+                scratch,
+            ),
+            ConvAlgorithm::Im2col => {
+                im2col_forward(self.isa, g, input, weight, epilogue, output, scratch)
+            }
+        }
+    }
+
+    /// Gradients of [`Conv2dKernel::forward`]: adds `dL/dweight` and `dL/dbias`, and writes
+    /// `dL/dinput` when asked for.
+    ///
+    /// Shapes as in the forward pass; `grad_output` is `[N, OC, OH, OW]`. Each chunk of the
+    /// batch sums its own partial weight gradient; partials are added in chunk order
+    /// (deterministic).
+    pub fn backward(
+        &self,
+        input: &Tensor,
+        weight: &[f32],
+        grad_output: &Tensor,
+        grads: ConvGrads<'_>,
+        scratch: &mut Vec<f32>,
+    ) {
+        let g = &self.geometry;
+        let ConvGrads {
+            input: grad_input,
+            weight: grad_weight,
+            bias: grad_bias,
+        } = grads;
+        // The input gradient of a 3x3 stride-1 convolution is itself one (of the output
+        // gradient, with the kernel flipped and transposed): Winograd computes it when chosen.
+        let (grad_input, winograd_input) = match grad_input {
+            Some(t) if self.input_gradient == ConvAlgorithm::Winograd => (None, Some(t)),
+            other => (other, None),
+        };
+        im2col_backward(
+            self.isa,
+            g,
+            input,
+            weight,
+            grad_output,
+            ConvGrads {
+                input: grad_input,
+                weight: grad_weight,
+                bias: grad_bias,
+            },
+            scratch,
+        );
+        if let Some(grad_input) = winograd_input {
+            let transposed = g.transposed();
+            winograd::conv3x3_forward(
+                self.isa,
+                &transposed,
+                input.batch(),
+                grad_output.data(),
+                self.winograd_weights(weight, WeightOrder::FlippedTransposed),
+                Epilogue::default(),
+                grad_input.data_mut(),
+                scratch,
+            );
         }
     }
 }
@@ -173,41 +418,18 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
         .map(move |start| (first + start, group.min(count - start)))
 }
 
-/// `output[n] = weight x im2col(input[n])` then the epilogue (bias, ReLU, 2x2 max pooling),
-/// for every image; `output` has the epilogue's output shape.
-/// Stride-1 convolutions with few input channels go to [`direct`] instead, 3x3 stride-1
-/// convolutions with enough input channels to [`winograd`].
-///
-/// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
-/// `bias` `[OC]`, `output` `[N, OC, OH, OW]`. `transformed` caches what the Winograd and direct
-/// kernels derive from the weights (see [`TransformedWeights::clear`]). `scratch` is resized once and reused.
-pub fn conv2d_forward(
+/// [`Conv2dKernel::forward`] by im2col: `output[n] = weight x im2col(input[n])` then the
+/// epilogue, several images unfolded side by side per product.
+fn im2col_forward(
+    isa: Isa,
     g: &ConvGeometry,
     input: &Tensor,
     weight: &[f32],
-    transformed: &TransformedWeights,
     epilogue: Epilogue<'_>,
     output: &mut Tensor,
     scratch: &mut Vec<f32>,
 ) {
     let batch = input.batch();
-    if direct::supports(g) {
-        let blocks = transformed.direct_blocks(g, weight);
-        direct::conv_forward(g, batch, input.data(), blocks, epilogue, output.data_mut());
-        return;
-    }
-    if winograd::supports(g) {
-        winograd::conv3x3_forward(
-            g,
-            batch,
-            input.data(),
-            transformed.get(g, weight, WeightOrder::Forward),
-            epilogue,
-            output.data_mut(),
-            scratch,
-        );
-        return;
-    }
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, patch) = (g.output.channels, g.patch_len());
     let layout = ColumnLayout::of(g);
@@ -234,7 +456,7 @@ pub fn conv2d_forward(
                 let width = (count * positions).next_multiple_of(COLUMN_ALIGN);
                 for s in 0..count {
                     let image = &input.data()[(start + s) * in_len..(start + s + 1) * in_len];
-                    layout.unfold(g, image, padded, columns, width, s * positions);
+                    layout.unfold(isa, g, image, padded, columns, width, s * positions);
                 }
                 let product = &mut product[..channels_out * width];
                 matmul(
@@ -321,8 +543,10 @@ impl ColumnLayout {
     }
 
     /// Unfolds `image` into columns `offset..offset + positions` of `col` (`row_len` wide).
+    #[allow(clippy::too_many_arguments)]
     fn unfold(
         self,
+        isa: Isa,
         g: &ConvGeometry,
         image: &[f32],
         padded: &mut [f32],
@@ -332,7 +556,15 @@ impl ColumnLayout {
     ) {
         match self {
             ColumnLayout::Exact => im2col(g, image, col, row_len, offset),
-            _ => im2col_stride1(g, self, image, padded, col, row_len, offset),
+            _ => isa.dispatch(UnfoldStride1 {
+                g,
+                layout: self,
+                image,
+                padded,
+                col,
+                row_len,
+                offset,
+            }),
         }
     }
 }
@@ -340,26 +572,41 @@ impl ColumnLayout {
 /// Output rows up to this long are copied as one fixed-size block (see [`im2col_stride1`]).
 const SHORT_ROW: usize = 16;
 
-multiversion! {
-    /// [`im2col`] for stride 1, from a zero-padded copy of the image: row `(c, i, j)` of the
-    /// column matrix reads padded pixels `(c, oy + i, ox + j)`.
-    ///
-    /// In [`ColumnLayout::PaddedRows`] each row is one copy. In
-    /// [`ColumnLayout::ExactFromPadded`] each output row is one copy; rows of at most
-    /// [`SHORT_ROW`] values (LeNet-5's second layer has 10) are copied as a fixed block of that
-    /// many that spills into the next output rows, which are written right after (the last rows
-    /// of each image are copied exactly, so nothing spills past them): a plain copy of a
-    /// length known only at run time is a call to `memcpy`, whose fixed cost was most of that
-    /// layer's time.
-    fn im2col_stride1(
-        g: &ConvGeometry,
-        layout: ColumnLayout,
-        image: &[f32],
-        padded: &mut [f32],
-        col: &mut [f32],
-        row_len: usize,
-        offset: usize,
-    ) {
+/// [`im2col`] for stride 1, from a zero-padded copy of the image: row `(c, i, j)` of the
+/// column matrix reads padded pixels `(c, oy + i, ox + j)`. Plain loops, compiled for the
+/// chosen instruction set so that the compiler can copy with wide registers.
+///
+/// In [`ColumnLayout::PaddedRows`] each row is one copy. In
+/// [`ColumnLayout::ExactFromPadded`] each output row is one copy; rows of at most
+/// [`SHORT_ROW`] values (LeNet-5's second layer has 10) are copied as a fixed block of that
+/// many that spills into the next output rows, which are written right after (the last rows
+/// of each image are copied exactly, so nothing spills past them): a plain copy of a
+/// length known only at run time is a call to `memcpy`, whose fixed cost was most of that
+/// layer's time.
+struct UnfoldStride1<'a> {
+    g: &'a ConvGeometry,
+    layout: ColumnLayout,
+    image: &'a [f32],
+    padded: &'a mut [f32],
+    col: &'a mut [f32],
+    row_len: usize,
+    offset: usize,
+}
+
+impl Kernel for UnfoldStride1<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        let UnfoldStride1 {
+            g,
+            layout,
+            image,
+            padded,
+            col,
+            row_len,
+            offset,
+        } = self;
         let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
         let [pad_y, pad_x] = g.window.padding;
         let [kh, kw] = g.window.kernel;
@@ -394,7 +641,8 @@ multiversion! {
                                 padded[from..from + SHORT_ROW].try_into().expect("a block");
                             col[to..to + SHORT_ROW].copy_from_slice(&block);
                         } else {
-                            col[to..to + out_width].copy_from_slice(&padded[from..from + out_width]);
+                            col[to..to + out_width]
+                                .copy_from_slice(&padded[from..from + out_width]);
                         }
                     }
                 }
@@ -413,16 +661,13 @@ pub struct ConvGrads<'a> {
     pub bias: Option<&'a mut [f32]>,
 }
 
-/// Gradients of [`conv2d_forward`]: adds `dL/dweight` and `dL/dbias`, and writes `dL/dinput`
-/// when asked for.
-///
-/// Shapes as in the forward pass; `grad_output` is `[N, OC, OH, OW]`. Each chunk of the batch
-/// sums its own partial weight gradient; partials are added in chunk order (deterministic).
-pub fn conv2d_backward(
+/// The im2col part of [`Conv2dKernel::backward`]: the weight and bias gradients, and the
+/// input gradient when `grads.input` asks for it.
+fn im2col_backward(
+    isa: Isa,
     g: &ConvGeometry,
     input: &Tensor,
     weight: &[f32],
-    transformed: &TransformedWeights,
     grad_output: &Tensor,
     grads: ConvGrads<'_>,
     scratch: &mut Vec<f32>,
@@ -433,12 +678,6 @@ pub fn conv2d_backward(
         bias: mut grad_bias,
     } = grads;
     let batch = input.batch();
-    // The input gradient of a 3x3 stride-1 convolution is itself one (of the output gradient,
-    // with the kernel flipped and transposed): Winograd computes it when it can.
-    let (grad_input, winograd_input) = match grad_input {
-        Some(t) if winograd::supports_input_gradient(g) => (None, Some(t)),
-        other => (other, None),
-    };
     let (chunks, per_chunk) = batch_chunks(batch);
     let (channels_out, positions, patch) = (g.output.channels, g.positions(), g.patch_len());
     let group = group_size(positions, per_chunk);
@@ -473,6 +712,7 @@ pub fn conv2d_backward(
                 for s in 0..count {
                     let n = start + s;
                     layout.unfold(
+                        isa,
                         g,
                         &input.data()[n * in_len..(n + 1) * in_len],
                         padded,
@@ -521,19 +761,6 @@ pub fn conv2d_backward(
         if let Some(grad_bias) = grad_bias.as_deref_mut() {
             add_assign(grad_bias, partial_bias);
         }
-    }
-
-    if let Some(grad_input) = winograd_input {
-        let transposed = g.transposed();
-        winograd::conv3x3_forward(
-            &transposed,
-            batch,
-            grad_output.data(),
-            transformed.get(&transposed, weight, WeightOrder::FlippedTransposed),
-            Epilogue::default(),
-            grad_input.data_mut(),
-            scratch,
-        );
     }
 }
 

@@ -103,17 +103,38 @@ pub fn matmul(c: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, thr
                 // reads its own part of `a` (rows) or `b` (columns) only.
                 let (along_rows, len) = if m >= n { (true, m) } else { (false, n) };
                 let per_part = len.div_ceil(parts);
-                let c = SharedSlice(c.as_mut_ptr());
+                let c = SharedSlice::new(&mut c[..m * n]);
                 team.for_each(len.div_ceil(per_part), &|part| {
                     let range = part * per_part..((part + 1) * per_part).min(len);
-                    let (a, b, offset) = if along_rows {
-                        (a.rows_in(range.clone()), b, range.start * n)
+                    // Each part writes rows `range` of `c`, or columns `range` of every row.
+                    let (a, b, offset, extent) = if along_rows {
+                        (
+                            a.rows_in(range.clone()),
+                            b,
+                            range.start * n,
+                            range.len() * n,
+                        )
                     } else {
-                        (a, b.cols_in(range.clone()), range.start)
+                        (
+                            a,
+                            b.cols_in(range.clone()),
+                            range.start,
+                            (m - 1) * n + range.len(),
+                        )
                     };
-                    // SAFETY: as below, for the block of `c` this part owns: parts write
-                    // disjoint rows (or columns) of `c`.
-                    unsafe { sgemm(c.at(offset), n, a, b, accumulate, gemm::Parallelism::None) };
+                    // SAFETY: as below, for the block of `c` this part owns (inside `c`,
+                    // checked by `ptr_for`): parts write disjoint rows (or columns) of `c`,
+                    // through raw pointers only.
+                    unsafe {
+                        sgemm(
+                            c.ptr_for(offset, extent),
+                            n,
+                            a,
+                            b,
+                            accumulate,
+                            gemm::Parallelism::None,
+                        )
+                    };
                 });
                 return;
             }

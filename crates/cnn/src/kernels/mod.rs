@@ -1,51 +1,14 @@
 //! Compute kernels: the CPU implementations behind the layers. Each fast kernel has a plain,
-//! obviously right counterpart in [`reference`] that tests compare it with. A second backend
-//! implements the same functions; layers only describe shapes and hold parameters.
-
-#[macro_use]
-mod multiversion {
-    /// Defines `fn $name(args) { body }` compiled for the widest vector instructions this CPU
-    /// has (AVX-512, else AVX2 with FMA), chosen at run time, or for the baseline otherwise.
-    /// For kernels written as plain loops that the compiler vectorises: this lets it use wide
-    /// registers without building the whole crate for one CPU.
-    macro_rules! multiversion {
-        ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-            $(#[$meta])*
-            fn $name($($arg: $ty),*) {
-                #[inline(always)]
-                fn body($($arg: $ty),*) $body
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f")]
-                    unsafe fn wide($($arg: $ty),*) {
-                        body($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn medium($($arg: $ty),*) {
-                        body($($arg),*)
-                    }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU has AVX-512F.
-                        return unsafe { wide($($arg),*) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
-                        // SAFETY: the CPU has AVX2 and FMA.
-                        return unsafe { medium($($arg),*) };
-                    }
-                }
-                body($($arg),*)
-            }
-        };
-    }
-}
+//! obviously right counterpart in [`reference`] that tests compare it with, on every
+//! instruction set ([`simd::Isa`]) the machine can run. A second backend implements the same
+//! functions; layers only describe shapes and hold parameters.
 
 pub mod conv;
 pub mod direct;
 pub mod gemm;
 pub mod pool;
 pub mod reference;
+pub mod simd;
 pub mod team;
 pub mod winograd;
 
@@ -141,37 +104,17 @@ impl Epilogue<'_> {
         }
     }
 
-    /// `bias` (an output channel's, in every lane) added to 16 values, then the ReLU if any:
-    /// what the AVX-512 kernels apply to a register (a max pooling, if any, taken before).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(crate) fn finish_16(
-        &self,
-        bias: std::arch::x86_64::__m512,
-        values: std::arch::x86_64::__m512,
-    ) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let values = _mm512_add_ps(values, bias);
+    /// `bias` (an output channel's, in every lane) added to a register of values, then the
+    /// ReLU if any: what the SIMD kernels apply to a register (a max pooling, if any, taken
+    /// before).
+    #[inline(always)]
+    pub(crate) fn finish<S: simd::Simd>(&self, s: S, bias: S::V, values: S::V) -> S::V {
+        let values = s.add(values, bias);
         if self.relu {
-            _mm512_max_ps(values, _mm512_setzero_ps())
+            s.max(values, s.zero())
         } else {
             values
         }
-    }
-}
-
-/// The mask of lanes `low..high` (clamped to `0..16`) of an AVX-512 register of 16 floats: the
-/// lanes a masked load or store of the AVX-512 kernels touches.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) fn lanes(low: isize, high: isize) -> std::arch::x86_64::__mmask16 {
-    let (low, high) = (low.clamp(0, 16), high.clamp(0, 16));
-    let below = |k: isize| ((1u32 << k) - 1) as u16;
-    if high <= low {
-        0
-    } else {
-        below(high) & !below(low)
     }
 }
 

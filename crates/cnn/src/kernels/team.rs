@@ -224,13 +224,12 @@ pub fn for_each_chunk_mut<T: Send>(
     work: impl Fn(usize, &mut [T]) + Sync,
 ) {
     let chunk_len = chunk_len.max(1);
-    let (len, base) = (data.len(), SharedSlice(data.as_mut_ptr()));
+    let (len, base) = (data.len(), SharedSlice::new(data));
     for_each_task(len.div_ceil(chunk_len), |index| {
         let start = index * chunk_len;
         let end = (start + chunk_len).min(len);
-        // SAFETY: the chunks are disjoint and inside `data`, which is borrowed mutably for
-        // the whole call.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+        // SAFETY: the chunks are disjoint, and `data` is borrowed mutably for the whole call.
+        let chunk = unsafe { base.part(start, end - start) };
         work(index, chunk);
     });
 }
@@ -243,19 +242,25 @@ pub fn for_each_chunk_pair_mut<A: Send, B: Send>(
     (second, second_len): (&mut [B], usize),
     work: impl Fn(usize, &mut [A], &mut [B]) + Sync,
 ) {
-    let (len, base) = (second.len(), SharedSlice(second.as_mut_ptr()));
+    let (len, base) = (second.len(), SharedSlice::new(second));
     for_each_chunk_mut(first, first_len, |index, chunk| {
         let start = (index * second_len).min(len);
         let end = (start + second_len).min(len);
-        // SAFETY: as in `for_each_chunk_mut`: the chunks are disjoint and inside `second`,
-        // which is borrowed mutably for the whole call.
-        let paired = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+        // SAFETY: as in `for_each_chunk_mut`: the chunks are disjoint, and `second` is
+        // borrowed mutably for the whole call.
+        let paired = unsafe { base.part(start, end - start) };
         work(index, chunk, paired);
     });
 }
 
-/// A pointer into a slice that tasks write disjoint parts of.
-pub struct SharedSlice<T>(pub *mut T);
+/// A slice that parallel tasks write disjoint parts of, kept as a raw pointer and a length:
+/// no task ever holds a `&mut` to the whole (two live `&mut` to one buffer are undefined
+/// behaviour even when the writes are disjoint), only to its own part ([`SharedSlice::part`])
+/// or a bounds-checked address ([`SharedSlice::ptr_for`]).
+pub struct SharedSlice<T> {
+    ptr: *mut T,
+    len: usize,
+}
 
 impl<T> Clone for SharedSlice<T> {
     fn clone(&self) -> Self {
@@ -269,10 +274,45 @@ unsafe impl<T: Send> Send for SharedSlice<T> {}
 unsafe impl<T: Send> Sync for SharedSlice<T> {}
 
 impl<T> SharedSlice<T> {
+    /// Shares `slice`, which stays mutably borrowed by the caller while tasks write it.
+    pub fn new(slice: &mut [T]) -> Self {
+        SharedSlice {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address of element `offset`, from which `count` elements are to be accessed.
+    /// Panics unless they lie inside the slice; writing through it is the caller's
+    /// responsibility (no other task may touch those elements meanwhile).
+    #[inline(always)]
+    pub fn ptr_for(self, offset: usize, count: usize) -> *mut T {
+        assert!(
+            offset.checked_add(count).is_some_and(|end| end <= self.len),
+            "a shared slice of {} accessed at {offset}..+{count}",
+            self.len
+        );
+        self.ptr.wrapping_add(offset)
+    }
+
+    /// Elements `start..start + count` as a slice of their own. Panics unless inside.
+    ///
     /// # Safety
-    /// `offset` must lie within the slice.
-    pub unsafe fn at(self, offset: usize) -> *mut T {
-        self.0.add(offset)
+    /// No other reference to those elements may be live while the returned one is, and the
+    /// slice given to [`SharedSlice::new`] must outlive it.
+    #[inline(always)]
+    pub unsafe fn part<'a>(self, start: usize, count: usize) -> &'a mut [T] {
+        let at = self.ptr_for(start, count);
+        // SAFETY: inside the shared slice (checked above), exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(at, count) }
     }
 }
 

@@ -1,8 +1,8 @@
 //! 2-D convolution: the seed's features sliding over the image.
 
 use super::{BackwardPass, Conv2dConfig, Fusion, Layer, LayerScratch, LayerSpec, Mode};
-use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeometry, ConvGrads};
-use crate::kernels::winograd::TransformedWeights;
+use crate::kernels::conv::{Conv2dKernel, ConvGeometry, ConvGrads};
+use crate::kernels::simd::Isa;
 use crate::kernels::Epilogue;
 use crate::tensor::{Param, Shape, Tensor};
 use crate::window::Window2d;
@@ -11,15 +11,14 @@ use crate::window::Window2d;
 #[derive(Debug)]
 pub struct Conv2d {
     config: Conv2dConfig,
-    geometry: ConvGeometry,
     params: Vec<Param>,
-    /// Derived from the weights by the Winograd and direct kernels; cleared whenever they may
-    /// change.
-    transformed: TransformedWeights,
+    /// Shapes, algorithms and instruction set, and what the fast algorithms derive from the
+    /// weights (told whenever they may change).
+    kernel: Conv2dKernel,
 }
 
 impl Conv2d {
-    pub fn new(config: Conv2dConfig, input: Shape) -> Result<Self, String> {
+    pub fn new(config: Conv2dConfig, input: Shape, isa: Isa) -> Result<Self, String> {
         let window = Window2d::new(config.kernel, config.stride, config.padding);
         if config.out_channels == 0 {
             return Err("a convolution needs at least one output channel".into());
@@ -58,20 +57,25 @@ impl Conv2d {
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_channels]));
         }
+        let geometry = ConvGeometry {
+            input,
+            output,
+            window,
+        };
         Ok(Conv2d {
             config,
-            geometry: ConvGeometry {
-                input,
-                output,
-                window,
-            },
             params,
-            transformed: TransformedWeights::default(),
+            kernel: Conv2dKernel::new(geometry, isa),
         })
     }
 
     pub fn geometry(&self) -> &ConvGeometry {
-        &self.geometry
+        self.kernel.geometry()
+    }
+
+    /// How this convolution is computed.
+    pub fn kernel(&self) -> &Conv2dKernel {
+        &self.kernel
     }
 
     fn bias(&self) -> Option<&[f32]> {
@@ -85,11 +89,9 @@ impl Conv2d {
         fused: Fusion,
         scratch: &mut LayerScratch,
     ) {
-        conv2d_forward(
-            &self.geometry,
+        self.kernel.forward(
             input,
             &self.params[0].value,
-            &self.transformed,
             Epilogue {
                 bias: self.bias(),
                 relu: fused.relu,
@@ -107,11 +109,11 @@ impl Layer for Conv2d {
     }
 
     fn input_shape(&self) -> Shape {
-        self.geometry.input
+        self.geometry().input
     }
 
     fn output_shape(&self) -> Shape {
-        self.geometry.output
+        self.geometry().output
     }
 
     fn params(&self) -> &[Param] {
@@ -119,12 +121,12 @@ impl Layer for Conv2d {
     }
 
     fn params_mut(&mut self) -> &mut [Param] {
-        self.transformed.clear();
+        self.kernel.weights_changed();
         &mut self.params
     }
 
     fn flops_per_image(&self) -> u64 {
-        let g = &self.geometry;
+        let g = self.geometry();
         (2 * g.patch_len() * g.output.len()) as u64
     }
 
@@ -153,11 +155,9 @@ impl Layer for Conv2d {
         let (grad_weight, rest) = param_grads
             .split_first_mut()
             .expect("a convolution has a weight");
-        conv2d_backward(
-            &self.geometry,
+        self.kernel.backward(
             pass.input,
             &self.params[0].value,
-            &self.transformed,
             pass.grad_output,
             ConvGrads {
                 input: pass.grad_input,

@@ -4,6 +4,7 @@
 use super::{BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool, Layer, Pool2d, Relu};
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
+use crate::kernels::simd::Isa;
 use crate::tensor::Shape;
 use crate::window::Window2d;
 use serde::{Deserialize, Serialize};
@@ -63,9 +64,10 @@ impl LayerSpec {
         }
     }
 
-    /// Builds the layer for an input of `input` shape, with zeroed parameters. `index` is the
-    /// layer's position, named in the error when the input does not fit.
-    pub fn build(&self, index: usize, input: Shape) -> Result<Box<dyn Layer>> {
+    /// Builds the layer for an input of `input` shape, with zeroed parameters, its kernels to
+    /// run with `isa`. `index` is the layer's position, named in the error when the input does
+    /// not fit.
+    pub fn build(&self, index: usize, input: Shape, isa: Isa) -> Result<Box<dyn Layer>> {
         let misfit = |reason: String| Error::Shape {
             index,
             kind: self.to_string(),
@@ -76,7 +78,7 @@ impl LayerSpec {
             return Err(misfit("the input is empty".into()));
         }
         let layer: Box<dyn Layer> = match *self {
-            LayerSpec::Conv2d(config) => Box::new(Conv2d::new(config, input).map_err(misfit)?),
+            LayerSpec::Conv2d(config) => Box::new(Conv2d::new(config, input, isa).map_err(misfit)?),
             LayerSpec::Relu => Box::new(Relu::new(input)),
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)

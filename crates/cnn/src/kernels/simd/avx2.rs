@@ -1,0 +1,155 @@
+//! [`Simd`] with AVX2 and FMA: 8 floats to a register, masks as vectors of lanes.
+
+use super::{Isa, Kernel, Simd};
+use std::arch::x86_64::*;
+
+/// Proof that the CPU has AVX2 and FMA.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+impl Avx2 {
+    pub fn new() -> Option<Self> {
+        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+            .then_some(Avx2(()))
+    }
+}
+
+/// Runs `kernel` compiled for AVX2 and FMA.
+///
+/// # Safety
+/// None beyond holding the token (which proves the CPU has the instructions); `unsafe` only
+/// because the function enables target features.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn run<K: Kernel>(simd: Avx2, kernel: K) -> K::Output {
+    kernel.run(simd)
+}
+
+/// Lanes of a masked load or store: all-ones in the lanes touched. `full` lets the common
+/// whole-register case use plain loads and stores (masked stores are slow on AMD's cores).
+#[derive(Clone, Copy, Debug)]
+pub struct LaneMask {
+    lanes: __m256i,
+    full: bool,
+    empty: bool,
+}
+
+// SAFETY (every `unsafe` block below that calls an intrinsic): an `Avx2` exists only when the
+// CPU has AVX2 and FMA (`Avx2::new`); the memory each load or store touches is the caller's
+// contract (see `Simd`).
+impl Simd for Avx2 {
+    const ISA: Isa = Isa::Avx2;
+    const LANES: usize = 8;
+    type V = __m256;
+    type Mask = LaneMask;
+
+    #[inline(always)]
+    fn zero(self) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, value: f32) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_set1_ps(value) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn mask(self, low: isize, high: isize) -> LaneMask {
+        let (low, high) = (low.clamp(0, 8), high.clamp(0, 8));
+        // SAFETY: see above.
+        let lanes = unsafe {
+            let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            // low <= lane < high, as low - 1 < lane and lane < high.
+            _mm256_and_si256(
+                _mm256_cmpgt_epi32(index, _mm256_set1_epi32(low as i32 - 1)),
+                _mm256_cmpgt_epi32(_mm256_set1_epi32(high as i32), index),
+            )
+        };
+        LaneMask {
+            lanes,
+            full: low == 0 && high == 8,
+            empty: high <= low,
+        }
+    }
+    #[inline(always)]
+    unsafe fn load(self, at: *const f32) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_loadu_ps(at) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, at: *mut f32, value: __m256) {
+        // SAFETY: see above.
+        unsafe { _mm256_storeu_ps(at, value) }
+    }
+    #[inline(always)]
+    unsafe fn load_masked(self, at: *const f32, mask: LaneMask) -> __m256 {
+        // SAFETY: see above; a full mask reads every lane, and `_mm256_maskload_ps` reads
+        // no masked-off lane.
+        unsafe {
+            if mask.full {
+                _mm256_loadu_ps(at)
+            } else {
+                _mm256_maskload_ps(at, mask.lanes)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_masked(self, at: *mut f32, mask: LaneMask, value: __m256) {
+        // SAFETY: see above; a full mask writes every lane, and `_mm256_maskstore_ps`
+        // writes no masked-off lane.
+        unsafe {
+            if mask.full {
+                _mm256_storeu_ps(at, value)
+            } else if !mask.empty {
+                _mm256_maskstore_ps(at, mask.lanes, value)
+            }
+        }
+    }
+    #[inline(always)]
+    fn deinterleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
+        // SAFETY: see above.
+        unsafe {
+            // Within each 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the middle 64-bit
+            // pairs swapped: a0 a2 a4 a6 b0 b2 b4 b6.
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+            let order = |v: __m256| {
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+            };
+            (order(even), order(odd))
+        }
+    }
+    #[inline(always)]
+    fn interleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
+        // SAFETY: see above.
+        unsafe {
+            // a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 b6 a7 b7, then the halves
+            // regrouped.
+            let low = _mm256_unpacklo_ps(a, b);
+            let high = _mm256_unpackhi_ps(a, b);
+            (
+                _mm256_permute2f128_ps::<0x20>(low, high),
+                _mm256_permute2f128_ps::<0x31>(low, high),
+            )
+        }
+    }
+}
