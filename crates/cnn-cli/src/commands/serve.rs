@@ -4,7 +4,7 @@
 //! the binary. One model is shared by every request; inference runs on blocking threads, at
 //! most one per core at a time, each with its own workspace.
 
-use crate::inside::{look_inside, maps_of, LayerView};
+use crate::inside::{look_inside, maps_of, Inside, LayerView};
 use anyhow::{Context, Result};
 use axum::body::{to_bytes, Body};
 use axum::extract::{Query, State};
@@ -275,10 +275,24 @@ fn classify(
         ));
     }
     let picture = cnn::preprocess::decode_picture(bytes).map_err(bad)?;
-    let inside = WORKSPACE
-        .with(|workspace| look_inside(model, &picture, &mut workspace.borrow_mut()))
-        .map_err(|e| bad(format!("{e:#}")))?;
-    let prediction = inside.prediction;
+    // Only the traced forward pass keeps every layer's maps; without them the fused
+    // inference path answers.
+    let (prediction, maps) = WORKSPACE
+        .with(|workspace| {
+            let workspace = &mut *workspace.borrow_mut();
+            if with_maps {
+                let Inside {
+                    input,
+                    prediction,
+                    layers,
+                } = look_inside(model, &picture, workspace)?;
+                Ok((prediction, Some((maps_of(&input), layers))))
+            } else {
+                Ok((model.classify_picture(&picture, workspace)?, None))
+            }
+        })
+        .map_err(|e: anyhow::Error| bad(format!("{e:#}")))?;
+    let (input, layers) = maps.unzip();
     Ok(PredictResponse {
         probabilities: model
             .classes
@@ -289,8 +303,8 @@ fn classify(
         class: prediction.class,
         probability: prediction.probability,
         classes: model.classes.clone(),
-        input: with_maps.then(|| maps_of(&inside.input)),
-        layers: with_maps.then_some(inside.layers),
+        input,
+        layers,
     })
 }
 
@@ -416,6 +430,23 @@ mod tests {
             .sum();
         assert!((total - 1.0).abs() < 1e-5, "{json}");
         assert!(json.get("layers").is_none(), "maps only when asked");
+
+        // The fused inference path (no maps) and the traced one (maps) agree.
+        let (_, traced) = call(
+            app(1 << 20),
+            "/api/predict?maps=true",
+            Some("image/png"),
+            png(64, 64),
+        )
+        .await;
+        assert_eq!(traced["class"], json["class"]);
+        for c in ["X", "O"] {
+            let (fast, slow) = (
+                json["probabilities"][c].as_f64().unwrap(),
+                traced["probabilities"][c].as_f64().unwrap(),
+            );
+            assert!((fast - slow).abs() < 1e-5, "{c}: {fast} against {slow}");
+        }
     }
 
     #[tokio::test]

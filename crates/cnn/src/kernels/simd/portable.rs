@@ -106,7 +106,13 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn interleave(self, a: F32x8, b: F32x8) -> (F32x8, F32x8) {
-        let at = |k: usize| if k.is_multiple_of(2) { a.0[k / 2] } else { b.0[k / 2] };
+        let at = |k: usize| {
+            if k.is_multiple_of(2) {
+                a.0[k / 2]
+            } else {
+                b.0[k / 2]
+            }
+        };
         (each(at), each(|i| at(LANES + i)))
     }
 }
