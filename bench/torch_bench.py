@@ -88,7 +88,8 @@ def main():
     model = build(args.arch, args.classes)
     report = {"engine": args.engine, "arch": args.arch, "threads": args.threads,
               "batch": args.batch, "infer_batch": args.infer_batch,
-              "version": torch.__version__}
+              "version": torch.__version__,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
     if "train" in phases and args.engine == "torch":
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)

@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use cnn::kernels::simd::{Isa, ISA_VARIABLE};
 use cnn::optim::{Optimizer, OptimizerConfig};
 use cnn::rng::{seeded, Stream};
 use cnn::train::train_step;
@@ -82,6 +83,8 @@ impl Spread {
 struct LayerTiming {
     index: usize,
     layer: String,
+    /// What computed it: instruction set and algorithm (see `Layer::kernel`).
+    kernel: String,
     output: String,
     flops_per_image: u64,
     forward_us_per_batch: f64,
@@ -93,6 +96,10 @@ struct Report {
     arch: String,
     input: String,
     threads: usize,
+    /// The instruction set of the engine's own kernels (`CNN_KERNELS`), and the one `gemm`
+    /// picked.
+    kernels: Isa,
+    gemm_kernels: Isa,
     batch: usize,
     infer_batch: usize,
     flops_per_image: u64,
@@ -247,6 +254,8 @@ pub fn run(args: BenchArgs, threads: usize) -> Result<()> {
         arch: notation,
         input: args.input.clone(),
         threads,
+        kernels: Isa::from_env()?,
+        gemm_kernels: cnn::kernels::gemm::isa(),
         batch: args.batch,
         infer_batch: args.infer_batch,
         flops_per_image: flops,
@@ -301,6 +310,7 @@ fn layer_timings(network: &Network, input: &Tensor, workspace: &mut Workspace) -
             LayerTiming {
                 index: i,
                 layer: summary.layer,
+                kernel: layer.kernel(),
                 output: summary.output.to_string(),
                 flops_per_image: summary.flops,
                 forward_us_per_batch: seconds * 1e6,
@@ -313,13 +323,27 @@ fn layer_timings(network: &Network, input: &Tensor, workspace: &mut Workspace) -
 fn print_report(r: &Report) {
     println!("{} on {} images, {} threads", r.arch, r.input, r.threads);
     println!(
-        "{:>3}  {:<28} {:>10} {:>12} {:>14} {:>8}",
+        "kernels: {} ({}), gemm: {}",
+        r.kernels,
+        std::env::var(ISA_VARIABLE).map_or("the best this CPU has".into(), |v| format!(
+            "{ISA_VARIABLE}={v}"
+        )),
+        r.gemm_kernels
+    );
+    println!(
+        "{:>3}  {:<28} {:>10} {:>12} {:>14} {:>8}  kernel",
         "#", "layer", "output", "FLOPs/image", "forward us", "GFLOP/s"
     );
     for l in &r.layers {
         println!(
-            "{:>3}  {:<28} {:>10} {:>12} {:>14.1} {:>8.1}",
-            l.index, l.layer, l.output, l.flops_per_image, l.forward_us_per_batch, l.gflops
+            "{:>3}  {:<28} {:>10} {:>12} {:>14.1} {:>8.1}  {}",
+            l.index,
+            l.layer,
+            l.output,
+            l.flops_per_image,
+            l.forward_us_per_batch,
+            l.gflops,
+            l.kernel
         );
     }
     println!("(forward time per layer at batch {})", r.batch);

@@ -120,19 +120,27 @@ struct DerivedWeights {
 }
 
 impl Conv2dKernel {
-    /// The fastest algorithms for `geometry`, with `isa`'s instructions.
+    /// The fastest algorithms for `geometry`, with `isa`'s instructions: for the forward pass
+    /// the direct kernel where [`direct::preferred`] (with AVX-512), else Winograd where it
+    /// applies, else im2col; for the input gradient Winograd where it applies, else im2col.
     pub fn new(geometry: ConvGeometry, isa: Isa) -> Self {
-        let fastest = |supports: fn(ConvAlgorithm, &ConvGeometry) -> bool| {
-            ConvAlgorithm::ALL
-                .into_iter()
-                .find(|a| supports(*a, &geometry))
-                .expect("im2col computes every convolution")
+        let forward = if direct::preferred(isa, &geometry) {
+            ConvAlgorithm::Direct
+        } else if winograd::supports(&geometry) {
+            ConvAlgorithm::Winograd
+        } else {
+            ConvAlgorithm::Im2col
+        };
+        let input_gradient = if winograd::supports_input_gradient(&geometry) {
+            ConvAlgorithm::Winograd
+        } else {
+            ConvAlgorithm::Im2col
         };
         Conv2dKernel {
             geometry,
             isa,
-            forward: fastest(ConvAlgorithm::supports_forward),
-            input_gradient: fastest(ConvAlgorithm::supports_input_gradient),
+            forward,
+            input_gradient,
             derived: DerivedWeights::default(),
         }
     }

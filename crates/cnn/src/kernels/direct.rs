@@ -10,6 +10,13 @@
 //! task to one thread. Here the output is written once, with its epilogue, and the work splits
 //! by output channels as well as by image.
 //!
+//! Chosen only with AVX-512 ([`preferred`]). With AVX2 the same kernel (tested on every
+//! instruction set) loses to im2col, whose product `gemm` runs near its peak on these thin
+//! shapes: measured on one core, against im2col in the same process, `cnn4`'s first layer
+//! (1 to 32 channels, 3x3, 28x28) 0.70x im2col's time with AVX-512 but 1.6-2.1x with AVX2,
+//! LeNet-5's (1 to 6, 5x5, with ReLU and pooling) 0.50x and 0.95-0.98x. With half the lanes,
+//! each of its register blocks does a quarter of the multiply-adds per loop overhead.
+//!
 //! Not for layers with many input channels, even at batch 1 (measured on `cnn4`'s 64-channel
 //! 3x3 layer at 14x14: 216 us on one thread against Winograd's 74): this kernel does 2.25x
 //! Winograd's multiplications, and even at the machine's peak it would be slower.
@@ -29,6 +36,12 @@ const MAX_KERNEL_WIDTH: usize = 16;
 /// Multiply-adds below which the convolution runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
+/// Whether a layer built for `isa` computes `g` with this kernel rather than im2col (see the
+/// module doc).
+pub fn preferred(isa: Isa, g: &ConvGeometry) -> bool {
+    isa == Isa::Avx512 && supports(g)
+}
+
 /// Whether [`conv_forward`] computes this convolution.
 pub fn supports(g: &ConvGeometry) -> bool {
     g.window.stride == [1, 1]
@@ -36,11 +49,25 @@ pub fn supports(g: &ConvGeometry) -> bool {
         && g.window.kernel[1] <= MAX_KERNEL_WIDTH
 }
 
+/// Output channels computed together for `g` with `isa`: of [`Isa::direct_channel_blocks`],
+/// the one that computes the fewest channels past the last (6 output channels go as one block
+/// of 6, not two of 4), the larger on a tie.
+pub fn channel_block(isa: Isa, g: &ConvGeometry) -> usize {
+    let channels = g.output.channels;
+    let blocks = isa.direct_channel_blocks();
+    let computed = |block: usize| channels.div_ceil(block) * block;
+    blocks
+        .iter()
+        .copied()
+        .min_by_key(|&block| (computed(block), usize::MAX - block))
+        .expect("at least one block size")
+}
+
 /// `weight` (`[OC, C * KH * KW]`) regrouped for [`conv_forward`] with `isa`: per block of `B`
-/// output channels ([`Isa::direct_channels`]), tap by tap, the block's weights for that tap
+/// output channels ([`channel_block`]), tap by tap, the block's weights for that tap
 /// (`[OC / B][C * KH * KW][B]`), zero for channels past the last.
 pub fn block_weights(isa: Isa, g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
-    let (channels_out, patch, block) = (g.output.channels, g.patch_len(), isa.direct_channels());
+    let (channels_out, patch, block) = (g.output.channels, g.patch_len(), channel_block(isa, g));
     let mut blocks = vec![0.0; channels_out.div_ceil(block) * patch * block];
     for (oc, row) in weight.chunks_exact(patch).take(channels_out).enumerate() {
         let blocked = &mut blocks[oc / block * patch * block..];
@@ -66,7 +93,7 @@ pub fn conv_forward(
     assert!(supports(g), "direct convolution of an unsupported shape");
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
     assert!(input.len() >= batch * in_len && output.len() >= batch * out_len);
-    let block = isa.direct_channels();
+    let block = channel_block(isa, g);
     let (blocks, block_len) = (g.output.channels.div_ceil(block), g.patch_len() * block);
     assert_eq!(blocked_weights.len(), blocks * block_len);
     let work = batch * g.output.len() * g.patch_len();
@@ -80,6 +107,7 @@ pub fn conv_forward(
         let out = unsafe { output.part(n * out_len + first * plane, count * plane) };
         isa.dispatch(ChannelBlock {
             g,
+            block,
             image: &input[n * in_len..][..in_len],
             weights: &blocked_weights[block_index * block_len..][..block_len],
             epilogue,
@@ -99,6 +127,8 @@ pub fn conv_forward(
 /// [`block_weights`]; `out` holds the block's output planes (`[OH, OW]` each, or pooled).
 struct ChannelBlock<'a> {
     g: &'a ConvGeometry,
+    /// `B`, from [`channel_block`].
+    block: usize,
     image: &'a [f32],
     weights: &'a [f32],
     epilogue: Epilogue<'a>,
@@ -111,26 +141,29 @@ impl Kernel for ChannelBlock<'_> {
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        match S::ISA.direct_channels() {
-            8 => channel_block::<S, 8>(s, self),
-            4 => channel_block::<S, 4>(s, self),
+        match self.block {
+            8 => channel_block_of::<S, 8>(s, self),
+            6 => channel_block_of::<S, 6>(s, self),
+            4 => channel_block_of::<S, 4>(s, self),
             block => unreachable!("no direct block of {block} channels"),
         }
     }
 }
 
 /// [`ChannelBlock`] with `B` output channels, two rows of a register each, in registers.
+/// Strips of a register of output columns are taken in turn, so that the kernel's column
+/// masks are computed once per strip, then every pair of rows of the strip.
 #[inline(always)]
-fn channel_block<S: Simd, const B: usize>(s: S, block: ChannelBlock<'_>) {
+fn channel_block_of<S: Simd, const B: usize>(s: S, block: ChannelBlock<'_>) {
     let ChannelBlock {
         g,
+        block: _,
         image,
         weights,
         epilogue,
         first,
         out,
     } = block;
-    let lanes = S::LANES as isize;
     let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
     let (out_height, out_width) = (g.output.height, g.output.width);
     let [kh, kw] = g.window.kernel;
@@ -138,116 +171,236 @@ fn channel_block<S: Simd, const B: usize>(s: S, block: ChannelBlock<'_>) {
     let count = B.min(g.output.channels - first);
     assert!(kw <= MAX_KERNEL_WIDTH && weights.len() == g.patch_len() * B);
     assert_eq!(image.len(), g.input.len());
-    let (pooled_height, pooled_width) = (out_height / 2, out_width / 2);
-    let plane_len = epilogue.output_shape(g.output).plane();
-    assert!(out.len() >= count * plane_len);
+    let pooled_height = out_height / 2;
+    assert!(out.len() >= count * epilogue.output_shape(g.output).plane());
     let zero = s.zero();
-    for top in (0..out_height).step_by(2) {
-        if epilogue.max_pool && top / 2 >= pooled_height {
-            break;
+    // Each tap (c, i, j), in the order of the weights: its input offset from the window's
+    // top-left pixel, and its column j (which picks its mask).
+    let mut taps = [(0isize, 0usize); MAX_PATCH];
+    for (t, tap) in taps.iter_mut().take(g.patch_len()).enumerate() {
+        let (c, i, j) = (t / (kh * kw), t / kw % kh, t % kw);
+        *tap = (((c * height + i) * width + j) as isize, j);
+    }
+    let taps = &taps[..g.patch_len()];
+    for left in (0..out_width).step_by(S::LANES) {
+        // Tap column j reads input columns left + l + j - pad for lanes l: those inside the
+        // image (and inside the output row).
+        let mut masks = [s.mask(0, 0); MAX_KERNEL_WIDTH];
+        for (j, mask) in masks.iter_mut().enumerate().take(kw) {
+            let column = (left + j) as isize - pad_x as isize;
+            let valid_output = (out_width - left) as isize;
+            *mask = s.mask(-column, (width as isize - column).min(valid_output));
         }
-        for left in (0..out_width).step_by(S::LANES) {
-            // Tap column j reads input columns left + l + j - pad for lanes l: those inside
-            // the image (and inside the output row).
-            let mut masks = [s.mask(0, 0); MAX_KERNEL_WIDTH];
-            for (j, mask) in masks.iter_mut().enumerate().take(kw) {
-                let column = (left + j) as isize - pad_x as isize;
-                let valid_output = (out_width - left) as isize;
-                *mask = s.mask(-column, (width as isize - column).min(valid_output));
+        // What the strip's stores write: its columns, or its pooled columns.
+        let strip = Strip::new(s, left, out_width, epilogue.max_pool);
+        for top in (0..out_height).step_by(2) {
+            if epilogue.max_pool && top / 2 >= pooled_height {
+                break;
             }
             let mut sums = [[zero; B]; 2];
-            let mut taps = weights.chunks_exact(B);
+            // Input row of the first kernel row for output row `top`.
+            let first_row = top as isize - pad_y as isize;
+            if first_row >= 0 && first_row + (kh as isize) < height as isize {
+                // Both output rows' windows lie inside the image's rows (every row but the
+                // first and last few): one flat loop over the taps.
+                let corner = first_row * width as isize + left as isize - pad_x as isize;
+                accumulate_inside::<S, B>(
+                    s, image, corner, width, taps, weights, &masks, &mut sums,
+                );
+                store_rows::<S, B>(s, out, &sums, top, &strip, (first, count), epilogue, g);
+                continue;
+            }
             for c in 0..channels {
                 for i in 0..kh {
                     // The input rows under output rows top and top + 1, if inside.
-                    let mut rows = [None; 2];
-                    for (r, row) in rows.iter_mut().enumerate() {
+                    let row = |r: usize| {
                         let y = (top + r + i) as isize - pad_y as isize;
-                        if (0..height as isize).contains(&y) {
-                            *row = Some(
-                                ((c * height) as isize + y) * width as isize + left as isize
-                                    - pad_x as isize,
-                            );
+                        (0..height as isize).contains(&y).then(|| {
+                            ((c * height) as isize + y) * width as isize + left as isize
+                                - pad_x as isize
+                        })
+                    };
+                    let taps = &weights[(c * kh + i) * kw * B..][..kw * B];
+                    let masks = &masks[..kw];
+                    match (row(0), row(1)) {
+                        (Some(upper), Some(lower)) => accumulate_taps::<S, B, 2>(
+                            s,
+                            image,
+                            [upper, lower],
+                            taps,
+                            masks,
+                            &mut sums,
+                        ),
+                        (Some(upper), None) => {
+                            let [upper_sums, _] = &mut sums;
+                            let upper_sums = std::slice::from_mut(upper_sums)
+                                .try_into()
+                                .expect("one row");
+                            accumulate_taps::<S, B, 1>(s, image, [upper], taps, masks, upper_sums)
                         }
-                    }
-                    for (j, &mask) in masks.iter().enumerate().take(kw) {
-                        let tap: &[f32; B] = taps
-                            .next()
-                            .expect("a weight per tap")
-                            .try_into()
-                            .expect("a block of weights");
-                        let mut loaded = [zero; 2];
-                        for (register, row) in loaded.iter_mut().zip(rows) {
-                            if let Some(start) = row {
-                                // SAFETY: unmasked lanes read input column left + l + j - pad
-                                // of a row inside the image, which the mask keeps inside that
-                                // row; masked-off lanes are not read.
-                                *register = unsafe {
-                                    s.load_masked(
-                                        image.as_ptr().wrapping_offset(start + j as isize),
-                                        mask,
-                                    )
-                                };
-                            }
+                        (None, Some(lower)) => {
+                            let [_, lower_sums] = &mut sums;
+                            let lower_sums = std::slice::from_mut(lower_sums)
+                                .try_into()
+                                .expect("one row");
+                            accumulate_taps::<S, B, 1>(s, image, [lower], taps, masks, lower_sums)
                         }
-                        for o in 0..B {
-                            let w = s.splat(tap[o]);
-                            sums[0][o] = s.mul_add(w, loaded[0], sums[0][o]);
-                            sums[1][o] = s.mul_add(w, loaded[1], sums[1][o]);
-                        }
+                        // Both rows lie in the padding: nothing to add.
+                        (None, None) => {}
                     }
                 }
             }
-            // Over all `B` (a constant), not `0..count`: a bound known only at run time keeps
-            // the accumulators in memory instead of registers.
-            let [upper_sums, lower_sums] = sums;
-            for (o, (upper, lower)) in upper_sums.into_iter().zip(lower_sums).enumerate() {
-                if o >= count {
-                    break;
-                }
-                let bias = s.splat(epilogue.bias_of(first + o));
-                if epilogue.max_pool {
-                    // The larger of the two rows, then of each pair of columns: lane k of
-                    // `pooled` (k < LANES / 2) is pooled column left / 2 + k.
-                    let rows = s.max(upper, lower);
-                    let (even, odd) = s.deinterleave(rows, rows);
-                    let pooled = epilogue.finish(s, bias, s.max(even, odd));
-                    let column = left / 2;
-                    let valid = (pooled_width as isize - column as isize).min(lanes / 2);
-                    store_first(
-                        s,
-                        out,
-                        o * plane_len + top / 2 * pooled_width + column,
-                        valid,
-                        pooled,
-                    );
-                    continue;
-                }
-                for (row, sum) in [upper, lower].into_iter().enumerate() {
-                    if top + row >= out_height {
-                        break;
-                    }
-                    store_first(
-                        s,
-                        out,
-                        o * plane_len + (top + row) * out_width + left,
-                        (out_width - left) as isize,
-                        epilogue.finish(s, bias, sum),
-                    );
-                }
-            }
+            store_rows::<S, B>(s, out, &sums, top, &strip, (first, count), epilogue, g);
         }
     }
 }
 
-/// Writes the first `count` lanes (clamped to `0..LANES`) of `value` at `out[at..]`. (A
-/// function, not a closure: see `winograd::combine_row`.)
+/// Where the stores of a strip of output columns go: `columns` values from output column (or,
+/// pooled, pooled column) `start`, with their mask.
+struct Strip<S: Simd> {
+    start: usize,
+    columns: usize,
+    mask: S::Mask,
+}
+
+impl<S: Simd> Strip<S> {
+    /// The strip of a register of output columns from `left`.
+    #[inline(always)]
+    fn new(s: S, left: usize, out_width: usize, pooled: bool) -> Self {
+        let (start, columns) = if pooled {
+            let start = left / 2;
+            (
+                start,
+                (out_width / 2).saturating_sub(start).min(S::LANES / 2),
+            )
+        } else {
+            (left, (out_width - left).min(S::LANES))
+        };
+        Strip {
+            start,
+            columns,
+            mask: s.mask(0, columns as isize),
+        }
+    }
+
+    /// Writes the strip's lanes of `value` to row `row` (`pitch` wide) of `plane`.
+    #[inline(always)]
+    fn store(&self, s: S, plane: &mut [f32], row: usize, pitch: usize, value: S::V) {
+        if self.columns > 0 {
+            let target = &mut plane[row * pitch + self.start..][..self.columns];
+            // SAFETY: the masked lanes written are `target`, inside `plane`.
+            unsafe { s.store_masked(target.as_mut_ptr(), self.mask, value) };
+        }
+    }
+}
+
+/// The epilogue of two output rows' sums (`sums[row][channel]`, the strip's register of
+/// columns) of output rows `top` and `top + 1`, written to `out` (the block's planes, output
+/// channels `first..first + count`): bias and ReLU, or the 2x2 maxima of the pair.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn store_first<S: Simd>(s: S, out: &mut [f32], at: usize, count: isize, value: S::V) {
-    let count = count.clamp(0, S::LANES as isize) as usize;
-    if count > 0 {
-        let target = &mut out[at..at + count];
-        // SAFETY: the `count` lanes written are `target`, inside `out`.
-        unsafe { s.store_masked(target.as_mut_ptr(), s.mask(0, count as isize), value) };
+fn store_rows<S: Simd, const B: usize>(
+    s: S,
+    out: &mut [f32],
+    sums: &[[S::V; B]; 2],
+    top: usize,
+    strip: &Strip<S>,
+    (first, count): (usize, usize),
+    epilogue: Epilogue<'_>,
+    g: &ConvGeometry,
+) {
+    let (out_height, out_width) = (g.output.height, g.output.width);
+    let plane_len = epilogue.output_shape(g.output).plane();
+    // Over all `B` (a constant), not `0..count`: a bound known only at run time keeps the
+    // accumulators in memory instead of registers.
+    let [upper_sums, lower_sums] = sums;
+    for (o, (&upper, &lower)) in upper_sums.iter().zip(lower_sums).enumerate() {
+        if o >= count {
+            break;
+        }
+        let plane = &mut out[o * plane_len..][..plane_len];
+        let bias = s.splat(epilogue.bias_of(first + o));
+        if epilogue.max_pool {
+            // The larger of the two rows, then of each pair of columns: lane k of `pooled`
+            // (k < LANES / 2) is pooled column left / 2 + k.
+            let rows = s.max(upper, lower);
+            let (even, odd) = s.deinterleave(rows, rows);
+            let pooled = epilogue.finish(s, bias, s.max(even, odd));
+            strip.store(s, plane, top / 2, out_width / 2, pooled);
+            continue;
+        }
+        strip.store(s, plane, top, out_width, epilogue.finish(s, bias, upper));
+        if top + 1 < out_height {
+            strip.store(
+                s,
+                plane,
+                top + 1,
+                out_width,
+                epilogue.finish(s, bias, lower),
+            );
+        }
+    }
+}
+
+/// Adds every tap to `sums` for two output rows whose windows lie inside the image's rows:
+/// `corner` is the input offset of the upper window's top-left pixel (for lane 0), `taps`
+/// each tap's offset from it and column, `weights` `[taps][B]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn accumulate_inside<S: Simd, const B: usize>(
+    s: S,
+    image: &[f32],
+    corner: isize,
+    width: usize,
+    taps: &[(isize, usize)],
+    weights: &[f32],
+    masks: &[S::Mask; MAX_KERNEL_WIDTH],
+    sums: &mut [[S::V; B]; 2],
+) {
+    for (&(offset, column), tap) in taps.iter().zip(weights.chunks_exact(B)) {
+        let (at, mask) = (corner + offset, masks[column]);
+        // SAFETY: both rows lie inside the image (the caller's condition), and the mask keeps
+        // the unmasked lanes inside their row; masked-off lanes are not read.
+        let (upper, lower) = unsafe {
+            let base = image.as_ptr();
+            (
+                s.load_masked(base.wrapping_offset(at), mask),
+                s.load_masked(base.wrapping_offset(at + width as isize), mask),
+            )
+        };
+        for (o, &weight) in tap.iter().enumerate() {
+            let w = s.splat(weight);
+            sums[0][o] = s.mul_add(w, upper, sums[0][o]);
+            sums[1][o] = s.mul_add(w, lower, sums[1][o]);
+        }
+    }
+}
+
+/// Adds one kernel row's taps (`taps`: `[KW][B]` weights, `masks`: `[KW]`) to `sums`, for
+/// `ROWS` output rows whose input rows (all inside the image) start, for lane 0 of tap column
+/// 0, at `starts`: per tap, one load per row and one broadcast per output channel.
+#[inline(always)]
+fn accumulate_taps<S: Simd, const B: usize, const ROWS: usize>(
+    s: S,
+    image: &[f32],
+    starts: [isize; ROWS],
+    taps: &[f32],
+    masks: &[S::Mask],
+    sums: &mut [[S::V; B]; ROWS],
+) {
+    for (j, (tap, &mask)) in taps.chunks_exact(B).zip(masks).enumerate() {
+        let mut rows = [s.zero(); ROWS];
+        for (row, &start) in rows.iter_mut().zip(&starts) {
+            // SAFETY: unmasked lanes read input column left + l + j - pad of a row inside
+            // the image, which the mask keeps inside that row; masked-off lanes are not read.
+            *row =
+                unsafe { s.load_masked(image.as_ptr().wrapping_offset(start + j as isize), mask) };
+        }
+        for (o, &weight) in tap.iter().enumerate() {
+            let w = s.splat(weight);
+            for (sum, &row) in sums.iter_mut().zip(&rows) {
+                sum[o] = s.mul_add(w, row, sum[o]);
+            }
+        }
     }
 }

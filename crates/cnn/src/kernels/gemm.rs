@@ -2,7 +2,20 @@
 //! lowered to. Backed by the `gemm` crate (see README, "Choice of SGEMM", for the measurement
 //! against `matrixmultiply` that decided it).
 
+use super::simd::Isa;
 use super::team::{parts_for, SharedSlice, Team};
+
+/// The instruction set `gemm` runs with here: it chooses by itself, at run time, whatever
+/// `CNN_KERNELS` says (built with its `x86-v4` feature, it uses AVX-512 where the CPU has it).
+pub fn isa() -> Isa {
+    if Isa::Avx512.is_supported() {
+        Isa::Avx512
+    } else if Isa::Avx2.is_supported() {
+        Isa::Avx2
+    } else {
+        Isa::Portable
+    }
+}
 
 /// A read-only strided matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 /// Transposing is swapping the strides, so no kernel ever copies a matrix to transpose it.

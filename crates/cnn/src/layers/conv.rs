@@ -125,6 +125,20 @@ impl Layer for Conv2d {
         &mut self.params
     }
 
+    /// `avx2 winograd`, or `avx2 direct (input gradient: im2col)` when the input gradient
+    /// goes another way.
+    fn kernel(&self) -> String {
+        let (forward, backward) = (
+            self.kernel.forward_algorithm(),
+            self.kernel.input_gradient_algorithm(),
+        );
+        let mut name = format!("{} {}", self.kernel.isa(), forward.name());
+        if backward != forward {
+            name += &format!(" (input gradient: {})", backward.name());
+        }
+        name
+    }
+
     fn flops_per_image(&self) -> u64 {
         let g = self.geometry();
         (2 * g.patch_len() * g.output.len()) as u64

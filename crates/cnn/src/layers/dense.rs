@@ -67,6 +67,10 @@ impl Layer for Dense {
         &mut self.params
     }
 
+    fn kernel(&self) -> String {
+        format!("gemm ({})", crate::kernels::gemm::isa())
+    }
+
     fn flops_per_image(&self) -> u64 {
         (2 * self.input.len() * self.config.out_features) as u64
     }

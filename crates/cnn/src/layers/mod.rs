@@ -97,6 +97,12 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     fn update_running_statistics(&mut self, _scratch: &LayerScratch) {}
     /// Floating-point operations for one image's forward pass (a multiply-add counts two).
     fn flops_per_image(&self) -> u64;
+    /// Which kernel computes this layer, as `cnn bench` prints it: `avx2 winograd` for a
+    /// convolution (instruction set and algorithm), `gemm` for a product, `loops` for plain
+    /// loops.
+    fn kernel(&self) -> String {
+        "loops".into()
+    }
     fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch);
     /// This layer's inference forward pass followed by the layers in `fused` (a ReLU, then a
     /// 2x2 max pooling), in one pass over the output, when the layer can fuse them

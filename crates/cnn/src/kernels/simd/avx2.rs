@@ -25,7 +25,8 @@ pub unsafe fn run<K: Kernel>(simd: Avx2, kernel: K) -> K::Output {
 }
 
 /// Lanes of a masked load or store: all-ones in the lanes touched. `full` lets the common
-/// whole-register case use plain loads and stores (masked stores are slow on AMD's cores).
+/// whole-register case of a store be a plain store (masked stores are slow on AMD's cores;
+/// masked loads are not, and a branch per load costs more).
 #[derive(Clone, Copy, Debug)]
 pub struct LaneMask {
     lanes: __m256i,

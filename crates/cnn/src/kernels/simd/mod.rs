@@ -128,12 +128,15 @@ impl Isa {
         }
     }
 
-    /// Output channels that the direct convolution computes together (its weights are
-    /// blocked by this many), each with two rows of one register in registers.
-    pub const fn direct_channels(self) -> usize {
+    /// The blocks of output channels the direct convolution can compute together, largest
+    /// first (its weights are blocked by the one chosen for a layer): each channel of a block
+    /// keeps two rows of one register in registers, beside two loaded rows and one broadcast
+    /// weight.
+    pub const fn direct_channel_blocks(self) -> &'static [usize] {
         match self {
-            Isa::Avx512 => 8,
-            Isa::Avx2 | Isa::Portable => 4,
+            Isa::Avx512 => &[8, 6],
+            Isa::Avx2 => &[6, 4],
+            Isa::Portable => &[4],
         }
     }
 
