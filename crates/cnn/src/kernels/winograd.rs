@@ -98,10 +98,11 @@ fn tiles(g: &ConvGeometry) -> [usize; 2] {
     [g.output.height.div_ceil(2), g.output.width.div_ceil(2)]
 }
 
-/// Tiles are laid out `stride = columns + 1` to a row: the extra one, never written out, lets
-/// the transforms run over whole registers of a tile row without a special last tile.
+/// Tiles in a row of the matrices: one per column of tiles, the rows of tiles one after the
+/// other (no gap: a tile computed past the last column would be work thrown away, 1/8 of it
+/// at 14x14).
 fn stride(g: &ConvGeometry) -> usize {
-    tiles(g)[1] + 1
+    tiles(g)[1]
 }
 
 /// Floats of scratch per block of `block_rows` tile rows: `V` and `M`.
@@ -137,11 +138,20 @@ pub fn weights_len(isa: Isa, channels_out: usize, channels: usize) -> usize {
 pub fn transform_weights(
     isa: Isa,
     weight: &[f32],
+    shape: [usize; 2],
+    order: WeightOrder,
+) -> Vec<f32> {
+    transform_weights_in_blocks(isa.product_block().0, weight, shape, order)
+}
+
+/// [`transform_weights`] packed in blocks of `rows` output channels.
+fn transform_weights_in_blocks(
+    rows: usize,
+    weight: &[f32],
     [channels_out, channels]: [usize; 2],
     order: WeightOrder,
 ) -> Vec<f32> {
-    let rows = isa.product_block().0;
-    let mut transformed = vec![0.0; weights_len(isa, channels_out, channels)];
+    let mut transformed = vec![0.0; POSITIONS * channels_out.next_multiple_of(rows) * channels];
     let plane = channels_out.next_multiple_of(rows) * channels;
     let index = |position: usize, oc: usize, c: usize| {
         position * plane + (oc / rows * channels + c) * rows + oc % rows
@@ -212,7 +222,7 @@ pub fn conv3x3_forward(
     } else {
         BLOCK_FLOATS
     };
-    let block_rows = (block_floats / (POSITIONS * (channels + channels_out) * (tile_cols + 1)))
+    let block_rows = (block_floats / (POSITIONS * (channels + channels_out) * tile_cols))
         .clamp(1, tile_rows.max(1));
     let work = POSITIONS * channels * channels_out * all_rows * tile_cols;
     let rows_per_run = all_rows.div_ceil(parts_for(work, PARALLEL_MIN_WORK)).max(1);
@@ -355,8 +365,7 @@ fn transform_input<S: Simd>(
     assert!((POSITIONS - 1) * v_stride + channels * tile_count <= v.len());
     assert!(input.len() >= (segment.image + 1) * channels * height * width);
     for first_tile in (0..stride).step_by(S::LANES) {
-        // The tiles of this stretch, the extra column included: it reads zeros or pixels
-        // past the last tile, so it stays finite.
+        // The tiles of this stretch.
         let store_mask = s.mask(0, (stride - first_tile) as isize);
         // Image column of lane 0 in each of the four loads of a row.
         let left = (2 * first_tile) as isize - pad_x as isize;
@@ -458,9 +467,12 @@ fn product<S: Simd>(
     shape: [usize; 3],
     strides: [usize; 2],
 ) {
-    match S::ISA.product_block().0 {
-        8 => product_blocks::<S, 8>(s, u, v, m, shape, strides),
-        4 => product_blocks::<S, 4>(s, u, v, m, shape, strides),
+    let (rows, width) = S::ISA.product_block();
+    match rows {
+        8 => product_blocks::<S, 8>(s, u, v, m, shape, strides, width),
+        6 => product_blocks::<S, 6>(s, u, v, m, shape, strides, width),
+        4 => product_blocks::<S, 4>(s, u, v, m, shape, strides, width),
+        3 => product_blocks::<S, 3>(s, u, v, m, shape, strides, width),
         rows => unreachable!("no product block of {rows} rows"),
     }
 }
@@ -474,25 +486,32 @@ fn product_blocks<S: Simd, const ROWS: usize>(
     m: &mut [f32],
     [channels_out, channels, tile_count]: [usize; 3],
     [v_stride, m_stride]: [usize; 2],
+    max_width: usize,
 ) {
-    let max_width = S::ISA.product_block().1;
     let blocks = channels_out.div_ceil(ROWS);
     let block_len = ROWS * channels;
     assert_eq!(u.len(), POSITIONS * blocks * block_len);
     assert!(tile_count.is_multiple_of(S::LANES));
     assert!((POSITIONS - 1) * v_stride + channels * tile_count <= v.len());
     assert!((POSITIONS - 1) * m_stride + channels_out * tile_count <= m.len());
+    // Stretch by stretch of tiles, every block of output channels in turn: the stretch's
+    // `channels x (LANES * width)` part of `V` stays in the L1 cache while every block reads
+    // it, as do the position's weights.
     for position in 0..POSITIONS {
         let v = v[position * v_stride..].as_ptr();
-        for block in 0..blocks {
-            let u = u[(position * blocks + block) * block_len..].as_ptr();
-            let first = block * ROWS;
-            let rows = ROWS.min(channels_out - first);
-            let m = m[position * m_stride + first * tile_count..].as_mut_ptr();
-            let mut t = 0;
-            while t < tile_count {
-                let width = register_width((tile_count - t) / S::LANES, max_width);
-                let (v, m) = (v.wrapping_add(t), m.wrapping_add(t));
+        let u = &u[position * blocks * block_len..][..blocks * block_len];
+        let m = m[position * m_stride..].as_mut_ptr();
+        let mut t = 0;
+        while t < tile_count {
+            let width = register_width((tile_count - t) / S::LANES, max_width);
+            for (block, u) in u.chunks_exact(block_len).enumerate() {
+                let first = block * ROWS;
+                let rows = ROWS.min(channels_out - first);
+                let (u, v, m) = (
+                    u.as_ptr(),
+                    v.wrapping_add(t),
+                    m.wrapping_add(first * tile_count + t),
+                );
                 // SAFETY: the block reads `channels` rows of `V[position]` and writes `rows`
                 // rows of `M[position]`, `LANES * width` tiles from t, which end at or before
                 // tile_count: all inside the slices (asserted above); `u` holds the block's
@@ -504,8 +523,8 @@ fn product_blocks<S: Simd, const ROWS: usize>(
                         _ => block_product::<S, ROWS, 3>(s, u, v, m, channels, tile_count, rows),
                     }
                 }
-                t += S::LANES * width;
             }
+            t += S::LANES * width;
         }
     }
 }
@@ -566,8 +585,8 @@ unsafe fn block_product<S: Simd, const ROWS: usize, const WIDTH: usize>(
 }
 
 /// `Y = Aᵀ M A` for every output channel and tile of the segment, then the epilogue, written
-/// to the 2x2 outputs under each tile (the last row or column of tiles may hang over the edge;
-/// the extra column of tiles is never written), a register of tiles at once: the 16 loads of
+/// to the 2x2 outputs under each tile (the last row or column of tiles may hang over the edge),
+/// a register of tiles at once: the 16 loads of
 /// a tile's `M` give its four outputs in four registers, which are pooled (one register, a
 /// pooled row's values) or interleaved into the two output rows under the tiles.
 #[inline(always)]
@@ -721,8 +740,8 @@ mod tests {
             rows: rows.clone(),
             work: &mut work,
         });
-        // The extra column of tiles and the padding after the last tile row are not outputs
-        // of the transform: zero them to compare.
+        // The padding after the last tile row is not an output of the transform: zero it to
+        // compare.
         let (mut v, mut m) = (work[..v_len].to_vec(), work[v_len..].to_vec());
         for (matrix, channels) in [(&mut v, g.input.channels), (&mut m, g.output.channels)] {
             let position = position_stride(channels, tile_count);
@@ -730,7 +749,7 @@ mod tests {
                 for c in 0..channels {
                     let row = &mut matrix[p * position + c * tile_count..][..tile_count];
                     for (t, value) in row.iter_mut().enumerate() {
-                        if t % stride(g) == tiles(g)[1] || t >= rows.len() * stride(g) {
+                        if t >= rows.len() * stride(g) {
                             *value = 0.0;
                         }
                     }
@@ -738,6 +757,63 @@ mod tests {
             }
         }
         (v, m, output)
+    }
+
+    /// Not a test: the product alone on `cnn4`'s shapes, each register block in turn, one
+    /// thread (`cargo test --release -p cnn --lib product_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn product_speed() {
+        struct Speed(usize, usize, usize, usize, usize);
+        impl Kernel for Speed {
+            type Output = f64;
+            #[inline(always)]
+            fn run<S: Simd>(self, s: S) -> f64 {
+                let Speed(rows, width, channels_out, channels, tile_count) = self;
+                let weight = vec![0.01; channels_out * channels * 9];
+                let u = transform_weights_in_blocks(
+                    rows,
+                    &weight,
+                    [channels_out, channels],
+                    WeightOrder::Forward,
+                );
+                let strides = [
+                    position_stride(channels, tile_count),
+                    position_stride(channels_out, tile_count),
+                ];
+                let v = vec![0.5; POSITIONS * strides[0]];
+                let mut m = vec![0.0; POSITIONS * strides[1]];
+                let shape = [channels_out, channels, tile_count];
+                let mut best = f64::MAX;
+                for _ in 0..30 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..20 {
+                        let (v, m) = (
+                            std::hint::black_box(&v[..]),
+                            std::hint::black_box(&mut m[..]),
+                        );
+                        match rows {
+                            8 => product_blocks::<S, 8>(s, &u, v, m, shape, strides, width),
+                            6 => product_blocks::<S, 6>(s, &u, v, m, shape, strides, width),
+                            4 => product_blocks::<S, 4>(s, &u, v, m, shape, strides, width),
+                            _ => product_blocks::<S, 3>(s, &u, v, m, shape, strides, width),
+                        }
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / 20.0);
+                }
+                (2 * POSITIONS * channels_out * channels * tile_count) as f64 / best / 1e9
+            }
+        }
+        for isa in Isa::supported() {
+            for (oc, c, tiles) in [(32, 32, 256), (64, 32, 128), (64, 64, 128), (64, 64, 64)] {
+                let mut line = format!("{isa} {oc}x{c}x{tiles}:");
+                for (rows, width) in [(8, 1), (8, 2), (8, 3), (6, 2), (4, 2), (4, 3), (3, 3)] {
+                    let gflops = isa.dispatch(Speed(rows, width, oc, c, tiles));
+                    line += &format!(" {rows}x{width} {gflops:.0}");
+                }
+                println!("{line} GFLOP/s");
+            }
+        }
     }
 
     proptest! {
