@@ -6,6 +6,7 @@
 pub mod conv;
 pub mod direct;
 pub mod gemm;
+pub mod packed;
 pub mod pool;
 pub mod reference;
 pub mod simd;

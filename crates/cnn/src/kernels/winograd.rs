@@ -24,19 +24,19 @@
 //!
 //! All three steps run in registers, one register of tiles of a tile row at a time, written
 //! once over the vector width ([`Simd`]): the input transform loads each input row once for
-//! the two tile rows that share it and splits even and odd columns in registers; the product
-//! keeps a block of output channels by up to three registers of tiles in registers while the
-//! input channels go by, from `U` packed once for it (no packing per call, unlike `gemm`); the
-//! output transform turns 16 loads into a pooled row or two interleaved output rows. Measured
-//! on `cnn4` at batch 1 with AVX-512: the input transform of a block went from 7.5 to 3.9 us
-//! against plain loops, the output transform from 2.7 to 1.8 us, the 16 products of the
-//! 64-channel layer from 28 to 21 us against 16 calls of `gemm`.
+//! the two tile rows that share it and splits even and odd columns in registers; the products
+//! are [`packed::product`]s, from `U` packed once for them (no packing per call, unlike
+//! `gemm`); the output transform turns 16 loads into a pooled row or two interleaved output
+//! rows. Measured on `cnn4` at batch 1 with AVX-512: the input transform of a block went from
+//! 7.5 to 3.9 us against plain loops, the output transform from 2.7 to 1.8 us, the 16
+//! products of the 64-channel layer from 28 to 21 us against 16 calls of `gemm`.
 //!
 //! Work is split by rows of tiles across the whole batch: a thread takes a contiguous run of
 //! tile rows (so even one large image can use every core), and each block of rows is sized so
 //! that its `V` and `M` stay in the core's cache.
 
 use super::conv::ConvGeometry;
+use super::packed::{self, Strided};
 use super::simd::{Isa, Kernel, Simd};
 use super::team::{for_each_chunk_mut, parts_for, SharedSlice};
 use super::Epilogue;
@@ -128,33 +128,21 @@ fn position_stride(rows: usize, tile_count: usize) -> usize {
 
 /// Floats of `U` for a layer, packed for `isa`'s product.
 pub fn weights_len(isa: Isa, channels_out: usize, channels: usize) -> usize {
-    POSITIONS * channels_out.next_multiple_of(isa.product_block().0) * channels
+    POSITIONS * packed::packed_len(isa, channels_out, channels)
 }
 
 /// `U[ξ][oc, c] = (G g Gᵀ)[ξ]` for every channel pair (`[OC, C]` being the convolution as
-/// computed), packed for `isa`'s product: per position, blocks of `R` output channels channel
-/// by channel, `[OC / R][C][R]`, zeros past the last output channel (`R` from
-/// [`Isa::product_block`]).
+/// computed): 16 `OC x C` matrices, each packed for `isa`'s product ([`packed::pack`]).
 pub fn transform_weights(
     isa: Isa,
-    weight: &[f32],
-    shape: [usize; 2],
-    order: WeightOrder,
-) -> Vec<f32> {
-    transform_weights_in_blocks(isa.product_block().0, weight, shape, order)
-}
-
-/// [`transform_weights`] packed in blocks of `rows` output channels.
-fn transform_weights_in_blocks(
-    rows: usize,
     weight: &[f32],
     [channels_out, channels]: [usize; 2],
     order: WeightOrder,
 ) -> Vec<f32> {
-    let mut transformed = vec![0.0; POSITIONS * channels_out.next_multiple_of(rows) * channels];
-    let plane = channels_out.next_multiple_of(rows) * channels;
+    let mut transformed = vec![0.0; weights_len(isa, channels_out, channels)];
+    let plane = packed::packed_len(isa, channels_out, channels);
     let index = |position: usize, oc: usize, c: usize| {
-        position * plane + (oc / rows * channels + c) * rows + oc % rows
+        position * plane + packed::packed_index(isa, channels, oc, c)
     };
     for oc in 0..channels_out {
         for c in 0..channels {
@@ -292,14 +280,18 @@ impl Kernel for Block<'_> {
         for segment in segments(g, rows.clone()) {
             transform_input(s, g, input, segment, v, tile_count);
         }
-        product(
-            s,
-            transformed,
-            v,
-            m,
-            [channels_out, channels, tile_count],
-            strides,
-        );
+        // M[ξ] = U[ξ] · V[ξ] for the 16 positions.
+        let u_len = transformed.len() / POSITIONS;
+        for position in 0..POSITIONS {
+            packed::product(
+                s,
+                &transformed[position * u_len..][..u_len],
+                (&v[position * strides[0]..], Strided(tile_count)),
+                &mut m[position * strides[1]..],
+                [channels_out, channels, tile_count],
+                tile_count,
+            );
+        }
         for segment in segments(g, rows) {
             transform_output(s, g, m, segment, tile_count, epilogue, output);
         }
@@ -446,142 +438,6 @@ fn combine_row<S: Simd>(
     let (x0, x1) = s.deinterleave(loaded[0], loaded[1]);
     let (x2, x3) = s.deinterleave(loaded[2], loaded[3]);
     [s.sub(x0, x2), s.add(x1, x2), s.sub(x2, x1), s.sub(x1, x3)]
-}
-
-/// `M[ξ] = U[ξ] · V[ξ]` for the 16 positions, `U` packed for `S` (see [`transform_weights`]);
-/// `shape` is `[OC, C, tile_count]`, `strides` the floats from one position's matrix to the
-/// next in `V` and `M`.
-///
-/// For each position, block of output channels and stretch of up to three registers of tiles,
-/// the block of `M` stays in registers while the channels go by: per channel, one load of `V`
-/// per register of tiles and one broadcast per output channel. Measured with AVX-512 against
-/// 16 calls of `gemm` on `cnn4`'s shapes at batch 1 (one thread): 1.3x to 1.5x faster (64x64
-/// by 32 tiles: 149 against 202 GFLOP/s; by 16 tiles 103 against 155), as nothing is packed
-/// per call.
-#[inline(always)]
-fn product<S: Simd>(
-    s: S,
-    u: &[f32],
-    v: &[f32],
-    m: &mut [f32],
-    shape: [usize; 3],
-    strides: [usize; 2],
-) {
-    let (rows, width) = S::ISA.product_block();
-    match rows {
-        8 => product_blocks::<S, 8>(s, u, v, m, shape, strides, width),
-        6 => product_blocks::<S, 6>(s, u, v, m, shape, strides, width),
-        4 => product_blocks::<S, 4>(s, u, v, m, shape, strides, width),
-        3 => product_blocks::<S, 3>(s, u, v, m, shape, strides, width),
-        rows => unreachable!("no product block of {rows} rows"),
-    }
-}
-
-/// [`product`] with blocks of `ROWS` output channels.
-#[inline(always)]
-fn product_blocks<S: Simd, const ROWS: usize>(
-    s: S,
-    u: &[f32],
-    v: &[f32],
-    m: &mut [f32],
-    [channels_out, channels, tile_count]: [usize; 3],
-    [v_stride, m_stride]: [usize; 2],
-    max_width: usize,
-) {
-    let blocks = channels_out.div_ceil(ROWS);
-    let block_len = ROWS * channels;
-    assert_eq!(u.len(), POSITIONS * blocks * block_len);
-    assert!(tile_count.is_multiple_of(S::LANES));
-    assert!((POSITIONS - 1) * v_stride + channels * tile_count <= v.len());
-    assert!((POSITIONS - 1) * m_stride + channels_out * tile_count <= m.len());
-    // Stretch by stretch of tiles, every block of output channels in turn: the stretch's
-    // `channels x (LANES * width)` part of `V` stays in the L1 cache while every block reads
-    // it, as do the position's weights.
-    for position in 0..POSITIONS {
-        let v = v[position * v_stride..].as_ptr();
-        let u = &u[position * blocks * block_len..][..blocks * block_len];
-        let m = m[position * m_stride..].as_mut_ptr();
-        let mut t = 0;
-        while t < tile_count {
-            let width = register_width((tile_count - t) / S::LANES, max_width);
-            for (block, u) in u.chunks_exact(block_len).enumerate() {
-                let first = block * ROWS;
-                let rows = ROWS.min(channels_out - first);
-                let (u, v, m) = (
-                    u.as_ptr(),
-                    v.wrapping_add(t),
-                    m.wrapping_add(first * tile_count + t),
-                );
-                // SAFETY: the block reads `channels` rows of `V[position]` and writes `rows`
-                // rows of `M[position]`, `LANES * width` tiles from t, which end at or before
-                // tile_count: all inside the slices (asserted above); `u` holds the block's
-                // `ROWS x channels` weights.
-                unsafe {
-                    match width {
-                        1 => block_product::<S, ROWS, 1>(s, u, v, m, channels, tile_count, rows),
-                        2 => block_product::<S, ROWS, 2>(s, u, v, m, channels, tile_count, rows),
-                        _ => block_product::<S, ROWS, 3>(s, u, v, m, channels, tile_count, rows),
-                    }
-                }
-            }
-            t += S::LANES * width;
-        }
-    }
-}
-
-/// Registers of tiles for the next stretch of [`product`], `remaining` being left in the row:
-/// as many as fit (`max`), unless that would leave a single one, the least efficient block.
-fn register_width(remaining: usize, max: usize) -> usize {
-    if remaining <= max {
-        remaining
-    } else if remaining - max == 1 && max > 2 {
-        max - 1
-    } else {
-        max
-    }
-}
-
-/// One block of [`product`]: `rows` (at most `ROWS`) rows of `LANES * WIDTH` tiles of `M`,
-/// from `channels` rows of `V` and the block's packed weights, both `row_stride` floats a row.
-///
-/// # Safety
-/// Every address named must be inside its buffer.
-#[inline(always)]
-unsafe fn block_product<S: Simd, const ROWS: usize, const WIDTH: usize>(
-    s: S,
-    u: *const f32,
-    v: *const f32,
-    m: *mut f32,
-    channels: usize,
-    row_stride: usize,
-    rows: usize,
-) {
-    let mut sums = [[s.zero(); WIDTH]; ROWS];
-    for c in 0..channels {
-        let mut tiles = [s.zero(); WIDTH];
-        for (k, register) in tiles.iter_mut().enumerate() {
-            // SAFETY: row c of `V`, inside its buffer (the caller's contract).
-            *register = unsafe { s.load(v.add(c * row_stride + S::LANES * k)) };
-        }
-        for (r, row) in sums.iter_mut().enumerate() {
-            // SAFETY: weight (c, r) of the block, inside it (the caller's contract).
-            let weight = s.splat(unsafe { *u.add(c * ROWS + r) });
-            for (sum, &tile) in row.iter_mut().zip(&tiles) {
-                *sum = s.mul_add(weight, tile, *sum);
-            }
-        }
-    }
-    // Over all `ROWS` (a constant): a bound known only at run time would keep `sums` in
-    // memory instead of registers.
-    for (r, row) in sums.iter().enumerate() {
-        if r >= rows {
-            break;
-        }
-        for (k, &sum) in row.iter().enumerate() {
-            // SAFETY: row r < rows of the block of `M` (the caller's contract).
-            unsafe { s.store(m.add(r * row_stride + S::LANES * k), sum) };
-        }
-    }
 }
 
 /// `Y = Aᵀ M A` for every output channel and tile of the segment, then the epilogue, written
@@ -757,63 +613,6 @@ mod tests {
             }
         }
         (v, m, output)
-    }
-
-    /// Not a test: the product alone on `cnn4`'s shapes, each register block in turn, one
-    /// thread (`cargo test --release -p cnn --lib product_speed -- --ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn product_speed() {
-        struct Speed(usize, usize, usize, usize, usize);
-        impl Kernel for Speed {
-            type Output = f64;
-            #[inline(always)]
-            fn run<S: Simd>(self, s: S) -> f64 {
-                let Speed(rows, width, channels_out, channels, tile_count) = self;
-                let weight = vec![0.01; channels_out * channels * 9];
-                let u = transform_weights_in_blocks(
-                    rows,
-                    &weight,
-                    [channels_out, channels],
-                    WeightOrder::Forward,
-                );
-                let strides = [
-                    position_stride(channels, tile_count),
-                    position_stride(channels_out, tile_count),
-                ];
-                let v = vec![0.5; POSITIONS * strides[0]];
-                let mut m = vec![0.0; POSITIONS * strides[1]];
-                let shape = [channels_out, channels, tile_count];
-                let mut best = f64::MAX;
-                for _ in 0..30 {
-                    let t = std::time::Instant::now();
-                    for _ in 0..20 {
-                        let (v, m) = (
-                            std::hint::black_box(&v[..]),
-                            std::hint::black_box(&mut m[..]),
-                        );
-                        match rows {
-                            8 => product_blocks::<S, 8>(s, &u, v, m, shape, strides, width),
-                            6 => product_blocks::<S, 6>(s, &u, v, m, shape, strides, width),
-                            4 => product_blocks::<S, 4>(s, &u, v, m, shape, strides, width),
-                            _ => product_blocks::<S, 3>(s, &u, v, m, shape, strides, width),
-                        }
-                    }
-                    best = best.min(t.elapsed().as_secs_f64() / 20.0);
-                }
-                (2 * POSITIONS * channels_out * channels * tile_count) as f64 / best / 1e9
-            }
-        }
-        for isa in Isa::supported() {
-            for (oc, c, tiles) in [(32, 32, 256), (64, 32, 128), (64, 64, 128), (64, 64, 64)] {
-                let mut line = format!("{isa} {oc}x{c}x{tiles}:");
-                for (rows, width) in [(8, 1), (8, 2), (8, 3), (6, 2), (4, 2), (4, 3), (3, 3)] {
-                    let gflops = isa.dispatch(Speed(rows, width, oc, c, tiles));
-                    line += &format!(" {rows}x{width} {gflops:.0}");
-                }
-                println!("{line} GFLOP/s");
-            }
-        }
     }
 
     proptest! {
