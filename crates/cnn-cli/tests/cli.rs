@@ -424,6 +424,51 @@ fn bad_arguments_are_one_line_errors() {
     assert!(!Path::new(out).exists(), "no model file after a failed run");
 }
 
+/// `CNN_KERNELS` naming an unknown instruction set, or one this CPU lacks, is one line naming
+/// what the CPU has; a supported one is used (`cnn bench` says which).
+#[test]
+fn kernels_variable_is_checked_and_obeyed() {
+    let run = |value: &str| {
+        cnn()
+            .env("CNN_KERNELS", value)
+            .args([
+                "bench",
+                "--arch",
+                "xo",
+                "--phases",
+                "latency",
+                "--repeats",
+                "1",
+            ])
+            .args(["--seconds", "0.01", "--json"])
+            .output()
+            .unwrap()
+    };
+    let output = run("sse9");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("CNN_KERNELS=sse9") && stderr.contains("avx512, avx2 or portable"));
+    for isa in cnn::kernels::simd::Isa::ALL {
+        let output = run(isa.name());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if isa.is_supported() {
+            assert!(output.status.success(), "{isa}: {stderr}");
+            let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(report["kernels"], isa.name());
+            let conv = &report["layers"][0]["kernel"];
+            assert!(conv.as_str().unwrap().starts_with(isa.name()), "{conv}");
+        } else {
+            assert_eq!(output.status.code(), Some(1), "{isa}");
+            assert!(
+                stderr.contains("cannot run") && stderr.contains("it has: "),
+                "{stderr}"
+            );
+        }
+    }
+}
+
 /// A picture's share of pixels that are neither white nor grey: how much of it is drawn in
 /// colour (the maps, bars and curves).
 fn coloured_share(picture: &image::RgbImage) -> f64 {
