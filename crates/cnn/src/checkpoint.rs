@@ -4,8 +4,10 @@
 //! (the epochs done, the optimizer's configuration and step count, and the caller's settings,
 //! opaque here); a `u64` length and a model file ([`crate::model_file`]) holding the network
 //! with its running statistics; then the optimizer's moments, each a `u64` count of f32 values
-//! and the values. Written atomically, so a run killed at any moment leaves the previous
-//! checkpoint whole.
+//! and the values; then, when the header's `best` says so, the best epoch's tensors in the same
+//! form ([`crate::train::BestEpoch`]; checkpoints written before it have no `best` and load as
+//! runs without held-out data). Written atomically, so a run killed at any moment leaves the
+//! previous checkpoint whole.
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
@@ -14,7 +16,7 @@ use crate::model_file;
 use crate::network::Network;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::preprocess::Preprocessing;
-use crate::train::TrainState;
+use crate::train::{BestEpoch, TrainState};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -28,6 +30,18 @@ struct Header {
     first_moments: usize,
     second_moments: usize,
     settings: serde_json::Value,
+    #[serde(default)]
+    best: Option<BestHeader>,
+}
+
+/// [`BestEpoch`] without its tensors, which follow the moments.
+#[derive(Serialize, Deserialize)]
+struct BestHeader {
+    epoch: usize,
+    accuracy: f64,
+    loss: f64,
+    /// How many tensors follow (0 when only the score is kept).
+    tensors: usize,
 }
 
 /// A checkpoint read back.
@@ -59,17 +73,29 @@ pub fn to_bytes(
         first_moments: first.len(),
         second_moments: second.len(),
         settings: settings.clone(),
+        best: state.best.as_ref().map(|b| BestHeader {
+            epoch: b.epoch,
+            accuracy: b.accuracy,
+            loss: b.loss,
+            tensors: b.tensors.as_ref().map_or(0, Vec::len),
+        }),
     };
     let header = serde_json::to_vec(&header)
         .map_err(|e| Error::Invalid(format!("cannot describe the checkpoint: {e}")))?;
-    let model =
-        model_file::parts_to_bytes(network, parts.classes, parts.preprocessing, parts.data)?;
+    let model = model_file::parts_to_bytes(
+        network,
+        parts.classes,
+        parts.preprocessing,
+        parts.data,
+        None,
+    )?;
     let mut bytes = MAGIC.to_vec();
     for block in [&header, &model] {
         bytes.extend_from_slice(&(block.len() as u64).to_le_bytes());
         bytes.extend_from_slice(block);
     }
-    for moment in first.iter().chain(second) {
+    let best_tensors = state.best.iter().flat_map(|b| b.tensors.iter().flatten());
+    for moment in first.iter().chain(second).chain(best_tensors) {
         bytes.extend_from_slice(&(moment.len() as u64).to_le_bytes());
         bytes.extend(moment.iter().flat_map(|v| v.to_le_bytes()));
     }
@@ -143,6 +169,7 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
     };
     let first = read_moments(header.first_moments)?;
     let second = read_moments(header.second_moments)?;
+    let best_tensors = read_moments(header.best.as_ref().map_or(0, |b| b.tensors))?;
     if !reader.0.is_empty() {
         return Err(format!("{} unexpected bytes at the end", reader.0.len()));
     }
@@ -150,11 +177,30 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
     if !optimizer.fits(&model.network) {
         return Err("the optimizer state does not fit the network".into());
     }
+    let best = header.best.map(|b| BestEpoch {
+        epoch: b.epoch,
+        accuracy: b.accuracy,
+        loss: b.loss,
+        tensors: (b.tensors > 0).then_some(best_tensors),
+    });
+    if let Some(tensors) = best.as_ref().and_then(|b| b.tensors.as_ref()) {
+        let lengths: Vec<usize> = model
+            .network
+            .tensors()
+            .map(|(_, p)| p.value.len())
+            .collect();
+        if tensors.len() != lengths.len()
+            || tensors.iter().zip(&lengths).any(|(t, &l)| t.len() != l)
+        {
+            return Err("the best epoch's tensors do not fit the network".into());
+        }
+    }
     Ok(Checkpoint {
         model,
         state: TrainState {
             epoch: header.epoch,
             optimizer,
+            best,
         },
         settings: header.settings,
     })

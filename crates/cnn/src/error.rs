@@ -19,11 +19,12 @@ pub enum Error {
     /// A file that exists but whose contents are wrong: bad magic number, truncated, foreign...
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
-    /// An operating-system error while reading or writing a file.
-    #[error("{}: {source}", path.display())]
+    /// An operating-system error while reading or writing a file. Not a `source`: the message
+    /// already holds it, and a chain printed whole would repeat it.
+    #[error("{}: {}", path.display(), describe_io(error))]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An argument or setting out of its range.
     #[error("{0}")]
@@ -38,11 +39,21 @@ impl Error {
         }
     }
 
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
+    }
+}
+
+/// An I/O error as a person reads it: `No such file or directory`, without Rust's
+/// ` (os error 2)`.
+pub fn describe_io(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match (error.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_string(),
+        _ => text,
     }
 }
 

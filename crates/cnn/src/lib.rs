@@ -4,6 +4,40 @@
 //! backward passes side by side and call the kernels ([`kernels`]); a [`network::Network`] is a
 //! stack of layers built from an architecture ([`arch`]); [`train`] fits it to a data set
 //! ([`data`]); [`model_file`] saves and loads it as safetensors that PyTorch reads.
+//!
+//! # Train, save, load, predict
+//!
+//! ```no_run
+//! use cnn::data::DataSpec;
+//! use cnn::rng::{seeded, Stream};
+//! use cnn::train::{train, Silent, TrainConfig};
+//! use cnn::{arch, model_file, Model, Network, Workspace};
+//!
+//! # fn main() -> cnn::Result<()> {
+//! // The built-in X/O letters (or "fashion-mnist", "idx:DIR", "folder:DIR", "cifar10:DIR").
+//! let data = DataSpec::parse("xo")?;
+//! let (train_set, validation) = data.load_training(1, 0.0)?;
+//! let layers = arch::parse("conv 8@3x3 pad=1, relu, maxpool 2, dense classes", 2)?;
+//! let mut network = Network::new(&layers, train_set.shape())?;
+//! network.init_kaiming(&mut seeded(1, Stream::WeightInit));
+//! let preprocessing = data.preprocessing(&train_set);
+//! let config = TrainConfig { epochs: 2, ..TrainConfig::default() };
+//! train(&mut network, &preprocessing, &train_set, validation.as_ref(), &config, &mut Silent)?;
+//!
+//! let model = Model::new(network, train_set.classes().to_vec(), preprocessing)?;
+//! model_file::save(&model, "xo.safetensors".as_ref())?;
+//!
+//! let model = model_file::load("xo.safetensors".as_ref())?;
+//! let picture = cnn::preprocess::read_picture("my_x.png".as_ref())?;
+//! let prediction = model.classify_picture(&picture, &mut Workspace::new())?;
+//! println!("{} ({:.1}%)", prediction.class, 100.0 * prediction.probability);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Many pictures at once: prepare each with [`preprocess::Preprocessing::prepare_image`] and
+//! [`preprocess::Preprocessing::normalize`] into one [`Tensor`], then [`Model::predict`]
+//! classifies the batch on every core. `examples/train_and_predict.rs` runs the whole round.
 
 pub mod arch;
 pub mod checkpoint;

@@ -16,6 +16,9 @@ pub struct Model {
     pub preprocessing: Preprocessing,
     /// The `--data` spec the model was trained on, if known: the default for evaluating it.
     pub data: Option<String>,
+    /// How it was trained, as the trainer recorded it (`cnn train` writes its settings and
+    /// results), if known. Stored in the model file as it is.
+    pub training: Option<serde_json::Value>,
 }
 
 /// A class and its probability.
@@ -50,6 +53,7 @@ impl Model {
             classes,
             preprocessing,
             data: None,
+            training: None,
         })
     }
 

@@ -3,10 +3,13 @@
 //!
 //! Tensors are named `"<layer index>.weight"` and `"<layer index>.bias"`, little-endian f32,
 //! conv weights `[out, in, kh, kw]`, dense weights `[out, in]`; batch normalisation adds
-//! `running_mean`, `running_var` (f32) and `num_batches_tracked` (int64, shape `[]`). The header's `__metadata__`
-//! holds JSON strings: `architecture` (the layer list), `notation` (the same in the text
-//! notation), `input_shape` (`[C, H, W]`), `classes`, `preprocessing`, `format`, and `data`
-//! (the `--data` spec it was trained on, when known).
+//! `running_mean`, `running_var` (f32) and `num_batches_tracked` (int64, shape `[]`). The
+//! header's `__metadata__` holds JSON strings: `architecture` (the layer list, each layer with
+//! every setting another framework needs to rebuild it, defaults included: see
+//! [`architecture_to_json`]), `notation` (the same in the text notation), `input_shape`
+//! (`[C, H, W]`), `classes`, `preprocessing`, `format`, and, when known, `data` (the `--data`
+//! spec it was trained on) and `training` (how: whatever the trainer recorded, as JSON).
+//! Keys added since `cnn-model-1` began are optional when reading.
 
 use crate::arch::to_notation;
 use crate::error::{Error, Result};
@@ -31,6 +34,7 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
         &model.classes,
         &model.preprocessing,
         model.data.as_deref(),
+        model.training.as_ref(),
     )
 }
 
@@ -40,6 +44,7 @@ pub fn parts_to_bytes(
     classes: &[String],
     preprocessing: &Preprocessing,
     data: Option<&str>,
+    training: Option<&serde_json::Value>,
 ) -> Result<Vec<u8>> {
     let architecture = network.architecture();
     let shape = network.input_shape();
@@ -50,7 +55,7 @@ pub fn parts_to_bytes(
         ("format".to_string(), FORMAT.to_string()),
         (
             "architecture".to_string(),
-            json(serde_json::to_string(&architecture))?,
+            json(serde_json::to_string(&architecture_to_json(&architecture)?))?,
         ),
         ("notation".to_string(), to_notation(&architecture)),
         (
@@ -69,6 +74,12 @@ pub fn parts_to_bytes(
     ]);
     if let Some(data) = data {
         metadata.insert("data".to_string(), data.to_string());
+    }
+    if let Some(training) = training {
+        metadata.insert(
+            "training".to_string(),
+            json(serde_json::to_string(training))?,
+        );
     }
     let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = network
         .tensors()
@@ -239,8 +250,7 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model, String> {
     }
     let parse_error =
         |key: &str, e: serde_json::Error| format!("metadata `{key}` is malformed: {e}");
-    let architecture: Vec<LayerSpec> =
-        serde_json::from_str(field("architecture")?).map_err(|e| parse_error("architecture", e))?;
+    let architecture = architecture_from_json(field("architecture")?)?;
     let [channels, height, width]: [usize; 3] =
         serde_json::from_str(field("input_shape")?).map_err(|e| parse_error("input_shape", e))?;
     let classes: Vec<String> =
@@ -253,5 +263,89 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model, String> {
     load_tensors(&mut network, &tensors)?;
     let mut model = Model::new(network, classes, preprocessing).map_err(|e| e.to_string())?;
     model.data = metadata.get("data").cloned();
+    model.training = metadata
+        .get("training")
+        .map(|text| serde_json::from_str(text).map_err(|e| parse_error("training", e)))
+        .transpose()?;
     Ok(model)
+}
+
+/// Settings of each kind of layer that this engine fixes and PyTorch lets one choose, with the
+/// values this engine computes with. Written into every layer of `architecture`, so that a
+/// file alone says how to rebuild each module (PyTorch's `AvgPool2d` counts the padding in
+/// its divisor by default, this engine does not); when read, any other value is refused.
+fn fixed_settings(kind: &str) -> serde_json::Value {
+    use crate::layers::{BATCHNORM_EPSILON, BATCHNORM_MOMENTUM};
+    match kind {
+        "conv2d" => serde_json::json!({"dilation": [1, 1], "groups": 1, "padding_mode": "zeros"}),
+        "max_pool2d" => serde_json::json!({"dilation": [1, 1]}),
+        "avg_pool2d" => serde_json::json!({"count_include_pad": false}),
+        "batchnorm2d" => serde_json::json!({
+            "eps": BATCHNORM_EPSILON,
+            "momentum": BATCHNORM_MOMENTUM,
+            "affine": true,
+            "track_running_stats": true,
+        }),
+        "flatten" => serde_json::json!({"start_dim": 1}),
+        _ => serde_json::json!({}),
+    }
+}
+
+/// The layers as written into `architecture`: each [`LayerSpec`] as serde writes it, with its
+/// [`fixed_settings`] beside its own, e.g. `{"type": "avg_pool2d", "kernel": [2, 2], "stride":
+/// [2, 2], "padding": [1, 1], "ceil_mode": false, "count_include_pad": false}`.
+pub fn architecture_to_json(architecture: &[LayerSpec]) -> Result<Vec<serde_json::Value>> {
+    architecture
+        .iter()
+        .map(|spec| {
+            let mut value = serde_json::to_value(spec)
+                .map_err(|e| Error::Invalid(format!("cannot describe the model: {e}")))?;
+            let fixed = fixed_settings(value["type"].as_str().unwrap_or(""));
+            if let (Some(object), serde_json::Value::Object(fixed)) = (value.as_object_mut(), fixed)
+            {
+                object.extend(fixed);
+            }
+            Ok(value)
+        })
+        .collect()
+}
+
+/// Reads `architecture`, written with or without the [`fixed_settings`] (files from before
+/// they were written lack them), refusing a layer that asks for other values.
+pub fn architecture_from_json(text: &str) -> std::result::Result<Vec<LayerSpec>, String> {
+    let layers: Vec<serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| format!("metadata `architecture` is malformed: {e}"))?;
+    layers
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut layer)| {
+            let kind = layer["type"].as_str().unwrap_or("").to_string();
+            if let (Some(object), serde_json::Value::Object(fixed)) =
+                (layer.as_object_mut(), fixed_settings(&kind))
+            {
+                for (key, supported) in fixed {
+                    match object.remove(&key) {
+                        Some(value) if !same_setting(&value, &supported) => {
+                            return Err(format!(
+                                "layer {index} ({kind}): {key} = {value} is not supported \
+                                 (this engine computes with {key} = {supported})"
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            serde_json::from_value(layer)
+                .map_err(|e| format!("metadata `architecture` is malformed: layer {index}: {e}"))
+        })
+        .collect()
+}
+
+/// Equal settings, numbers compared as numbers (`1e-5` written by another program as
+/// `0.00001` is the same setting).
+fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+        _ => a == b,
+    }
 }

@@ -31,7 +31,8 @@ pub struct LayerSummary {
 
 impl Network {
     /// Builds the layers of `architecture` for images of `input_shape`, checking that each layer
-    /// fits the one before, with the kernels of the instruction set `CNN_KERNELS` names (the
+    /// fits the one before (and that none needs feature maps after they were flattened:
+    /// [`crate::layers::check_layer_order`]), with the kernels of the instruction set `CNN_KERNELS` names (the
     /// best this CPU has by default: [`Isa::from_env`]). Parameters start at zero: call
     /// [`Network::init_kaiming`] or load them.
     pub fn new(architecture: &[LayerSpec], input_shape: Shape) -> Result<Self> {
@@ -43,6 +44,7 @@ impl Network {
         if architecture.is_empty() {
             return Err(Error::Architecture("it has no layers".into()));
         }
+        crate::layers::check_layer_order(architecture)?;
         let mut shape = input_shape;
         let mut layers = Vec::with_capacity(architecture.len());
         for (index, spec) in architecture.iter().enumerate() {

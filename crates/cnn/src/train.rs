@@ -32,11 +32,19 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     #[serde(default)]
     pub schedule: Schedule,
-    /// Epochs over which the learning rate rises linearly from near 0 to `learning_rate`.
+    /// Epochs over which the learning rate rises linearly to `learning_rate` (see
+    /// [`TrainConfig::learning_rate_at`]).
     #[serde(default)]
     pub warmup_epochs: usize,
     #[serde(default)]
     pub augment: Augment,
+    /// Keep the network of the epoch with the best held-out result ([`BestEpoch`]), not the
+    /// last one.
+    #[serde(default)]
+    pub save_best: bool,
+    /// Stop once the held-out result has not improved for this many epochs.
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
 /// How the learning rate changes over training (after any warm-up).
@@ -51,37 +59,82 @@ pub enum Schedule {
     Cosine,
 }
 
-/// Random changes to each training image, drawn anew every step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Random changes to each training image, drawn anew every step (see
+/// [`Dataset::fill_batch_augmented`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Augment {
     /// Shift by up to this many pixels each way, filling with zero bytes (a random crop of the
     /// image padded by `shift`).
     pub shift: usize,
     /// Mirror left-right half of the time.
     pub flip: bool,
+    /// Rotate about the centre by an angle drawn from `[-rotate, rotate]` degrees.
+    #[serde(default)]
+    pub rotate: f32,
+    /// Zoom about the centre by a factor drawn from `[1 - scale, 1 + scale]`.
+    #[serde(default)]
+    pub scale: f32,
+    /// Add normal noise of this standard deviation (in units of the full pixel range, so 0.05
+    /// is about 13 grey levels) to each value, clipped to the range.
+    #[serde(default)]
+    pub noise: f32,
+    /// Blank a square this many pixels a side, centred at a random pixel (cutout).
+    #[serde(default)]
+    pub cutout: usize,
 }
 
 impl TrainConfig {
-    /// The learning rate at `progress` epochs into training (`0.5` = half way through the
-    /// first epoch).
-    pub fn learning_rate_at(&self, progress: f64) -> f32 {
+    /// The learning rate of step `step` (counted from 0 over the whole run) when an epoch has
+    /// `steps_per_epoch` steps.
+    ///
+    /// Warm-up over the first `n = warmup_epochs * steps_per_epoch` steps is linear: step `s`
+    /// runs at `learning_rate * (s + 1) / n`, so the first at `learning_rate / n` and step
+    /// `n - 1` at the full rate (PyTorch's `LinearLR(start_factor=1/n, total_iters=n-1)`).
+    /// Then the schedule, at `progress = step / steps_per_epoch` epochs: constant; step
+    /// (`gamma` to the power `floor(progress / every)`); or cosine, half a cosine from the
+    /// full rate at the end of warm-up to 0 at the end of the last epoch, which makes it the
+    /// one schedule that depends on `epochs`.
+    pub fn learning_rate_at(&self, step: u64, steps_per_epoch: usize) -> f32 {
         let base = f64::from(self.learning_rate);
-        let warmup = self.warmup_epochs as f64;
-        if progress < warmup {
-            return (base * (progress + 1e-3).min(warmup) / warmup) as f32;
+        let steps_per_epoch = steps_per_epoch.max(1);
+        let warmup_steps = (self.warmup_epochs * steps_per_epoch) as u64;
+        if step < warmup_steps {
+            return (base * (step + 1) as f64 / warmup_steps as f64) as f32;
         }
+        let progress = step as f64 / steps_per_epoch as f64;
         let rate = match self.schedule {
             Schedule::Constant => base,
             Schedule::Step { every, gamma } => {
                 base * f64::from(gamma).powi((progress / every.max(1) as f64).floor() as i32)
             }
             Schedule::Cosine => {
+                let warmup = self.warmup_epochs as f64;
                 let span = (self.epochs as f64 - warmup).max(1e-9);
                 let t = ((progress - warmup) / span).clamp(0.0, 1.0);
                 base * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
         };
         rate as f32
+    }
+}
+
+impl Default for TrainConfig {
+    /// `cnn train`'s defaults: 6 epochs of batches of 64, Adam at 0.001, constant rate, seed 1,
+    /// no weight decay, warm-up or augmentation.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 6,
+            batch_size: 64,
+            learning_rate: 0.001,
+            optimizer: OptimizerConfig::adam(),
+            seed: 1,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0,
+            augment: Augment::default(),
+            save_best: false,
+            patience: None,
+        }
     }
 }
 
@@ -105,6 +158,28 @@ impl TrainConfig {
                 self.weight_decay
             )));
         }
+        let augment = self.augment;
+        if !(augment.rotate.is_finite() && (0.0..=180.0).contains(&augment.rotate)) {
+            return Err(Error::Invalid(format!(
+                "--rotate must be 0 to 180 degrees, not {}",
+                augment.rotate
+            )));
+        }
+        if !(augment.scale.is_finite() && (0.0..1.0).contains(&augment.scale)) {
+            return Err(Error::Invalid(format!(
+                "--scale must be in [0, 1), not {}",
+                augment.scale
+            )));
+        }
+        if !(augment.noise.is_finite() && (0.0..=1.0).contains(&augment.noise)) {
+            return Err(Error::Invalid(format!(
+                "--noise must be 0 to 1, not {}",
+                augment.noise
+            )));
+        }
+        if self.patience == Some(0) {
+            return Err(Error::Invalid("--patience must be at least 1".into()));
+        }
         if let Schedule::Step { every, gamma } = self.schedule {
             if every == 0 || !(gamma.is_finite() && gamma > 0.0) {
                 return Err(Error::Invalid(
@@ -123,6 +198,55 @@ pub struct TrainState {
     /// Epochs completed.
     pub epoch: usize,
     pub optimizer: Optimizer,
+    /// The best epoch by the held-out data so far, when there is held-out data.
+    pub best: Option<BestEpoch>,
+}
+
+/// The epoch with the best held-out result: the highest accuracy, and of equal accuracies the
+/// lowest loss (so that a plateau at 100% still counts a falling loss as progress).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BestEpoch {
+    pub epoch: usize,
+    pub accuracy: f64,
+    pub loss: f64,
+    /// Every saved tensor of the network after that epoch, in the order of
+    /// [`Network::tensors`], when [`TrainConfig::save_best`] keeps it.
+    pub tensors: Option<Vec<Vec<f32>>>,
+}
+
+impl BestEpoch {
+    /// Whether `result` beats this epoch.
+    pub fn is_beaten_by(&self, result: &Evaluation) -> bool {
+        result.accuracy > self.accuracy
+            || (result.accuracy == self.accuracy && result.loss < self.loss)
+    }
+}
+
+/// Every saved tensor of `network` (parameters and buffers, in the order of
+/// [`Network::tensors`]).
+pub fn snapshot(network: &Network) -> Vec<Vec<f32>> {
+    network.tensors().map(|(_, p)| p.value.clone()).collect()
+}
+
+/// Writes a [`snapshot`] back into `network`; `false`, with nothing changed, when it does not
+/// fit.
+pub fn restore(network: &mut Network, tensors: &[Vec<f32>]) -> bool {
+    let lengths: Vec<usize> = network.tensors().map(|(_, p)| p.value.len()).collect();
+    if lengths.len() != tensors.len() || lengths.iter().zip(tensors).any(|(&l, t)| l != t.len()) {
+        return false;
+    }
+    let mut source = tensors.iter();
+    for layer in network.layers_mut() {
+        for param in layer.params_mut() {
+            param.value.copy_from_slice(source.next().expect("counted"));
+        }
+        for buffer in layer.buffers_mut() {
+            buffer
+                .value
+                .copy_from_slice(source.next().expect("counted"));
+        }
+    }
+    true
 }
 
 /// What one epoch achieved.
@@ -144,6 +268,9 @@ pub trait TrainObserver {
     /// After each step: images done so far this epoch, the running mean loss and accuracy.
     fn batch_done(&mut self, _images_done: usize, _mean_loss: f64, _accuracy: f64) {}
     fn epoch_done(&mut self, _report: &EpochReport) {}
+    /// Training stops before epoch `next_epoch` because the held-out result has not improved
+    /// since `best_epoch` ([`TrainConfig::patience`]).
+    fn stopped_early(&mut self, _next_epoch: usize, _best_epoch: usize) {}
     /// After each epoch, with everything needed to continue from here (see
     /// [`train_from`]); an error stops training.
     fn checkpoint(&mut self, _network: &Network, _state: &TrainState) -> Result<()> {
@@ -203,9 +330,19 @@ pub fn train_from(
     if data.is_empty() {
         return Err(Error::Invalid("the training set is empty".into()));
     }
+    if (config.save_best || config.patience.is_some()) && validation.is_none() {
+        return Err(Error::Invalid(
+            "--save-best and --patience need held-out data (--val-split)".into(),
+        ));
+    }
+    let smallest_batch = match data.len() % config.batch_size {
+        0 => config.batch_size.min(data.len()),
+        rest => rest,
+    };
+    check_batch_statistics(network, smallest_batch)?;
     let mut rng = seeded(config.seed, Stream::Shuffle);
     let mut order: Vec<usize> = (0..data.len()).collect();
-    let (first_epoch, mut optimizer) = match resume {
+    let (first_epoch, mut optimizer, mut best) = match resume {
         Some(state) => {
             if !state.optimizer.fits(network) {
                 return Err(Error::Invalid(
@@ -216,9 +353,9 @@ pub fn train_from(
             for _ in 0..state.epoch {
                 order.shuffle(&mut rng);
             }
-            (state.epoch + 1, state.optimizer)
+            (state.epoch + 1, state.optimizer, state.best)
         }
-        None => (1, Optimizer::new(config.optimizer, network)),
+        None => (1, Optimizer::new(config.optimizer, network), None),
     };
     let steps_per_epoch = data.len().div_ceil(config.batch_size);
     let mut pixels = Vec::new();
@@ -230,6 +367,13 @@ pub fn train_from(
 
     let mut learning_rate = config.learning_rate;
     for epoch in first_epoch..=config.epochs {
+        // Checked before each epoch, so that a run resumed after it stopped early stays stopped.
+        if let (Some(patience), Some(best)) = (config.patience, &best) {
+            if epoch - 1 - best.epoch >= patience {
+                observer.stopped_early(epoch, best.epoch);
+                break;
+            }
+        }
         order.shuffle(&mut rng);
         observer.epoch_started(epoch, data.len());
         let started = Instant::now();
@@ -250,8 +394,7 @@ pub fn train_from(
                 );
             }
             workspace.set_step_seed(step_seed(config.seed, step, Stream::Dropout).next_u64());
-            let progress = (epoch - 1) as f64 + step_in_epoch as f64 / steps_per_epoch as f64;
-            learning_rate = config.learning_rate_at(progress);
+            learning_rate = config.learning_rate_at(step, steps_per_epoch);
             let stats = train_step(
                 network,
                 (&mut workspace, &mut grads),
@@ -282,6 +425,16 @@ pub fn train_from(
             images_per_second: seen as f64 / seconds.max(1e-9),
             learning_rate,
         };
+        if let Some(result) = &report.validation {
+            if best.as_ref().is_none_or(|b| b.is_beaten_by(result)) {
+                best = Some(BestEpoch {
+                    epoch,
+                    accuracy: result.accuracy,
+                    loss: result.loss,
+                    tensors: config.save_best.then(|| snapshot(network)),
+                });
+            }
+        }
         observer.epoch_done(&report);
         reports.push(report);
         observer.checkpoint(
@@ -289,10 +442,37 @@ pub fn train_from(
             &TrainState {
                 epoch,
                 optimizer: optimizer.clone(),
+                best: best.clone(),
             },
         )?;
     }
+    if config.save_best {
+        if let Some(tensors) = best.and_then(|b| b.tensors) {
+            if !restore(network, &tensors) {
+                return Err(Error::Invalid(
+                    "the best epoch's tensors do not fit the network".into(),
+                ));
+            }
+        }
+    }
     Ok(reports)
+}
+
+/// Batch normalisation while training needs more than one value per channel, as in PyTorch
+/// ("Expected more than 1 value per channel when training"): the variance of one value is 0
+/// and its normalised output always 0. `batch` is the smallest batch the run will see.
+fn check_batch_statistics(network: &Network, batch: usize) -> Result<()> {
+    for (index, layer) in network.layers().iter().enumerate() {
+        let values = batch * layer.input_shape().plane();
+        if layer.spec() == crate::layers::LayerSpec::BatchNorm2d && values <= 1 {
+            return Err(Error::Invalid(format!(
+                "layer {index} (batchnorm) would normalise a batch of {batch} image(s) with \
+                 {values} value per channel; batch normalisation needs more than 1 (change \
+                 --batch or --limit so that no batch holds a single image)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One optimisation step on a prepared batch (`[N, input_shape]` with its `N` labels): forward
@@ -413,14 +593,18 @@ mod tests {
             schedule,
             warmup_epochs,
             augment: Augment::default(),
+            save_best: false,
+            patience: None,
         }
     }
 
     #[test]
     fn schedules_follow_their_formulas() {
         let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        // Ten steps per epoch: step 73 is 7.3 epochs in.
+        let at = |config: &TrainConfig, step: u64| config.learning_rate_at(step, 10);
         let constant = config(Schedule::Constant, 0);
-        assert!(close(constant.learning_rate_at(7.3), 0.1));
+        assert!(close(at(&constant, 73), 0.1));
         let step = config(
             Schedule::Step {
                 every: 3,
@@ -428,17 +612,40 @@ mod tests {
             },
             0,
         );
-        assert!(close(step.learning_rate_at(2.9), 0.1));
-        assert!(close(step.learning_rate_at(3.0), 0.05));
-        assert!(close(step.learning_rate_at(6.5), 0.025));
+        assert!(close(at(&step, 29), 0.1));
+        assert!(close(at(&step, 30), 0.05));
+        assert!(close(at(&step, 65), 0.025));
         let cosine = config(Schedule::Cosine, 0);
-        assert!(close(cosine.learning_rate_at(0.0), 0.1));
-        assert!(close(cosine.learning_rate_at(5.0), 0.05));
-        assert!(cosine.learning_rate_at(9.99) < 1e-4);
-        // Warm-up: a linear rise over 2 epochs, then the cosine over the other 8.
+        assert!(close(at(&cosine, 0), 0.1));
+        assert!(close(at(&cosine, 50), 0.05));
+        assert!(at(&cosine, 99) < 1e-3);
+        // Warm-up over 2 epochs (20 steps): step s at 0.1 * (s + 1) / 20, then the cosine
+        // over the other 8 epochs.
         let warm = config(Schedule::Cosine, 2);
-        assert!(close(warm.learning_rate_at(1.0), 0.05 + 0.00005));
-        assert!(close(warm.learning_rate_at(2.0), 0.1));
-        assert!(close(warm.learning_rate_at(6.0), 0.05));
+        assert!(close(at(&warm, 0), 0.1 / 20.0));
+        assert!(close(at(&warm, 9), 0.05));
+        assert!(close(at(&warm, 19), 0.1));
+        assert!(close(at(&warm, 20), 0.1));
+        assert!(close(at(&warm, 60), 0.05));
+    }
+
+    #[test]
+    fn best_epoch_prefers_accuracy_then_loss() {
+        let best = BestEpoch {
+            epoch: 3,
+            accuracy: 0.9,
+            loss: 0.3,
+            tensors: None,
+        };
+        let result = |accuracy, loss| Evaluation {
+            images: 10,
+            loss,
+            accuracy,
+            confusion: vec![],
+        };
+        assert!(best.is_beaten_by(&result(0.91, 0.5)));
+        assert!(best.is_beaten_by(&result(0.9, 0.2)));
+        assert!(!best.is_beaten_by(&result(0.9, 0.3)));
+        assert!(!best.is_beaten_by(&result(0.89, 0.1)));
     }
 }

@@ -224,6 +224,8 @@ fn cifar_batches_load_validate_and_train() {
         schedule: Default::default(),
         warmup_epochs: 0,
         augment: Default::default(),
+        save_best: false,
+        patience: None,
     };
     train(
         &mut network,
@@ -309,6 +311,8 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
             schedule: Default::default(),
             warmup_epochs: 0,
             augment: Default::default(),
+            save_best: false,
+            patience: None,
         };
         train(
             &mut network,

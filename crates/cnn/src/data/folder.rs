@@ -1,11 +1,11 @@
 //! Image folders: `DIR/train/<class>/*` and `DIR/test/<class>/*`, or one tree `DIR/<class>/*`
 //! (split by `--val-split`). Class names are the folder names, sorted; files are read in name
-//! order. Every image is converted to the shape of the first training image (its size; grey
-//! when it is grey, RGB otherwise) and kept as bytes.
+//! order. Every image is converted to one shape (by default that of the first training image:
+//! its size; grey when it is grey, RGB otherwise) and kept as bytes.
 
 use super::Dataset;
 use crate::error::{Error, Result};
-use crate::preprocess::{decode_picture, Background, Preprocessing};
+use crate::preprocess::{decode_picture, Preprocessing};
 use crate::tensor::Shape;
 use std::path::{Path, PathBuf};
 
@@ -124,12 +124,7 @@ pub fn load(dir: &Path, split: FolderSplit, shape: Shape) -> Result<Dataset> {
     let root = split_root(dir, split)?;
     let folders = class_folders(&root)?;
     // Pictures are converted as they are, with no inversion or contrast stretch.
-    let convert = Preprocessing {
-        mean: vec![0.0; shape.channels],
-        std: vec![1.0; shape.channels],
-        background: Background::Any,
-        autocontrast: false,
-    };
+    let convert = Preprocessing::identity(shape.channels);
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let mut classes = Vec::with_capacity(folders.len());
     for (label, (name, folder)) in folders.into_iter().enumerate() {

@@ -162,9 +162,15 @@ impl Dataset {
 }
 
 impl Dataset {
-    /// [`Dataset::fill_batch`] with each image shifted by up to `augment.shift` pixels each way
-    /// (the uncovered border filled with zero bytes) and, when `augment.flip`, mirrored half of
-    /// the time; `rng` draws the changes. `pixels` is a reusable buffer.
+    /// [`Dataset::fill_batch`] with each image changed as `augment` says, `rng` drawing the
+    /// changes: shifted by up to `augment.shift` pixels each way and, when `augment.flip`,
+    /// mirrored half of the time (the uncovered border filled with zero bytes); rotated and
+    /// zoomed about the centre (bilinear sampling); a square cut out; noise added. `pixels` is
+    /// a reusable buffer.
+    ///
+    /// Per image the draws are, in order: the shift (rows, then columns), the flip, then only
+    /// for the changes asked for: the angle, the zoom, the cutout's centre (row, column), one
+    /// normal value per pixel. A run with only shift and flip draws what it always drew.
     #[allow(clippy::too_many_arguments)]
     pub fn fill_batch_augmented(
         &self,
@@ -177,32 +183,154 @@ impl Dataset {
         labels: &mut Vec<usize>,
     ) {
         let shape = self.shape;
-        let (height, width) = (shape.height as isize, shape.width as isize);
-        let shift = augment.shift as isize;
+        let shift = augment.shift as i64;
         batch.reshape(indices.len(), shape);
         labels.clear();
         pixels.resize(shape.len(), 0);
         for (slot, &index) in indices.iter().enumerate() {
-            let dy = rng.random_range(-shift as i64..=shift as i64) as isize;
-            let dx = rng.random_range(-shift as i64..=shift as i64) as isize;
+            let dy = rng.random_range(-shift..=shift) as f32;
+            let dx = rng.random_range(-shift..=shift) as f32;
             let flip = augment.flip && rng.random_bool(0.5);
+            let angle = if augment.rotate > 0.0 {
+                rng.random_range(-augment.rotate..=augment.rotate)
+                    .to_radians()
+            } else {
+                0.0
+            };
+            let zoom = if augment.scale > 0.0 {
+                rng.random_range(1.0 - augment.scale..=1.0 + augment.scale)
+            } else {
+                1.0
+            };
+            let transform = Transform {
+                shift: (dx, dy),
+                flip,
+                angle,
+                zoom,
+            };
             let source = self.image(index);
-            for channel in 0..shape.channels {
-                let plane = channel * shape.plane();
-                for y in 0..height {
-                    for x in 0..width {
-                        let (sy, sx) = (y + dy, if flip { width - 1 - x } else { x } + dx);
-                        let inside = (0..height).contains(&sy) && (0..width).contains(&sx);
-                        pixels[plane + (y * width + x) as usize] = if inside {
-                            source[plane + (sy * width + sx) as usize]
-                        } else {
-                            0
-                        };
-                    }
+            if angle == 0.0 && zoom == 1.0 {
+                transform.apply_whole_pixels(source, shape, pixels);
+            } else {
+                transform.apply_bilinear(source, shape, pixels);
+            }
+            if augment.cutout > 0 {
+                let cy = rng.random_range(0..shape.height);
+                let cx = rng.random_range(0..shape.width);
+                cut_out(pixels, shape, (cy, cx), augment.cutout);
+            }
+            let out = batch.sample_mut(slot);
+            if augment.noise > 0.0 {
+                add_noise_and_normalize(pixels, shape, preprocessing, augment.noise, rng, out);
+            } else {
+                preprocessing.normalize(pixels, shape, out);
+            }
+            labels.push(self.label(index));
+        }
+    }
+}
+
+/// The geometric changes to one training image: output pixel `(x, y)` shows the source at the
+/// point found by mirroring (when `flip`), moving by `shift`, then rotating by `angle` and
+/// zooming by `zoom` about the image's centre.
+struct Transform {
+    shift: (f32, f32),
+    flip: bool,
+    angle: f32,
+    zoom: f32,
+}
+
+impl Transform {
+    /// Whole-pixel shifts and flips only: each byte copied, zero outside the source.
+    fn apply_whole_pixels(&self, source: &[u8], shape: Shape, pixels: &mut [u8]) {
+        let (height, width) = (shape.height as isize, shape.width as isize);
+        let (dx, dy) = (self.shift.0 as isize, self.shift.1 as isize);
+        for channel in 0..shape.channels {
+            let plane = channel * shape.plane();
+            for y in 0..height {
+                for x in 0..width {
+                    let (sy, sx) = (y + dy, if self.flip { width - 1 - x } else { x } + dx);
+                    let inside = (0..height).contains(&sy) && (0..width).contains(&sx);
+                    pixels[plane + (y * width + x) as usize] = if inside {
+                        source[plane + (sy * width + sx) as usize]
+                    } else {
+                        0
+                    };
                 }
             }
-            preprocessing.normalize(pixels, shape, batch.sample_mut(slot));
-            labels.push(self.label(index));
+        }
+    }
+
+    /// Any transform, sampled bilinearly at pixel centres; zero outside the source.
+    fn apply_bilinear(&self, source: &[u8], shape: Shape, pixels: &mut [u8]) {
+        let (height, width) = (shape.height, shape.width);
+        let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
+        // The rotation maps output onto source, so it turns the other way.
+        let (sin, cos) = (-self.angle).sin_cos();
+        let at = |plane: &[u8], x: isize, y: isize| -> f32 {
+            if (0..width as isize).contains(&x) && (0..height as isize).contains(&y) {
+                f32::from(plane[y as usize * width + x as usize])
+            } else {
+                0.0
+            }
+        };
+        for channel in 0..shape.channels {
+            let range = channel * shape.plane()..(channel + 1) * shape.plane();
+            let (plane, out) = (&source[range.clone()], &mut pixels[range]);
+            for y in 0..height {
+                for x in 0..width {
+                    let column = if self.flip { width - 1 - x } else { x };
+                    let u = column as f32 + 0.5 + self.shift.0;
+                    let v = y as f32 + 0.5 + self.shift.1;
+                    let (px, py) = ((u - cx) / self.zoom, (v - cy) / self.zoom);
+                    let sx = cos * px - sin * py + cx - 0.5;
+                    let sy = sin * px + cos * py + cy - 0.5;
+                    let (x0, y0) = (sx.floor(), sy.floor());
+                    let (fx, fy) = (sx - x0, sy - y0);
+                    let (x0, y0) = (x0 as isize, y0 as isize);
+                    let value = (1.0 - fy)
+                        * ((1.0 - fx) * at(plane, x0, y0) + fx * at(plane, x0 + 1, y0))
+                        + fy * ((1.0 - fx) * at(plane, x0, y0 + 1)
+                            + fx * at(plane, x0 + 1, y0 + 1));
+                    out[y * width + x] = value.round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// Zeroes the `size x size` square centred at `(row, column)` (clipped to the image), in every
+/// channel: cutout (DeVries and Taylor, 2017).
+fn cut_out(pixels: &mut [u8], shape: Shape, (row, column): (usize, usize), size: usize) {
+    let top = row.saturating_sub(size / 2);
+    let left = column.saturating_sub(size / 2);
+    let bottom = (top + size).min(shape.height);
+    let right = (left + size).min(shape.width);
+    for channel in 0..shape.channels {
+        let plane = &mut pixels[channel * shape.plane()..(channel + 1) * shape.plane()];
+        for y in top..bottom {
+            plane[y * shape.width + left..y * shape.width + right].fill(0);
+        }
+    }
+}
+
+/// [`Preprocessing::normalize`] after adding normal noise of standard deviation `noise` (in
+/// units of the full pixel range) to each value, clipped to [0, 1].
+fn add_noise_and_normalize(
+    pixels: &[u8],
+    shape: Shape,
+    preprocessing: &Preprocessing,
+    noise: f32,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+) {
+    let plane = shape.plane();
+    for (channel, (src, dst)) in pixels.chunks(plane).zip(out.chunks_mut(plane)).enumerate() {
+        let (mean, std) = (preprocessing.mean[channel], preprocessing.std[channel]);
+        for (d, &p) in dst.iter_mut().zip(src) {
+            let normal: f32 = rng.sample(rand_distr::StandardNormal);
+            let value = (f32::from(p) / 255.0 + noise * normal).clamp(0.0, 1.0);
+            *d = (value - mean) / std;
         }
     }
 }
@@ -291,9 +419,26 @@ impl DataSpec {
 
     /// The training images, and a held-out validation split: `val_split` of the training
     /// images (chosen by `seed`) when it is above 0, none otherwise. The X/O data has its own
-    /// generated validation split.
+    /// generated validation split (and refuses `val_split`).
     pub fn load_training(&self, seed: u64, val_split: f32) -> Result<(Dataset, Option<Dataset>)> {
+        self.load_training_as(seed, val_split, None)
+    }
+
+    /// [`DataSpec::load_training`], with `folder:` images converted to `shape` instead of the
+    /// first image's (other data sets have one shape and ignore it).
+    pub fn load_training_as(
+        &self,
+        seed: u64,
+        val_split: f32,
+        shape: Option<Shape>,
+    ) -> Result<(Dataset, Option<Dataset>)> {
         let train = match self {
+            DataSpec::Xo { .. } if val_split != 0.0 => {
+                return Err(Error::Invalid(format!(
+                    "--val-split {val_split}: the X/O data has a validation split of its own \
+                     ({XO_VALIDATION_IMAGES} images)"
+                )))
+            }
             DataSpec::Xo { size } => {
                 let config = |count| xo::XoConfig {
                     size: *size,
@@ -316,7 +461,11 @@ impl DataSpec {
             .map_err(fashion_mnist_hint)?,
             DataSpec::Idx { dir } => idx::load(dir, idx::IdxSplit::Train, &idx::digit_classes())?,
             DataSpec::Folder { dir } => {
-                folder::load(dir, folder::FolderSplit::Train, folder::probe_shape(dir)?)?
+                let shape = match shape {
+                    Some(shape) => shape,
+                    None => folder::probe_shape(dir)?,
+                };
+                folder::load(dir, folder::FolderSplit::Train, shape)?
             }
             DataSpec::Cifar10 { dir } => cifar::load(dir, cifar::CifarSplit::Train)?,
         };
@@ -330,6 +479,12 @@ impl DataSpec {
 
     /// The test split, never seen in training.
     pub fn load_test(&self, seed: u64) -> Result<Dataset> {
+        self.load_test_as(seed, None)
+    }
+
+    /// [`DataSpec::load_test`], with `folder:` images converted to `shape` (a model's input)
+    /// instead of the first training image's.
+    pub fn load_test_as(&self, seed: u64, shape: Option<Shape>) -> Result<Dataset> {
         match self {
             DataSpec::Xo { size } => xo::generate(
                 xo::XoConfig {
@@ -347,7 +502,11 @@ impl DataSpec {
             .map_err(fashion_mnist_hint),
             DataSpec::Idx { dir } => idx::load(dir, idx::IdxSplit::Test, &idx::digit_classes()),
             DataSpec::Folder { dir } => {
-                folder::load(dir, folder::FolderSplit::Test, folder::probe_shape(dir)?)
+                let shape = match shape {
+                    Some(shape) => shape,
+                    None => folder::probe_shape(dir)?,
+                };
+                folder::load(dir, folder::FolderSplit::Test, shape)
             }
             DataSpec::Cifar10 { dir } => cifar::load(dir, cifar::CifarSplit::Test),
         }
@@ -365,24 +524,19 @@ impl DataSpec {
     pub fn preprocessing(&self, train: &Dataset) -> Preprocessing {
         match self {
             DataSpec::Xo { .. } => Preprocessing::seed_convention(),
-            DataSpec::FashionMnist => Preprocessing {
-                mean: vec![FASHION_MNIST_MEAN],
-                std: vec![FASHION_MNIST_STD],
-                background: Background::Dark,
-                autocontrast: false,
-            },
+            DataSpec::FashionMnist => Preprocessing::new(
+                vec![FASHION_MNIST_MEAN],
+                vec![FASHION_MNIST_STD],
+                Background::Dark,
+                false,
+            ),
             DataSpec::Idx { .. } | DataSpec::Folder { .. } | DataSpec::Cifar10 { .. } => {
                 let (mean, std) = train.channel_statistics();
                 let background = match self {
                     DataSpec::Idx { .. } => Background::Dark,
                     _ => Background::Any,
                 };
-                Preprocessing {
-                    mean,
-                    std,
-                    background,
-                    autocontrast: false,
-                }
+                Preprocessing::new(mean, std, background, false)
             }
         }
     }
@@ -390,7 +544,7 @@ impl DataSpec {
 
 fn fashion_mnist_hint(error: Error) -> Error {
     match error {
-        Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => Error::file(
+        Error::Io { path, error } if error.kind() == std::io::ErrorKind::NotFound => Error::file(
             path,
             "missing: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`",
         ),

@@ -25,14 +25,14 @@ mod pool;
 mod spec;
 
 pub use activation::Relu;
-pub use batchnorm::BatchNorm2d;
+pub use batchnorm::{BatchNorm2d, EPSILON as BATCHNORM_EPSILON, MOMENTUM as BATCHNORM_MOMENTUM};
 pub use conv::Conv2d;
 pub use dense::Dense;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use global_pool::GlobalAvgPool;
 pub use pool::Pool2d;
-pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
+pub use spec::{check_layer_order, Conv2dConfig, DenseConfig, LayerSpec};
 
 use crate::tensor::{Param, Shape, Tensor};
 

@@ -64,6 +64,27 @@ impl LayerSpec {
         }
     }
 
+    /// Whether the layer reads `C x H x W` feature maps: PyTorch's module of the same name
+    /// (`Conv2d`, `MaxPool2d`, `AvgPool2d`, `BatchNorm2d`, `AdaptiveAvgPool2d`) needs a 4-D input.
+    pub fn needs_maps(&self) -> bool {
+        matches!(
+            self,
+            LayerSpec::Conv2d(_)
+                | LayerSpec::MaxPool2d(_)
+                | LayerSpec::AvgPool2d(_)
+                | LayerSpec::BatchNorm2d
+                | LayerSpec::GlobalAvgPool
+        )
+    }
+
+    /// Whether the layer's output is flat features (`[N, F]`, 2-D in PyTorch).
+    pub fn flattens(&self) -> bool {
+        matches!(
+            self,
+            LayerSpec::Flatten | LayerSpec::Dense(_) | LayerSpec::GlobalAvgPool
+        )
+    }
+
     /// Builds the layer for an input of `input` shape, with zeroed parameters, its kernels to
     /// run with `isa`. `index` is the layer's position, named in the error when the input does
     /// not fit.
@@ -94,6 +115,28 @@ impl LayerSpec {
         };
         Ok(layer)
     }
+}
+
+/// Refuses a layer that needs feature maps ([`LayerSpec::needs_maps`]) after one that has
+/// flattened them: this engine would run it on `F x 1 x 1` maps, but a PyTorch
+/// `nn.Sequential` of the same modules cannot run at all.
+pub fn check_layer_order(architecture: &[LayerSpec]) -> Result<()> {
+    let mut flattened_at = None;
+    for (index, spec) in architecture.iter().enumerate() {
+        if let Some(flat) = flattened_at {
+            if spec.needs_maps() {
+                return Err(Error::Architecture(format!(
+                    "layer {index} ({spec}) needs C x H x W feature maps, but layer {flat} \
+                     ({}) has already flattened them into features; move it before layer {flat}",
+                    architecture[flat]
+                )));
+            }
+        }
+        if spec.flattens() && flattened_at.is_none() {
+            flattened_at = Some(index);
+        }
+    }
+    Ok(())
 }
 
 fn fmt_window(f: &mut fmt::Formatter<'_>, w: &Window2d, conv: bool) -> fmt::Result {
