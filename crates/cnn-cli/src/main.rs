@@ -1,5 +1,8 @@
 //! `cnn`: train, evaluate, run and look inside convolutional networks. A thin layer over the
 //! `cnn` engine: it parses arguments, shows progress, and prints results.
+//!
+//! Exit status: 0 on success, 2 for a command line that is wrong in itself (clap's errors and
+//! [`usage::UsageError`]), 1 for anything that fails while doing the work.
 
 mod arch_arg;
 mod commands;
@@ -7,20 +10,29 @@ mod grid;
 mod inside;
 mod plot;
 mod progress;
+mod record;
+mod usage;
 
-use clap::{Parser, Subcommand};
+use clap::{ColorChoice, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "cnn",
     version,
-    about = "Convolutional neural networks: train, eval, predict, explain, serve"
+    about = "Convolutional neural networks: train, eval, predict, info, explain, serve"
 )]
-struct Cli {
+pub struct Cli {
     /// Worker threads (default: one per core).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// No progress bars and no informational lines: only results, warnings and errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Colour in the output: auto (when writing to a terminal and NO_COLOR is not set),
+    /// always or never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,14 +43,43 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
     /// Measure a model's accuracy on a data set's test split.
     Eval(commands::eval::EvalArgs),
-    /// Classify image files with a model.
+    /// Classify image files (or folders and globs of them) with a model.
     Predict(commands::predict::PredictArgs),
+    /// Describe a model file: layers, classes, preprocessing, how it was trained.
+    Info(commands::info::InfoArgs),
     /// Show what a network computes, layer by layer (the seed's worked example with --example).
     Explain(commands::explain::ExplainArgs),
     /// Measure training and inference speed, memory and GFLOP/s of an architecture.
     Bench(commands::bench::BenchArgs),
     /// Serve a web playground: draw and see the prediction and every layer's feature maps.
     Serve(commands::serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the manual page (roff) to stdout: `cnn man > cnn.1; man -l cnn.1`.
+    Man,
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Train(_) => "train",
+            Command::Eval(_) => "eval",
+            Command::Predict(_) => "predict",
+            Command::Info(_) => "info",
+            Command::Explain(_) => "explain",
+            Command::Bench(_) => "bench",
+            Command::Serve(_) => "serve",
+            Command::Completions(_) => "completions",
+            Command::Man => "man",
+        }
+    }
+}
+
+/// What every subcommand may need from the global options.
+#[derive(Clone, Copy, Debug)]
+pub struct Global {
+    pub threads: usize,
+    pub quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -52,46 +93,58 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("error: internal error: {message} (please report this)");
     }));
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first} (see `cnn --help`)");
-            return ExitCode::from(2);
-        }
+    let color = usage::color_choice(std::env::args_os());
+    usage::apply_color(color);
+    let matches = match Cli::command().color(color).try_get_matches() {
+        Ok(matches) => matches,
+        // clap's own message, whole: what is missing, what conflicts, "did you mean", the
+        // possible values, the usage; exit 2 (0 for --help and --version).
+        Err(e) => e.exit(),
     };
-    match run(cli) {
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let name = cli.command.name();
+    let sub_matches = matches
+        .subcommand_matches(name)
+        .cloned()
+        .unwrap_or_default();
+    match run(cli, &sub_matches) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("error: {}", message.replace('\n', " "));
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<usage::UsageError>() {
+            Some(usage) => usage::exit(name, color, &usage.0),
+            None => {
+                let message = format!("{e:#}");
+                eprintln!("error: {}", message.replace('\n', " "));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let threads = match cli.threads {
-        Some(0) => anyhow::bail!("--threads must be at least 1"),
-        Some(n) => n,
+        Some(n) => usize::from(n),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let global = Global {
+        threads,
+        quiet: cli.quiet,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start {threads} threads: {e}"))?;
     pool.install(|| match cli.command {
-        Command::Train(args) => commands::train::run(*args, threads),
-        Command::Eval(args) => commands::eval::run(args),
-        Command::Predict(args) => commands::predict::run(args),
-        Command::Explain(args) => commands::explain::run(args),
-        Command::Bench(args) => commands::bench::run(args, threads),
-        Command::Serve(args) => commands::serve::run(args, threads),
+        Command::Train(args) => commands::train::run(*args, matches, global),
+        Command::Eval(args) => commands::eval::run(args, global),
+        Command::Predict(args) => commands::predict::run(args, global),
+        Command::Info(args) => commands::info::run(args),
+        Command::Explain(args) => commands::explain::run(args, global),
+        Command::Bench(args) => commands::bench::run(args, global),
+        Command::Serve(args) => commands::serve::run(args, global),
+        Command::Completions(args) => commands::completions::run(args),
+        Command::Man => commands::completions::man(),
     })
 }

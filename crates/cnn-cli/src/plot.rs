@@ -2,8 +2,8 @@
 //! class probabilities, training curves and confusion matrices. Text uses DejaVu Sans, embedded
 //! in the binary (`assets/`, with its licence), so nothing depends on the fonts a machine has.
 
+use crate::record::EpochSummary;
 use anyhow::{anyhow, Context, Result};
-use cnn::train::EpochReport;
 use cnn::viz::diverging_colour;
 use plotters::coord::types::RangedCoordusize;
 use plotters::coord::Shift;
@@ -274,7 +274,7 @@ pub fn png_and_svg(path: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 
 /// Loss and accuracy per epoch, on the training data and the held-out split, side by side; as a
 /// PNG and an SVG.
-pub fn training_curves(base: &Path, reports: &[EpochReport]) -> Result<(String, String)> {
+pub fn training_curves(base: &Path, reports: &[EpochSummary]) -> Result<(String, String)> {
     let (png, svg) = png_and_svg(base);
     save_png(&png, (1000, 420), |root| {
         draw_curves(root, reports).map_err(|e| anyhow!("{e}"))
@@ -292,17 +292,17 @@ pub fn training_curves(base: &Path, reports: &[EpochReport]) -> Result<(String, 
 
 fn draw_curves<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    reports: &[EpochReport],
+    reports: &[EpochSummary],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let (left, right) = root.split_horizontally(500);
-    let epochs = reports.len().max(1) as f64;
+    let epochs = reports.last().map_or(1, |r| r.epoch.max(1)) as f64;
     let train_loss: Vec<(f64, f64)> = reports
         .iter()
         .map(|r| (r.epoch as f64, r.train_loss))
         .collect();
     let held_out_loss: Vec<(f64, f64)> = reports
         .iter()
-        .filter_map(|r| r.validation.as_ref().map(|v| (r.epoch as f64, v.loss)))
+        .filter_map(|r| r.validation_loss.map(|loss| (r.epoch as f64, loss)))
         .collect();
     let train_accuracy: Vec<(f64, f64)> = reports
         .iter()
@@ -311,9 +311,8 @@ fn draw_curves<DB: DrawingBackend>(
     let held_out_accuracy: Vec<(f64, f64)> = reports
         .iter()
         .filter_map(|r| {
-            r.validation
-                .as_ref()
-                .map(|v| (r.epoch as f64, 100.0 * v.accuracy))
+            r.validation_accuracy
+                .map(|accuracy| (r.epoch as f64, 100.0 * accuracy))
         })
         .collect();
     let max_loss = train_loss

@@ -1,7 +1,26 @@
 //! Training progress on the terminal: a bar per epoch with images/s, and a line per epoch.
 
 use cnn::train::{EpochReport, TrainObserver};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+/// A bar over `len` items on stderr (drawn only on a terminal) with `template`, whose
+/// `{rate}` is whole items per second in the terminal's own colour. (`{per_sec:.0}` would ask
+/// indicatif for colour 0, black, and print four decimals.)
+pub fn bar(len: usize, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("a valid template")
+            .with_key(
+                "rate",
+                |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:.0}/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> "),
+    );
+    bar
+}
 
 pub struct ProgressReporter {
     bar: Option<ProgressBar>,
@@ -24,13 +43,9 @@ impl TrainObserver for ProgressReporter {
         if self.quiet {
             return;
         }
-        let bar = ProgressBar::with_draw_target(Some(images as u64), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} images  {per_sec:.0}  epoch ends in {eta}  {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+        let bar = bar(
+            images,
+            "epoch {prefix} [{bar:30}] {pos}/{len} images  {rate}  epoch ends in {eta}  {msg}",
         );
         bar.set_prefix(format!("{epoch}/{}", self.epochs));
         self.bar = Some(bar);

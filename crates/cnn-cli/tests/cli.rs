@@ -11,15 +11,15 @@ fn cnn() -> Command {
     Command::cargo_bin("cnn").expect("the cnn binary is built")
 }
 
-/// Runs `cnn` expecting failure; returns stderr after checking it is one line with no panic.
+/// Runs `cnn` expecting failure (status 1); returns stderr after checking it is one line with
+/// no panic.
 fn fails(args: &[&str]) -> String {
     let output = cnn().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(!output.status.success(), "{args:?} should fail");
-    assert_ne!(
+    assert_eq!(
         output.status.code(),
-        Some(101),
-        "{args:?} panicked: {stderr}"
+        Some(1),
+        "{args:?} should fail with status 1: {stderr}"
     );
     assert_eq!(
         stderr.trim_end().lines().count(),
@@ -30,6 +30,25 @@ fn fails(args: &[&str]) -> String {
         !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
         "{stderr}"
     );
+    stderr
+}
+
+/// Runs `cnn` expecting a usage error: status 2 and clap's layout (the message, the usage line,
+/// the pointer to --help), no panic. Returns stderr.
+fn usage_fails(args: &[&str]) -> String {
+    let output = cnn().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{args:?} should be a usage error: {stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains("For more information, try '--help'."),
+        "{args:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
 
@@ -183,9 +202,7 @@ fn train_prints_layers_and_eval_reaches_99_percent() {
 fn train_summary_has_one_line_per_layer() {
     let dir = TempDir::new().unwrap();
     let output = cnn()
-        .args([
-            "train", "--quiet", "--epochs", "1", "--data", "xo:16", "--arch",
-        ])
+        .args(["train", "--epochs", "1", "--data", "xo:16", "--arch"])
         .arg("conv 4@3x3, relu, avgpool 2 ceil, dense classes")
         .arg("--out")
         .arg(dir.path().join("m.safetensors"))
@@ -406,17 +423,6 @@ fn bad_arguments_are_one_line_errors() {
             ],
             "layer 2 (conv 8@15x15) does not fit its input 8x13x13",
         ),
-        (
-            vec!["train", "--data", "mnist", "--out", out],
-            "unknown data set",
-        ),
-        (vec!["train", "--epochs", "0", "--out", out], "--epochs"),
-        (vec!["train", "--lr", "-1", "--out", out], "--lr"),
-        (vec!["train", "--threads", "0", "--out", out], "--threads"),
-        (vec!["train", "--bogus"], "--bogus"),
-        (vec!["explain"], "--example"),
-        (vec!["explain", "--example", "y"], "invalid value"),
-        (vec!["frobnicate"], "frobnicate"),
     ] {
         let stderr = fails(&args);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
@@ -718,7 +724,7 @@ fn resumed_training_gives_the_same_model_file() {
     assert!(!resumed.exists(), "a stopped run writes no model");
     let checkpoint = dir.path().join("resumed.safetensors.ckpt");
     let output = cnn()
-        .args(["--threads", "2", "train", "--quiet", "--resume"])
+        .args(["--threads", "2", "train", "--resume"])
         .arg(&checkpoint)
         .output()
         .unwrap();
@@ -738,4 +744,997 @@ fn resumed_training_gives_the_same_model_file() {
     std::fs::write(&checkpoint, &bytes[..bytes.len() / 2]).unwrap();
     let error = fails(&["train", "--resume", checkpoint.to_str().unwrap()]);
     assert!(error.contains("resumed.safetensors.ckpt"), "{error}");
+}
+
+/// Usage errors are clap's messages whole, with status 2: what is missing, what was meant,
+/// what is allowed, what conflicts; the command's own refusals look the same.
+#[test]
+fn usage_errors_are_whole_with_status_2() {
+    let stderr = usage_fails(&["predict", "--model", "xo.safetensors"]);
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("<PATH>...")
+            && stderr.contains("Usage: cnn predict"),
+        "{stderr}"
+    );
+    let stderr = usage_fails(&["trian"]);
+    assert!(
+        stderr.contains("unrecognized subcommand 'trian'")
+            && stderr.contains("a similar subcommand exists: 'train'"),
+        "{stderr}"
+    );
+    let stderr = usage_fails(&["train", "--optimizer", "rmsprop"]);
+    assert!(
+        stderr.contains("[possible values: sgd, adam, adamw]"),
+        "{stderr}"
+    );
+    let stderr = usage_fails(&["train", "--plot", "p", "--no-plot"]);
+    assert!(
+        stderr.contains("cannot be used with") && stderr.contains("--no-plot"),
+        "{stderr}"
+    );
+    let stderr = usage_fails(&["explain"]);
+    assert!(stderr.contains("--example"), "{stderr}");
+    for (args, expected) in [
+        (vec!["train", "--bogus"], "--bogus"),
+        (vec!["frobnicate"], "frobnicate"),
+        (vec!["explain", "--example", "y"], "invalid value"),
+        (vec!["train", "--threads", "0"], "--threads"),
+        (vec!["train", "--epochs", "0"], "--epochs"),
+        (vec!["train", "--lr", "-1"], "--lr"),
+        (vec!["train", "--data", "mnist"], "unknown data set"),
+        (
+            vec!["train", "--momentum", "0.5"],
+            "--momentum applies to --optimizer sgd only",
+        ),
+        (
+            vec!["train", "--optimizer", "adamw", "--nesterov"],
+            "--nesterov applies to --optimizer sgd only",
+        ),
+        (vec!["train", "--step-every", "3"], "--schedule step only"),
+        (vec!["train", "--val-split", "1"], "--val-split must be"),
+        (
+            vec!["train", "--val-split", "0.2"],
+            "the X/O data has a validation split of its own",
+        ),
+        (vec!["train", "--size", "8x8"], "apply to folder: data only"),
+        (
+            vec!["train", "--data", "idx:/tmp", "--save-best"],
+            "give --val-split",
+        ),
+        (vec!["train", "--warmup", "9"], "--warmup 9 is longer"),
+        (
+            vec!["predict", "--model", "m", "--min-confidence", "2", "x.png"],
+            "--min-confidence",
+        ),
+    ] {
+        let stderr = usage_fails(&args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // The command's own refusals name the subcommand in the usage line.
+    let stderr = usage_fails(&["train", "--momentum", "0.5"]);
+    assert!(stderr.contains("Usage: cnn train"), "{stderr}");
+    // Failures while doing the work are status 1.
+    fails(&["eval", "--model", "/nonexistent/model.safetensors"]);
+    fails(&["info", "/nonexistent/model.safetensors"]);
+}
+
+/// Colour follows --color (and NO_COLOR under auto); clap's errors too.
+#[test]
+fn color_is_chosen_by_flag() {
+    let run = |args: &[&str]| {
+        let output = cnn().args(args).output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let always = run(&["--color", "always", "explain", "--example", "x"]);
+    assert!(always.contains("\x1b["), "no colour with --color always");
+    let never = run(&["--color=never", "explain", "--example", "x"]);
+    assert!(!never.contains("\x1b["), "colour with --color never");
+    let output = cnn().args(["--color", "always", "trian"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("\x1b["));
+    let output = cnn()
+        .env("NO_COLOR", "1")
+        .args(["explain", "--example", "x"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("\x1b["));
+}
+
+/// A picture file of `size` pixels a side for a batch: X's and O's of varied size, place and
+/// stroke, black on white.
+fn varied_letter(index: usize) -> (char, RgbImage) {
+    let letter = if index.is_multiple_of(2) { 'x' } else { 'o' };
+    let size = 40 + (index * 7 % 60) as u32;
+    let shift = (index * 13 % 9) as f32 - 4.0;
+    let angle = (index * 17 % 21) as f32 / 100.0 - 0.1;
+    let width = size as f32 / 12.0 + 1.0;
+    (
+        letter,
+        drawn_letter(letter, size, shift, -shift / 2.0, angle, width),
+    )
+}
+
+#[test]
+fn predict_a_folder_as_csv_and_json_lines() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("pictures");
+    let mut expected = std::collections::BTreeMap::new();
+    for index in 0..1000 {
+        let (letter, picture) = varied_letter(index);
+        let folder = root.join(format!("part{}", index % 3));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join(format!("{letter}_{index:04}.png"));
+        picture.save(&path).unwrap();
+        expected.insert(path.display().to_string(), letter.to_ascii_uppercase());
+    }
+    let broken = root.join("part0").join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(root.join("notes.txt"), "not a picture").unwrap();
+
+    let output = cnn()
+        .args(["predict", "--format", "csv", "--top-k", "2", "--model"])
+        .arg(model)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a broken file makes it fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("1 of 1001 pictures"), "{stderr}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("file,class,probability,class_2,probability_2,error")
+    );
+    let rows: Vec<Vec<String>> = lines.map(csv_row).collect();
+    assert_eq!(rows.len(), 1001, "one row per picture, the broken one too");
+    let mut right = 0;
+    for row in &rows {
+        assert_eq!(row.len(), 6, "{row:?}");
+        if row[0] == broken.display().to_string() {
+            assert!(
+                row[1].is_empty() && row[5].contains("cannot decode"),
+                "{row:?}"
+            );
+            continue;
+        }
+        assert!(row[5].is_empty(), "{row:?}");
+        let (p1, p2): (f32, f32) = (row[2].parse().unwrap(), row[4].parse().unwrap());
+        assert!(p1 >= p2 && (p1 + p2 - 1.0).abs() < 1e-5, "{row:?}");
+        assert_ne!(row[1], row[3]);
+        if row[1].chars().next() == expected.get(&row[0]).copied() {
+            right += 1;
+        }
+    }
+    assert!(right >= 970, "{right} of 1000 drawn letters read right");
+
+    let output = cnn()
+        .args(["predict", "--json", "--model"])
+        .arg(model)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1001);
+    for line in &lines {
+        if line["file"] == broken.to_str().unwrap() {
+            assert!(line["error"].as_str().unwrap().contains("cannot decode"));
+            assert!(line.get("class").is_none());
+            continue;
+        }
+        assert_eq!(line["classes"], serde_json::json!(["X", "O"]), "{line}");
+        let probabilities = line["probabilities"].as_array().unwrap();
+        let logits = line["logits"].as_array().unwrap();
+        assert_eq!((probabilities.len(), logits.len()), (2, 2));
+        let index = usize::from(line["class"] == "O");
+        // The class's probability is the same number, in the same precision, in both places.
+        assert_eq!(line["probability"], probabilities[index], "{line}");
+    }
+
+    // A glob picks its files; --min-confidence marks answers below it.
+    let pattern = root.join("part1").join("x_*.png");
+    let output = cnn()
+        .args([
+            "predict",
+            "--format",
+            "csv",
+            "--min-confidence",
+            "0.9999",
+            "--model",
+        ])
+        .arg(model)
+        .arg(pattern.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.starts_with("file,class,probability,unsure,error\n"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let in_part1 = expected
+        .keys()
+        .filter(|p| p.contains("part1") && p.contains("/x_"))
+        .count();
+    assert_eq!(rows.len(), in_part1);
+    for row in &rows {
+        let cells: Vec<&str> = row.split(',').collect();
+        let unsure = cells[2].parse::<f32>().unwrap() < 0.9999;
+        assert_eq!(cells[3], unsure.to_string(), "{row}");
+    }
+    let text_output = cnn()
+        .args(["predict", "--min-confidence", "1", "--model"])
+        .arg(model)
+        .arg(root.join("part0").join("x_0000.png"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text_output.stdout).unwrap();
+    assert!(text.contains(": unsure (X "), "{text}");
+}
+
+/// The fields of one CSV row (RFC 4180 quoting).
+fn csv_row(line: &str) -> Vec<String> {
+    let (mut cells, mut cell, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cell.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => cells.push(std::mem::take(&mut cell)),
+            _ => cell.push(c),
+        }
+    }
+    cells.push(cell);
+    cells
+}
+
+/// `cnn info`: the layers, classes, input, preprocessing and how the model was trained.
+#[test]
+fn info_describes_a_model_and_its_training() {
+    let model = trained_model();
+    let output = cnn().args(["info", "--json"]).arg(model).output().unwrap();
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["classes"], serde_json::json!(["X", "O"]));
+    assert_eq!(json["input_shape"], serde_json::json!([1, 28, 28]));
+    assert_eq!(json["params"], 2818);
+    assert_eq!(json["param_bytes"], 4 * 2818);
+    assert_eq!(json["layers"].as_array().unwrap().len(), 8);
+    assert_eq!(json["preprocessing"]["inversion"], "median_vs_extremes");
+    assert_eq!(json["preprocessing"]["resize_filter"], "triangle");
+    assert_eq!(
+        json["preprocessing"]["luma_weights"],
+        serde_json::json!([2126, 7152, 722])
+    );
+    let training = &json["training"];
+    assert_eq!(training["data"], "xo");
+    assert_eq!(training["settings"]["epochs"], 3);
+    assert_eq!(training["settings"]["seed"], 1);
+    assert_eq!(training["settings"]["optimizer"]["name"], "adam");
+    assert_eq!(training["kept_epoch"], 3);
+    assert_eq!(training["epochs"].as_array().unwrap().len(), 3);
+    assert!(training["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(training["cnn_version"], env!("CARGO_PKG_VERSION"));
+    assert!(training["test"]["accuracy"].as_f64().unwrap() >= 0.99);
+    assert_eq!(training["test"]["images"], 2000);
+
+    let output = cnn().arg("info").arg(model).output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "input: 1x28x28 (grey)",
+        "classes (2): X, O",
+        "conv 8@3x3 pad=1",
+        "parameters: 2818",
+        "trained on: xo (8000 training images, 1000 held out)",
+        "epochs: 3 of 3 trained; the file holds epoch 3",
+        "seed 1,",
+    ] {
+        assert!(text.contains(expected), "missing {expected}: {text}");
+    }
+}
+
+/// The model file's tensors only (its metadata records the run, which differs between runs
+/// that end with the same network).
+fn tensors_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut named: Vec<(String, Vec<u8>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    named.sort();
+    named
+}
+
+fn train_xo16(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, std::process::Output) {
+    let out = dir.join(name);
+    let output = cnn()
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--quiet",
+            "--no-plot",
+            "--data",
+            "xo:16",
+        ])
+        .args(["--limit", "2000"])
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    (out, output)
+}
+
+/// `--resume CKPT --epochs N` extends a finished run. With a schedule that does not depend on
+/// the number of epochs (constant here), 2 epochs extended to 4 give the same file as 4
+/// epochs; with cosine the rate follows the new plan from epoch 3 on, so the model differs.
+#[test]
+fn resume_extends_a_finished_run() {
+    let dir = TempDir::new().unwrap();
+    let (whole, output) = train_xo16(dir.path(), "whole.safetensors", &["--epochs", "4"]);
+    assert!(output.status.success());
+    let (short, output) = train_xo16(dir.path(), "short.safetensors", &["--epochs", "2"]);
+    assert!(output.status.success());
+    let checkpoint = dir.path().join("short.safetensors.ckpt");
+    let extended = dir.path().join("extended.safetensors");
+    let output = cnn()
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--quiet",
+            "--epochs",
+            "4",
+            "--resume",
+        ])
+        .arg(&checkpoint)
+        .arg("--out")
+        .arg(&extended)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Not assert_eq!: it would print the two files.
+    assert!(
+        std::fs::read(&whole).unwrap() == std::fs::read(&extended).unwrap(),
+        "2 epochs extended to 4 differ from 4 epochs"
+    );
+    assert_ne!(
+        std::fs::read(&short).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+
+    // A finished run is not trained again without --epochs; flags a resume cannot change are
+    // refused by name.
+    let checkpoint = checkpoint.to_str().unwrap();
+    let error = fails(&["train", "--resume", checkpoint]);
+    assert!(
+        error.contains("finished its 2 epochs") && error.contains("--epochs"),
+        "{error}"
+    );
+    let error = fails(&["train", "--resume", checkpoint, "--epochs", "2"]);
+    assert!(error.contains("has done 2 epochs"), "{error}");
+    let error = usage_fails(&[
+        "train", "--resume", checkpoint, "--lr", "0.1", "--batch", "8",
+    ]);
+    assert!(
+        error.contains("cannot take --batch, --lr") || error.contains("cannot take --lr, --batch"),
+        "{error}"
+    );
+
+    // Cosine: the extension follows the 4-epoch plan from epoch 3 on (the logged rates agree)
+    // but epochs 1 and 2 ran on the 2-epoch plan.
+    let cosine = ["--schedule", "cosine"];
+    let log_whole = dir.path().join("whole.csv");
+    let (cosine_whole, _) = train_xo16(
+        dir.path(),
+        "cosine_whole.safetensors",
+        &[
+            &cosine[..],
+            &["--epochs", "4", "--log", log_whole.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let (_, output) = train_xo16(
+        dir.path(),
+        "cosine_short.safetensors",
+        &[&cosine[..], &["--epochs", "2"]].concat(),
+    );
+    assert!(output.status.success());
+    let log_extended = dir.path().join("extended.csv");
+    let cosine_extended = dir.path().join("cosine_extended.safetensors");
+    cnn()
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--quiet",
+            "--epochs",
+            "4",
+            "--resume",
+        ])
+        .arg(dir.path().join("cosine_short.safetensors.ckpt"))
+        .arg("--log")
+        .arg(&log_extended)
+        .arg("--out")
+        .arg(&cosine_extended)
+        .assert()
+        .success();
+    let rates = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(5).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(rates(&log_whole)[2..], rates(&log_extended)[..]);
+    assert!(tensors_of(&cosine_whole) != tensors_of(&cosine_extended));
+}
+
+/// Reads a training log: per epoch (validation accuracy, validation loss).
+fn held_out_results(log: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells[4].parse().unwrap(), cells[3].parse().unwrap())
+        })
+        .collect()
+}
+
+/// A rate that is fine for two epochs and then multiplied by 1e-38: from epoch 3 on no step
+/// changes a weight, so no later epoch beats the best of the first two.
+const FROZEN_AFTER_2: [&str; 6] = [
+    "--schedule",
+    "step",
+    "--step-every",
+    "2",
+    "--step-gamma",
+    "1e-38",
+];
+
+#[test]
+fn save_best_keeps_the_best_held_out_epoch() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("log.csv");
+    let (best, output) = train_xo16(
+        dir.path(),
+        "best.safetensors",
+        &[
+            &FROZEN_AFTER_2[..],
+            &[
+                "--epochs",
+                "4",
+                "--save-best",
+                "--log",
+                log.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = held_out_results(&log);
+    assert_eq!(results.len(), 4);
+    // The best epoch by the rule: highest accuracy, then lowest loss.
+    let best_epoch = (0..4)
+        .max_by(|&a, &b| {
+            let (accuracy_a, loss_a) = results[a];
+            let (accuracy_b, loss_b) = results[b];
+            accuracy_a
+                .total_cmp(&accuracy_b)
+                .then(loss_b.total_cmp(&loss_a))
+                .then(b.cmp(&a))
+        })
+        .unwrap()
+        + 1;
+    assert!(
+        best_epoch <= 2,
+        "the frozen epochs should not be best: {results:?}"
+    );
+    assert_eq!(results[2], results[3], "nothing changes after epoch 2");
+    let epochs = best_epoch.to_string();
+    let (plain, output) = train_xo16(
+        dir.path(),
+        "plain.safetensors",
+        &[&FROZEN_AFTER_2[..], &["--epochs", &epochs]].concat(),
+    );
+    assert!(output.status.success());
+    assert_eq!(
+        tensors_of(&best),
+        tensors_of(&plain),
+        "--save-best did not keep epoch {best_epoch}"
+    );
+    let info = cnn().args(["info", "--json"]).arg(&best).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["training"]["kept_epoch"], best_epoch);
+    assert_eq!(json["training"]["last_epoch"], 4);
+}
+
+#[test]
+fn patience_stops_when_the_held_out_result_stops_improving() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("log.csv");
+    let (model, output) = train_xo16(
+        dir.path(),
+        "patient.safetensors",
+        &[
+            &FROZEN_AFTER_2[..],
+            &[
+                "--epochs",
+                "12",
+                "--patience",
+                "2",
+                "--log",
+                log.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let epochs = held_out_results(&log).len();
+    // The best is epoch 1 or 2; two epochs after it without progress, training stops.
+    assert!((3..=4).contains(&epochs), "{epochs} epochs trained");
+    let info = cnn().args(["info", "--json"]).arg(&model).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["training"]["stopped_early"], true);
+    assert_eq!(json["training"]["last_epoch"], epochs);
+    // Resuming a run that stopped early does not train on.
+    let checkpoint = dir.path().join("patient.safetensors.ckpt");
+    let error = fails(&[
+        "train",
+        "--resume",
+        checkpoint.to_str().unwrap(),
+        "--epochs",
+        "20",
+    ]);
+    assert!(error.contains("stopped early"), "{error}");
+}
+
+/// The new augmentations train, and the same seed gives the same model.
+#[test]
+fn augmentation_is_drawn_from_the_seed() {
+    let dir = TempDir::new().unwrap();
+    let augment = [
+        "--epochs", "1", "--rotate", "15", "--scale", "0.1", "--noise", "0.05", "--cutout", "4",
+    ];
+    let (a, output) = train_xo16(dir.path(), "a.safetensors", &augment);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (b, _) = train_xo16(dir.path(), "b.safetensors", &augment);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (plain, _) = train_xo16(dir.path(), "plain.safetensors", &["--epochs", "1"]);
+    assert_ne!(tensors_of(&a), tensors_of(&plain));
+    usage_fails(&["train", "--rotate", "400"]);
+    usage_fails(&["train", "--no-augment", "--cutout", "3"]);
+}
+
+/// `--size` and `--grey`/`--rgb` set the shape of folder images instead of the first one's.
+#[test]
+fn folder_images_take_the_size_and_colour_asked_for() {
+    let dir = TempDir::new().unwrap();
+    for split in ["train", "test"] {
+        for index in 0..40 {
+            let (letter, picture) = varied_letter(index);
+            let folder = dir.path().join(split).join(letter.to_string());
+            std::fs::create_dir_all(&folder).unwrap();
+            picture.save(folder.join(format!("{index}.png"))).unwrap();
+        }
+    }
+    let data = format!("folder:{}", dir.path().display());
+    let out = dir.path().join("m.safetensors");
+    cnn()
+        .args([
+            "train",
+            "--quiet",
+            "--no-plot",
+            "--epochs",
+            "1",
+            "--data",
+            &data,
+        ])
+        .args(["--size", "20x24", "--grey", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let info = cnn().args(["info", "--json"]).arg(&out).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["input_shape"], serde_json::json!([1, 20, 24]));
+    // eval reads the test images at the model's shape.
+    cnn().args(["eval", "--model"]).arg(&out).assert().success();
+    let out_rgb = dir.path().join("rgb.safetensors");
+    cnn()
+        .args([
+            "train",
+            "--quiet",
+            "--no-plot",
+            "--epochs",
+            "1",
+            "--data",
+            &data,
+        ])
+        .args(["--size", "16", "--rgb", "--out"])
+        .arg(&out_rgb)
+        .assert()
+        .success();
+    let info = cnn()
+        .args(["info", "--json"])
+        .arg(&out_rgb)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["input_shape"], serde_json::json!([3, 16, 16]));
+}
+
+/// What a user draws reads as they mean it: a black X on a transparent background, a drawing
+/// inside a black frame, a strip letterboxed; a picture of too many pixels is refused before
+/// it is decoded.
+#[test]
+fn pictures_read_the_way_a_user_means_them() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let predict = |path: &Path, extra: &[&str]| -> String {
+        let output = cnn()
+            .args(["predict", "--json", "--model"])
+            .arg(model)
+            .args(extra)
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["class"].as_str().unwrap().to_string()
+    };
+    for letter in ['x', 'o'] {
+        let expected = letter.to_ascii_uppercase().to_string();
+        // Black ink, fully transparent elsewhere (the transparent pixels are black too).
+        let drawn = drawn_letter(letter, 96, 3.0, -2.0, 0.1, 8.0);
+        let transparent = image::RgbaImage::from_fn(96, 96, |x, y| {
+            let ink = drawn.get_pixel(x, y)[0] < 128;
+            image::Rgba(if ink { [0, 0, 0, 255] } else { [0, 0, 0, 0] })
+        });
+        let path = dir.path().join(format!("transparent_{letter}.png"));
+        transparent.save(&path).unwrap();
+        assert_eq!(predict(&path, &[]), expected, "transparent {letter}");
+
+        // The same drawing inside a thick black frame.
+        let mut framed = drawn_letter(letter, 120, 0.0, 0.0, 0.0, 9.0);
+        for (x, y, pixel) in framed.enumerate_pixels_mut() {
+            if x < 6 || y < 6 || x >= 114 || y >= 114 {
+                *pixel = Rgb([0, 0, 0]);
+            }
+        }
+        let path = dir.path().join(format!("framed_{letter}.png"));
+        framed.save(&path).unwrap();
+        assert_eq!(predict(&path, &[]), expected, "framed {letter}");
+
+        // A wide strip with the letter in its middle, read with its aspect ratio kept.
+        let square = drawn_letter(letter, 80, 0.0, 0.0, 0.0, 7.0);
+        let strip = RgbImage::from_fn(240, 80, |x, y| {
+            if (80..160).contains(&x) {
+                *square.get_pixel(x - 80, y)
+            } else {
+                Rgb([255, 255, 255])
+            }
+        });
+        let path = dir.path().join(format!("strip_{letter}.png"));
+        strip.save(&path).unwrap();
+        assert_eq!(predict(&path, &["--letterbox"]), expected, "strip {letter}");
+    }
+
+    // A 12000 x 12000 PNG: only its header is written, which is all that is read.
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, png_header(12000, 12000)).unwrap();
+    let started = std::time::Instant::now();
+    let error = fails(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        bomb.to_str().unwrap(),
+    ]);
+    assert!(
+        started.elapsed().as_secs_f64() < 2.0,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        error.contains("12000x12000") && error.contains("megapixels"),
+        "{error}"
+    );
+    let small = dir.path().join("small.png");
+    drawn_letter('x', 64, 0.0, 0.0, 0.0, 5.0)
+        .save(&small)
+        .unwrap();
+    let error = fails(&[
+        "predict",
+        "--max-pixels",
+        "1000",
+        "--model",
+        model.to_str().unwrap(),
+        small.to_str().unwrap(),
+    ]);
+    assert!(error.contains("64x64"), "{error}");
+}
+
+/// A PNG of a `width x height` grey picture that says so in its header and holds a few bytes of
+/// pixel data: decoding it would ask for every pixel.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 0, 0, 0, 0]);
+    // An empty zlib stream: a valid start of the pixel data.
+    let data = [0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, body) in [
+        (&b"IHDR"[..], &header[..]),
+        (b"IDAT", &data),
+        (b"IEND", &[]),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(body);
+        png.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+/// What `cnn train` prints is written for people: no Rust `Debug` text, held-out numbers that
+/// add up; errors name the OS problem once.
+#[test]
+fn output_is_written_for_people() {
+    let dir = TempDir::new().unwrap();
+    let output = cnn()
+        .args([
+            "train",
+            "--no-plot",
+            "--data",
+            "xo:16",
+            "--limit",
+            "500",
+            "--epochs",
+            "1",
+        ])
+        .args([
+            "--optimizer",
+            "sgd",
+            "--schedule",
+            "step",
+            "--shift",
+            "1",
+            "--flip",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("m.safetensors"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text =
+        String::from_utf8(output.stdout).unwrap() + &String::from_utf8(output.stderr).unwrap();
+    for debug in [
+        "{", "}", "Some(", "None", "Sgd", "Step", "Constant", "Cosine", "false", "\x1b[30m",
+    ] {
+        assert!(!text.contains(debug), "`{debug}` in: {text}");
+    }
+    assert!(
+        text.contains("the first 500 of 8000 training images (--limit), 1000 validation images"),
+        "{text}"
+    );
+    assert!(text.contains("SGD (momentum 0.9)") && text.contains("rate x0.1 every 10 epochs"));
+    let explain = cnn()
+        .args(["explain", "--example", "o", "--pool", "avg"])
+        .output()
+        .unwrap();
+    let explain = String::from_utf8(explain.stdout).unwrap();
+    assert!(
+        explain.contains(": O, ") && explain.contains("average pooling"),
+        "{explain}"
+    );
+
+    let model = trained_model().to_str().unwrap();
+    let error = fails(&["predict", "--model", model, "/nonexistent/x.png"]);
+    assert_eq!(
+        error.matches("No such file or directory").count(),
+        1,
+        "{error}"
+    );
+    assert!(!error.contains("os error"), "{error}");
+    let gif = dir.path().join("cut.gif");
+    std::fs::write(&gif, b"GIF89a\x10\x00\x10\x00").unwrap();
+    let error = fails(&["predict", "--model", model, gif.to_str().unwrap()]);
+    assert!(error.contains("this GIF image"), "{error}");
+
+    // --quiet: nothing but results.
+    let quiet = cnn()
+        .args([
+            "--quiet",
+            "train",
+            "--no-plot",
+            "--data",
+            "xo:16",
+            "--limit",
+            "200",
+            "--epochs",
+            "1",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("q.safetensors"))
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty());
+}
+
+/// Layers that need feature maps after flattened ones are refused when the network is built;
+/// batch normalisation on one value per channel is an error, as in PyTorch; the metadata
+/// records average pooling's divisor.
+#[test]
+fn architectures_other_tools_can_run() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let out = out.to_str().unwrap();
+    let error = fails(&[
+        "train",
+        "--data",
+        "xo:16",
+        "--arch",
+        "conv 4@3, dense 8, batchnorm, dense classes",
+        "--out",
+        out,
+    ]);
+    assert!(
+        error.contains("layer 3 (batchnorm) needs C x H x W feature maps")
+            && error.contains("layer 1 (flatten)"),
+        "{error}"
+    );
+    let error = fails(&[
+        "train",
+        "--data",
+        "xo:8",
+        "--arch",
+        "conv 4@3, maxpool 6, batchnorm, dense classes",
+        "--batch",
+        "1",
+        "--out",
+        out,
+    ]);
+    assert!(error.contains("needs more than 1"), "{error}");
+    cnn()
+        .args([
+            "train",
+            "--quiet",
+            "--no-plot",
+            "--data",
+            "xo:16",
+            "--epochs",
+            "1",
+            "--limit",
+        ])
+        .args([
+            "200",
+            "--arch",
+            "conv 4@3, avgpool 2 pad=1, dense classes",
+            "--out",
+            out,
+        ])
+        .assert()
+        .success();
+    let info = cnn().args(["info", "--json", out]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let pool = &json["architecture"][1];
+    assert_eq!(pool["type"], "avg_pool2d");
+    assert_eq!(pool["count_include_pad"], false);
+    assert_eq!(
+        json["architecture"][0]["dilation"],
+        serde_json::json!([1, 1])
+    );
+}
+
+#[test]
+fn completions_source_in_bash_and_the_man_page_renders() {
+    let dir = TempDir::new().unwrap();
+    let output = cnn().args(["completions", "bash"]).output().unwrap();
+    assert!(output.status.success());
+    let script = dir.path().join("cnn.bash");
+    std::fs::write(&script, &output.stdout).unwrap();
+    let bash = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p cnn", script.display()))
+        .output()
+        .expect("bash runs");
+    assert!(
+        bash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    assert!(
+        bash.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("cnn"));
+    for shell in ["zsh", "fish"] {
+        let output = cnn().args(["completions", shell]).output().unwrap();
+        assert!(
+            output.status.success() && !output.stdout.is_empty(),
+            "{shell}"
+        );
+    }
+
+    let page = cnn().arg("man").output().unwrap();
+    assert!(page.status.success());
+    let path = dir.path().join("cnn.1");
+    std::fs::write(&path, &page.stdout).unwrap();
+    // `man -l` as a user would read it (CI installs man-db).
+    let rendered = std::process::Command::new("man")
+        .arg("-l")
+        .arg(&path)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man runs (apt-get install man-db)");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    for expected in [
+        "cnn",
+        "CNN PREDICT",
+        "--top-k",
+        "CNN TRAIN",
+        "--save-best",
+        "--threads",
+    ] {
+        assert!(text.contains(expected), "the page lacks {expected}: {text}");
+    }
 }

@@ -189,7 +189,9 @@ function show(result) {
   top.dataset.class = result.class;
   const bars = document.getElementById("probabilities");
   bars.textContent = "";
-  const ranked = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
+  const ranked = result.classes
+    .map((name, i) => [name, result.probabilities[i]])
+    .sort((a, b) => b[1] - a[1]);
   ranked.forEach(([name, p], i) => {
     const bar = document.createElement("div");
     bar.className = i === 0 ? "bar top" : "bar";

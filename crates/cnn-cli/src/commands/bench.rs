@@ -157,9 +157,12 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-pub fn run(args: BenchArgs, threads: usize) -> Result<()> {
+pub fn run(args: BenchArgs, global: crate::Global) -> Result<()> {
+    let threads = global.threads;
     if args.batch == 0 || args.infer_batch == 0 || args.repeats == 0 || args.seconds <= 0.0 {
-        bail!("--batch, --infer-batch, --repeats and --seconds must be positive");
+        return crate::usage::usage_error(
+            "--batch, --infer-batch, --repeats and --seconds must be positive",
+        );
     }
     let shape = parse_shape(&args.input)?;
     let (notation, layers) = crate::arch_arg::resolve(&args.arch, args.classes)?;

@@ -24,7 +24,7 @@ pub struct EvalArgs {
     plot: Option<PathBuf>,
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(args: EvalArgs, global: crate::Global) -> Result<()> {
     let model = model_file::load(&args.model)?;
     let spec = match (&args.data, &model.data) {
         (Some(d), _) => d.clone(),
@@ -32,7 +32,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, None) => bail!("the model does not say what it was trained on: give --data"),
     };
     let data = DataSpec::parse(&spec)?;
-    let test = data.load_test(args.seed)?;
+    let test = data.load_test_as(args.seed, Some(model.network.input_shape()))?;
     if test.classes() != model.classes.as_slice() {
         bail!(
             "the model's classes ({}) are not the data set's ({})",
@@ -69,7 +69,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     print!("{}: ", args.model.display());
     super::train::print_evaluation(&result, &model.classes, &format!("test split of {spec}"));
-    if let Some(path) = &args.plot {
+    if let (Some(path), false) = (&args.plot, global.quiet) {
         println!("confusion matrix drawn in {}", path.display());
     }
     Ok(())

@@ -1,6 +1,7 @@
 use crate::grid::print_maps;
-use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use crate::usage::usage_error;
+use anyhow::{Context, Result};
+use clap::{ArgGroup, Args, ValueEnum};
 use cnn::kernels::pool::PoolKind;
 use cnn::seed_example::{self, Letter, Map};
 use cnn::viz::signed_map;
@@ -19,6 +20,7 @@ pub enum PoolName {
 }
 
 #[derive(Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["example", "model"])))]
 pub struct ExplainArgs {
     /// Run the seed article's worked example on its 9x9 X or O.
     #[arg(long, value_enum, conflicts_with_all = ["model", "image"])]
@@ -48,20 +50,29 @@ pub struct ExplainArgs {
     /// With --example: also write each stage's maps as PNG images into this folder.
     #[arg(long, conflicts_with = "model")]
     png: Option<PathBuf>,
+    #[command(flatten)]
+    picture: super::PictureArgs,
 }
 
-pub fn run(args: ExplainArgs) -> Result<()> {
+pub fn run(args: ExplainArgs, global: crate::Global) -> Result<()> {
     if let (Some(model), Some(image)) = (&args.model, &args.image) {
-        return super::explain_model::run(model, image, args.out.as_deref(), args.layer, args.json);
+        let options = super::explain_model::Options {
+            out: args.out.as_deref(),
+            only_layer: args.layer,
+            json: args.json,
+            quiet: global.quiet,
+            picture: &args.picture,
+        };
+        return super::explain_model::run(model, image, &options);
     }
     let Some(example) = args.example else {
-        bail!("give --example x or --example o, or --model FILE IMAGE");
+        return usage_error("give --example x or --example o, or --model FILE IMAGE");
     };
     if !(1..=3).contains(&args.stride) {
-        bail!(
+        return usage_error(format!(
             "--stride must be 1, 2 or 3 for the 9x9 example, not {}",
             args.stride
-        );
+        ));
     }
     let letter = match example {
         ExampleName::X => Letter::X,
@@ -89,7 +100,13 @@ pub fn run(args: ExplainArgs) -> Result<()> {
             .map(|(n, m)| format!("{stage} {n} ({})", size(m)))
             .collect()
     };
-    println!("The seed's worked example: {example:?}, features \\ X /, convolution stride {}, {:?} pooling 2x2 stride 2 keeping partial windows\n", args.stride, args.pool);
+    let (letter_name, pool_name) = match (example, pool) {
+        (ExampleName::X, PoolKind::Max) => ("X", "max"),
+        (ExampleName::X, PoolKind::Average) => ("X", "average"),
+        (ExampleName::O, PoolKind::Max) => ("O", "max"),
+        (ExampleName::O, PoolKind::Average) => ("O", "average"),
+    };
+    println!("The seed's worked example: {letter_name}, features \\ X /, convolution stride {}, {pool_name} pooling 2x2 stride 2 keeping partial windows\n", args.stride);
     print_maps(
         &["image (9x9)".to_string()],
         std::slice::from_ref(&result.image),
@@ -108,7 +125,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         }
     );
     print_maps(&titled("pool", &result.pool), &result.pool);
-    if let Some(dir) = &args.png {
+    if let (Some(dir), false) = (&args.png, global.quiet) {
         println!("images written to {}", dir.display());
     }
     Ok(())

@@ -7,20 +7,32 @@ use crate::plot::{probability_chart, MapGrid};
 use anyhow::{bail, Context, Result};
 use cnn::model_file;
 use cnn::network::Workspace;
-use cnn::preprocess::read_picture;
+use cnn::preprocess::read_picture_within;
 use cnn::viz::max_abs;
 use cnn::Model;
 use std::fmt::Write as _;
 use std::path::Path;
 
-pub fn run(
-    model_path: &Path,
-    image_path: &Path,
-    out: Option<&Path>,
-    only_layer: Option<usize>,
-    json: bool,
-) -> Result<()> {
-    let model = model_file::load(model_path)?;
+/// What `cnn explain --model` was asked for besides the model and the picture.
+pub struct Options<'a> {
+    /// The folder for the pictures (default `explain/`, none with `json` alone).
+    pub out: Option<&'a Path>,
+    pub only_layer: Option<usize>,
+    pub json: bool,
+    pub quiet: bool,
+    pub picture: &'a super::PictureArgs,
+}
+
+pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Result<()> {
+    let Options {
+        out,
+        only_layer,
+        json,
+        quiet,
+        picture,
+    } = *options;
+    let mut model = model_file::load(model_path)?;
+    picture.apply(&mut model);
     let layer_count = model.network.layers().len();
     if let Some(n) = only_layer {
         if n >= layer_count {
@@ -30,7 +42,7 @@ pub fn run(
             );
         }
     }
-    let picture = read_picture(image_path)?;
+    let picture = read_picture_within(image_path, picture.max_pixels)?;
     let inside = look_inside(&model, &picture, &mut Workspace::new())?;
     let shown: Vec<&LayerView> = inside
         .layers
@@ -76,7 +88,7 @@ pub fn run(
     {
         println!("  {class:<12} {:6.2}%", 100.0 * p);
     }
-    if let Some(dir) = &out {
+    if let (Some(dir), false) = (&out, quiet) {
         println!("pictures written to {}", dir.join("index.html").display());
     }
     Ok(())

@@ -68,9 +68,9 @@ impl AppState {
     }
 }
 
-pub fn run(args: ServeArgs, threads: usize) -> Result<()> {
+pub fn run(args: ServeArgs, global: crate::Global) -> Result<()> {
     let model = Arc::new(model_file::load(&args.model)?);
-    let state = AppState::new(model, threads, args.max_body);
+    let state = AppState::new(model, global.threads, args.max_body);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,10 +80,12 @@ pub fn run(args: ServeArgs, threads: usize) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let address = listener.local_addr()?;
+        if !global.quiet {
         println!(
             "serving {} on http://{address}/ (drawing) and http://{address}/example (the seed's example); Ctrl-C stops",
             args.model.display()
         );
+        }
         axum::serve(listener, router(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -145,8 +147,10 @@ async fn model_summary(State(state): State<AppState>) -> Response {
 struct PredictResponse {
     class: String,
     probability: f32,
-    probabilities: serde_json::Map<String, serde_json::Value>,
+    /// In the order of `classes`, as `logits`.
     classes: Vec<String>,
+    probabilities: Vec<f32>,
+    logits: Vec<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     input: Option<Vec<Vec<Vec<f32>>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -260,7 +264,10 @@ fn classify(
         Some(other) => {
             return Err((
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("a {other:?} picture: send PNG or JPEG"),
+                format!(
+                    "a {} picture: send PNG or JPEG",
+                    cnn::preprocess::format_name(other)
+                ),
             ))
         }
         None => return Err(bad("not an image (PNG or JPEG expected)".into())),
@@ -294,12 +301,8 @@ fn classify(
         .map_err(|e: anyhow::Error| bad(format!("{e:#}")))?;
     let (input, layers) = maps.unzip();
     Ok(PredictResponse {
-        probabilities: model
-            .classes
-            .iter()
-            .zip(&prediction.probabilities)
-            .map(|(c, &p)| (c.clone(), p.into()))
-            .collect(),
+        probabilities: prediction.probabilities,
+        logits: prediction.logits,
         class: prediction.class,
         probability: prediction.probability,
         classes: model.classes.clone(),
@@ -424,8 +427,9 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{json}");
         let class = json["class"].as_str().unwrap();
         assert!(class == "X" || class == "O");
-        let total: f64 = ["X", "O"]
-            .iter()
+        assert_eq!(json["classes"].as_array().unwrap().len(), 2);
+        assert_eq!(json["logits"].as_array().unwrap().len(), 2);
+        let total: f64 = (0..2)
             .map(|c| json["probabilities"][c].as_f64().unwrap())
             .sum();
         assert!((total - 1.0).abs() < 1e-5, "{json}");
@@ -440,7 +444,7 @@ mod tests {
         )
         .await;
         assert_eq!(traced["class"], json["class"]);
-        for c in ["X", "O"] {
+        for c in 0..2 {
             let (fast, slow) = (
                 json["probabilities"][c].as_f64().unwrap(),
                 traced["probabilities"][c].as_f64().unwrap(),

@@ -1,6 +1,10 @@
 use crate::progress::ProgressReporter;
+use crate::record::{EpochSummary, TestResult, TrainingRecord};
+use crate::usage::{usage_error, UsageError};
+use crate::Global;
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, ValueEnum};
 use cnn::checkpoint::{self, ModelParts};
 use cnn::data::{DataSpec, Dataset};
 use cnn::network::Network;
@@ -11,7 +15,7 @@ use cnn::train::{
     evaluate, train_from, Augment, EpochReport, Evaluation, Schedule, TrainConfig, TrainObserver,
     TrainState,
 };
-use cnn::{model_file, Model};
+use cnn::{model_file, Model, Shape};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,7 +42,8 @@ pub struct TrainArgs {
     /// Architecture: a preset (xo, lenet5, cnn4, fashion), a file, or layers in the notation.
     #[arg(long, default_value = "xo")]
     arch: String,
-    /// Passes over the training data (default 6; the fashion preset: its own).
+    /// Passes over the training data (default 6; the presets: their own). With --resume: the
+    /// number of epochs to reach, extending a finished or interrupted run.
     #[arg(long)]
     epochs: Option<usize>,
     /// Images per mini-batch (default 64).
@@ -50,9 +55,9 @@ pub struct TrainArgs {
     /// Optimizer (default adam).
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerName>,
-    /// Momentum for sgd.
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    momentum: f32,
+    /// Momentum for sgd (default 0.9).
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f32>,
     /// Nesterov momentum for sgd.
     #[arg(long)]
     nesterov: bool,
@@ -62,12 +67,15 @@ pub struct TrainArgs {
     /// Learning-rate schedule (default constant).
     #[arg(long, value_enum)]
     schedule: Option<ScheduleName>,
-    /// For `--schedule step`: multiply the rate by --step-gamma every this many epochs.
-    #[arg(long, default_value_t = 10)]
-    step_every: usize,
-    #[arg(long, default_value_t = 0.1)]
-    step_gamma: f32,
-    /// Epochs of linear learning-rate warm-up (default 0).
+    /// For `--schedule step`: multiply the rate by --step-gamma every this many epochs
+    /// (default 10).
+    #[arg(long)]
+    step_every: Option<usize>,
+    /// For `--schedule step`: the factor (default 0.1).
+    #[arg(long)]
+    step_gamma: Option<f32>,
+    /// Epochs of linear learning-rate warm-up: step s of the n warm-up steps runs at
+    /// lr * (s + 1) / n (default 0).
     #[arg(long)]
     warmup: Option<usize>,
     /// Augmentation: shift images by up to this many pixels each way (default 0).
@@ -76,8 +84,20 @@ pub struct TrainArgs {
     /// Augmentation: mirror images left-right half of the time (refused for digits).
     #[arg(long)]
     flip: bool,
+    /// Augmentation: rotate by up to this many degrees either way.
+    #[arg(long, value_name = "DEG")]
+    rotate: Option<f32>,
+    /// Augmentation: zoom by a factor drawn from [1 - F, 1 + F].
+    #[arg(long, value_name = "F")]
+    scale: Option<f32>,
+    /// Augmentation: add normal noise of standard deviation S (1 = the full pixel range).
+    #[arg(long, value_name = "S")]
+    noise: Option<f32>,
+    /// Augmentation: blank an N x N square at a random place.
+    #[arg(long, value_name = "N")]
+    cutout: Option<usize>,
     /// No augmentation at all, whatever the preset says.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["shift", "flip", "rotate", "scale", "noise", "cutout"])]
     no_augment: bool,
     /// Hold out this fraction of the training images for validation after each epoch
     /// (default 0: none; the X/O data has its own validation split).
@@ -86,6 +106,27 @@ pub struct TrainArgs {
     /// Train on the first N training images only.
     #[arg(long)]
     limit: Option<usize>,
+    /// For folder: data, convert every image to this size (HxW, or one number for a square)
+    /// instead of the first image's.
+    #[arg(long, value_name = "HxW")]
+    #[serde(default)]
+    size: Option<String>,
+    /// For folder: data, convert every image to grey.
+    #[arg(long, conflicts_with = "rgb")]
+    #[serde(default)]
+    grey: bool,
+    /// For folder: data, convert every image to RGB.
+    #[arg(long)]
+    #[serde(default)]
+    rgb: bool,
+    /// Keep the network of the epoch with the best held-out accuracy (ties: the lower
+    /// held-out loss), not the last one's.
+    #[arg(long)]
+    #[serde(default)]
+    save_best: bool,
+    /// Stop when the held-out result (as for --save-best) has not improved for N epochs.
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
     /// Append one line of metrics per epoch to this file: JSON lines when it ends in .jsonl
     /// or .json, CSV otherwise.
     #[arg(long)]
@@ -96,13 +137,10 @@ pub struct TrainArgs {
     /// Where to write the model; a checkpoint goes to OUT.ckpt after every epoch.
     #[arg(long, default_value = "xo.safetensors")]
     out: PathBuf,
-    /// Continue the run saved in this checkpoint (its settings are used; other flags are
-    /// ignored, except --quiet).
+    /// Continue the run saved in this checkpoint with its own settings; only --epochs (to
+    /// extend it), --out, --log, --plot and --no-plot may be given with it.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// No progress bar or per-epoch lines.
-    #[arg(long)]
-    quiet: bool,
     /// Where to draw the loss and accuracy curves: PATH.png and PATH.svg (default: beside the
     /// model, `<out>.training.png` and `.svg` with the model's extension dropped).
     #[arg(long, conflicts_with = "no_plot")]
@@ -117,6 +155,19 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
 }
+
+/// The flags a resumed run may take: where things go, and how far to go.
+const RESUMABLE: &[&str] = &[
+    "epochs",
+    "out",
+    "log",
+    "plot",
+    "no_plot",
+    "resume",
+    "stop_after",
+];
+/// Global options, which every subcommand's matches also hold.
+const GLOBAL: &[&str] = &["threads", "quiet", "color"];
 
 /// Training settings a preset brings; flags override each.
 struct PresetSettings {
@@ -160,19 +211,32 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
 }
 
 impl TrainArgs {
+    /// The training loop's settings, refusing flags that do not apply (usage errors).
     fn config(&self, data: &DataSpec) -> Result<TrainConfig> {
         let preset = preset_settings(&self.arch);
         let optimizer_name = self
             .optimizer
             .or(preset.as_ref().map(|p| p.optimizer))
             .unwrap_or(OptimizerName::Adam);
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("--momentum must be in [0, 1), not {}", self.momentum);
+        if optimizer_name != OptimizerName::Sgd && (self.momentum.is_some() || self.nesterov) {
+            let flag = if self.nesterov {
+                "--nesterov"
+            } else {
+                "--momentum"
+            };
+            return usage_error(format!(
+                "{flag} applies to --optimizer sgd only; {} has moments of its own",
+                optimizer_name.label()
+            ));
+        }
+        let momentum = self.momentum.unwrap_or(0.9);
+        if !(0.0..1.0).contains(&momentum) {
+            return usage_error(format!("--momentum must be in [0, 1), not {momentum}"));
         }
         let (optimizer, default_lr) = match optimizer_name {
             OptimizerName::Sgd => (
                 OptimizerConfig::Sgd {
-                    momentum: self.momentum,
+                    momentum,
                     nesterov: self.nesterov,
                 },
                 0.01,
@@ -185,16 +249,24 @@ impl TrainArgs {
             .as_ref()
             .filter(|p| p.optimizer == optimizer_name)
             .map(|p| p.lr);
-        let schedule = match self
+        let schedule_name = self
             .schedule
             .or(preset.as_ref().map(|p| p.schedule))
-            .unwrap_or(ScheduleName::Constant)
+            .unwrap_or(ScheduleName::Constant);
+        if schedule_name != ScheduleName::Step
+            && (self.step_every.is_some() || self.step_gamma.is_some())
         {
+            return usage_error(format!(
+                "--step-every and --step-gamma apply to --schedule step only (the schedule is {})",
+                schedule_name.label()
+            ));
+        }
+        let schedule = match schedule_name {
             ScheduleName::Constant => Schedule::Constant,
             ScheduleName::Cosine => Schedule::Cosine,
             ScheduleName::Step => Schedule::Step {
-                every: self.step_every,
-                gamma: self.step_gamma,
+                every: self.step_every.unwrap_or(10),
+                gamma: self.step_gamma.unwrap_or(0.1),
             },
         };
         let augment = if self.no_augment {
@@ -203,13 +275,17 @@ impl TrainArgs {
             Augment {
                 shift: self.shift.or(preset.as_ref().map(|p| p.shift)).unwrap_or(0),
                 flip: self.flip || (preset.as_ref().is_some_and(|p| p.flip) && data.allows_flip()),
+                rotate: self.rotate.unwrap_or(0.0),
+                scale: self.scale.unwrap_or(0.0),
+                noise: self.noise.unwrap_or(0.0),
+                cutout: self.cutout.unwrap_or(0),
             }
         };
         if augment.flip && !data.allows_flip() {
-            bail!(
+            return usage_error(format!(
                 "--flip: mirrored images of {} change their class",
                 data.to_arg()
-            );
+            ));
         }
         let config = TrainConfig {
             epochs: self
@@ -233,30 +309,215 @@ impl TrainArgs {
                 .or(preset.as_ref().map(|p| p.warmup))
                 .unwrap_or(0),
             augment,
+            save_best: self.save_best,
+            patience: self.patience,
         };
-        config.validate()?;
-        if config.warmup_epochs > config.epochs {
-            bail!(
-                "--warmup {} is longer than the {} epochs",
-                config.warmup_epochs,
-                config.epochs
-            );
+        config.validate().map_err(|e| UsageError(e.to_string()))?;
+        check_warmup(&config)?;
+        if !(0.0..1.0).contains(&self.val_split) {
+            return usage_error(format!(
+                "--val-split must be at least 0 and below 1, not {}",
+                self.val_split
+            ));
+        }
+        let held_out = match data {
+            DataSpec::Xo { .. } if self.val_split > 0.0 => {
+                return usage_error(
+                    "--val-split: the X/O data has a validation split of its own (1000 images)",
+                )
+            }
+            DataSpec::Xo { .. } => true,
+            _ => self.val_split > 0.0,
+        };
+        if (self.save_best || self.patience.is_some()) && !held_out {
+            return usage_error(format!(
+                "--save-best and --patience compare epochs on held-out data: give --val-split \
+                 (e.g. 0.1) for {}",
+                data.to_arg()
+            ));
+        }
+        let folder = matches!(data, DataSpec::Folder { .. });
+        if !folder && (self.size.is_some() || self.grey || self.rgb) {
+            return usage_error(format!(
+                "--size, --grey and --rgb apply to folder: data only; {} has one image shape",
+                data.to_arg()
+            ));
+        }
+        if self.limit == Some(0) {
+            return usage_error("--limit must be at least 1");
         }
         Ok(config)
     }
+
+    /// The shape folder images are converted to: `--size`, `--grey`/`--rgb`, and the first
+    /// training image for whatever they leave open. `None` for other data.
+    fn image_shape(&self, data: &DataSpec) -> Result<Option<Shape>> {
+        let DataSpec::Folder { dir } = data else {
+            return Ok(None);
+        };
+        let size = self.size.as_deref().map(parse_size).transpose()?;
+        let channels = match (self.grey, self.rgb) {
+            (true, _) => Some(1),
+            (_, true) => Some(3),
+            _ => None,
+        };
+        if let (Some([height, width]), Some(channels)) = (size, channels) {
+            return Ok(Some(Shape::new(channels, height, width)));
+        }
+        let first = cnn::data::folder::probe_shape(dir)?;
+        let [height, width] = size.unwrap_or([first.height, first.width]);
+        Ok(Some(Shape::new(
+            channels.unwrap_or(first.channels),
+            height,
+            width,
+        )))
+    }
 }
 
-/// What a checkpoint stores as its settings: the arguments (to load the same data) and the
-/// resolved configuration.
+/// `HxW` or one number (a square), each side 1 to 4096.
+fn parse_size(text: &str) -> Result<[usize; 2]> {
+    let sides: Option<Vec<usize>> = text.split('x').map(|s| s.trim().parse().ok()).collect();
+    match sides.as_deref() {
+        Some(&[side]) if (1..=4096).contains(&side) => Ok([side, side]),
+        Some(&[height, width]) if (1..=4096).contains(&height) && (1..=4096).contains(&width) => {
+            Ok([height, width])
+        }
+        _ => usage_error(format!(
+            "--size {text}: give HxW (e.g. 28x28) or one side, each 1 to 4096 pixels"
+        )),
+    }
+}
+
+fn check_warmup(config: &TrainConfig) -> Result<()> {
+    if config.warmup_epochs > config.epochs {
+        return usage_error(format!(
+            "--warmup {} is longer than the {} epochs",
+            config.warmup_epochs, config.epochs
+        ));
+    }
+    Ok(())
+}
+
+impl OptimizerName {
+    fn label(self) -> &'static str {
+        match self {
+            OptimizerName::Sgd => "sgd",
+            OptimizerName::Adam => "adam",
+            OptimizerName::Adamw => "adamw",
+        }
+    }
+}
+
+impl ScheduleName {
+    fn label(self) -> &'static str {
+        match self {
+            ScheduleName::Constant => "constant",
+            ScheduleName::Step => "step",
+            ScheduleName::Cosine => "cosine",
+        }
+    }
+}
+
+/// What a checkpoint stores as its settings: the arguments (to load the same data), the
+/// resolved configuration, and the epochs so far (for the model's training record).
 #[derive(Serialize, Deserialize)]
 struct Settings {
     args: TrainArgs,
     config: TrainConfig,
+    #[serde(default)]
+    history: Vec<EpochSummary>,
 }
 
-pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
-    let quiet = args.quiet;
-    let (args, config, resumed) = match &args.resume {
+/// The flags given on the command line, by their ids (arguments only: the matches also hold
+/// the group clap makes of the struct).
+fn given(matches: &ArgMatches) -> impl Iterator<Item = &str> {
+    let command = crate::Cli::command();
+    let arguments: Vec<String> = command
+        .find_subcommand("train")
+        .into_iter()
+        .flat_map(|train| train.get_arguments())
+        .map(|argument| argument.get_id().to_string())
+        .collect();
+    matches
+        .ids()
+        .map(|id| id.as_str())
+        .filter(move |id| arguments.iter().any(|a| a == id))
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+}
+
+/// The arguments and configuration of a resumed run: the checkpoint's, with the flags a resume
+/// may change applied. Flags it cannot change are refused, by name.
+fn resumed_settings(
+    args: &TrainArgs,
+    matches: &ArgMatches,
+    path: &Path,
+    settings: Settings,
+    state: &TrainState,
+) -> Result<(TrainArgs, TrainConfig, Vec<EpochSummary>)> {
+    let refused: Vec<String> = given(matches)
+        .filter(|id| !RESUMABLE.contains(id) && !GLOBAL.contains(id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if !refused.is_empty() {
+        return usage_error(format!(
+            "--resume continues a run with the settings it started with, so it cannot take {} \
+             (it takes --epochs to extend the run, --out, --log, --plot and --no-plot)",
+            refused.join(", ")
+        ));
+    }
+    let Settings {
+        args: mut stored,
+        mut config,
+        history,
+    } = settings;
+    let is_given = |id: &str| given(matches).any(|g| g == id);
+    stored.resume = None;
+    stored.stop_after = args.stop_after;
+    if is_given("out") {
+        stored.out = args.out.clone();
+    }
+    if is_given("log") {
+        stored.log = args.log.clone();
+    }
+    if is_given("plot") || is_given("no_plot") {
+        stored.plot = args.plot.clone();
+        stored.no_plot = args.no_plot;
+    }
+    let done = state.epoch;
+    match args.epochs {
+        Some(epochs) if epochs <= done => bail!(
+            "--epochs {epochs}: the run in {} has done {done} epochs; give more to extend it",
+            path.display()
+        ),
+        Some(epochs) => {
+            config.epochs = epochs;
+            stored.epochs = Some(epochs);
+            check_warmup(&config)?;
+        }
+        None if done >= config.epochs => bail!(
+            "the run in {} has finished its {} epochs; give --epochs N (more than {done}) to \
+             extend it",
+            path.display(),
+            config.epochs
+        ),
+        None => {}
+    }
+    if let (Some(patience), Some(best)) = (config.patience, &state.best) {
+        if done - best.epoch >= patience {
+            bail!(
+                "the run in {} stopped early after epoch {done}: the held-out accuracy had not \
+                 improved for {patience} epochs (since epoch {})",
+                path.display(),
+                best.epoch
+            );
+        }
+    }
+    Ok((stored, config, history))
+}
+
+pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> {
+    let quiet = global.quiet;
+    let (args, config, history, resumed) = match &args.resume {
         Some(path) => {
             let checkpoint = checkpoint::load(path)?;
             let settings: Settings = serde_json::from_value(checkpoint.settings.clone())
@@ -266,16 +527,14 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
                         path.display()
                     )
                 })?;
-            let mut stored = settings.args;
-            stored.quiet = quiet;
-            stored.resume = None;
-            stored.stop_after = None;
-            (stored, settings.config, Some(checkpoint))
+            let (stored, config, history) =
+                resumed_settings(&args, matches, path, settings, &checkpoint.state)?;
+            (stored, config, history, Some(checkpoint))
         }
         None => {
-            let data = DataSpec::parse(&args.data)?;
+            let data = DataSpec::parse(&args.data).map_err(|e| UsageError(e.to_string()))?;
             let config = args.config(&data)?;
-            (args, config, None)
+            (args, config, Vec::new(), None)
         }
     };
     let data = DataSpec::parse(&args.data)?;
@@ -286,10 +545,20 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
                 .with_context(|| format!("cannot replace {}", log.display()))?;
         }
     }
-    let (mut train_set, validation_set) = data.load_training(args.seed, args.val_split)?;
+    let shape = match &resumed {
+        Some(checkpoint) => Some(checkpoint.model.network.input_shape()),
+        None => args.image_shape(&data)?,
+    };
+    let (mut train_set, validation_set) =
+        data.load_training_as(args.seed, args.val_split, shape)?;
+    let available = train_set.len();
     if let Some(limit) = args.limit {
-        if limit == 0 {
-            bail!("--limit must be at least 1");
+        if limit > available {
+            eprintln!(
+                "warning: --limit {limit}: {} has only {available} training images; training on \
+                 all of them",
+                data.to_arg()
+            );
         }
         train_set = train_set.truncated(limit);
     }
@@ -318,35 +587,42 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
             (notation, network, data.preprocessing(&train_set), None)
         }
     };
-    println!(
-        "training {notation} on {} ({} images, {} held out), {threads} threads",
-        data.to_arg(),
-        train_set.len(),
-        validation_set.as_ref().map_or(0, Dataset::len)
-    );
-    println!("settings: {}", describe(&config));
-    if let Some(state) = &state {
-        println!("resuming after epoch {} of {}", state.epoch, config.epochs);
+    let held_out = validation_set.as_ref().map_or(0, Dataset::len);
+    let train_images = train_set.len();
+    if !quiet {
+        println!(
+            "training {notation} on {}: {}, {} threads",
+            data.to_arg(),
+            describe_split(&data, &args, available, train_set.len(), held_out),
+            global.threads
+        );
+        println!("settings: {}", describe(&config));
+        if let Some(state) = &state {
+            println!("resuming after epoch {} of {}", state.epoch, config.epochs);
+        }
+        super::print_summary(&network.summary(), network.input_shape());
     }
-    super::print_summary(&network.summary(), network.input_shape());
 
     let checkpoint_path = checkpoint_path(&args.out);
-    let settings = serde_json::to_value(Settings {
-        args: args.clone(),
-        config: config.clone(),
-    })?;
     let data_arg = data.to_arg();
     let mut observer = Observer {
-        progress: ProgressReporter::new(config.epochs, args.quiet),
+        progress: ProgressReporter::new(config.epochs, quiet),
         log: args.log.clone(),
         checkpoint: checkpoint_path.clone(),
         classes: train_set.classes().to_vec(),
         preprocessing: preprocessing.clone(),
         data: data_arg.clone(),
-        settings,
+        settings: Settings {
+            args: args.clone(),
+            config: config.clone(),
+            history,
+        },
         stop_after: args.stop_after,
+        last_state: state.clone(),
+        stopped_early: false,
+        quiet,
     };
-    let reports = train_from(
+    train_from(
         &mut network,
         &preprocessing,
         &train_set,
@@ -355,40 +631,115 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
         state,
         &mut observer,
     )?;
+    let history = observer.settings.history.clone();
+    let last_epoch = history.last().map_or(0, |e| e.epoch);
+    let kept_epoch = match (&observer.last_state, config.save_best) {
+        (
+            Some(TrainState {
+                best: Some(best), ..
+            }),
+            true,
+        ) => best.epoch,
+        _ => last_epoch,
+    };
+    if config.save_best && !quiet {
+        println!("kept the network of epoch {kept_epoch}, the best on the held-out images");
+    }
     let mut model = Model::new(network, train_set.classes().to_vec(), preprocessing)?;
+    drop(train_set);
+    // The test split is measured before the model is written, so that the file records it;
+    // a data set without one (a folder with no test/) is no reason to lose the model.
+    let test = match data.load_test_as(args.seed, Some(model.network.input_shape())) {
+        Ok(test) => match evaluate(&model.network, &model.preprocessing, &test, 256) {
+            Ok(result) => Some(result),
+            Err(e) => {
+                eprintln!("warning: no test evaluation: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            if !quiet {
+                println!("no test evaluation: {e}");
+            }
+            None
+        }
+    };
+    let record = TrainingRecord {
+        cnn_version: env!("CARGO_PKG_VERSION").to_string(),
+        data: data_arg.clone(),
+        limit: args.limit,
+        val_split: args.val_split,
+        train_images,
+        held_out_images: held_out,
+        arch: notation,
+        settings: config.clone(),
+        threads: global.threads,
+        kept_epoch,
+        last_epoch,
+        stopped_early: observer.stopped_early,
+        epochs: history.clone(),
+        test: test.as_ref().map(|t| TestResult {
+            images: t.images,
+            accuracy: t.accuracy,
+            loss: t.loss,
+        }),
+    };
     model.data = Some(data_arg);
+    model.training = Some(serde_json::to_value(&record)?);
     model_file::save(&model, &args.out)
         .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
-    println!(
-        "saved {} (checkpoint {})",
-        args.out.display(),
-        checkpoint_path.display()
-    );
+    if !quiet {
+        println!(
+            "saved {} (checkpoint {})",
+            args.out.display(),
+            checkpoint_path.display()
+        );
+    }
     // After the model is saved: a plot that cannot be written does not lose the model.
     if !args.no_plot {
         let base = args
             .plot
             .clone()
             .unwrap_or_else(|| args.out.with_extension("training"));
-        let (png, svg) = crate::plot::training_curves(&base, &reports)
+        let (png, svg) = crate::plot::training_curves(&base, &history)
             .context("cannot draw the training curves")?;
-        if !args.quiet {
+        if !quiet {
             println!("training curves: {png}, {svg}");
         }
     }
-    drop(train_set);
-    match data.load_test(args.seed) {
-        Ok(test) => {
-            let result = evaluate(&model.network, &model.preprocessing, &test, 256)?;
-            print_evaluation(
-                &result,
-                &model.classes,
-                &format!("test split of {}", data.to_arg()),
-            );
-        }
-        Err(e) => println!("no test evaluation: {e}"),
+    if let (Some(result), false) = (&test, quiet) {
+        print_evaluation(
+            result,
+            &model.classes,
+            &format!("test split of {}", data.to_arg()),
+        );
     }
     Ok(())
+}
+
+/// The training and held-out images in words whose numbers add up.
+fn describe_split(
+    data: &DataSpec,
+    args: &TrainArgs,
+    available: usize,
+    training: usize,
+    held_out: usize,
+) -> String {
+    let training_part = if training < available {
+        format!("the first {training} of {available} training images (--limit)")
+    } else {
+        format!("{training} training images")
+    };
+    let held_out_part = match data {
+        DataSpec::Xo { .. } => format!("{held_out} validation images generated apart"),
+        _ if held_out > 0 => format!(
+            "{held_out} held out for validation (--val-split {} of {} images)",
+            args.val_split,
+            available + held_out
+        ),
+        _ => "none held out".to_string(),
+    };
+    format!("{training_part}, {held_out_part}")
 }
 
 /// `OUT.ckpt` beside the model file `OUT`.
@@ -398,21 +749,89 @@ fn checkpoint_path(out: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn describe(config: &TrainConfig) -> String {
-    format!(
-        "{} epochs, batch {}, {:?}, lr {}, weight decay {}, schedule {:?}, warm-up {} epochs, \
-         shift {}, flip {}, seed {}",
+/// The optimizer in words: `Adam (beta1 0.9, beta2 0.999, epsilon 1e-8)`.
+pub fn describe_optimizer(optimizer: &OptimizerConfig) -> String {
+    match *optimizer {
+        OptimizerConfig::Sgd {
+            momentum,
+            nesterov: false,
+        } => format!("SGD (momentum {momentum})"),
+        OptimizerConfig::Sgd { momentum, .. } => format!("SGD (Nesterov momentum {momentum})"),
+        OptimizerConfig::Adam {
+            beta1,
+            beta2,
+            epsilon,
+        } => format!("Adam (beta1 {beta1}, beta2 {beta2}, epsilon {epsilon:e})"),
+        OptimizerConfig::AdamW {
+            beta1,
+            beta2,
+            epsilon,
+        } => format!("AdamW (beta1 {beta1}, beta2 {beta2}, epsilon {epsilon:e})"),
+    }
+}
+
+/// The schedule in words: `constant rate`, `cosine to 0`, `x0.1 every 10 epochs`.
+pub fn describe_schedule(schedule: &Schedule) -> String {
+    match *schedule {
+        Schedule::Constant => "constant rate".into(),
+        Schedule::Step { every, gamma } => format!("rate x{gamma} every {every} epochs"),
+        Schedule::Cosine => "cosine schedule to 0".into(),
+    }
+}
+
+/// The augmentation in words: `shift 2, flip, rotate 10 degrees` or `none`.
+pub fn describe_augment(augment: &Augment) -> String {
+    let mut parts = Vec::new();
+    if augment.shift > 0 {
+        parts.push(format!("shift up to {} px", augment.shift));
+    }
+    if augment.flip {
+        parts.push("left-right flips".to_string());
+    }
+    if augment.rotate > 0.0 {
+        parts.push(format!("rotation up to {} degrees", augment.rotate));
+    }
+    if augment.scale > 0.0 {
+        parts.push(format!("zoom by up to {}", augment.scale));
+    }
+    if augment.noise > 0.0 {
+        parts.push(format!("noise {}", augment.noise));
+    }
+    if augment.cutout > 0 {
+        parts.push(format!("cutout {0}x{0}", augment.cutout));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub fn describe(config: &TrainConfig) -> String {
+    let warmup = match config.warmup_epochs {
+        0 => "no warm-up".to_string(),
+        n => format!("{n} epochs of linear warm-up"),
+    };
+    let mut text = format!(
+        "{} epochs, batch {}, {}, lr {}, weight decay {}, {}, {warmup}, augmentation: {}, seed {}",
         config.epochs,
         config.batch_size,
-        config.optimizer,
+        describe_optimizer(&config.optimizer),
         config.learning_rate,
         config.weight_decay,
-        config.schedule,
-        config.warmup_epochs,
-        config.augment.shift,
-        config.augment.flip,
+        describe_schedule(&config.schedule),
+        describe_augment(&config.augment),
         config.seed
-    )
+    );
+    if config.save_best {
+        text.push_str(", keeping the best epoch");
+    }
+    if let Some(patience) = config.patience {
+        text.push_str(&format!(
+            ", stopping after {patience} epochs without progress"
+        ));
+    }
+    text
 }
 
 /// Accuracy, per-class accuracy with names, and the confusion matrix.
@@ -437,8 +856,12 @@ struct Observer {
     classes: Vec<String>,
     preprocessing: Preprocessing,
     data: String,
-    settings: serde_json::Value,
+    settings: Settings,
     stop_after: Option<usize>,
+    /// The state of the last checkpoint (the best epoch, for --save-best).
+    last_state: Option<TrainState>,
+    stopped_early: bool,
+    quiet: bool,
 }
 
 impl Observer {
@@ -505,8 +928,19 @@ impl TrainObserver for Observer {
 
     fn epoch_done(&mut self, report: &EpochReport) {
         self.progress.epoch_done(report);
+        self.settings.history.push(EpochSummary::from(report));
         if let Err(e) = self.append_log(report) {
             eprintln!("warning: {e:#}");
+        }
+    }
+
+    fn stopped_early(&mut self, next_epoch: usize, best_epoch: usize) {
+        self.stopped_early = true;
+        if !self.quiet {
+            println!(
+                "stopped early before epoch {next_epoch}: no progress on the held-out images since \
+                 epoch {best_epoch}"
+            );
         }
     }
 
@@ -516,9 +950,14 @@ impl TrainObserver for Observer {
             preprocessing: &self.preprocessing,
             data: Some(&self.data),
         };
-        checkpoint::save(&self.checkpoint, network, &parts, state, &self.settings)?;
+        let settings = serde_json::to_value(&self.settings)
+            .map_err(|e| cnn::Error::Invalid(format!("cannot describe the settings: {e}")))?;
+        checkpoint::save(&self.checkpoint, network, &parts, state, &settings)?;
+        self.last_state = Some(state.clone());
         if self.stop_after == Some(state.epoch) {
-            println!("stopped after epoch {}", state.epoch);
+            if !self.quiet {
+                println!("stopped after epoch {}", state.epoch);
+            }
             std::process::exit(0);
         }
         Ok(())
