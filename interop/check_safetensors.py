@@ -68,6 +68,8 @@ def forward(architecture, tensors, x):
         elif kind == "max_pool2d":
             x = pool2d(x, layer, "max")
         elif kind == "avg_pool2d":
+            # The divisor is the number of pixels a window covers, padding not counted.
+            assert layer.get("count_include_pad", False) is False, layer
             x = pool2d(x, layer, "avg")
         elif kind == "flatten":
             x = x.reshape(-1)
@@ -126,8 +128,9 @@ def main():
     logits = forward(architecture, {k: v.astype(np.float64) for k, v in tensors.items()}, x[None])
     ours = np.exp(logits - logits.max())
     ours /= ours.sum()
-    for name, p in zip(classes, ours):
-        assert abs(theirs["probabilities"][name] - p) < 1e-4, (name, theirs, ours)
+    assert theirs["classes"] == classes, (theirs["classes"], classes)
+    for name, mine, yours in zip(classes, ours, theirs["probabilities"]):
+        assert abs(yours - mine) < 1e-4, (name, theirs, ours)
     for mine, yours in zip(logits, theirs["logits"]):
         assert abs(mine - yours) <= 1e-4 * max(1.0, abs(mine)), (logits, theirs["logits"])
     print(f"numpy forward pass agrees with cnn predict: logits {logits.round(4)} vs {theirs['logits']}")

@@ -20,23 +20,31 @@ from safetensors.torch import load_file
 
 
 def build(architecture, channels):
+    """Every module from the settings the file records (files from before they were recorded
+    lack the fixed ones: `cnn`'s values are the defaults here)."""
     modules = []
     for layer in architecture:
         kind = layer["type"]
         if kind == "conv2d":
             modules.append(nn.Conv2d(channels, layer["out_channels"], tuple(layer["kernel"]),
                                      tuple(layer["stride"]), tuple(layer["padding"]),
+                                     dilation=tuple(layer.get("dilation", [1, 1])),
+                                     groups=layer.get("groups", 1),
+                                     padding_mode=layer.get("padding_mode", "zeros"),
                                      bias=layer["bias"]))
             channels = layer["out_channels"]
         elif kind == "batchnorm2d":
-            modules.append(nn.BatchNorm2d(channels))
+            modules.append(nn.BatchNorm2d(channels, eps=layer.get("eps", 1e-5),
+                                          momentum=layer.get("momentum", 0.1)))
         elif kind == "relu":
             modules.append(nn.ReLU())
         elif kind in ("max_pool2d", "avg_pool2d"):
             args = (tuple(layer["kernel"]), tuple(layer["stride"]), tuple(layer["padding"]))
-            modules.append(nn.MaxPool2d(*args, ceil_mode=layer["ceil_mode"]) if kind == "max_pool2d"
+            modules.append(nn.MaxPool2d(*args, ceil_mode=layer["ceil_mode"],
+                                        dilation=tuple(layer.get("dilation", [1, 1])))
+                           if kind == "max_pool2d"
                            else nn.AvgPool2d(*args, ceil_mode=layer["ceil_mode"],
-                                             count_include_pad=False))
+                                             count_include_pad=layer.get("count_include_pad", False)))
         elif kind == "global_avg_pool":
             modules.append(nn.AdaptiveAvgPool2d(1))
         elif kind == "dropout":
