@@ -563,6 +563,8 @@ fn explain_a_model_json_and_one_layer() {
     assert!(output.status.success());
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["class"], "O");
+    assert_eq!(json["classes"], serde_json::json!(["X", "O"]));
+    assert_eq!(json["probabilities"].as_array().unwrap().len(), 2);
     let layers = json["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0]["index"], 2);

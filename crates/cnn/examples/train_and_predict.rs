@@ -12,7 +12,10 @@ fn main() -> cnn::Result<()> {
     let (train_set, validation) = data.load_training(1, 0.0)?;
 
     // A network from the text notation; `dense classes` takes one output per class.
-    let layers = arch::parse(arch::preset("xo").expect("a preset"), train_set.classes().len())?;
+    let layers = arch::parse(
+        arch::preset("xo").expect("a preset"),
+        train_set.classes().len(),
+    )?;
     let mut network = Network::new(&layers, train_set.shape())?;
     network.init_kaiming(&mut seeded(1, Stream::WeightInit));
 
@@ -54,8 +57,10 @@ fn main() -> cnn::Result<()> {
         let inside = (10..54).contains(&x) && (10..54).contains(&y);
         image::Luma([if on_stroke && inside { 0 } else { 255 }])
     });
-    let prediction =
-        model.classify_picture(&image::DynamicImage::ImageLuma8(picture), &mut Workspace::new())?;
+    let prediction = model.classify_picture(
+        &image::DynamicImage::ImageLuma8(picture),
+        &mut Workspace::new(),
+    )?;
     println!(
         "the drawn X reads as {} ({:.1}%)",
         prediction.class,

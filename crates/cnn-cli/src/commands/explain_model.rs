@@ -60,18 +60,13 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
             .with_context(|| format!("cannot write the pictures to {}", dir.display()))?;
     }
     if json {
-        let probabilities: serde_json::Map<String, serde_json::Value> = model
-            .classes
-            .iter()
-            .zip(&inside.prediction.probabilities)
-            .map(|(c, &p)| (c.clone(), p.into()))
-            .collect();
         let object = serde_json::json!({
             "model": model_path,
             "image": image_path,
             "class": inside.prediction.class,
             "probability": inside.prediction.probability,
-            "probabilities": probabilities,
+            "classes": model.classes,
+            "probabilities": inside.prediction.probabilities,
             "input": maps_of(&inside.input),
             "layers": shown,
         });
