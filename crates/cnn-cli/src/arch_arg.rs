@@ -2,12 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use cnn::arch;
-use cnn::LayerSpec;
+use cnn::Architecture;
 use std::path::Path;
 
-pub fn resolve(argument: &str, classes: usize) -> Result<(String, Vec<LayerSpec>)> {
+pub fn resolve(argument: &str, classes: usize) -> Result<(String, Architecture)> {
     let text = if let Some(notation) = arch::preset(argument) {
-        notation.to_string()
+        notation
     } else if Path::new(argument).is_file() {
         std::fs::read_to_string(argument)
             .with_context(|| format!("cannot read architecture file {argument}"))?
@@ -15,7 +15,7 @@ pub fn resolve(argument: &str, classes: usize) -> Result<(String, Vec<LayerSpec>
         && !argument.contains([',', ';'])
         && is_word(argument)
     {
-        let names: Vec<&str> = arch::PRESETS.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = arch::presets().iter().map(|(n, _)| *n).collect();
         bail!(
             "unknown preset `{argument}` (presets: {}; or write layers, e.g. \"conv 8@3x3, relu, maxpool 2, dense classes\")",
             names.join(", ")

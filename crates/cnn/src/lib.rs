@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod graph;
 pub mod kernels;
 pub mod layers;
 pub mod loss;
@@ -26,6 +27,7 @@ pub mod viz;
 pub mod window;
 
 pub use error::{Error, Result};
+pub use graph::Architecture;
 pub use layers::{LayerSpec, Mode};
 pub use model::{Model, Prediction};
 pub use network::{Gradients, Network, Workspace};

@@ -1,17 +1,19 @@
 //! Model files: safetensors, laid out as PyTorch's `nn.Sequential` state dict, so that
 //! `model.load_state_dict(safetensors.torch.load_file(path))` works without conversion.
 //!
-//! Tensors are named `"<layer index>.weight"` and `"<layer index>.bias"`, little-endian f32,
+//! Tensors are named `"<node>.weight"` and `"<node>.bias"` (a plain stack's nodes are named by
+//! their index, a graph's by their module path: [`crate::graph`]), little-endian f32,
 //! conv weights `[out, in, kh, kw]`, dense weights `[out, in]`; batch normalisation adds
 //! `running_mean`, `running_var` (f32) and `num_batches_tracked` (int64, shape `[]`). The header's `__metadata__`
-//! holds JSON strings: `architecture` (the layer list), `notation` (the same in the text
+//! holds JSON strings: `architecture` (the layer list of a stack, the nodes of a graph),
+//! `notation` (the same in the text
 //! notation), `input_shape` (`[C, H, W]`), `classes`, `preprocessing`, `format`, and `data`
 //! (the `--data` spec it was trained on, when known).
 
 use crate::arch::to_notation;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
-use crate::layers::LayerSpec;
+use crate::graph::Architecture;
 use crate::model::Model;
 use crate::network::Network;
 use crate::preprocess::Preprocessing;
@@ -72,10 +74,10 @@ pub fn parts_to_bytes(
     }
     let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = network
         .tensors()
-        .map(|(index, param)| {
+        .map(|(node, param)| {
             let (dtype, bytes) = encode(param);
             (
-                format!("{index}.{}", param.name),
+                format!("{node}.{}", param.name),
                 dtype,
                 param.dims.clone(),
                 bytes,
@@ -155,21 +157,23 @@ pub fn decode(
     Ok(())
 }
 
-/// Loads every parameter and buffer of `network` from `tensors` (named `"<index>.<name>"`),
+/// Loads every parameter and buffer of `network` from `tensors` (named `"<node>.<name>"`),
 /// which must hold nothing else.
 pub fn load_tensors(
     network: &mut Network,
     tensors: &SafeTensors<'_>,
 ) -> std::result::Result<(), String> {
     let mut expected = 0;
-    for (index, layer) in network.layers_mut().iter_mut().enumerate() {
+    for node in network.nodes_mut() {
+        let name = node.name().to_string();
+        let layer = node.layer_mut();
         for param in layer.params_mut() {
             expected += 1;
-            decode(tensors, &format!("{index}.{}", param.name), param)?;
+            decode(tensors, &format!("{name}.{}", param.name), param)?;
         }
         for buffer in layer.buffers_mut() {
             expected += 1;
-            decode(tensors, &format!("{index}.{}", buffer.name), buffer)?;
+            decode(tensors, &format!("{name}.{}", buffer.name), buffer)?;
         }
     }
     if tensors.len() != expected {
@@ -239,7 +243,7 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model, String> {
     }
     let parse_error =
         |key: &str, e: serde_json::Error| format!("metadata `{key}` is malformed: {e}");
-    let architecture: Vec<LayerSpec> =
+    let architecture: Architecture =
         serde_json::from_str(field("architecture")?).map_err(|e| parse_error("architecture", e))?;
     let [channels, height, width]: [usize; 3] =
         serde_json::from_str(field("input_shape")?).map_err(|e| parse_error("input_shape", e))?;

@@ -182,7 +182,8 @@ mod tests {
             out_features: 1,
             bias: false,
         })];
-        let mut network = Network::new(&spec, Shape::flat(1)).unwrap();
+        let mut network =
+            Network::new(&crate::Architecture::sequential(&spec), Shape::flat(1)).unwrap();
         network.params_mut().for_each(|p| p.value[0] = 1.0);
         let mut grads = Gradients::new(&network);
         grads.iter_mut().for_each(|g| g[0] = 0.5);

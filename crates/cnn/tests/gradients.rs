@@ -16,7 +16,7 @@ mod common;
 use cnn::kernels::conv::ConvGeometry;
 use cnn::kernels::pool::{PoolGeometry, PoolKind};
 use cnn::kernels::reference;
-use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, Layer, LayerScratch};
+use cnn::layers::{Conv2dConfig, DenseConfig, Layer, LayerScratch, SingleInput};
 use cnn::loss::softmax_cross_entropy;
 use cnn::window::Window2d;
 use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
@@ -66,7 +66,7 @@ impl Inputs {
 /// `L = sum(output * weights)`, accumulated in f64, for the layer's forward pass on `input`.
 fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
-    layer.forward(
+    layer.forward_one(
         input,
         &mut output,
         Mode::Train,
@@ -100,19 +100,17 @@ fn run_backward(
         ..LayerScratch::default()
     };
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
-    layer.forward(input, &mut output, Mode::Train, &mut scratch);
+    layer.forward_one(input, &mut output, Mode::Train, &mut scratch);
     let mut grad_input = tensor(
         input.batch(),
         input.shape(),
         vec![f32::NAN; input.data().len()],
     );
-    layer.backward(
-        BackwardPass {
-            input,
-            output: &output,
-            grad_output,
-            grad_input: Some(&mut grad_input),
-        },
+    layer.backward_one(
+        input,
+        &output,
+        grad_output,
+        Some(&mut grad_input),
         param_grads,
         &mut scratch,
     );
@@ -135,7 +133,11 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
     };
     let mut rng = rng(SEED);
     let mut layer = spec
-        .build(0, input_shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .build(
+            "0",
+            &[input_shape],
+            cnn::kernels::simd::Isa::from_env().unwrap(),
+        )
         .expect("the layer fits its input");
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
@@ -217,11 +219,10 @@ fn conv(
     bias: bool,
 ) -> LayerSpec {
     LayerSpec::Conv2d(Conv2dConfig {
-        out_channels,
-        kernel: [kernel, kernel],
         stride: [stride, stride],
         padding: [padding, padding],
         bias,
+        ..Conv2dConfig::new(out_channels, [kernel, kernel])
     })
 }
 
@@ -320,6 +321,8 @@ fn conv_rectangular_kernel_stride_and_padding() {
         kernel: [3, 5],
         stride: [2, 1],
         padding: [1, 2],
+        dilation: [1, 1],
+        groups: 1,
         bias: true,
     });
     let (layer, _) = check_layer(spec, Shape::new(2, 7, 6), 2);
@@ -505,23 +508,18 @@ fn network_loss(
     let mut grad = Tensor::zeros(logits.batch(), logits.shape());
     let stats = softmax_cross_entropy(logits, labels, &mut grad).unwrap();
     let mut kinks = Vec::new();
-    for (i, (layer, output)) in network
-        .layers()
-        .iter()
-        .zip(workspace.activations())
-        .enumerate()
-    {
-        let layer_input = if i == 0 {
-            input
-        } else {
-            &workspace.activations()[i - 1]
+    for (node, output) in network.nodes().iter().zip(workspace.activations()) {
+        let layer = node.layer();
+        let layer_input = match node.inputs()[0] {
+            0 => input,
+            v => &workspace.activations()[v - 1],
         };
         match layer.spec() {
             LayerSpec::Relu => kinks.extend(output.data().iter().map(|&y| f32::from(y > 0.0))),
             LayerSpec::MaxPool2d(window) => {
                 // Route each output's index to its window's maximum: the routing is the kink.
                 let geometry = PoolGeometry {
-                    input: layer.input_shape(),
+                    input: layer_input.shape(),
                     output: layer.output_shape(),
                     window,
                 };
@@ -642,12 +640,17 @@ fn whole_network_gradients_match_finite_differences() {
 
 /// Runs the conv layer's forward and backward on `batch` images inside a rayon pool of
 /// `threads` threads; returns output, input gradient, weight gradient and bias gradient.
-fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [Vec<f32>; 4] {
+fn conv_in_pool(
+    (layer, input_shape): (&dyn Layer, Shape),
+    threads: usize,
+    batch: usize,
+    seed: u64,
+) -> [Vec<f32>; 4] {
     let mut rng = rng(seed);
     let input = tensor(
         batch,
-        layer.input_shape(),
-        uniform(&mut rng, batch * layer.input_shape().len(), -1.0, 1.0),
+        input_shape,
+        uniform(&mut rng, batch * input_shape.len(), -1.0, 1.0),
     );
     let grad_output = tensor(
         batch,
@@ -661,20 +664,18 @@ fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [
     pool.install(|| {
         let mut scratch = LayerScratch::default();
         let mut output = Tensor::zeros(batch, layer.output_shape());
-        layer.forward(&input, &mut output, Mode::Train, &mut scratch);
+        layer.forward_one(&input, &mut output, Mode::Train, &mut scratch);
         let mut param_grads: Vec<Vec<f32>> = layer
             .params()
             .iter()
             .map(|p| vec![0.0; p.value.len()])
             .collect();
-        let mut grad_input = Tensor::zeros(batch, layer.input_shape());
-        layer.backward(
-            BackwardPass {
-                input: &input,
-                output: &output,
-                grad_output: &grad_output,
-                grad_input: Some(&mut grad_input),
-            },
+        let mut grad_input = Tensor::zeros(batch, input_shape);
+        layer.backward_one(
+            &input,
+            &output,
+            &grad_output,
+            Some(&mut grad_input),
             &mut param_grads,
             &mut scratch,
         );
@@ -691,10 +692,11 @@ fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [
 #[test]
 fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
     let spec = conv(3, 3, 2, 1, true);
+    let input_shape = Shape::new(2, 7, 6);
     let mut layer = spec
         .build(
-            0,
-            Shape::new(2, 7, 6),
+            "0",
+            &[input_shape],
             cnn::kernels::simd::Isa::from_env().unwrap(),
         )
         .unwrap();
@@ -702,19 +704,19 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
     }
-    let geometry = ConvGeometry {
-        input: layer.input_shape(),
-        output: layer.output_shape(),
-        window: Window2d::new([3, 3], [2, 2], [1, 1]),
-    };
+    let geometry = ConvGeometry::new(
+        input_shape,
+        layer.output_shape(),
+        Window2d::new([3, 3], [2, 2], [1, 1]),
+    );
     for batch in [1, 2, 4, 5, 7] {
         let seed = 100 + batch as u64;
         // The reference result for this batch.
         let mut data_rng = common::rng(seed);
         let input = tensor(
             batch,
-            layer.input_shape(),
-            uniform(&mut data_rng, batch * layer.input_shape().len(), -1.0, 1.0),
+            input_shape,
+            uniform(&mut data_rng, batch * input_shape.len(), -1.0, 1.0),
         );
         let grad_output = tensor(
             batch,
@@ -724,7 +726,7 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
         let (weight, bias) = (&layer.params()[0].value[..], &layer.params()[1].value[..]);
         let mut output = Tensor::zeros(batch, layer.output_shape());
         reference::conv2d_forward(&geometry, &input, weight, Some(bias), &mut output);
-        let mut grad_input = Tensor::zeros(batch, layer.input_shape());
+        let mut grad_input = Tensor::zeros(batch, input_shape);
         let mut grad_weight = vec![0.0; weight.len()];
         let mut grad_bias = vec![0.0; bias.len()];
         reference::conv2d_backward(
@@ -744,8 +746,8 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
         ];
 
         for threads in [1, 2, 3] {
-            let first = conv_in_pool(&*layer, threads, batch, seed);
-            let second = conv_in_pool(&*layer, threads, batch, seed);
+            let first = conv_in_pool((&*layer, input_shape), threads, batch, seed);
+            let second = conv_in_pool((&*layer, input_shape), threads, batch, seed);
             for (what, ((a, b), e)) in [
                 "output",
                 "input gradient",
@@ -779,7 +781,7 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
     let shape = Shape::new(1, 28, 28);
     let batch = 13;
     for preset in ["xo", "lenet5", "cnn4"] {
-        let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let layers = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
         let mut start = Network::new(&layers, shape).unwrap();
         start.init_kaiming(&mut rng(90));
         let mut data_rng = rng(91);

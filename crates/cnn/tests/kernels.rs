@@ -12,7 +12,8 @@ use cnn::kernels::conv::{Conv2dKernel, ConvAlgorithm, ConvGeometry, ConvGrads};
 use cnn::kernels::pool::{self, PoolGeometry, PoolKind};
 use cnn::kernels::reference;
 use cnn::kernels::simd::Isa;
-use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, LayerScratch};
+use cnn::kernels::Scratch;
+use cnn::layers::{Conv2dConfig, DenseConfig, LayerScratch, SingleInput};
 use cnn::window::Window2d;
 use cnn::{LayerSpec, Mode, Shape, Tensor};
 use common::{rng, tensor, uniform};
@@ -96,11 +97,11 @@ impl ConvCase {
         seed: u64,
     ) -> Option<Self> {
         let [out_height, out_width] = window.output_size(input)?;
-        let g = ConvGeometry {
-            input: Shape::new(channels, input[0], input[1]),
-            output: Shape::new(out_channels, out_height, out_width),
+        let g = ConvGeometry::new(
+            Shape::new(channels, input[0], input[1]),
+            Shape::new(out_channels, out_height, out_width),
             window,
-        };
+        );
         let mut rng = rng(seed);
         let x = tensor(
             batch,
@@ -219,7 +220,10 @@ fn compare_conv(
         let name = kernel_name(&kernel);
         // Larger than any case needs: the kernels shrink it, so every entry they read is NaN
         // unless they wrote it first.
-        let mut scratch = vec![f32::NAN; 1 << 18];
+        let mut scratch = Scratch {
+            floats: vec![f32::NAN; 1 << 18],
+            tensors: Vec::new(),
+        };
         let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
         kernel.forward(&x, &weight, epilogue(bias), &mut fast, &mut scratch);
         matches(
@@ -229,7 +233,10 @@ fn compare_conv(
             scale.data(),
         )?;
 
-        let mut scratch = vec![f32::NAN; 1 << 18];
+        let mut scratch = Scratch {
+            floats: vec![f32::NAN; 1 << 18],
+            tensors: Vec::new(),
+        };
         let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
         let (mut fast_dw, mut fast_db) = (start_weight.clone(), start_bias.clone());
         kernel.backward(
@@ -393,7 +400,7 @@ fn compare_fused(
             continue;
         };
         let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
-        kernel.forward(&x, &weight, fused, &mut fast, &mut Vec::new());
+        kernel.forward(&x, &weight, fused, &mut fast, &mut Scratch::default());
         let what = format!("{isa} {} fused conv", forward.name());
         matches(&what, fast.data(), slow.data(), pooled_scale.data())?;
     }
@@ -577,7 +584,13 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
     for isa in Isa::supported() {
         for kernel in conv_kernels(g, isa) {
             let mut fast = Tensor::zeros(1, g.output);
-            kernel.forward(&input, weight, epilogue(bias), &mut fast, &mut Vec::new());
+            kernel.forward(
+                &input,
+                weight,
+                epilogue(bias),
+                &mut fast,
+                &mut Scratch::default(),
+            );
             assert_eq!(fast.data(), expected, "{}", kernel_name(&kernel));
         }
     }
@@ -590,16 +603,20 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
         kernel: g.window.kernel,
         stride: g.window.stride,
         padding: g.window.padding,
+        dilation: [1, 1],
+        groups: 1,
         bias: bias.is_some(),
     });
-    let mut layer = spec.build(0, g.input, Isa::from_env().unwrap()).unwrap();
+    let mut layer = spec
+        .build("0", &[g.input], Isa::from_env().unwrap())
+        .unwrap();
     layer.params_mut()[0].value = weight.to_vec();
     if let Some(bias) = bias {
         layer.params_mut()[1].value = bias.to_vec();
     }
     assert_eq!(layer.output_shape(), g.output);
     let mut output = Tensor::zeros(1, g.output);
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -619,11 +636,11 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
 /// (Cross-correlation, as PyTorch: the kernel is not flipped.)
 #[test]
 fn conv_forward_golden() {
-    let g = ConvGeometry {
-        input: Shape::new(1, 3, 3),
-        output: Shape::new(2, 2, 2),
-        window: Window2d::new([2, 2], [1, 1], [0, 0]),
-    };
+    let g = ConvGeometry::new(
+        Shape::new(1, 3, 3),
+        Shape::new(2, 2, 2),
+        Window2d::new([2, 2], [1, 1], [0, 0]),
+    );
     let weight = [1.0, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0];
     let expected = [37.5, 47.5, 67.5, 77.5, 11.0, 15.0, 23.0, 27.0];
     assert_conv_forward(&g, &weight, Some(&[0.5, -1.0]), &expected);
@@ -639,11 +656,11 @@ fn conv_forward_golden() {
 /// ```
 #[test]
 fn conv_forward_golden_with_padding_and_stride() {
-    let g = ConvGeometry {
-        input: Shape::new(1, 3, 3),
-        output: Shape::new(1, 2, 2),
-        window: Window2d::new([2, 2], [2, 2], [1, 1]),
-    };
+    let g = ConvGeometry::new(
+        Shape::new(1, 3, 3),
+        Shape::new(1, 2, 2),
+        Window2d::new([2, 2], [2, 2], [1, 1]),
+    );
     assert_conv_forward(&g, &[1.0, 2.0, 3.0, 4.0], None, &[4.0, 18.0, 36.0, 77.0]);
 }
 
@@ -660,11 +677,11 @@ fn conv_forward_golden_with_padding_and_stride() {
 /// ```
 #[test]
 fn conv_backward_golden() {
-    let g = ConvGeometry {
-        input: Shape::new(1, 3, 3),
-        output: Shape::new(1, 2, 2),
-        window: Window2d::new([2, 2], [1, 1], [0, 0]),
-    };
+    let g = ConvGeometry::new(
+        Shape::new(1, 3, 3),
+        Shape::new(1, 2, 2),
+        Window2d::new([2, 2], [1, 1], [0, 0]),
+    );
     let (input, weight) = (image_1_to_9(), [1.0, 2.0, 3.0, 4.0]);
     let dy = tensor(1, g.output, vec![1.0; 4]);
     let expected_dx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
@@ -682,7 +699,7 @@ fn conv_backward_golden() {
                     weight: &mut dw,
                     bias: Some(&mut db),
                 },
-                &mut Vec::new(),
+                &mut Scratch::default(),
             );
             assert_eq!(
                 (dx.data(), &dw[..], &db[..]),
@@ -733,10 +750,12 @@ fn assert_pool_forward(kind: PoolKind, input: &Tensor, g: &PoolGeometry, expecte
         PoolKind::Max => LayerSpec::MaxPool2d(g.window),
         PoolKind::Average => LayerSpec::AvgPool2d(g.window),
     };
-    let layer = spec.build(0, g.input, Isa::from_env().unwrap()).unwrap();
+    let layer = spec
+        .build("0", &[g.input], Isa::from_env().unwrap())
+        .unwrap();
     assert_eq!(layer.output_shape(), g.output);
     let mut output = Tensor::zeros(input.batch(), g.output);
-    layer.forward(
+    layer.forward_one(
         input,
         &mut output,
         Mode::Infer,
@@ -836,11 +855,11 @@ fn max_pool_golden_routes_gradients_to_the_first_maximum() {
 fn relu_golden() {
     let shape = Shape::flat(5);
     let layer = LayerSpec::Relu
-        .build(0, shape, Isa::from_env().unwrap())
+        .build("0", &[shape], Isa::from_env().unwrap())
         .unwrap();
     let input = tensor(1, shape, vec![-2.0, -0.5, 0.0, 0.5, 3.0]);
     let mut output = Tensor::zeros(1, shape);
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -850,13 +869,11 @@ fn relu_golden() {
 
     let dy = tensor(1, shape, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
     let mut dx = tensor(1, shape, vec![f32::NAN; 5]);
-    layer.backward(
-        BackwardPass {
-            input: &input,
-            output: &output,
-            grad_output: &dy,
-            grad_input: Some(&mut dx),
-        },
+    layer.backward_one(
+        &input,
+        &output,
+        &dy,
+        Some(&mut dx),
         &mut [],
         &mut LayerScratch::default(),
     );
@@ -876,14 +893,14 @@ fn dense_golden() {
         bias: true,
     });
     let mut layer = spec
-        .build(0, Shape::flat(3), Isa::from_env().unwrap())
+        .build("0", &[Shape::flat(3)], Isa::from_env().unwrap())
         .unwrap();
     layer.params_mut()[0].value = vec![1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
     layer.params_mut()[1].value = vec![0.5, -1.0];
     assert_eq!(layer.params()[0].dims, [2, 3]);
     let input = tensor(2, Shape::flat(3), vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
     let mut output = Tensor::zeros(2, Shape::flat(2));
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -897,12 +914,12 @@ fn dense_golden() {
 fn flatten_golden() {
     let shape = Shape::new(2, 2, 2);
     let layer = LayerSpec::Flatten
-        .build(0, shape, Isa::from_env().unwrap())
+        .build("0", &[shape], Isa::from_env().unwrap())
         .unwrap();
     let values: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let input = tensor(2, shape, values.clone());
     let mut output = Tensor::zeros(2, Shape::flat(8));
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -959,7 +976,7 @@ fn infer_matches_forward() {
         .into_iter()
         .flat_map(|preset| Isa::supported().into_iter().map(move |isa| (preset, isa)))
     {
-        let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let layers = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
         let shape = Shape::new(1, 28, 28);
         let mut network = cnn::Network::with_isa(&layers, shape, isa).unwrap();
         network.init_kaiming(&mut rng);

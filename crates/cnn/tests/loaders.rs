@@ -295,7 +295,7 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
 
     let accuracy = |spec: &DataSpec, train_set: &Dataset, test: &Dataset| {
         let layers =
-            cnn::arch::parse(cnn::arch::preset("xo").unwrap(), train_set.classes().len()).unwrap();
+            cnn::arch::parse(&cnn::arch::preset("xo").unwrap(), train_set.classes().len()).unwrap();
         let mut network = Network::new(&layers, train_set.shape()).unwrap();
         network.init_kaiming(&mut seeded(1, Stream::WeightInit));
         let preprocessing = spec.preprocessing(train_set);

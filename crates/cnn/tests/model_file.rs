@@ -9,7 +9,7 @@ use cnn::rng::{seeded, Stream};
 use cnn::{Model, Network, Shape, Tensor};
 
 fn model() -> Model {
-    let layers = arch::parse(arch::preset("lenet5").unwrap(), 10).unwrap();
+    let layers = arch::parse(&arch::preset("lenet5").unwrap(), 10).unwrap();
     let mut network = Network::new(&layers, Shape::new(1, 28, 28)).unwrap();
     network.init_kaiming(&mut seeded(3, Stream::WeightInit));
     let classes = (0..10).map(|c| format!("class {c}")).collect();

@@ -288,14 +288,19 @@ fn layer_timings(network: &Network, input: &Tensor, workspace: &mut Workspace) -
     let activations: Vec<Tensor> = workspace.activations().to_vec();
     let mut scratch = cnn::layers::LayerScratch::default();
     network
-        .layers()
+        .nodes()
         .iter()
         .zip(network.summary())
         .enumerate()
-        .map(|(i, (layer, summary))| {
-            let layer_input = if i == 0 { input } else { &activations[i - 1] };
+        .map(|(i, (node, summary))| {
+            let layer = node.layer();
+            let inputs: Vec<&Tensor> = node
+                .inputs()
+                .iter()
+                .map(|&v| if v == 0 { input } else { &activations[v - 1] })
+                .collect();
             let mut output = activations[i].clone();
-            let mut run = || layer.forward(layer_input, &mut output, Mode::Infer, &mut scratch);
+            let mut run = || layer.forward(&inputs, &mut output, Mode::Infer, &mut scratch);
             run();
             // The median of a few calls: enough for a breakdown, cheap next to the figures above.
             let mut times: Vec<f64> = (0..LAYER_CALLS)

@@ -21,7 +21,7 @@ pub fn run(
     json: bool,
 ) -> Result<()> {
     let model = model_file::load(model_path)?;
-    let layer_count = model.network.layers().len();
+    let layer_count = model.network.nodes().len();
     if let Some(n) = only_layer {
         if n >= layer_count {
             bail!(
@@ -155,11 +155,11 @@ fn write_pictures(
     // The first convolution's filters, when it is shown.
     let first_conv = model
         .network
-        .layers()
+        .nodes()
         .iter()
-        .position(|l| l.spec().kind() == "conv2d");
+        .position(|n| n.layer().spec().kind() == "conv2d");
     if let Some(index) = first_conv.filter(|i| only_layer.is_none_or(|n| n == *i)) {
-        let weights = &model.network.layers()[index].params()[0];
+        let weights = &model.network.nodes()[index].layer().params()[0];
         if let [outs, ins, kh, kw] = weights.dims[..] {
             let per_filter = kh * kw;
             let maps = weights
@@ -199,7 +199,7 @@ fn write_pictures(
             "layer {} {} -> {}",
             summary.index, summary.layer, summary.output
         );
-        if summary.index + 1 == model.network.layers().len() {
+        if summary.index + 1 == model.network.nodes().len() {
             // The last layer's values are the class scores, in the model's class order.
             title.push_str(&format!(" (logits of {})", model.classes.join(", ")));
         }

@@ -48,10 +48,6 @@ impl Layer for Pool2d {
         }
     }
 
-    fn input_shape(&self) -> Shape {
-        self.geometry.input
-    }
-
     fn output_shape(&self) -> Shape {
         self.geometry.output
     }
@@ -62,19 +58,14 @@ impl Layer for Pool2d {
     }
 
     /// `[N, C, H, W]` to `[N, C, OH, OW]`.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        pool_forward(self.kind, &self.geometry, input, output);
+    fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        pool_forward(self.kind, &self.geometry, inputs[0], output);
     }
 
-    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        if let Some(grad_input) = pass.grad_input {
-            pool_backward(
-                self.kind,
-                &self.geometry,
-                pass.input,
-                pass.grad_output,
-                grad_input,
-            );
+    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        let (input, grad_output) = (pass.input(), pass.grad_output);
+        if let Some(grad_input) = pass.grad_input() {
+            pool_backward(self.kind, &self.geometry, input, grad_output, grad_input);
         }
     }
 }
