@@ -45,12 +45,15 @@ enum Inputs {
     /// Distinct values 0.05 apart and at least 0.025 from zero, step 0.01: for ReLU and max
     /// pooling, so no nudge crosses a kink.
     Distinct,
+    /// Uniform in `[-1, 1)`, step 0.01: for the smooth activations, whose curvature a large
+    /// step would turn into error.
+    Smooth,
 }
 
 impl Inputs {
     fn draw(self, rng: &mut impl Rng, len: usize) -> Vec<f32> {
         match self {
-            Inputs::Uniform => uniform(rng, len, -1.0, 1.0),
+            Inputs::Uniform | Inputs::Smooth => uniform(rng, len, -1.0, 1.0),
             Inputs::Distinct => distinct(rng, len, 0.05),
         }
     }
@@ -58,7 +61,7 @@ impl Inputs {
     fn eps(self) -> f32 {
         match self {
             Inputs::Uniform => 0.1,
-            Inputs::Distinct => 0.01,
+            Inputs::Distinct | Inputs::Smooth => 0.01,
         }
     }
 }
@@ -128,7 +131,11 @@ fn run_backward(
 fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn Layer>, Backward) {
     assert!(batch > 1, "batch gradients must be checked with a batch");
     let inputs = match spec {
-        LayerSpec::Relu | LayerSpec::MaxPool2d(_) => Inputs::Distinct,
+        LayerSpec::Relu
+        | LayerSpec::LeakyRelu { .. }
+        | LayerSpec::MaxPool2d(_)
+        | LayerSpec::GlobalMaxPool => Inputs::Distinct,
+        LayerSpec::Sigmoid | LayerSpec::Tanh | LayerSpec::Gelu | LayerSpec::Silu => Inputs::Smooth,
         _ => Inputs::Uniform,
     };
     let mut rng = rng(SEED);
@@ -445,6 +452,79 @@ fn dense_without_bias() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Activations, global pooling, grouped and dilated convolutions
+
+/// Each smooth activation's derivative, and the leaky ReLU's slopes on both sides of 0.
+#[test]
+fn activations() {
+    for spec in [
+        LayerSpec::Sigmoid,
+        LayerSpec::Tanh,
+        LayerSpec::Gelu,
+        LayerSpec::Silu,
+        LayerSpec::Identity,
+        LayerSpec::LeakyRelu { slope: 0.1 },
+    ] {
+        let (layer, _) = check_layer(spec, Shape::new(2, 3, 4), 3);
+        assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
+    }
+}
+
+/// Global max pooling: each map's gradient goes to its largest pixel.
+#[test]
+fn global_max_pool() {
+    let (layer, backward) = check_layer(LayerSpec::GlobalMaxPool, Shape::new(3, 4, 5), 2);
+    assert_eq!(layer.output_shape(), Shape::flat(3));
+    let nonzero = backward
+        .grad_input
+        .data()
+        .iter()
+        .filter(|g| **g != 0.0)
+        .count();
+    assert_eq!(nonzero, 2 * 3, "one pixel per map");
+}
+
+/// Global average pooling.
+#[test]
+fn global_avg_pool() {
+    let (layer, _) = check_layer(LayerSpec::GlobalAvgPool, Shape::new(3, 4, 5), 2);
+    assert_eq!(layer.output_shape(), Shape::flat(3));
+}
+
+/// Grouped convolutions (2 and 3 groups, with stride and padding), a depthwise one (a group
+/// per channel, stride 1 and 2, with and without bias) and dilated ones (2x2 and 2x1).
+#[test]
+fn grouped_depthwise_and_dilated_convolutions() {
+    let grouped =
+        |out_channels: usize, kernel: usize, stride: usize, padding: usize, groups: usize| {
+            LayerSpec::Conv2d(Conv2dConfig {
+                stride: [stride, stride],
+                padding: [padding, padding],
+                groups,
+                ..Conv2dConfig::new(out_channels, [kernel, kernel])
+            })
+        };
+    let (layer, _) = check_layer(grouped(4, 3, 1, 1, 2), Shape::new(6, 5, 6), 2);
+    assert_eq!(layer.params()[0].dims, [4, 3, 3, 3]);
+    check_layer(grouped(6, 3, 2, 1, 3), Shape::new(3, 7, 6), 2);
+    let (layer, _) = check_layer(grouped(5, 3, 1, 1, 5), Shape::new(5, 6, 7), 3);
+    assert_eq!(layer.params()[0].dims, [5, 1, 3, 3]);
+    check_layer(grouped(4, 5, 1, 2, 4), Shape::new(4, 6, 20), 2);
+    check_layer(grouped(4, 3, 2, 1, 4), Shape::new(4, 7, 7), 2);
+    let dilated = |dilation: [usize; 2]| {
+        LayerSpec::Conv2d(Conv2dConfig {
+            padding: [2, 1],
+            dilation,
+            bias: false,
+            ..Conv2dConfig::new(3, [3, 3])
+        })
+    };
+    let (layer, _) = check_layer(dilated([2, 2]), Shape::new(2, 7, 6), 2);
+    assert_eq!(layer.output_shape(), Shape::new(3, 7, 4));
+    check_layer(dilated([2, 1]), Shape::new(2, 7, 6), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Loss
 
 /// `softmax_cross_entropy` writes `d(total loss / N) / dlogits`: its gradient matches central
@@ -497,7 +577,8 @@ fn softmax_cross_entropy_gradient_is_the_mean_loss_derivative() {
 // Whole network
 
 /// Mean cross-entropy of the network on `input`, and a fingerprint of every kink it passed:
-/// the sign of every ReLU input and the position of every max-pooling window's maximum.
+/// the sign of every (leaky) ReLU input and the position of every max-pooling window's (and
+/// feature map's) maximum.
 fn network_loss(
     network: &Network,
     input: &Tensor,
@@ -516,6 +597,16 @@ fn network_loss(
         };
         match layer.spec() {
             LayerSpec::Relu => kinks.extend(output.data().iter().map(|&y| f32::from(y > 0.0))),
+            LayerSpec::LeakyRelu { .. } => {
+                kinks.extend(layer_input.data().iter().map(|&x| f32::from(x > 0.0)))
+            }
+            LayerSpec::GlobalMaxPool => {
+                let plane = layer_input.shape().plane();
+                for maps in layer_input.data().chunks_exact(plane) {
+                    let best = (0..plane).fold(0, |b, i| if maps[i] > maps[b] { i } else { b });
+                    kinks.push(best as f32);
+                }
+            }
             LayerSpec::MaxPool2d(window) => {
                 // Route each output's index to its window's maximum: the routing is the kink.
                 let geometry = PoolGeometry {
@@ -544,13 +635,84 @@ fn network_loss(
 /// smallest step are skipped (10 of 212 with these seeds), and must stay under 10%.
 #[test]
 fn whole_network_gradients_match_finite_differences() {
-    let architecture = cnn::arch::parse(
+    check_network(
         "conv 3@3x3 pad=1, relu, maxpool 2 ceil, conv 4@3x3 stride=2, relu, avgpool 2 ceil, \
          dense 5, relu, dense classes",
-        3,
-    )
-    .unwrap();
-    let mut network = Network::new(&architecture, Shape::new(2, 9, 9)).unwrap();
+        Shape::new(2, 9, 9),
+        8,
+    );
+}
+
+/// The same for a residual network: a stem, a block whose input is read twice (by its first
+/// convolution and by the addition, so its gradient is the sum of both), a downsampling block
+/// with a strided 1x1 shortcut and batch normalisation, an Inception-style concatenation of a
+/// 1x1 and a dilated 3x3 branch, a depthwise and a grouped convolution, the smooth
+/// activations, global pooling.
+#[test]
+fn residual_network_gradients_match_finite_differences() {
+    check_network(
+        "stem: conv 4@3 pad=1, relu, \
+         block: (add(conv1: conv 4@3 pad=1, tanh, conv2: conv 4@3 pad=1 | ), relu), \
+         down: (add(conv1: conv 6@3 stride=2 pad=1 nobias, bn1: batchnorm, gelu | \
+                    shortcut: (conv 6@1 stride=2 nobias, batchnorm)), silu), \
+         mixed: concat(a: conv 2@1 | b: (conv 2@3 pad=2 dilation=2, sigmoid)), \
+         dw: conv 4@3 pad=1 groups=4, grouped: conv 4@1 groups=2, leakyrelu 0.1, \
+         pool: concat(gap | gmp), head: dense classes",
+        Shape::new(2, 8, 7),
+        22,
+    );
+}
+
+/// A value read twice by one node (`add( | )`, the sum of a value with itself) receives both
+/// gradients: the convolution's gradients are twice those of the network without the sum and
+/// with half its dense weights, and match finite differences.
+#[test]
+fn a_value_read_twice_gets_both_gradients() {
+    check_network(
+        "c: conv 2@3 pad=1, twice: add( | ), dense classes",
+        Shape::new(1, 5, 4),
+        4,
+    );
+    let gradient_of_conv = |notation: &str, dense_scale: f32| {
+        let architecture = cnn::arch::parse(notation, 3).unwrap();
+        let mut network = Network::new(&architecture, Shape::new(1, 5, 4)).unwrap();
+        network.init_kaiming(&mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+        for node in network.nodes_mut() {
+            if node.name() == "head" {
+                node.layer_mut().params_mut()[0]
+                    .value
+                    .iter_mut()
+                    .for_each(|w| *w *= dense_scale);
+            }
+        }
+        let input = tensor(2, Shape::new(1, 5, 4), uniform(&mut rng(6), 40, -1.0, 1.0));
+        let mut workspace = Workspace::new();
+        let mut grads = Gradients::new(&network);
+        network
+            .forward(&input, &mut workspace, Mode::Train)
+            .unwrap();
+        let (logits, grad) = workspace.output_and_grad_mut();
+        softmax_cross_entropy(logits, &[0, 2], grad).unwrap();
+        network.backward(&input, &mut workspace, &mut grads);
+        let first = grads.iter().next().unwrap().clone();
+        first
+    };
+    let once = gradient_of_conv("c: conv 2@3 pad=1, flatten, head: dense classes", 1.0);
+    let twice = gradient_of_conv(
+        "c: conv 2@3 pad=1, add( | ), flatten, head: dense classes",
+        0.5,
+    );
+    for (a, b) in once.iter().zip(&twice) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} against {b}");
+    }
+}
+
+/// The network built from `notation` for `input` images (with 3 classes), holding
+/// `expected_params` parameter tensors: every parameter gradient matches finite differences
+/// of the mean loss (see [`whole_network_gradients_match_finite_differences`]).
+fn check_network(notation: &str, input: Shape, expected_params: usize) {
+    let architecture = cnn::arch::parse(notation, 3).unwrap();
+    let mut network = Network::new(&architecture, input).unwrap();
     network.init_kaiming(&mut rand_chacha::ChaCha8Rng::seed_from_u64(70));
     // Kaiming leaves biases at zero; random biases make their gradients less special.
     let mut rng = rng(71);
@@ -580,7 +742,7 @@ fn whole_network_gradients_match_finite_differences() {
         .params()
         .map(|(layer, p)| format!("{layer}.{}", p.name))
         .collect();
-    assert_eq!(names.len(), 8, "4 layers with weight and bias");
+    assert_eq!(names.len(), expected_params, "parameter tensors");
 
     // The loss is computed in f32, so its rounding noise (about 1e-7 of the loss) divided by the
     // step is the noise of a difference quotient: large steps are precise. But a large step

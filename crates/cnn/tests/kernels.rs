@@ -93,15 +93,26 @@ impl ConvCase {
         channels: usize,
         out_channels: usize,
         input: [usize; 2],
-        window: Window2d,
+        window: impl Into<ConvWindow>,
         seed: u64,
     ) -> Option<Self> {
-        let [out_height, out_width] = window.output_size(input)?;
-        let g = ConvGeometry::new(
-            Shape::new(channels, input[0], input[1]),
-            Shape::new(out_channels, out_height, out_width),
+        let ConvWindow {
             window,
-        );
+            dilation,
+            groups,
+        } = window.into();
+        let extent = [0, 1].map(|a| dilation[a] * (window.kernel[a] - 1) + 1);
+        let [out_height, out_width] =
+            Window2d::new(extent, window.stride, window.padding).output_size(input)?;
+        let g = ConvGeometry {
+            dilation,
+            groups,
+            ..ConvGeometry::new(
+                Shape::new(channels, input[0], input[1]),
+                Shape::new(out_channels, out_height, out_width),
+                window,
+            )
+        };
         let mut rng = rng(seed);
         let x = tensor(
             batch,
@@ -120,21 +131,61 @@ impl ConvCase {
     }
 }
 
-/// Every way this machine can compute `g` with `isa`: each forward algorithm that applies,
-/// with each input-gradient algorithm that applies.
-fn conv_kernels(g: &ConvGeometry, isa: Isa) -> Vec<Conv2dKernel> {
-    let mut kernels = Vec::new();
-    for forward in ConvAlgorithm::ALL {
-        for input_gradient in ConvAlgorithm::ALL {
-            kernels.extend(Conv2dKernel::with_algorithms(
-                *g,
-                isa,
-                forward,
-                input_gradient,
-            ));
+/// A convolution's window with its dilation and groups (plain for a bare [`Window2d`]).
+#[derive(Clone, Copy, Debug)]
+struct ConvWindow {
+    window: Window2d,
+    dilation: [usize; 2],
+    groups: usize,
+}
+
+impl From<Window2d> for ConvWindow {
+    fn from(window: Window2d) -> Self {
+        ConvWindow {
+            window,
+            dilation: [1, 1],
+            groups: 1,
         }
     }
-    assert!(!kernels.is_empty(), "im2col computes every convolution");
+}
+
+/// Every algorithm this machine can compute `g` with, on `isa`: each forward algorithm that
+/// applies once, and each input-gradient algorithm that applies once (each paired with one of
+/// the other pass that applies with it).
+fn conv_kernels(g: &ConvGeometry, isa: Isa) -> Vec<Conv2dKernel> {
+    let pair =
+        |forward, input_gradient| Conv2dKernel::with_algorithms(*g, isa, forward, input_gradient);
+    let mut kernels: Vec<Conv2dKernel> = Vec::new();
+    for algorithm in ConvAlgorithm::ALL {
+        let covered = |kernels: &[Conv2dKernel], forward: bool| {
+            kernels.iter().any(|k| {
+                algorithm
+                    == if forward {
+                        k.forward_algorithm()
+                    } else {
+                        k.input_gradient_algorithm()
+                    }
+            })
+        };
+        if !covered(&kernels, true) {
+            kernels.extend(
+                ConvAlgorithm::ALL
+                    .into_iter()
+                    .find_map(|other| pair(algorithm, other)),
+            );
+        }
+        if !covered(&kernels, false) {
+            kernels.extend(
+                ConvAlgorithm::ALL
+                    .into_iter()
+                    .find_map(|other| pair(other, algorithm)),
+            );
+        }
+    }
+    assert!(
+        !kernels.is_empty(),
+        "some algorithm computes every convolution"
+    );
     kernels
 }
 
@@ -159,7 +210,7 @@ fn compare_conv(
     channels: usize,
     out_channels: usize,
     input: [usize; 2],
-    window: Window2d,
+    window: impl Into<ConvWindow>,
     bias: bool,
     input_grad: bool,
     seed: u64,
@@ -351,7 +402,7 @@ fn compare_fused(
     channels: usize,
     out_channels: usize,
     input: [usize; 2],
-    window: Window2d,
+    window: impl Into<ConvWindow>,
     bias: bool,
     seed: u64,
 ) -> Result<(), TestCaseError> {
@@ -394,14 +445,10 @@ fn compare_fused(
     );
     let mut pooled_scale = Tensor::zeros(batch, pooled);
     reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
-    for forward in ConvAlgorithm::ALL {
-        let Some(kernel) = Conv2dKernel::with_algorithms(g, isa, forward, ConvAlgorithm::Im2col)
-        else {
-            continue;
-        };
+    for kernel in conv_kernels(&g, isa) {
         let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
         kernel.forward(&x, &weight, fused, &mut fast, &mut Scratch::default());
-        let what = format!("{isa} {} fused conv", forward.name());
+        let what = format!("{} fused conv", kernel_name(&kernel));
         matches(&what, fast.data(), slow.data(), pooled_scale.data())?;
     }
     Ok(())
@@ -512,6 +559,52 @@ for_each_isa! {
     ) {
         let window = Window2d::new([kernel, kernel], [1, 1], [padding, padding]);
         compare_fused(isa, batch, channels, out_channels, input, window, bias, seed)?;
+    }
+
+    /// Grouped and dilated convolutions (groups dividing both channel counts, dilation up to
+    /// 3, any stride and padding) equal the direct loops: group by group with each group's own
+    /// kernel, or im2col for the dilated ungrouped ones.
+    fn grouped_dilated_conv_matches_reference(
+        isa;
+        batch in 1usize..=3,
+        groups in 1usize..=3,
+        per_group in [1usize..=3, 1usize..=3],
+        input in [3usize..=14, 3usize..=14],
+        kernel in [1usize..=3, 1usize..=3],
+        stride in [1usize..=2, 1usize..=2],
+        padding in [0usize..=2, 0usize..=2],
+        dilation in [1usize..=3, 1usize..=3],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = ConvWindow { window: Window2d::new(kernel, stride, padding), dilation, groups };
+        let [c, oc] = per_group.map(|n| n * groups);
+        compare_conv(isa, batch, c, oc, input, window, bias, input_grad, seed)?;
+    }
+
+    /// Depthwise convolutions (a group per channel, stride 1, kernels up to 5x7 with any
+    /// padding below the kernel, rows wider than two registers) equal the direct loops, plain
+    /// and with ReLU and max pooling fused in.
+    fn depthwise_conv_matches_reference(
+        isa;
+        batch in 1usize..=2,
+        channels in 1usize..=9,
+        input in [2usize..=12, 2usize..=40],
+        kernel in [1usize..=5, 1usize..=7],
+        padding in [0usize..=4, 0usize..=6],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let padding = [padding[0].min(kernel[0] - 1), padding[1].min(kernel[1] - 1)];
+        let window = ConvWindow {
+            window: Window2d::new(kernel, [1, 1], padding),
+            dilation: [1, 1],
+            groups: channels,
+        };
+        compare_conv(isa, batch, channels, channels, input, window, bias, input_grad, seed)?;
+        compare_fused(isa, batch, channels, channels, input, window, bias, seed)?;
     }
 
     /// The direct case (stride 1, few input channels) equals the direct loops, plain and

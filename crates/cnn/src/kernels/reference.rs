@@ -6,13 +6,14 @@ use super::conv::ConvGeometry;
 use super::pool::{PoolGeometry, PoolKind};
 use crate::tensor::Tensor;
 
-/// Visits `(output index, [(input index, weight index)...])` for every output value: the
+/// Visits `(output channel, output index, [(input index, weight index)...])` for every output
+/// value: the
 /// window products that make it up, written out as the definition of a (grouped, dilated,
 /// strided, zero-padded) convolution. Forward and backward read the same pairs.
 fn for_each_product(
     g: &ConvGeometry,
     batch: usize,
-    mut visit: impl FnMut(usize, usize, &mut dyn Iterator<Item = (usize, usize)>),
+    mut visit: impl FnMut(usize, usize, &[(usize, usize)]),
 ) {
     let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
     let (channels_out, out_height, out_width) =
@@ -22,24 +23,35 @@ fn for_each_product(
     let [ph, pw] = g.window.padding;
     let [dh, dw] = g.dilation;
     let (group_in, group_out) = (channels / g.groups, channels_out / g.groups);
+    let mut pairs = Vec::with_capacity(group_in * kh * kw);
     for n in 0..batch {
         for oc in 0..channels_out {
             let first_channel = oc / group_out * group_in;
             for oy in 0..out_height {
                 for ox in 0..out_width {
+                    pairs.clear();
+                    for c in 0..group_in {
+                        for i in 0..kh {
+                            // Input row y = oy * sh + i * dh - ph, when inside the image.
+                            let Some(y) =
+                                (oy * sh + i * dh).checked_sub(ph).filter(|&y| y < height)
+                            else {
+                                continue;
+                            };
+                            for j in 0..kw {
+                                let Some(x) =
+                                    (ox * sw + j * dw).checked_sub(pw).filter(|&x| x < width)
+                                else {
+                                    continue;
+                                };
+                                let input =
+                                    ((n * channels + first_channel + c) * height + y) * width + x;
+                                pairs.push((input, ((oc * group_in + c) * kh + i) * kw + j));
+                            }
+                        }
+                    }
                     let out = ((n * channels_out + oc) * out_height + oy) * out_width + ox;
-                    let mut pairs = (0..group_in)
-                        .flat_map(|c| (0..kh).flat_map(move |i| (0..kw).map(move |j| (c, i, j))));
-                    let mut inside = pairs.by_ref().filter_map(|(c, i, j)| {
-                        let y = (oy * sh + i * dh).checked_sub(ph)?;
-                        let x = (ox * sw + j * dw).checked_sub(pw)?;
-                        (y < height && x < width).then(|| {
-                            let input =
-                                ((n * channels + first_channel + c) * height + y) * width + x;
-                            (input, ((oc * group_in + c) * kh + i) * kw + j)
-                        })
-                    });
-                    visit(oc, out, &mut inside);
+                    visit(oc, out, &pairs);
                 }
             }
         }
@@ -58,7 +70,9 @@ pub fn conv2d_forward(
     let out = output.data_mut();
     for_each_product(g, input.batch(), |oc, o, products| {
         let start = bias.map_or(0.0, |b| b[oc]);
-        out[o] = products.fold(start, |sum, (i, k)| sum + x[i] * weight[k]);
+        out[o] = products
+            .iter()
+            .fold(start, |sum, &(i, k)| sum + x[i] * weight[k]);
     });
 }
 
@@ -79,7 +93,7 @@ pub fn conv2d_backward(
     dx.fill(0.0);
     for_each_product(g, input.batch(), |oc, o, products| {
         grad_bias[oc] += dy[o];
-        for (i, k) in products {
+        for &(i, k) in products {
             grad_weight[k] += dy[o] * x[i];
             dx[i] += dy[o] * weight[k];
         }
