@@ -5,6 +5,8 @@ use cnn::arch;
 use cnn::Architecture;
 use std::path::Path;
 
+/// The architecture `argument` names, with how to name it in one line: a stack's notation, or
+/// for a graph its preset name and size.
 pub fn resolve(argument: &str, classes: usize) -> Result<(String, Architecture)> {
     let text = if let Some(notation) = arch::preset(argument) {
         notation
@@ -23,8 +25,20 @@ pub fn resolve(argument: &str, classes: usize) -> Result<(String, Architecture)>
     } else {
         argument.to_string()
     };
-    let layers = arch::parse(&text, classes)?;
-    Ok((arch::to_notation(&layers), layers))
+    let architecture = arch::parse(&text, classes)?;
+    let preset = arch::preset(argument).map(|_| argument);
+    Ok((describe(&architecture, preset), architecture))
+}
+
+/// An architecture in one line: a stack's notation, a graph summed up by its preset name and
+/// size (`train` prints its nodes).
+pub fn describe(architecture: &Architecture, preset: Option<&str>) -> String {
+    let nodes = architecture.nodes.len();
+    match (architecture.as_sequential(), preset) {
+        (Some(_), _) => arch::to_notation(architecture),
+        (None, Some(name)) => format!("{name} (a graph of {nodes} nodes)"),
+        (None, None) => format!("a graph of {nodes} nodes"),
+    }
 }
 
 /// A single name-like word: what a mistyped preset looks like (a lone `relu` is not).

@@ -8,17 +8,58 @@ pub mod train;
 
 use cnn::network::LayerSummary;
 
-/// One line per layer: index, layer, output shape, parameters, FLOPs per image.
+/// One line per node: index, layer, output shape, parameters, FLOPs per image; for a graph
+/// (not a plain stack) also the node's name and what it reads.
 pub fn print_summary(summary: &[LayerSummary], input: cnn::Shape) {
+    let stack = summary.iter().enumerate().all(|(i, line)| {
+        line.name == i.to_string()
+            && line.inputs
+                == [if i == 0 {
+                    "input".to_string()
+                } else {
+                    (i - 1).to_string()
+                }]
+    });
+    let node_width = summary
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let inputs_width = summary
+        .iter()
+        .map(|l| l.inputs.join(" + ").len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let graph_columns = |name: &str, inputs: &str| {
+        if stack {
+            String::new()
+        } else {
+            format!(" {name:<node_width$}  {inputs:<inputs_width$}")
+        }
+    };
     println!(
-        "{:>3}  {:<32} {:>12} {:>10} {:>12}",
-        "#", "layer", "output", "params", "FLOPs/image"
+        "{:>3} {} {:<32} {:>12} {:>10} {:>12}",
+        "#",
+        graph_columns("node", "inputs"),
+        "layer",
+        "output",
+        "params",
+        "FLOPs/image"
     );
-    println!("{:>3}  {:<32} {:>12}", "", "input", input.to_string());
+    println!(
+        "{:>3} {} {:<32} {:>12}",
+        "",
+        graph_columns("", ""),
+        "input",
+        input.to_string()
+    );
     for line in summary {
         println!(
-            "{:>3}  {:<32} {:>12} {:>10} {:>12}",
+            "{:>3} {} {:<32} {:>12} {:>10} {:>12}",
             line.index,
+            graph_columns(&line.name, &line.inputs.join(" + ")),
             line.layer,
             line.output.to_string(),
             line.params,
@@ -28,8 +69,13 @@ pub fn print_summary(summary: &[LayerSummary], input: cnn::Shape) {
     let params: usize = summary.iter().map(|l| l.params).sum();
     let flops: u64 = summary.iter().map(|l| l.flops).sum();
     println!(
-        "{:>3}  {:<32} {:>12} {:>10} {:>12}",
-        "", "total", "", params, flops
+        "{:>3} {} {:<32} {:>12} {:>10} {:>12}",
+        "",
+        graph_columns("", ""),
+        "total",
+        "",
+        params,
+        flops
     );
 }
 

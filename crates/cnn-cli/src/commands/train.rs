@@ -302,7 +302,7 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
                     train_set.shape()
                 );
             }
-            let notation = cnn::arch::to_notation(&model.network.architecture());
+            let notation = crate::arch_arg::describe(&model.network.architecture(), None);
             (
                 notation,
                 model.network,
