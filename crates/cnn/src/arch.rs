@@ -133,6 +133,16 @@ pub fn presets() -> Vec<(&'static str, String)> {
              dense 128, relu, dropout 0.25, dense classes"
                 .into(),
         ),
+        (
+            "separable",
+            "conv 32@3 pad=1 nobias, batchnorm, relu, \
+             conv 32@3 pad=1 groups=32 nobias, batchnorm, relu, conv 64@1 nobias, batchnorm, relu, \
+             maxpool 2, \
+             conv 64@3 pad=1 groups=64 nobias, batchnorm, relu, conv 128@1 nobias, batchnorm, relu, \
+             conv 128@3 pad=1 groups=128 nobias, batchnorm, relu, conv 128@1 nobias, batchnorm, relu, \
+             gap, dense classes"
+                .into(),
+        ),
         ("resnet20", resnet20()),
         ("fashion-resnet", fashion_resnet()),
     ]
