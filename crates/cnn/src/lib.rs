@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsutil;
 pub mod kernels;
 pub mod layers;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod model_file;

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::kernels::simd::Isa;
 use crate::kernels::team::Team;
 use crate::layers::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
+use crate::limits::NetworkBudget;
 use crate::tensor::{Param, Shape, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -43,10 +44,12 @@ impl Network {
         if architecture.is_empty() {
             return Err(Error::Architecture("it has no layers".into()));
         }
+        let mut budget = NetworkBudget::new(architecture.len(), input_shape)?;
         let mut shape = input_shape;
         let mut layers = Vec::with_capacity(architecture.len());
         for (index, spec) in architecture.iter().enumerate() {
             let layer = spec.build(index, shape, isa)?;
+            budget.add(index, layer.as_ref())?;
             shape = layer.output_shape();
             layers.push(layer);
         }
