@@ -286,13 +286,7 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
                 .with_context(|| format!("cannot replace {}", log.display()))?;
         }
     }
-    let (mut train_set, validation_set) = data.load_training(args.seed, args.val_split)?;
-    if let Some(limit) = args.limit {
-        if limit == 0 {
-            bail!("--limit must be at least 1");
-        }
-        train_set = train_set.truncated(limit);
-    }
+    let (train_set, validation_set) = data.load_training(args.seed, args.val_split, args.limit)?;
     let (notation, mut network, preprocessing, state) = match resumed {
         Some(checkpoint) => {
             let model = checkpoint.model;
