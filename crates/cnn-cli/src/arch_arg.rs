@@ -11,8 +11,8 @@ pub fn resolve(argument: &str, classes: usize) -> Result<(String, Architecture)>
     let text = if let Some(notation) = arch::preset(argument) {
         notation
     } else if Path::new(argument).is_file() {
-        std::fs::read_to_string(argument)
-            .with_context(|| format!("cannot read architecture file {argument}"))?
+        cnn::fsutil::read_text(Path::new(argument), cnn::limits::MAX_TEXT_FILE_BYTES)
+            .context("cannot read the architecture file")?
     } else if argument.split_whitespace().count() == 1
         && !argument.contains([',', ';'])
         && is_word(argument)

@@ -6,6 +6,7 @@ mod commands;
 mod grid;
 mod inside;
 mod plot;
+mod printable;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -66,22 +67,50 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        exit_quietly_on_broken_pipes();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("error: {}", message.replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes as one line. A cause whose text the line already holds is left
+/// out: an I/O error inside a message that quotes it (`PATH: No such file or directory`) would
+/// otherwise be printed twice. Control characters from file names or model files are escaped.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    printable::one_line(&line).into_owned()
+}
+
+/// Lets a closed pipe end the process the way it ends `cat` (`cnn train | head -1`): by the
+/// default action of SIGPIPE, silently, instead of a failed `println!`. Not for `serve`,
+/// whose sockets must survive clients that hang up.
+fn exit_quietly_on_broken_pipes() {
+    // SAFETY: `signal` only sets the disposition of SIGPIPE; SIG_DFL is a valid one, and no
+    // handler of the process is replaced (Rust's runtime set SIGPIPE to SIG_IGN, nothing more).
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let threads = match cli.threads {
-        Some(0) => anyhow::bail!("--threads must be at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = cnn::limits::threads(cli.threads)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod kernels;
 pub mod layers;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod model_file;

@@ -12,8 +12,9 @@
 
 use crate::arch::to_notation;
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomically;
+use crate::fsutil::{read_file, write_atomically};
 use crate::graph::Architecture;
+use crate::limits::MAX_MODEL_FILE_BYTES;
 use crate::model::Model;
 use crate::network::Network;
 use crate::preprocess::Preprocessing;
@@ -210,7 +211,7 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
 }
 
 pub fn load(path: &Path) -> Result<Model> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path, MAX_MODEL_FILE_BYTES)?;
     from_bytes(&bytes).map_err(|message| Error::file(path, message))
 }
 

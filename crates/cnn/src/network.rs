@@ -24,6 +24,7 @@ use crate::graph::{Architecture, NodeSpec, INPUT};
 use crate::kernels::simd::Isa;
 use crate::kernels::team::Team;
 use crate::layers::{BackwardPass, Layer, LayerScratch, Mode};
+use crate::limits::NetworkBudget;
 use crate::tensor::{Param, Shape, Tensor};
 use plan::{plan_buffers, InferencePlan, Lifetime};
 use rand::Rng;
@@ -108,6 +109,7 @@ impl Network {
     /// [`Network::new`] with the kernels of `isa`, whatever `CNN_KERNELS` says.
     pub fn with_isa(architecture: &Architecture, input_shape: Shape, isa: Isa) -> Result<Self> {
         architecture.validate()?;
+        let mut budget = NetworkBudget::new(architecture.nodes.len(), input_shape)?;
         let value_of = |name: &str, names: &[String]| -> Value {
             if name == INPUT {
                 0
@@ -122,6 +124,7 @@ impl Network {
             let inputs: Vec<Value> = inputs.iter().map(|i| value_of(i, &names)).collect();
             let input_shapes: Vec<Shape> = inputs.iter().map(|&v| shapes[v]).collect();
             let layer = op.build(name, &input_shapes, isa)?;
+            budget.add(name, &input_shapes, layer.as_ref())?;
             shapes.push(layer.output_shape());
             names.push(name.clone());
             nodes.push(Node {

@@ -2,9 +2,12 @@
 //! to read a PNG a user drew: which size and channels, which polarity is ink, how to normalise.
 
 use crate::error::{Error, Result};
+use crate::fsutil::read_file;
+use crate::limits::{MAX_PICTURE_FILE_BYTES, MAX_PICTURE_PIXELS};
 use crate::tensor::Shape;
 use image::{imageops::FilterType, DynamicImage, GrayImage};
 use serde::{Deserialize, Serialize};
+use std::io::Cursor;
 use std::path::Path;
 
 /// The brightness of the training images' background.
@@ -19,6 +22,12 @@ pub enum Background {
     /// Photographs: taken as they are.
     Any,
 }
+
+/// The smallest standard deviation a normalisation may divide by: the floor
+/// [`crate::data::Dataset::channel_statistics`] measures with.
+pub const MIN_STD: f32 = 1e-3;
+/// The largest mean (of `pixel / 255`, which lies in [0, 1]) a normalisation may subtract.
+pub const MAX_MEAN: f32 = 1e3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
@@ -51,12 +60,15 @@ impl Preprocessing {
                 shape.channels
             )));
         }
-        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-            || self.mean.iter().any(|m| !m.is_finite())
-        {
-            return Err(Error::Invalid(
-                "preprocessing needs finite means and positive deviations".into(),
-            ));
+        // A deviation of 1e-38 is positive, but it turns every pixel into infinity.
+        let deviation_ok = |s: &f32| s.is_finite() && *s >= MIN_STD;
+        let mean_ok = |m: &f32| m.is_finite() && m.abs() <= MAX_MEAN;
+        if !self.std.iter().all(deviation_ok) || !self.mean.iter().all(mean_ok) {
+            return Err(Error::Invalid(format!(
+                "preprocessing needs means from -{MAX_MEAN} to {MAX_MEAN} and deviations of \
+                 at least {MIN_STD}, not mean {:?} std {:?}",
+                self.mean, self.std
+            )));
         }
         Ok(())
     }
@@ -142,19 +154,42 @@ fn border_brightness(picture: &GrayImage) -> f32 {
 /// Reads and decodes a picture file (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), with an error that
 /// says what is wrong with it.
 pub fn read_picture(path: &Path) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path, MAX_PICTURE_FILE_BYTES)?;
     decode_picture(&bytes).map_err(|message| Error::file(path, message))
 }
 
-/// Decodes a picture held in memory; the error says why it is not one.
-pub fn decode_picture(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+/// The format and `(width, height)` of a picture held in memory, read from its header; the
+/// error says why it is not a picture.
+pub fn picture_dimensions(
+    bytes: &[u8],
+) -> std::result::Result<(image::ImageFormat, (u32, u32)), String> {
     if bytes.is_empty() {
         return Err("empty file, not an image".into());
     }
     let format = image::guess_format(bytes).map_err(|_| {
         "not an image (PNG, JPEG, BMP, GIF, WebP, TIFF or PNM expected)".to_string()
     })?;
-    let picture = image::load_from_memory_with_format(bytes, format)
+    let dimensions = image::ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode this {format:?} image: {e}"))?;
+    Ok((format, dimensions))
+}
+
+/// Decodes a picture held in memory; the error says why it is not one. Its size is read
+/// from its header and checked against [`MAX_PICTURE_PIXELS`] before any pixel is decoded,
+/// so that a small compressed file cannot ask for gigabytes.
+pub fn decode_picture(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    let (format, (width, height)) = picture_dimensions(bytes)?;
+    if width == 0 || height == 0 {
+        return Err("the image has no pixels".into());
+    }
+    if u64::from(width) * u64::from(height) > MAX_PICTURE_PIXELS {
+        return Err(format!(
+            "{width}x{height} pixels is over the limit of {MAX_PICTURE_PIXELS} pixels"
+        ));
+    }
+    let picture = image::ImageReader::with_format(Cursor::new(bytes), format)
+        .decode()
         .map_err(|e| format!("cannot decode this {format:?} image: {e}"))?;
     if picture.width() == 0 || picture.height() == 0 {
         return Err("the image has no pixels".into());

@@ -74,7 +74,11 @@ pub fn run(
         .into_iter()
         .take(5)
     {
-        println!("  {class:<12} {:6.2}%", 100.0 * p);
+        println!(
+            "  {:<12} {:6.2}%",
+            crate::printable::escaped(&class),
+            100.0 * p
+        );
     }
     if let Some(dir) = &out {
         println!("pictures written to {}", dir.join("index.html").display());
@@ -224,7 +228,8 @@ fn write_pictures(
         "<h2>class probabilities</h2>\n<img src=\"probabilities.png\" alt=\"probabilities\">\n</body></html>"
     );
     let index = dir.join("index.html");
-    std::fs::write(&index, html).with_context(|| format!("cannot write {}", index.display()))
+    cnn::fsutil::write_atomically(&index, html.as_bytes())
+        .with_context(|| format!("cannot write {}", index.display()))
 }
 
 fn escape(text: &str) -> String {

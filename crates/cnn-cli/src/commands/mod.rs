@@ -6,6 +6,7 @@ pub mod predict;
 pub mod serve;
 pub mod train;
 
+use crate::printable::escaped;
 use cnn::network::LayerSummary;
 
 /// One line per node: index, layer, output shape, parameters, FLOPs per image; for a graph
@@ -79,9 +80,23 @@ pub fn print_summary(summary: &[LayerSummary], input: cnn::Shape) {
     );
 }
 
+/// Refuses to score a model on a data set with other classes: each class would be scored
+/// as the one at its index.
+pub fn check_same_classes(model: &[String], data: &[String]) -> anyhow::Result<()> {
+    if model != data {
+        anyhow::bail!(
+            "the model's classes ({}) are not the data set's ({})",
+            escaped(&model.join(", ")),
+            escaped(&data.join(", "))
+        );
+    }
+    Ok(())
+}
+
 /// The confusion matrix, rows the true class, columns the predicted one.
 pub fn print_confusion(classes: &[String], confusion: &[Vec<usize>]) {
     println!("confusion matrix (rows: true class, columns: predicted):");
+    let classes: Vec<String> = classes.iter().map(|c| escaped(c).into_owned()).collect();
     let width = classes.iter().map(|c| c.len()).max().unwrap_or(1).max(6);
     let header: String = classes.iter().map(|c| format!(" {c:>width$}")).collect();
     println!("  {:<width$}{header}", "");

@@ -1,3 +1,4 @@
+use crate::printable::{escaped, one_line};
 use anyhow::Result;
 use clap::Args;
 use cnn::model_file;
@@ -44,12 +45,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
             }
             Ok(p) => println!(
                 "{}: {} ({:.1}%)",
-                path.display(),
-                p.class,
+                escaped(&path.display().to_string()),
+                escaped(&p.class),
                 100.0 * p.probability
             ),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", one_line(&e.to_string()));
                 failures += 1;
             }
         }

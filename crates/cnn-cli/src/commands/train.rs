@@ -1,3 +1,4 @@
+use crate::printable::escaped;
 use crate::progress::ProgressReporter;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -11,7 +12,7 @@ use cnn::train::{
     evaluate, train_from, Augment, EpochReport, Evaluation, Schedule, TrainConfig, TrainObserver,
     TrainState,
 };
-use cnn::{model_file, Model};
+use cnn::{fsutil, model_file, Model};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,11 +94,12 @@ pub struct TrainArgs {
     /// Fixes the data, the initial weights, the order of the data, augmentation and dropout.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write the model; a checkpoint goes to OUT.ckpt after every epoch.
-    #[arg(long, default_value = "xo.safetensors")]
-    out: PathBuf,
-    /// Continue the run saved in this checkpoint (its settings are used; other flags are
-    /// ignored, except --quiet).
+    /// Where to write the model (default xo.safetensors; with --resume, beside the checkpoint:
+    /// OUT.ckpt gives OUT); a checkpoint goes to OUT.ckpt after every epoch.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (its settings are used, checked as flags are;
+    /// other flags are ignored, except --out, --log, --plot, --no-plot and --quiet).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// No progress bar or per-epoch lines.
@@ -166,9 +168,6 @@ impl TrainArgs {
             .optimizer
             .or(preset.as_ref().map(|p| p.optimizer))
             .unwrap_or(OptimizerName::Adam);
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("--momentum must be in [0, 1), not {}", self.momentum);
-        }
         let (optimizer, default_lr) = match optimizer_name {
             OptimizerName::Sgd => (
                 OptimizerConfig::Sgd {
@@ -235,14 +234,14 @@ impl TrainArgs {
             augment,
         };
         config.validate()?;
-        if config.warmup_epochs > config.epochs {
-            bail!(
-                "--warmup {} is longer than the {} epochs",
-                config.warmup_epochs,
-                config.epochs
-            );
-        }
         Ok(config)
+    }
+
+    /// The model file to write.
+    fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("xo.safetensors"))
     }
 }
 
@@ -259,17 +258,17 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
     let (args, config, resumed) = match &args.resume {
         Some(path) => {
             let checkpoint = checkpoint::load(path)?;
-            let settings: Settings = serde_json::from_value(checkpoint.settings.clone())
-                .with_context(|| {
-                    format!(
-                        "{}: the checkpoint's settings are malformed",
-                        path.display()
-                    )
-                })?;
+            let settings = stored_settings(path, &checkpoint.settings)?;
             let mut stored = settings.args;
             stored.quiet = quiet;
             stored.resume = None;
             stored.stop_after = None;
+            // Where the run writes is the user's choice, never the checkpoint's: a checkpoint
+            // from someone else could otherwise write and append anywhere.
+            stored.out = Some(args.out.clone().unwrap_or_else(|| model_beside(path)));
+            stored.log = args.log.clone();
+            stored.plot = args.plot.clone();
+            stored.no_plot = args.no_plot;
             (stored, settings.config, Some(checkpoint))
         }
         None => {
@@ -279,6 +278,12 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
         }
     };
     let data = DataSpec::parse(&args.data)?;
+    let out = args.out();
+    let checkpoint_path = checkpoint_path(&out);
+    // Checked before the run, not after it: what is there must be a file the run may replace.
+    for path in [&out, &checkpoint_path].into_iter().chain(&args.log) {
+        fsutil::check_replaceable(path)?;
+    }
     if let Some(log) = &args.log {
         if resumed.is_none() && log.exists() {
             // A fresh run starts a fresh log; a resumed one appends.
@@ -286,13 +291,7 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
                 .with_context(|| format!("cannot replace {}", log.display()))?;
         }
     }
-    let (mut train_set, validation_set) = data.load_training(args.seed, args.val_split)?;
-    if let Some(limit) = args.limit {
-        if limit == 0 {
-            bail!("--limit must be at least 1");
-        }
-        train_set = train_set.truncated(limit);
-    }
+    let (train_set, validation_set) = data.load_training(args.seed, args.val_split, args.limit)?;
     let (notation, mut network, preprocessing, state) = match resumed {
         Some(checkpoint) => {
             let model = checkpoint.model;
@@ -330,7 +329,6 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
     }
     super::print_summary(&network.summary(), network.input_shape());
 
-    let checkpoint_path = checkpoint_path(&args.out);
     let settings = serde_json::to_value(Settings {
         args: args.clone(),
         config: config.clone(),
@@ -357,11 +355,11 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
     )?;
     let mut model = Model::new(network, train_set.classes().to_vec(), preprocessing)?;
     model.data = Some(data_arg);
-    model_file::save(&model, &args.out)
-        .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
+    model_file::save(&model, &out)
+        .with_context(|| format!("cannot save the model to {}", out.display()))?;
     println!(
         "saved {} (checkpoint {})",
-        args.out.display(),
+        out.display(),
         checkpoint_path.display()
     );
     // After the model is saved: a plot that cannot be written does not lose the model.
@@ -369,7 +367,7 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
         let base = args
             .plot
             .clone()
-            .unwrap_or_else(|| args.out.with_extension("training"));
+            .unwrap_or_else(|| out.with_extension("training"));
         let (png, svg) = crate::plot::training_curves(&base, &reports)
             .context("cannot draw the training curves")?;
         if !args.quiet {
@@ -379,6 +377,7 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
     drop(train_set);
     match data.load_test(args.seed) {
         Ok(test) => {
+            super::check_same_classes(&model.classes, test.classes())?;
             let result = evaluate(&model.network, &model.preprocessing, &test, 256)?;
             print_evaluation(
                 &result,
@@ -386,9 +385,49 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
                 &format!("test split of {}", data.to_arg()),
             );
         }
-        Err(e) => println!("no test evaluation: {e}"),
+        Err(e) => println!(
+            "no test evaluation: {}",
+            crate::printable::one_line(&e.to_string())
+        ),
     }
     Ok(())
+}
+
+/// The settings a checkpoint stores, checked as the flags are: the configuration must be the
+/// one its arguments give, through the same validation as a fresh run's.
+fn stored_settings(path: &Path, stored: &serde_json::Value) -> Result<Settings> {
+    let settings: Settings = serde_json::from_value(stored.clone()).with_context(|| {
+        format!(
+            "{}: the checkpoint's settings are malformed",
+            path.display()
+        )
+    })?;
+    let data = DataSpec::parse(&settings.args.data)
+        .with_context(|| format!("{}: the checkpoint's settings", path.display()))?;
+    let config = settings
+        .args
+        .config(&data)
+        .with_context(|| format!("{}: the checkpoint's settings", path.display()))?;
+    if config != settings.config {
+        bail!(
+            "{}: the checkpoint's training settings are not those its arguments give",
+            path.display()
+        );
+    }
+    Ok(settings)
+}
+
+/// The model file a resumed run writes by default: beside the checkpoint, `OUT` for
+/// `OUT.ckpt` (`CKPT.safetensors` for a checkpoint named otherwise).
+fn model_beside(checkpoint: &Path) -> PathBuf {
+    match checkpoint.extension() {
+        Some(e) if e == "ckpt" => checkpoint.with_extension(""),
+        _ => {
+            let mut name = checkpoint.as_os_str().to_owned();
+            name.push(".safetensors");
+            PathBuf::from(name)
+        }
+    }
 }
 
 /// `OUT.ckpt` beside the model file `OUT`.
@@ -425,7 +464,7 @@ pub fn print_evaluation(result: &Evaluation, classes: &[String], what: &str) {
     );
     println!("per class:");
     for (class, accuracy) in classes.iter().zip(result.per_class_accuracy()) {
-        println!("  {class:<16} {:6.2}%", 100.0 * accuracy);
+        println!("  {:<16} {:6.2}%", escaped(class), 100.0 * accuracy);
     }
     super::print_confusion(classes, &result.confusion);
 }

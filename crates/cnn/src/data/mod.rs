@@ -138,7 +138,10 @@ impl Dataset {
             .map(|&(sum, squares)| {
                 let mean = sum as f64 / count / 255.0;
                 let variance = (squares as f64 / count / (255.0 * 255.0) - mean * mean).max(0.0);
-                (mean as f32, (variance.sqrt() as f32).max(1e-3))
+                (
+                    mean as f32,
+                    (variance.sqrt() as f32).max(crate::preprocess::MIN_STD),
+                )
             })
             .unzip()
     }
@@ -291,8 +294,26 @@ impl DataSpec {
 
     /// The training images, and a held-out validation split: `val_split` of the training
     /// images (chosen by `seed`) when it is above 0, none otherwise. The X/O data has its own
-    /// generated validation split.
-    pub fn load_training(&self, seed: u64, val_split: f32) -> Result<(Dataset, Option<Dataset>)> {
+    /// generated validation split. With `limit`, only the first `limit` training images are
+    /// kept (after the validation split is taken); the X/O generator draws no more than those.
+    pub fn load_training(
+        &self,
+        seed: u64,
+        val_split: f32,
+        limit: Option<usize>,
+    ) -> Result<(Dataset, Option<Dataset>)> {
+        if limit == Some(0) {
+            return Err(Error::Invalid("--limit must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&val_split) {
+            return Err(Error::Invalid(format!(
+                "--val-split must be from 0 to 1 (excluded), not {val_split}"
+            )));
+        }
+        let limited = |set: Dataset| match limit {
+            Some(limit) if limit < set.len() => set.truncated(limit),
+            _ => set,
+        };
         let train = match self {
             DataSpec::Xo { size } => {
                 let config = |count| xo::XoConfig {
@@ -300,8 +321,10 @@ impl DataSpec {
                     count,
                     seed,
                 };
+                // The first N images drawn are the first N of the whole split: one stream.
+                let count = limit.map_or(XO_TRAIN_IMAGES, |l| l.min(XO_TRAIN_IMAGES));
                 return Ok((
-                    xo::generate(config(XO_TRAIN_IMAGES), xo::Split::Train)?,
+                    xo::generate(config(count), xo::Split::Train)?,
                     Some(xo::generate(
                         config(XO_VALIDATION_IMAGES),
                         xo::Split::Validation,
@@ -322,9 +345,9 @@ impl DataSpec {
         };
         if val_split > 0.0 {
             let (rest, validation) = train.split_validation(val_split, seed)?;
-            Ok((rest, Some(validation)))
+            Ok((limited(rest), Some(validation)))
         } else {
-            Ok((train, None))
+            Ok((limited(train), None))
         }
     }
 

@@ -4,6 +4,7 @@ use super::{BackwardPass, Conv2dConfig, Fusion, Layer, LayerScratch, LayerSpec, 
 use crate::kernels::conv::{Conv2dKernel, ConvGeometry, ConvGrads};
 use crate::kernels::simd::Isa;
 use crate::kernels::Epilogue;
+use crate::limits;
 use crate::tensor::{Param, Shape, Tensor};
 use crate::window::Window2d;
 
@@ -23,9 +24,12 @@ impl Conv2d {
         if config.out_channels == 0 {
             return Err("a convolution needs at least one output channel".into());
         }
-        if window.stride.contains(&0) || window.kernel.contains(&0) || config.dilation.contains(&0)
-        {
-            return Err("kernel, stride and dilation must be at least 1".into());
+        window.check()?;
+        if config.dilation.iter().any(|&d| d == 0 || d > limits::MAX_WINDOW) {
+            return Err(format!(
+                "the dilation must be from 1 to {}",
+                limits::MAX_WINDOW
+            ));
         }
         let groups = config.groups;
         if groups == 0
@@ -54,15 +58,17 @@ impl Conv2d {
                 )
             })?;
         let output = Shape::new(config.out_channels, out_height, out_width);
-        let mut params = vec![Param::zeros(
-            "weight",
-            vec![
-                config.out_channels,
-                input.channels / groups,
-                config.kernel[0],
-                config.kernel[1],
-            ],
-        )];
+        // Sizes checked before anything is allocated for them.
+        limits::image_values(output)?;
+        let weight = [
+            config.out_channels,
+            input.channels / groups,
+            config.kernel[0],
+            config.kernel[1],
+        ];
+        limits::parameter_values(&weight)?;
+        limits::column_values(weight[1..].iter().product(), output.plane())?;
+        let mut params = vec![Param::zeros("weight", weight.to_vec())];
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_channels]));
         }

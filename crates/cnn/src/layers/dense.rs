@@ -2,6 +2,7 @@
 
 use super::{BackwardPass, DenseConfig, Layer, LayerScratch, LayerSpec, Mode};
 use crate::kernels::gemm::{matmul, MatRef, Threading};
+use crate::limits;
 use crate::tensor::{Param, Shape, Tensor};
 
 /// Parameters as PyTorch's `nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.
@@ -23,10 +24,10 @@ impl Dense {
         if config.out_features == 0 {
             return Err("a dense layer needs at least one output".into());
         }
-        let mut params = vec![Param::zeros(
-            "weight",
-            vec![config.out_features, input.len()],
-        )];
+        limits::image_values(Shape::flat(config.out_features))?;
+        let weight = vec![config.out_features, input.len()];
+        limits::parameter_values(&weight)?;
+        let mut params = vec![Param::zeros("weight", weight)];
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_features]));
         }

@@ -13,12 +13,10 @@ pub struct Pool2d {
 
 impl Pool2d {
     pub fn new(kind: PoolKind, window: Window2d, input: Shape) -> Result<Self, String> {
-        if window.stride.contains(&0) || window.kernel.contains(&0) {
-            return Err("kernel and stride must be at least 1".into());
-        }
+        window.check()?;
         // A window may hang over the border, but never lie wholly in the padding: it would
         // pool nothing. PyTorch enforces the same bound.
-        if window.padding[0] * 2 > window.kernel[0] || window.padding[1] * 2 > window.kernel[1] {
+        if window.padding[0] > window.kernel[0] / 2 || window.padding[1] > window.kernel[1] / 2 {
             return Err("padding must be at most half the pooling window".into());
         }
         let [height, width] = window
@@ -29,11 +27,13 @@ impl Pool2d {
                     window.kernel[0], window.kernel[1]
                 )
             })?;
+        let output = Shape::new(input.channels, height, width);
+        crate::limits::image_values(output)?;
         Ok(Pool2d {
             kind,
             geometry: PoolGeometry {
                 input,
-                output: Shape::new(input.channels, height, width),
+                output,
                 window,
             },
         })
