@@ -5,7 +5,7 @@ memory, images/s. Inference: batch-1 latency (every call timed; p50, p99) and ba
 throughput, in eval mode without autograd. Each figure is the median of --repeats repeats of
 --seconds after a warm-up. Prints one JSON object with the same field names as `cnn bench --json`.
 
-Usage: python torch_bench.py --engine torch|onnxruntime --arch lenet5|cnn4 [--threads 2] ...
+Usage: python torch_bench.py --engine torch|onnxruntime --arch lenet5|cnn4|resnet20|separable ...
 """
 
 import argparse
@@ -31,7 +31,51 @@ def build(arch, classes):
             nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, classes))
+    if arch == "resnet20":
+        return resnet20(classes)
+    if arch == "separable":
+        def separable(c_in, c_out):
+            return [nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
+                    nn.BatchNorm2d(c_in), nn.ReLU(),
+                    nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            *separable(32, 64), nn.MaxPool2d(2), *separable(64, 128), *separable(128, 128),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, classes))
     raise SystemExit(f"unknown arch {arch}")
+
+
+def resnet20(classes):
+    """He et al.'s CIFAR ResNet-20 on one channel, as torchvision writes its basic block (1x1
+    strided convolution and batch norm on the shortcut where the shape changes)."""
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_out)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+            self.downsample = None
+            if stride != 1 or c_in != c_out:
+                self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                                nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    layers = [nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+    c_in = 16
+    for c, stride in [(16, 1), (32, 2), (64, 2)]:
+        for i in range(3):
+            layers.append(Block(c_in, c, stride if i == 0 else 1))
+            c_in = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes)]
+    return nn.Sequential(*layers)
 
 
 def rate(seconds, images, work):

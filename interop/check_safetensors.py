@@ -1,10 +1,13 @@
 """Reads a `cnn` model file with Python's `safetensors` package and checks that it is what
-PyTorch expects: `nn.Sequential` state-dict names, PyTorch layouts, and metadata that describes
-the architecture. Then runs the network in NumPy with PyTorch's semantics (NCHW,
-cross-correlation with weights [out, in, kh, kw], flatten in C*H*W order, y = x W^T + b) and
-compares its probabilities with `cnn predict` on the same image.
+PyTorch expects: state-dict names by module path (`0.weight` for a plain stack, as
+`nn.Sequential` names them; `layer1.0.conv1.weight` in a graph), PyTorch layouts and dtypes, and
+metadata that describes the architecture (the layers of a stack, the nodes of a graph). Then
+runs the network in NumPy with PyTorch's semantics (NCHW, cross-correlation with weights
+[out, in / groups, kh, kw], flatten in C*H*W order, y = x W^T + b, batch normalisation with its
+running statistics, dropout the identity), node by node through the graph, and compares its
+probabilities and logits with `cnn predict` on the same image.
 
-Usage: python check_safetensors.py MODEL.safetensors PATH/TO/cnn
+Usage: python check_safetensors.py PATH/TO/cnn MODEL.safetensors...
 """
 
 import json
@@ -18,19 +21,36 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
+EPSILON = 1e-5
 
-def conv2d(x, weight, bias, stride, padding):
+
+def nodes_of(architecture):
+    """The graph's nodes; a stack (a list of layers) is node i named "i" reading node i - 1."""
+    if isinstance(architecture, dict):
+        return architecture["nodes"]
+    return [{"name": str(i), "op": op, "inputs": ["input" if i == 0 else str(i - 1)]}
+            for i, op in enumerate(architecture)]
+
+
+def conv2d(x, weight, bias, op):
     c, h, w = x.shape
     out_c, in_c, kh, kw = weight.shape
-    assert in_c == c, f"weight expects {in_c} channels, input has {c}"
-    x = np.pad(x, ((0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
-    oh = (h + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kw) // stride[1] + 1
+    (sh, sw), (ph, pw) = op["stride"], op["padding"]
+    dh, dw = op.get("dilation", [1, 1])
+    groups = op.get("groups", 1)
+    assert in_c * groups == c, f"weight expects {in_c} x {groups} channels, input has {c}"
+    x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     y = np.zeros((out_c, oh, ow), dtype=np.float64)
-    for i in range(oh):
-        for j in range(ow):
-            window = x[:, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw]
-            y[:, i, j] = np.tensordot(weight, window, axes=([1, 2, 3], [0, 1, 2]))
+    per_group = out_c // groups
+    for g in range(groups):
+        wg = weight[g * per_group:(g + 1) * per_group]
+        xg = x[g * in_c:(g + 1) * in_c]
+        for i in range(oh):
+            for j in range(ow):
+                window = xg[:, i * sh:i * sh + dh * (kh - 1) + 1:dh, j * sw:j * sw + dw * (kw - 1) + 1:dw]
+                y[g * per_group:(g + 1) * per_group, i, j] = np.tensordot(wg, window, axes=([1, 2, 3], [0, 1, 2]))
     if bias is not None:
         y += bias[:, None, None]
     return y
@@ -53,62 +73,91 @@ def pool2d(x, window, kind):
         for j in range(ow):
             y0, x0 = i * stride[0] - padding[0], j * stride[1] - padding[1]
             region = x[:, max(y0, 0):min(y0 + kernel[0], h), max(x0, 0):min(x0 + kernel[1], w)]
+            # The mean over the pixels the window covers (`count_include_pad=False`).
             y[:, i, j] = region.max(axis=(1, 2)) if kind == "max" else region.mean(axis=(1, 2))
     return y
 
 
-def forward(architecture, tensors, x):
-    for index, layer in enumerate(architecture):
-        kind = layer["type"]
-        weight, bias = tensors.get(f"{index}.weight"), tensors.get(f"{index}.bias")
-        if kind == "conv2d":
-            x = conv2d(x, weight, bias, layer["stride"], layer["padding"])
-        elif kind == "relu":
-            x = np.maximum(x, 0)
-        elif kind == "max_pool2d":
-            x = pool2d(x, layer, "max")
-        elif kind == "avg_pool2d":
-            # The divisor is the number of pixels a window covers, padding not counted.
-            assert layer.get("count_include_pad", False) is False, layer
-            x = pool2d(x, layer, "avg")
-        elif kind == "flatten":
-            x = x.reshape(-1)
-        elif kind == "dense":
-            x = weight @ x + (bias if bias is not None else 0)
-        else:
-            raise SystemExit(f"unknown layer type {kind}")
-    return x
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
 
 
-def main():
-    model_path, cnn = sys.argv[1], sys.argv[2]
+def apply(op, inputs, t):
+    """One node: `op` (its JSON), `inputs` (arrays), `t(name)` its tensors or None."""
+    kind, x = op["type"], inputs[0]
+    if kind == "conv2d":
+        return conv2d(x, t("weight"), t("bias"), op)
+    if kind == "dense":
+        return t("weight") @ x + (t("bias") if t("bias") is not None else 0)
+    if kind == "batchnorm2d":
+        shape = (-1, 1, 1) if x.ndim == 3 else (-1,)
+        scale = t("weight") / np.sqrt(t("running_var") + EPSILON)
+        return (x - t("running_mean").reshape(shape)) * scale.reshape(shape) + t("bias").reshape(shape)
+    # The average's divisor is the number of pixels a window covers, padding not counted.
+    assert kind != "avg_pool2d" or op.get("count_include_pad", False) is False, op
+    simple = {
+        "relu": lambda: np.maximum(x, 0),
+        "leaky_relu": lambda: np.where(x > 0, x, op["slope"] * x),
+        "sigmoid": lambda: sigmoid(x),
+        "tanh": lambda: np.tanh(x),
+        "gelu": lambda: x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+        "silu": lambda: x * sigmoid(x),
+        "identity": lambda: x,
+        "dropout": lambda: x,
+        "flatten": lambda: x.reshape(-1),
+        "global_avg_pool": lambda: x.mean(axis=(1, 2)),
+        "global_max_pool": lambda: x.max(axis=(1, 2)),
+        "max_pool2d": lambda: pool2d(x, op, "max"),
+        "avg_pool2d": lambda: pool2d(x, op, "avg"),
+        "add": lambda: sum(inputs),
+        "concat": lambda: np.concatenate(inputs, axis=0),
+    }
+    if kind not in simple:
+        raise SystemExit(f"unknown layer type {kind}")
+    return simple[kind]()
+
+
+def forward(nodes, tensors, x):
+    values = {"input": x}
+    for node in nodes:
+        name = node["name"]
+        values[name] = apply(node["op"], [values[i] for i in node["inputs"]],
+                             lambda t: tensors.get(f"{name}.{t}"))
+    return values[nodes[-1]["name"]], values
+
+
+def expected_tensors(nodes, values):
+    """Names, shapes and dtypes of the state dict PyTorch modules of the same structure have."""
+    expected = {}
+    for node in nodes:
+        op, name = node["op"], node["name"]
+        shape_in = values[node["inputs"][0]].shape
+        if op["type"] == "conv2d":
+            kh, kw = op["kernel"]
+            expected[f"{name}.weight"] = ((op["out_channels"], shape_in[0] // op.get("groups", 1), kh, kw), "float32")
+            if op["bias"]:
+                expected[f"{name}.bias"] = ((op["out_channels"],), "float32")
+        elif op["type"] == "dense":
+            expected[f"{name}.weight"] = ((op["out_features"], int(np.prod(shape_in))), "float32")
+            if op["bias"]:
+                expected[f"{name}.bias"] = ((op["out_features"],), "float32")
+        elif op["type"] == "batchnorm2d":
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                expected[f"{name}.{t}"] = ((shape_in[0],), "float32")
+            expected[f"{name}.num_batches_tracked"] = ((), "int64")
+    return expected
+
+
+def check(cnn, model_path):
     tensors = load_file(model_path)
     with safe_open(model_path, framework="numpy") as f:
         metadata = f.metadata()
-    architecture = json.loads(metadata["architecture"])
+    nodes = nodes_of(json.loads(metadata["architecture"]))
     channels, height, width = json.loads(metadata["input_shape"])
     classes = json.loads(metadata["classes"])
     preprocessing = json.loads(metadata["preprocessing"])
-    print(f"metadata: {metadata['notation']}; input {channels}x{height}x{width}; classes {classes}")
-
-    # Names and shapes exactly as torch.nn.Sequential's state_dict would have them.
-    expected = {}
-    shape = (channels, height, width)
-    for index, layer in enumerate(architecture):
-        if layer["type"] == "conv2d":
-            kh, kw = layer["kernel"]
-            expected[f"{index}.weight"] = (layer["out_channels"], shape[0], kh, kw)
-            if layer["bias"]:
-                expected[f"{index}.bias"] = (layer["out_channels"],)
-        if layer["type"] == "dense":
-            expected[f"{index}.weight"] = (layer["out_features"], int(np.prod(shape)))
-            if layer["bias"]:
-                expected[f"{index}.bias"] = (layer["out_features"],)
-        shape = forward([layer], {k.replace(f"{index}.", "0."): v for k, v in tensors.items() if k.startswith(f"{index}.")}, np.zeros(shape)).shape
-    actual = {name: tuple(t.shape) for name, t in tensors.items()}
-    assert actual == expected, f"tensors {actual} != expected {expected}"
-    assert all(t.dtype == np.float32 for t in tensors.values())
-    print(f"tensors: {sorted(actual.items())}")
+    kind = "stack" if isinstance(json.loads(metadata["architecture"]), list) else "graph"
+    print(f"{model_path}: a {kind} of {len(nodes)} nodes; input {channels}x{height}x{width}; classes {classes}")
 
     # An image with only black and white pixels, at the model's size: `cnn predict` neither
     # resizes nor re-levels it, so both sides see the same input.
@@ -117,6 +166,15 @@ def main():
     for i in range(4, height - 4):
         image[i, i] = image[i, width - 1 - i] = 255
         image[i, min(i + 1, width - 1)] = image[i, max(width - 2 - i, 0)] = 255
+    x = (image.astype(np.float64) / 255 - preprocessing["mean"][0]) / preprocessing["std"][0]
+    wide = {k: v.astype(np.float64) for k, v in tensors.items()}
+    logits, values = forward(nodes, wide, x[None])
+
+    expected = expected_tensors(nodes, values)
+    actual = {name: (tuple(t.shape), str(t.dtype)) for name, t in tensors.items()}
+    assert actual == expected, f"tensors {actual} != expected {expected}"
+    print(f"tensors: {len(actual)}, named and shaped as PyTorch's state dict")
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "x.pgm")
         with open(path, "wb") as f:
@@ -124,8 +182,6 @@ def main():
         result = subprocess.run([cnn, "predict", "--json", "--model", model_path, path],
                                 check=True, capture_output=True, text=True)
     theirs = json.loads(result.stdout)
-    x = (image.astype(np.float64) / 255 - preprocessing["mean"][0]) / preprocessing["std"][0]
-    logits = forward(architecture, {k: v.astype(np.float64) for k, v in tensors.items()}, x[None])
     ours = np.exp(logits - logits.max())
     ours /= ours.sum()
     assert theirs["classes"] == classes, (theirs["classes"], classes)
@@ -134,7 +190,13 @@ def main():
     for mine, yours in zip(logits, theirs["logits"]):
         assert abs(mine - yours) <= 1e-4 * max(1.0, abs(mine)), (logits, theirs["logits"])
     print(f"numpy forward pass agrees with cnn predict: logits {logits.round(4)} vs {theirs['logits']}")
-    print("OK: the model file reads as a PyTorch nn.Sequential state dict")
+
+
+def main():
+    cnn, paths = sys.argv[1], sys.argv[2:]
+    for path in paths:
+        check(cnn, path)
+    print("OK: every model file reads as a PyTorch state dict and computes the same logits")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Loads `cnn` model files into PyTorch itself: builds the `nn.Sequential` the `architecture`
-metadata describes, calls `load_state_dict(..., strict=True)` on the safetensors file with no
-conversion, and compares the logits of the model in eval mode with `cnn predict --json` on the
-same picture. Needs torch (the benchmark venv, see bench/README.md); CI runs the NumPy check
-`check_safetensors.py` instead, which needs no torch.
+"""Loads `cnn` model files into PyTorch itself: builds the module the `architecture` metadata
+describes (every node a module at its path, `layer1.0.conv1` inside `layer1` inside `0`, as
+torchvision's ResNet nests them; a plain stack is an `nn.Sequential`), calls
+`load_state_dict(..., strict=True)` on the safetensors file with no conversion, and compares the
+logits of the model in eval mode with `cnn predict --json` on the same picture. Needs torch (the
+benchmark venv, see bench/README.md); CI runs the NumPy check `check_safetensors.py` instead,
+which needs no torch.
 
 Usage: python interop/check_torch.py PATH/TO/cnn MODEL.safetensors...
 """
@@ -19,43 +21,96 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 
-def build(architecture, channels):
-    """Every module from the settings the file records (files from before they were recorded
-    lack the fixed ones: `cnn`'s values are the defaults here)."""
-    modules = []
-    for layer in architecture:
-        kind = layer["type"]
-        if kind == "conv2d":
-            modules.append(nn.Conv2d(channels, layer["out_channels"], tuple(layer["kernel"]),
-                                     tuple(layer["stride"]), tuple(layer["padding"]),
-                                     dilation=tuple(layer.get("dilation", [1, 1])),
-                                     groups=layer.get("groups", 1),
-                                     padding_mode=layer.get("padding_mode", "zeros"),
-                                     bias=layer["bias"]))
-            channels = layer["out_channels"]
-        elif kind == "batchnorm2d":
-            modules.append(nn.BatchNorm2d(channels, eps=layer.get("eps", 1e-5),
-                                          momentum=layer.get("momentum", 0.1)))
-        elif kind == "relu":
-            modules.append(nn.ReLU())
-        elif kind in ("max_pool2d", "avg_pool2d"):
-            args = (tuple(layer["kernel"]), tuple(layer["stride"]), tuple(layer["padding"]))
-            modules.append(nn.MaxPool2d(*args, ceil_mode=layer["ceil_mode"],
-                                        dilation=tuple(layer.get("dilation", [1, 1])))
-                           if kind == "max_pool2d"
-                           else nn.AvgPool2d(*args, ceil_mode=layer["ceil_mode"],
-                                             count_include_pad=layer.get("count_include_pad", False)))
-        elif kind == "global_avg_pool":
-            modules.append(nn.AdaptiveAvgPool2d(1))
-        elif kind == "dropout":
-            modules.append(nn.Dropout(layer["rate"]))
-        elif kind == "flatten":
-            modules.append(nn.Flatten())
-        elif kind == "dense":
-            modules.append(nn.LazyLinear(layer["out_features"], bias=layer["bias"]))
-        else:
-            raise SystemExit(f"unknown layer type {kind}")
-    return nn.Sequential(*modules)
+def nodes_of(architecture):
+    """The graph's nodes; a stack (a list of layers) is node i named "i" reading node i - 1."""
+    if isinstance(architecture, dict):
+        return architecture["nodes"]
+    return [{"name": str(i), "op": op, "inputs": ["input" if i == 0 else str(i - 1)]}
+            for i, op in enumerate(architecture)]
+
+
+class Add(nn.Module):
+    def forward(self, *xs):
+        return sum(xs)
+
+
+class Concat(nn.Module):
+    def forward(self, *xs):
+        return torch.cat(xs, dim=1)
+
+
+def module(op, channels):
+    """The PyTorch module of one node, and its output channels."""
+    kind = op["type"]
+    # Built from the settings the file records (files from before they were recorded lack
+    # the fixed ones: `cnn`'s values are the defaults here).
+    if kind == "conv2d":
+        return nn.Conv2d(channels, op["out_channels"], tuple(op["kernel"]), tuple(op["stride"]),
+                         tuple(op["padding"]), tuple(op.get("dilation", [1, 1])),
+                         op.get("groups", 1), bias=op["bias"],
+                         padding_mode=op.get("padding_mode", "zeros")), op["out_channels"]
+    if kind == "batchnorm2d":
+        return nn.BatchNorm2d(channels, eps=op.get("eps", 1e-5),
+                              momentum=op.get("momentum", 0.1)), channels
+    if kind in ("max_pool2d", "avg_pool2d"):
+        args = (tuple(op["kernel"]), tuple(op["stride"]), tuple(op["padding"]))
+        if kind == "max_pool2d":
+            return nn.MaxPool2d(*args, ceil_mode=op["ceil_mode"],
+                                dilation=tuple(op.get("dilation", [1, 1]))), channels
+        return nn.AvgPool2d(*args, ceil_mode=op["ceil_mode"],
+                            count_include_pad=op.get("count_include_pad", False)), channels
+    if kind == "dense":
+        return nn.LazyLinear(op["out_features"], bias=op["bias"]), op["out_features"]
+    simple = {
+        "relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(), "gelu": nn.GELU(approximate=op.get("approximate", "none")),
+        "silu": nn.SiLU(), "identity": nn.Identity(), "flatten": nn.Flatten(),
+        "global_avg_pool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        "global_max_pool": nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten()),
+        "add": Add(), "concat": Concat(),
+    }
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(op["slope"]), channels
+    if kind == "dropout":
+        return nn.Dropout(op["rate"]), channels
+    if kind not in simple:
+        raise SystemExit(f"unknown layer type {kind}")
+    return simple[kind], channels
+
+
+class Graph(nn.Module):
+    """The nodes as modules at their paths (intermediate modules created as needed), run in
+    order."""
+
+    def __init__(self, nodes, channels):
+        super().__init__()
+        self.order = []
+        width = {"input": channels}
+        for node in nodes:
+            inputs = node["inputs"]
+            if node["op"]["type"] == "concat":
+                c = sum(width[i] for i in inputs)
+            else:
+                c = width[inputs[0]]
+            m, width[node["name"]] = module(node["op"], c)
+            *parents, leaf = node["name"].split(".")
+            owner = self
+            for part in parents:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            placeholder = getattr(owner, leaf, None)
+            if placeholder is not None:
+                # Made for an earlier node inside this one (an `add`'s branches): keep its children.
+                for child_name, child in placeholder.named_children():
+                    m.add_module(child_name, child)
+            owner.add_module(leaf, m)
+            self.order.append((node["name"], m, inputs))
+
+    def forward(self, x):
+        values = {"input": x}
+        for name, m, inputs in self.order:
+            values[name] = m(*[values[i] for i in inputs])
+        return values[self.order[-1][0]]
 
 
 def main():
@@ -63,10 +118,10 @@ def main():
     for path in paths:
         with safe_open(path, "pt") as f:
             metadata = f.metadata()
-        architecture = json.loads(metadata["architecture"])
+        nodes = nodes_of(json.loads(metadata["architecture"]))
         c, h, w = json.loads(metadata["input_shape"])
         preprocessing = json.loads(metadata["preprocessing"])
-        net = build(architecture, c)
+        net = Graph(nodes, c)
         net(torch.zeros(1, c, h, w))  # sizes the lazy dense layers
         net.load_state_dict(load_file(path), strict=True)
         net.eval()
@@ -83,9 +138,9 @@ def main():
         with torch.no_grad():
             logits = net(torch.tensor(x, dtype=torch.float32)[None, None])[0].numpy()
         difference = np.abs(logits - np.array(theirs["logits"])).max()
-        print(f"{path}: load_state_dict(strict=True) ok; logits torch {logits} cnn "
-              f"{theirs['logits']}; max difference {difference:.1e}")
-        assert difference <= 1e-4 * max(1.0, np.abs(logits).max())
+        print(f"{path}: {len(nodes)} nodes, load_state_dict(strict=True) ok; logits torch {logits} "
+              f"cnn {theirs['logits']}; max difference {difference:.1e}")
+        assert difference <= 1e-5 * max(1.0, np.abs(logits).max())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ mod commands;
 mod grid;
 mod inside;
 mod plot;
+mod printable;
 mod progress;
 mod record;
 mod usage;
@@ -105,6 +106,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        exit_quietly_on_broken_pipes();
+    }
     let name = cli.command.name();
     let sub_matches = matches
         .subcommand_matches(name)
@@ -115,18 +119,47 @@ fn main() -> ExitCode {
         Err(e) => match e.downcast_ref::<usage::UsageError>() {
             Some(usage) => usage::exit(name, color, &usage.0),
             None => {
-                let message = format!("{e:#}");
-                eprintln!("error: {}", message.replace('\n', " "));
+                eprintln!("error: {}", one_line(&e));
                 ExitCode::FAILURE
             }
         },
     }
 }
 
+/// An error and its causes as one line. A cause whose text the line already holds is left
+/// out: an I/O error inside a message that quotes it (`PATH: No such file or directory`) would
+/// otherwise be printed twice. Control characters from file names or model files are escaped.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    printable::one_line(&line).into_owned()
+}
+
+/// Lets a closed pipe end the process the way it ends `cat` (`cnn train | head -1`): by the
+/// default action of SIGPIPE, silently, instead of a failed `println!`. Not for `serve`,
+/// whose sockets must survive clients that hang up.
+fn exit_quietly_on_broken_pipes() {
+    // SAFETY: `signal` only sets the disposition of SIGPIPE; SIG_DFL is a valid one, and no
+    // handler of the process is replaced (Rust's runtime set SIGPIPE to SIG_IGN, nothing more).
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
-    let threads = match cli.threads {
-        Some(n) => usize::from(n),
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    let threads = match cnn::limits::threads(cli.threads.map(usize::from)) {
+        Ok(threads) => threads,
+        Err(e) => return usage::usage_error(e.to_string()),
     };
     let global = Global {
         threads,

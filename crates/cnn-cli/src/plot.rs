@@ -48,8 +48,41 @@ fn save_png(
     }
     let picture =
         image::RgbImage::from_raw(width, height, buffer).context("the plot buffer has a size")?;
+    write_png(path, &picture)
+}
+
+/// Writes `picture` as a PNG at `path`, atomically and never over a file that is not a regular
+/// file (see [`cnn::fsutil::write_atomically`]).
+pub fn write_png(path: &Path, picture: &image::RgbImage) -> Result<()> {
+    let mut bytes = Vec::new();
     picture
-        .save(path)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    cnn::fsutil::write_atomically(path, &bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Draws an SVG of `size` and writes it at `path` as [`write_png`] writes.
+fn save_svg<E: std::error::Error + Send + Sync>(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<(), DrawingAreaErrorKind<E>>,
+) -> Result<()>
+where
+    DrawingAreaErrorKind<E>: std::fmt::Display,
+{
+    register_font();
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        draw(&root).map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    cnn::fsutil::write_atomically(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -279,14 +312,7 @@ pub fn training_curves(base: &Path, reports: &[EpochSummary]) -> Result<(String,
     save_png(&png, (1000, 420), |root| {
         draw_curves(root, reports).map_err(|e| anyhow!("{e}"))
     })?;
-    register_font();
-    {
-        let root = SVGBackend::new(&svg, (1000, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        draw_curves(&root, reports).map_err(|e| anyhow!("{e}"))?;
-        root.present()
-            .map_err(|e| anyhow!("cannot write {}: {e}", svg.display()))?;
-    }
+    save_svg(&svg, (1000, 420), |root| draw_curves(root, reports))?;
     Ok((png.display().to_string(), svg.display().to_string()))
 }
 
@@ -407,12 +433,7 @@ pub fn confusion_matrix(path: &Path, classes: &[String], confusion: &[Vec<usize>
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
     if is_svg {
-        register_font();
-        let root = SVGBackend::new(path, size).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        draw_confusion(&root, classes, confusion).map_err(|e| anyhow!("{e}"))?;
-        root.present()
-            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+        save_svg(path, size, |root| draw_confusion(root, classes, confusion))
     } else {
         save_png(path, size, |root| {
             draw_confusion(root, classes, confusion).map_err(|e| anyhow!("{e}"))

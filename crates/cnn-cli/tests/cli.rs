@@ -1633,8 +1633,8 @@ fn architectures_other_tools_can_run() {
         out,
     ]);
     assert!(
-        error.contains("layer 3 (batchnorm) needs C x H x W feature maps")
-            && error.contains("layer 1 (flatten)"),
+        error.contains("node `3` (batchnorm) needs C x H x W feature maps")
+            && error.contains("node `1` (flatten)"),
         "{error}"
     );
     let error = fails(&[

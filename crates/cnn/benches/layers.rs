@@ -3,7 +3,7 @@
 //! Run: `cargo bench -p cnn --bench layers`.
 
 use cnn::arch;
-use cnn::layers::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use cnn::layers::{Layer, LayerScratch, LayerSpec, Mode, SingleInput};
 use cnn::optim::{Optimizer, OptimizerConfig};
 use cnn::rng::{seeded, Stream};
 use cnn::train::train_step;
@@ -23,9 +23,9 @@ fn random(batch: usize, shape: Shape, seed: u64) -> Tensor {
 }
 
 fn bench_layer(c: &mut Criterion, name: &str, notation: &str, input: Shape) {
-    let spec: LayerSpec = arch::parse(notation, 10).unwrap().pop().unwrap();
+    let spec: LayerSpec = arch::parse(notation, 10).unwrap().nodes.pop().unwrap().op;
     let mut layer = spec
-        .build(0, input, cnn::kernels::simd::Isa::from_env().unwrap())
+        .build("0", &[input], cnn::kernels::simd::Isa::from_env().unwrap())
         .unwrap();
     for (i, p) in layer.params_mut().iter_mut().enumerate() {
         let r = random(1, Shape::flat(p.value.len()), i as u64);
@@ -36,7 +36,7 @@ fn bench_layer(c: &mut Criterion, name: &str, notation: &str, input: Shape) {
     let mut y = Tensor::zeros(BATCH, layer.output_shape());
     let mut scratch = LayerScratch::default();
     c.bench_function(&format!("{name} forward"), |b| {
-        b.iter(|| layer.forward(&x, &mut y, Mode::Train, &mut scratch))
+        b.iter(|| layer.forward_one(&x, &mut y, Mode::Train, &mut scratch))
     });
     let dy = random(BATCH, layer.output_shape(), 8);
     let mut dx = Tensor::zeros(BATCH, input);
@@ -46,15 +46,7 @@ fn bench_layer(c: &mut Criterion, name: &str, notation: &str, input: Shape) {
         .map(|p| vec![0.0; p.value.len()])
         .collect();
     c.bench_function(&format!("{name} backward"), |b| {
-        b.iter(|| {
-            let pass = BackwardPass {
-                input: &x,
-                output: &y,
-                grad_output: &dy,
-                grad_input: Some(&mut dx),
-            };
-            layer.backward(pass, &mut grads, &mut scratch)
-        })
+        b.iter(|| layer.backward_one(&x, &y, &dy, Some(&mut dx), &mut grads, &mut scratch))
     });
 }
 
@@ -107,7 +99,7 @@ fn layers(c: &mut Criterion) {
 
 fn training_step(c: &mut Criterion) {
     for preset in ["lenet5", "cnn4"] {
-        let layers = arch::parse(arch::preset(preset).unwrap(), 10).unwrap();
+        let layers = arch::parse(&arch::preset(preset).unwrap(), 10).unwrap();
         let mut network = Network::new(&layers, Shape::new(1, 28, 28)).unwrap();
         network.init_kaiming(&mut seeded(1, Stream::WeightInit));
         let x = random(BATCH, Shape::new(1, 28, 28), 3);

@@ -9,11 +9,11 @@ use cnn::{arch, model_file, Model, Network, Workspace};
 fn main() -> cnn::Result<()> {
     // Data: 8,000 generated 28x28 letters to train on, 1,000 to validate, by seed 1.
     let data = DataSpec::parse("xo")?;
-    let (train_set, validation) = data.load_training(1, 0.0)?;
+    let (train_set, validation) = data.load_training(1, 0.0, None)?;
 
     // A network from the text notation; `dense classes` takes one output per class.
     let layers = arch::parse(
-        arch::preset("xo").expect("a preset"),
+        &arch::preset("xo").expect("a preset"),
         train_set.classes().len(),
     )?;
     let mut network = Network::new(&layers, train_set.shape())?;

@@ -10,7 +10,8 @@
 //! previous checkpoint whole.
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomically;
+use crate::fsutil::{read_file, write_atomically};
+use crate::limits::{MAX_CHECKPOINT_FILE_BYTES, MAX_EPOCHS};
 use crate::model::Model;
 use crate::model_file;
 use crate::network::Network;
@@ -113,7 +114,7 @@ pub fn save(
 }
 
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path, MAX_CHECKPOINT_FILE_BYTES)?;
     from_bytes(&bytes).map_err(|message| Error::file(path, message))
 }
 
@@ -177,6 +178,13 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
     if !optimizer.fits(&model.network) {
         return Err("the optimizer state does not fit the network".into());
     }
+    optimizer.check_state().map_err(|e| e.to_string())?;
+    if header.epoch > MAX_EPOCHS {
+        return Err(format!(
+            "it says {} epochs are done, over the limit of {MAX_EPOCHS}",
+            header.epoch
+        ));
+    }
     let best = header.best.map(|b| BestEpoch {
         epoch: b.epoch,
         accuracy: b.accuracy,
@@ -193,6 +201,9 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
             || tensors.iter().zip(&lengths).any(|(t, &l)| t.len() != l)
         {
             return Err("the best epoch's tensors do not fit the network".into());
+        }
+        if tensors.iter().flatten().any(|v| !v.is_finite()) {
+            return Err("the best epoch's tensors hold values that are not finite".into());
         }
     }
     Ok(Checkpoint {

@@ -5,10 +5,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A layer does not fit the shape of its input.
-    #[error("layer {index} ({kind}) does not fit its input {input}: {reason}")]
+    /// A layer does not fit the shape of its input. Nodes of a plain stack are named by their
+    /// index (`layer 2 (conv 8@15x15) ...`), others by their path (`layer `layer1.0.conv1`...`).
+    #[error(
+        "layer {} ({kind}) does not fit its input {input}: {reason}",
+        display_node(node)
+    )]
     Shape {
-        index: usize,
+        node: String,
         kind: String,
         input: String,
         reason: String,
@@ -29,6 +33,14 @@ pub enum Error {
     /// An argument or setting out of its range.
     #[error("{0}")]
     Invalid(String),
+}
+
+fn display_node(node: &str) -> String {
+    if node.bytes().all(|b| b.is_ascii_digit()) {
+        node.to_string()
+    } else {
+        format!("`{node}`")
+    }
 }
 
 impl Error {

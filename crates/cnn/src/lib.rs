@@ -16,7 +16,7 @@
 //! # fn main() -> cnn::Result<()> {
 //! // The built-in X/O letters (or "fashion-mnist", "idx:DIR", "folder:DIR", "cifar10:DIR").
 //! let data = DataSpec::parse("xo")?;
-//! let (train_set, validation) = data.load_training(1, 0.0)?;
+//! let (train_set, validation) = data.load_training(1, 0.0, None)?;
 //! let layers = arch::parse("conv 8@3x3 pad=1, relu, maxpool 2, dense classes", 2)?;
 //! let mut network = Network::new(&layers, train_set.shape())?;
 //! network.init_kaiming(&mut seeded(1, Stream::WeightInit));
@@ -44,8 +44,10 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod graph;
 pub mod kernels;
 pub mod layers;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod model_file;
@@ -60,6 +62,7 @@ pub mod viz;
 pub mod window;
 
 pub use error::{Error, Result};
+pub use graph::Architecture;
 pub use layers::{LayerSpec, Mode};
 pub use model::{Model, Prediction};
 pub use network::{Gradients, Network, Workspace};

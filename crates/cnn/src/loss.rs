@@ -17,6 +17,20 @@ pub fn softmax(logits: &[f32], probabilities: &mut [f32]) {
     }
 }
 
+/// Checks that a network's scores are finite numbers. Weights and inputs that each pass
+/// their checks can still overflow to infinity and NaN in a pass, and such scores name no
+/// class: they are refused, not reported as a class with a NaN probability.
+pub fn check_finite(logits: &[f32]) -> Result<()> {
+    if logits.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(Error::Invalid(
+        "the network's outputs are not finite numbers (NaN or infinity): its weights or its \
+         preprocessing overflow f32 on this input"
+            .into(),
+    ))
+}
+
 /// Index of the largest value (the first one on ties).
 pub fn argmax(values: &[f32]) -> usize {
     values

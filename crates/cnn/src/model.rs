@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::layers::Mode;
-use crate::loss::softmax;
+use crate::loss::{check_finite, softmax};
 use crate::network::{Network, Workspace};
 use crate::preprocess::Preprocessing;
 use crate::tensor::Tensor;
@@ -61,7 +61,7 @@ impl Model {
     /// inference path ([`Network::infer`]).
     pub fn predict(&self, inputs: &Tensor, workspace: &mut Workspace) -> Result<Vec<Prediction>> {
         let logits = self.network.infer(inputs, workspace)?;
-        Ok(self.predictions(logits))
+        self.predictions(logits)
     }
 
     /// As [`Model::predict`], keeping every layer's output in `workspace` (see
@@ -72,22 +72,23 @@ impl Model {
         workspace: &mut Workspace,
     ) -> Result<Vec<Prediction>> {
         let logits = self.network.forward(inputs, workspace, Mode::Infer)?;
-        Ok(self.predictions(logits))
+        self.predictions(logits)
     }
 
-    fn predictions(&self, logits: &Tensor) -> Vec<Prediction> {
+    fn predictions(&self, logits: &Tensor) -> Result<Vec<Prediction>> {
         (0..logits.batch())
             .map(|n| {
+                check_finite(logits.sample(n))?;
                 let mut probabilities = vec![0.0; self.classes.len()];
                 softmax(logits.sample(n), &mut probabilities);
                 let index = crate::loss::argmax(&probabilities);
-                Prediction {
+                Ok(Prediction {
                     class: self.classes[index].clone(),
                     index,
                     probability: probabilities[index],
                     probabilities,
                     logits: logits.sample(n).to_vec(),
-                }
+                })
             })
             .collect()
     }

@@ -1,20 +1,22 @@
 //! Model files: safetensors, laid out as PyTorch's `nn.Sequential` state dict, so that
 //! `model.load_state_dict(safetensors.torch.load_file(path))` works without conversion.
 //!
-//! Tensors are named `"<layer index>.weight"` and `"<layer index>.bias"`, little-endian f32,
+//! Tensors are named `"<node>.weight"` and `"<node>.bias"` (a plain stack's nodes are named by
+//! their index, a graph's by their module path: [`crate::graph`]), little-endian f32,
 //! conv weights `[out, in, kh, kw]`, dense weights `[out, in]`; batch normalisation adds
 //! `running_mean`, `running_var` (f32) and `num_batches_tracked` (int64, shape `[]`). The
-//! header's `__metadata__` holds JSON strings: `architecture` (the layer list, each layer with
-//! every setting another framework needs to rebuild it, defaults included: see
-//! [`architecture_to_json`]), `notation` (the same in the text notation), `input_shape`
-//! (`[C, H, W]`), `classes`, `preprocessing`, `format`, and, when known, `data` (the `--data`
-//! spec it was trained on) and `training` (how: whatever the trainer recorded, as JSON).
-//! Keys added since `cnn-model-1` began are optional when reading.
+//! header's `__metadata__` holds JSON strings: `architecture` (the layer list of a stack, the
+//! nodes of a graph, each op with every setting another framework needs to rebuild it,
+//! defaults included: see [`architecture_to_json`]), `notation` (the same in the text
+//! notation), `input_shape` (`[C, H, W]`), `classes`, `preprocessing`, `format`, and, when
+//! known, `data` (the `--data` spec it was trained on) and `training` (how: whatever the
+//! trainer recorded, as JSON). Keys added since `cnn-model-1` began are optional when reading.
 
 use crate::arch::to_notation;
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomically;
-use crate::layers::LayerSpec;
+use crate::fsutil::{read_file, write_atomically};
+use crate::graph::Architecture;
+use crate::limits::MAX_MODEL_FILE_BYTES;
 use crate::model::Model;
 use crate::network::Network;
 use crate::preprocess::Preprocessing;
@@ -83,10 +85,10 @@ pub fn parts_to_bytes(
     }
     let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = network
         .tensors()
-        .map(|(index, param)| {
+        .map(|(node, param)| {
             let (dtype, bytes) = encode(param);
             (
-                format!("{index}.{}", param.name),
+                format!("{node}.{}", param.name),
                 dtype,
                 param.dims.clone(),
                 bytes,
@@ -166,21 +168,23 @@ pub fn decode(
     Ok(())
 }
 
-/// Loads every parameter and buffer of `network` from `tensors` (named `"<index>.<name>"`),
+/// Loads every parameter and buffer of `network` from `tensors` (named `"<node>.<name>"`),
 /// which must hold nothing else.
 pub fn load_tensors(
     network: &mut Network,
     tensors: &SafeTensors<'_>,
 ) -> std::result::Result<(), String> {
     let mut expected = 0;
-    for (index, layer) in network.layers_mut().iter_mut().enumerate() {
+    for node in network.nodes_mut() {
+        let name = node.name().to_string();
+        let layer = node.layer_mut();
         for param in layer.params_mut() {
             expected += 1;
-            decode(tensors, &format!("{index}.{}", param.name), param)?;
+            decode(tensors, &format!("{name}.{}", param.name), param)?;
         }
         for buffer in layer.buffers_mut() {
             expected += 1;
-            decode(tensors, &format!("{index}.{}", buffer.name), buffer)?;
+            decode(tensors, &format!("{name}.{}", buffer.name), buffer)?;
         }
     }
     if tensors.len() != expected {
@@ -217,7 +221,7 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
 }
 
 pub fn load(path: &Path) -> Result<Model> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path, MAX_MODEL_FILE_BYTES)?;
     from_bytes(&bytes).map_err(|message| Error::file(path, message))
 }
 
@@ -270,75 +274,98 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model, String> {
     Ok(model)
 }
 
-/// Settings of each kind of layer that this engine fixes and PyTorch lets one choose, with the
-/// values this engine computes with. Written into every layer of `architecture`, so that a
-/// file alone says how to rebuild each module (PyTorch's `AvgPool2d` counts the padding in
-/// its divisor by default, this engine does not); when read, any other value is refused.
+/// Settings of each kind of op that this engine fixes and PyTorch lets one choose, with the
+/// values this engine computes with. Written into every op of `architecture`, so that a file
+/// alone says how to rebuild each module (PyTorch's `AvgPool2d` counts the padding in its
+/// divisor by default, this engine does not); when read, any other value is refused.
 fn fixed_settings(kind: &str) -> serde_json::Value {
-    use crate::layers::{BATCHNORM_EPSILON, BATCHNORM_MOMENTUM};
+    use crate::layers::{BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
     match kind {
-        "conv2d" => serde_json::json!({"dilation": [1, 1], "groups": 1, "padding_mode": "zeros"}),
+        "conv2d" => serde_json::json!({"padding_mode": "zeros"}),
         "max_pool2d" => serde_json::json!({"dilation": [1, 1]}),
         "avg_pool2d" => serde_json::json!({"count_include_pad": false}),
         "batchnorm2d" => serde_json::json!({
-            "eps": BATCHNORM_EPSILON,
-            "momentum": BATCHNORM_MOMENTUM,
+            "eps": BATCH_NORM_EPSILON,
+            "momentum": BATCH_NORM_MOMENTUM,
             "affine": true,
             "track_running_stats": true,
         }),
         "flatten" => serde_json::json!({"start_dim": 1}),
+        "gelu" => serde_json::json!({"approximate": "none"}),
+        "concat" => serde_json::json!({"dim": 1}),
         _ => serde_json::json!({}),
     }
 }
 
-/// The layers as written into `architecture`: each [`LayerSpec`] as serde writes it, with its
-/// [`fixed_settings`] beside its own, e.g. `{"type": "avg_pool2d", "kernel": [2, 2], "stride":
-/// [2, 2], "padding": [1, 1], "ceil_mode": false, "count_include_pad": false}`.
-pub fn architecture_to_json(architecture: &[LayerSpec]) -> Result<Vec<serde_json::Value>> {
-    architecture
-        .iter()
-        .map(|spec| {
-            let mut value = serde_json::to_value(spec)
-                .map_err(|e| Error::Invalid(format!("cannot describe the model: {e}")))?;
-            let fixed = fixed_settings(value["type"].as_str().unwrap_or(""));
-            if let (Some(object), serde_json::Value::Object(fixed)) = (value.as_object_mut(), fixed)
-            {
-                object.extend(fixed);
-            }
-            Ok(value)
-        })
-        .collect()
+/// Settings that the op's own JSON leaves out at their default, written out anyway.
+fn explicit_defaults(kind: &str) -> serde_json::Value {
+    match kind {
+        "conv2d" => serde_json::json!({"dilation": [1, 1], "groups": 1}),
+        _ => serde_json::json!({}),
+    }
 }
 
-/// Reads `architecture`, written with or without the [`fixed_settings`] (files from before
-/// they were written lack them), refusing a layer that asks for other values.
-pub fn architecture_from_json(text: &str) -> std::result::Result<Vec<LayerSpec>, String> {
-    let layers: Vec<serde_json::Value> = serde_json::from_str(text)
-        .map_err(|e| format!("metadata `architecture` is malformed: {e}"))?;
-    layers
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut layer)| {
-            let kind = layer["type"].as_str().unwrap_or("").to_string();
-            if let (Some(object), serde_json::Value::Object(fixed)) =
-                (layer.as_object_mut(), fixed_settings(&kind))
-            {
-                for (key, supported) in fixed {
-                    match object.remove(&key) {
-                        Some(value) if !same_setting(&value, &supported) => {
-                            return Err(format!(
-                                "layer {index} ({kind}): {key} = {value} is not supported \
-                                 (this engine computes with {key} = {supported})"
-                            ))
-                        }
-                        _ => {}
+/// The ops of `value` (a stack's layer list, or a graph's `{"nodes": [{"op": ...}]}`).
+fn ops_mut(value: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
+    match value {
+        serde_json::Value::Array(layers) => layers.iter_mut().collect(),
+        serde_json::Value::Object(graph) => match graph.get_mut("nodes") {
+            Some(serde_json::Value::Array(nodes)) => nodes
+                .iter_mut()
+                .filter_map(|node| node.get_mut("op"))
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// The architecture as written into `architecture`: as serde writes [`Architecture`], each op
+/// with its [`fixed_settings`] and [`explicit_defaults`] beside its own, e.g. `{"type":
+/// "avg_pool2d", "kernel": [2, 2], "stride": [2, 2], "padding": [1, 1], "ceil_mode": false,
+/// "count_include_pad": false}`.
+pub fn architecture_to_json(architecture: &Architecture) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(architecture)
+        .map_err(|e| Error::Invalid(format!("cannot describe the model: {e}")))?;
+    for op in ops_mut(&mut value) {
+        let kind = op["type"].as_str().unwrap_or("").to_string();
+        if let Some(object) = op.as_object_mut() {
+            for settings in [fixed_settings(&kind), explicit_defaults(&kind)] {
+                if let serde_json::Value::Object(settings) = settings {
+                    for (key, setting) in settings {
+                        object.entry(key).or_insert(setting);
                     }
                 }
             }
-            serde_json::from_value(layer)
-                .map_err(|e| format!("metadata `architecture` is malformed: layer {index}: {e}"))
-        })
-        .collect()
+        }
+    }
+    Ok(value)
+}
+
+/// Reads `architecture`, written with or without the [`fixed_settings`] (files from before
+/// they were written lack them), refusing an op that asks for other values.
+pub fn architecture_from_json(text: &str) -> std::result::Result<Architecture, String> {
+    let malformed = |e: serde_json::Error| format!("metadata `architecture` is malformed: {e}");
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(malformed)?;
+    for (index, op) in ops_mut(&mut value).into_iter().enumerate() {
+        let kind = op["type"].as_str().unwrap_or("").to_string();
+        if let (Some(object), serde_json::Value::Object(fixed)) =
+            (op.as_object_mut(), fixed_settings(&kind))
+        {
+            for (key, supported) in fixed {
+                match object.remove(&key) {
+                    Some(value) if !same_setting(&value, &supported) => {
+                        return Err(format!(
+                            "node {index} ({kind}): {key} = {value} is not supported \
+                             (this engine computes with {key} = {supported})"
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(malformed)
 }
 
 /// Equal settings, numbers compared as numbers (`1e-5` written by another program as

@@ -1,28 +1,95 @@
-//! A network: a stack of layers, each fed the previous one's output, as the seed stacks
-//! convolution, ReLU and pooling. The network holds only parameters; everything that changes
+//! A network: a graph of nodes ([`crate::graph`]), each a layer fed the outputs of earlier
+//! nodes (a plain stack being the graph in which each reads the one before, as the seed stacks
+//! convolution, ReLU and pooling). The network holds only parameters; everything that changes
 //! during a pass lives in a [`Workspace`], so one network serves many threads at once.
+//!
+//! One executor runs the three passes:
+//! - [`Network::forward`] computes every node in order and keeps every node's output (for the
+//!   backward pass, and for showing feature maps);
+//! - [`Network::backward`] goes back through the nodes, each writing the gradient of its
+//!   inputs; a value read by several nodes (a residual block's input) receives the sum: the
+//!   first gradient computed is written in place, the later ones are added to it;
+//! - [`Network::infer`] runs a plan made once ([`plan`]): the graph rewritten where a value has
+//!   one reader (a ReLU and 2x2 max pooling computed inside the convolution before them, a
+//!   ReLU inside an addition, a batch normalisation folded into the convolution before it),
+//!   each value in a buffer shared with values whose lifetimes do not overlap.
+//!
+//! Gradient buffers are planned the same way, from the values' lifetimes in the backward
+//! pass, so a plain stack needs two of them.
+
+mod plan;
 
 use crate::error::{Error, Result};
+use crate::graph::{Architecture, NodeSpec, INPUT};
 use crate::kernels::simd::Isa;
 use crate::kernels::team::Team;
-use crate::layers::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
+use crate::layers::{BackwardPass, Layer, LayerScratch, Mode};
+use crate::limits::NetworkBudget;
 use crate::tensor::{Param, Shape, Tensor};
+use plan::{plan_buffers, InferencePlan, Lifetime};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
+use smallvec::SmallVec;
+use std::sync::OnceLock;
+
+/// A value of the graph: 0 is the network's input, `k + 1` node `k`'s output.
+type Value = usize;
+
+/// The inputs of one node, as tensors (most nodes read one, an addition two).
+type Inputs<'a> = SmallVec<[&'a Tensor; 4]>;
 
 #[derive(Debug)]
 pub struct Network {
     input_shape: Shape,
-    layers: Vec<Box<dyn Layer>>,
+    /// The instruction set of the nodes' kernels.
+    isa: Isa,
+    nodes: Vec<Node>,
+    /// The gradient buffer of each value (`None` for the input and the output, whose
+    /// gradients nobody needs or the loss holds), and each buffer's floats per image.
+    gradient_buffers: (Vec<Option<usize>>, Vec<usize>),
+    /// Made on the first inference, forgotten whenever the parameters may change.
+    inference: OnceLock<InferencePlan>,
 }
 
-/// One line of a network's summary (Darknet style): what the layer is, what it outputs, what it
-/// costs.
+/// One node: its name, its layer, and the values it reads.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    layer: Box<dyn Layer>,
+    inputs: Vec<Value>,
+}
+
+impl Node {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn layer(&self) -> &dyn Layer {
+        self.layer.as_ref()
+    }
+
+    pub fn layer_mut(&mut self) -> &mut dyn Layer {
+        self.layer.as_mut()
+    }
+
+    /// The values it reads: 0 for the network's input, `k + 1` for node `k`'s output.
+    pub fn inputs(&self) -> &[usize] {
+        &self.inputs
+    }
+}
+
+/// One line of a network's summary (Darknet style): what the node is, what it reads, what it
+/// outputs, what it costs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LayerSummary {
     pub index: usize,
+    /// The node's name (its module path; the index for a plain stack).
+    pub name: String,
     pub layer: String,
     pub kind: &'static str,
+    /// The names of the values it reads (`input` for the network's input).
+    pub inputs: Vec<String>,
+    /// The shape of its first input.
     pub input: Shape,
     pub output: Shape,
     pub params: usize,
@@ -30,36 +97,82 @@ pub struct LayerSummary {
 }
 
 impl Network {
-    /// Builds the layers of `architecture` for images of `input_shape`, checking that each layer
-    /// fits the one before (and that none needs feature maps after they were flattened:
-    /// [`crate::layers::check_layer_order`]), with the kernels of the instruction set `CNN_KERNELS` names (the
-    /// best this CPU has by default: [`Isa::from_env`]). Parameters start at zero: call
-    /// [`Network::init_kaiming`] or load them.
-    pub fn new(architecture: &[LayerSpec], input_shape: Shape) -> Result<Self> {
+    /// Builds the nodes of `architecture` for images of `input_shape`, checking the graph
+    /// ([`Architecture::validate`]) and that each node fits its inputs (the error names the node and the shapes), with the
+    /// kernels of the instruction set `CNN_KERNELS` names (the best this CPU has by default:
+    /// [`Isa::from_env`]). Parameters start at zero: call [`Network::init_kaiming`] or load
+    /// them.
+    pub fn new(architecture: &Architecture, input_shape: Shape) -> Result<Self> {
         Network::with_isa(architecture, input_shape, Isa::from_env()?)
     }
 
     /// [`Network::new`] with the kernels of `isa`, whatever `CNN_KERNELS` says.
-    pub fn with_isa(architecture: &[LayerSpec], input_shape: Shape, isa: Isa) -> Result<Self> {
-        if architecture.is_empty() {
-            return Err(Error::Architecture("it has no layers".into()));
+    pub fn with_isa(architecture: &Architecture, input_shape: Shape, isa: Isa) -> Result<Self> {
+        architecture.validate()?;
+        let mut budget = NetworkBudget::new(architecture.nodes.len(), input_shape)?;
+        let value_of = |name: &str, names: &[String]| -> Value {
+            if name == INPUT {
+                0
+            } else {
+                names.iter().position(|n| n == name).expect("validated") + 1
+            }
+        };
+        let mut names: Vec<String> = Vec::with_capacity(architecture.nodes.len());
+        let mut shapes = vec![input_shape];
+        let mut nodes = Vec::with_capacity(architecture.nodes.len());
+        for NodeSpec { name, op, inputs } in &architecture.nodes {
+            let inputs: Vec<Value> = inputs.iter().map(|i| value_of(i, &names)).collect();
+            let input_shapes: Vec<Shape> = inputs.iter().map(|&v| shapes[v]).collect();
+            let layer = op.build(name, &input_shapes, isa)?;
+            budget.add(name, &input_shapes, layer.as_ref())?;
+            shapes.push(layer.output_shape());
+            names.push(name.clone());
+            nodes.push(Node {
+                name: name.clone(),
+                layer,
+                inputs,
+            });
         }
-        crate::layers::check_layer_order(architecture)?;
-        let mut shape = input_shape;
-        let mut layers = Vec::with_capacity(architecture.len());
-        for (index, spec) in architecture.iter().enumerate() {
-            let layer = spec.build(index, shape, isa)?;
-            shape = layer.output_shape();
-            layers.push(layer);
-        }
+        let gradient_buffers = gradient_buffers(&nodes, &shapes);
         Ok(Network {
             input_shape,
-            layers,
+            isa,
+            nodes,
+            gradient_buffers,
+            inference: OnceLock::new(),
         })
     }
 
-    pub fn architecture(&self) -> Vec<LayerSpec> {
-        self.layers.iter().map(|l| l.spec()).collect()
+    pub fn architecture(&self) -> Architecture {
+        Architecture {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|node| NodeSpec {
+                    name: node.name.clone(),
+                    op: node.layer.spec(),
+                    inputs: node
+                        .inputs
+                        .iter()
+                        .map(|&v| self.value_name(v).to_string())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn value_name(&self, value: Value) -> &str {
+        match value {
+            0 => INPUT,
+            v => &self.nodes[v - 1].name,
+        }
+    }
+
+    fn value_shape(&self, value: Value) -> Shape {
+        match value {
+            0 => self.input_shape,
+            v => self.nodes[v - 1].layer.output_shape(),
+        }
     }
 
     pub fn input_shape(&self) -> Shape {
@@ -67,47 +180,53 @@ impl Network {
     }
 
     pub fn output_shape(&self) -> Shape {
-        self.layers
+        self.nodes
             .last()
-            .map_or(self.input_shape, |l| l.output_shape())
+            .map_or(self.input_shape, |n| n.layer.output_shape())
     }
 
-    pub fn layers(&self) -> &[Box<dyn Layer>] {
-        &self.layers
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
-    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
-        &mut self.layers
+    /// The nodes, to change their parameters: forgets the inference plan, which holds
+    /// parameters derived from them.
+    pub fn nodes_mut(&mut self) -> &mut [Node] {
+        self.inference = OnceLock::new();
+        &mut self.nodes
     }
 
-    /// Every parameter with the index of its layer, in PyTorch's `state_dict` order.
-    pub fn params(&self) -> impl Iterator<Item = (usize, &Param)> {
-        self.layers
+    /// Every parameter with the name of its node, in PyTorch's `state_dict` order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Param)> {
+        self.nodes
             .iter()
-            .enumerate()
-            .flat_map(|(i, l)| l.params().iter().map(move |p| (i, p)))
+            .flat_map(|n| n.layer.params().iter().map(move |p| (n.name.as_str(), p)))
     }
 
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
-        self.layers
+        self.nodes_mut()
             .iter_mut()
-            .flat_map(|l| l.params_mut().iter_mut())
+            .flat_map(|n| n.layer.params_mut().iter_mut())
     }
 
-    /// Every saved tensor with the index of its layer: each layer's parameters, then its
+    /// Every saved tensor with the name of its node: each node's parameters, then its
     /// buffers, as PyTorch's `state_dict` orders them.
-    pub fn tensors(&self) -> impl Iterator<Item = (usize, &Param)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| l.params().iter().chain(l.buffers()).map(move |p| (i, p)))
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &Param)> {
+        self.nodes.iter().flat_map(|n| {
+            n.layer
+                .params()
+                .iter()
+                .chain(n.layer.buffers())
+                .map(move |p| (n.name.as_str(), p))
+        })
     }
 
     /// Lets every layer update what it tracks across batches (batch normalisation's running
     /// statistics) from the training forward pass just run in `workspace`.
     pub fn update_running_statistics(&mut self, workspace: &Workspace) {
-        for (layer, scratch) in self.layers.iter_mut().zip(&workspace.scratch) {
-            layer.update_running_statistics(scratch);
+        self.inference = OnceLock::new();
+        for (node, scratch) in self.nodes.iter_mut().zip(&workspace.scratch) {
+            node.layer.update_running_statistics(scratch);
         }
     }
 
@@ -138,27 +257,33 @@ impl Network {
     }
 
     pub fn summary(&self) -> Vec<LayerSummary> {
-        self.layers
+        self.nodes
             .iter()
             .enumerate()
-            .map(|(index, layer)| LayerSummary {
+            .map(|(index, node)| LayerSummary {
                 index,
-                layer: layer.spec().to_string(),
-                kind: layer.spec().kind(),
-                input: layer.input_shape(),
-                output: layer.output_shape(),
-                params: layer.params().iter().map(|p| p.value.len()).sum(),
-                flops: layer.flops_per_image(),
+                name: node.name.clone(),
+                layer: node.layer.spec().to_string(),
+                kind: node.layer.spec().kind(),
+                inputs: node
+                    .inputs
+                    .iter()
+                    .map(|&v| self.value_name(v).to_string())
+                    .collect(),
+                input: self.value_shape(node.inputs[0]),
+                output: node.layer.output_shape(),
+                params: node.layer.params().iter().map(|p| p.value.len()).sum(),
+                flops: node.layer.flops_per_image(),
             })
             .collect()
     }
 
     pub fn flops_per_image(&self) -> u64 {
-        self.layers.iter().map(|l| l.flops_per_image()).sum()
+        self.nodes.iter().map(|n| n.layer.flops_per_image()).sum()
     }
 
-    /// Runs `input` (`[N, input_shape]`) through every layer; returns the last layer's output
-    /// (`[N, output_shape]`). Every layer's output stays in `workspace` for backward and for
+    /// Runs `input` (`[N, input_shape]`) through every node; returns the last node's output
+    /// (`[N, output_shape]`). Every node's output stays in `workspace` for backward and for
     /// showing feature maps.
     pub fn forward<'w>(
         &self,
@@ -167,58 +292,63 @@ impl Network {
         mode: Mode,
     ) -> Result<&'w Tensor> {
         self.check_input(input)?;
-        workspace.fit(self.layers.len());
+        workspace.fit(self.nodes.len());
         let batch = input.batch();
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, node) in self.nodes.iter().enumerate() {
             workspace.scratch[i].seed = workspace
                 .step_seed
                 .wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let (done, rest) = workspace.activations.split_at_mut(i);
-            let layer_input = done.last().unwrap_or(input);
+            let inputs: Inputs<'_> = node
+                .inputs
+                .iter()
+                .map(|&v| if v == 0 { input } else { &done[v - 1] })
+                .collect();
             let output = &mut rest[0];
-            output.reshape(batch, layer.output_shape());
-            layer.forward(layer_input, output, mode, &mut workspace.scratch[i]);
+            output.reshape(batch, node.layer.output_shape());
+            node.layer
+                .forward(&inputs, output, mode, &mut workspace.scratch[i]);
         }
         Ok(workspace.output())
     }
 
     /// Runs `input` through the network for prediction only and returns the logits
-    /// (`[N, output_shape]`), as fast as the engine can: a ReLU (and a 2x2 max pooling) after
-    /// a convolution is computed inside it, and a large batch is cut into sub-batches of [`SUB_BATCH`] images that each
-    /// thread takes through every layer in turn, so that the activations stay in the core's
-    /// cache. Unlike [`Network::forward`], the other layers' outputs are not kept.
+    /// (`[N, output_shape]`), as fast as the engine can: by the inference plan (fused and
+    /// folded nodes, shared buffers), and a large batch cut into sub-batches of
+    /// [`SUB_BATCH`] images that each thread takes through every node in turn, so that the
+    /// activations stay in the core's cache. Unlike [`Network::forward`], the nodes' outputs
+    /// are not kept.
     pub fn infer<'w>(&self, input: &Tensor, workspace: &'w mut Workspace) -> Result<&'w Tensor> {
         self.check_input(input)?;
-        crate::kernels::on_pool(|| self.infer_checked(input, workspace));
-        Ok(workspace.output())
+        let plan = self.inference.get_or_init(|| InferencePlan::new(self));
+        crate::kernels::on_pool(|| self.infer_checked(plan, input, workspace));
+        Ok(&workspace.logits)
     }
 
-    fn infer_checked(&self, input: &Tensor, workspace: &mut Workspace) {
+    fn infer_checked(&self, plan: &InferencePlan, input: &Tensor, workspace: &mut Workspace) {
         let batch = input.batch();
         let threads = rayon::current_num_threads().max(1);
         if batch < 2 * SUB_BATCH {
-            // Too few images to share out: every thread works on each layer in turn, when
-            // the layers are large enough to split at all.
+            // Too few images to share out: every thread works on each node in turn, when the
+            // nodes are large enough to split at all.
             if self.flops_per_image() as usize / 2 * batch >= TEAM_MIN_PASS_WORK {
-                Team::run(|| self.infer_whole(input, workspace));
+                Team::run(|| plan.run(self, input, workspace));
             } else {
-                self.infer_whole(input, workspace);
+                plan.run(self, input, workspace);
             }
             return;
         }
         let Workspace {
-            activations,
+            logits,
             sub_batches,
             ..
         } = workspace;
-        activations.resize_with(self.layers.len(), Tensor::empty);
-        let output = activations.last_mut().expect("a network has layers");
-        output.reshape(batch, self.output_shape());
+        logits.reshape(batch, self.output_shape());
         sub_batches.resize_with(threads, Workspace::default);
         let (in_len, out_len) = (self.input_shape.len(), self.output_shape().len());
         let per_thread = batch.div_ceil(threads);
         use rayon::prelude::*;
-        output
+        logits
             .data_mut()
             .par_chunks_mut(per_thread * out_len)
             .zip(input.data().par_chunks(per_thread * in_len))
@@ -231,60 +361,11 @@ impl Network {
                     let mut staged = std::mem::take(&mut workspace.staged_input);
                     staged.reshape(images.len() / in_len, self.input_shape);
                     staged.data_mut().copy_from_slice(images);
-                    self.infer_whole(&staged, workspace);
-                    logits.copy_from_slice(workspace.output().data());
+                    plan.run(self, &staged, workspace);
+                    logits.copy_from_slice(workspace.logits.data());
                     workspace.staged_input = staged;
                 }
             });
-    }
-
-    /// [`Network::infer`] on the whole batch at once, each layer splitting its own work.
-    fn infer_whole(&self, input: &Tensor, workspace: &mut Workspace) {
-        workspace.fit(self.layers.len());
-        let batch = input.batch();
-        let mut i = 0;
-        while i < self.layers.len() {
-            let layer = &self.layers[i];
-            let (done, rest) = workspace.activations.split_at_mut(i);
-            let layer_input = done.last().unwrap_or(input);
-            let fused = self.fusion_after(i);
-            if fused != Fusion::default() {
-                // Written where the last fused layer's output goes; the others are skipped.
-                let last = i + usize::from(fused.relu) + usize::from(fused.max_pool);
-                let output = &mut rest[last - i];
-                output.reshape(batch, self.layers[last].output_shape());
-                if layer.forward_fused(layer_input, output, fused, &mut workspace.pass_scratch) {
-                    i = last + 1;
-                    continue;
-                }
-            }
-            let output = &mut rest[0];
-            output.reshape(batch, layer.output_shape());
-            layer.forward(
-                layer_input,
-                output,
-                Mode::Infer,
-                &mut workspace.pass_scratch,
-            );
-            i += 1;
-        }
-    }
-
-    /// Which of the layers after layer `i` could be computed with it: a ReLU, then a 2x2
-    /// max pooling with stride 2, no padding, and no partial windows.
-    fn fusion_after(&self, i: usize) -> Fusion {
-        let spec = |k: usize| self.layers.get(i + k).map(|l| l.spec());
-        if spec(1) != Some(LayerSpec::Relu) {
-            return Fusion::default();
-        }
-        let shape = self.layers[i].output_shape();
-        let max_pool = matches!(spec(2), Some(LayerSpec::MaxPool2d(w))
-            if w.kernel == [2, 2] && w.stride == [2, 2] && w.padding == [0, 0]
-                && (!w.ceil_mode || (shape.height.is_multiple_of(2) && shape.width.is_multiple_of(2))));
-        Fusion {
-            relu: true,
-            max_pool,
-        }
     }
 
     fn check_input(&self, input: &Tensor) -> Result<()> {
@@ -299,53 +380,144 @@ impl Network {
     }
 
     /// Back-propagates the gradient that the loss left in [`Workspace::output_and_grad_mut`]
-    /// through every layer, adding each parameter's gradient to `grads`. Call after
+    /// through every node, adding each parameter's gradient to `grads`. Call after
     /// [`Network::forward`] with the same `input` and `workspace`.
     pub fn backward(&self, input: &Tensor, workspace: &mut Workspace, grads: &mut Gradients) {
+        let batch = input.batch();
+        let (buffer_of, _) = &self.gradient_buffers;
         let Workspace {
             activations,
             grad_output,
-            grad_input,
+            gradients,
+            gradient_parts,
+            gradient_written,
             scratch,
             ..
         } = workspace;
-        let (mut current, mut next) = (grad_output, grad_input);
-        for (i, layer) in self.layers.iter().enumerate().rev() {
-            let layer_input = if i == 0 { input } else { &activations[i - 1] };
-            let grad_input = if i == 0 {
-                None
-            } else {
-                next.reshape(layer_input.batch(), layer.input_shape());
-                Some(&mut *next)
+        gradients.resize_with(self.gradient_buffers.1.len(), Tensor::empty);
+        gradient_written.clear();
+        gradient_written.resize(self.nodes.len() + 1, false);
+        for (i, node) in self.nodes.iter().enumerate().rev() {
+            let value = i + 1;
+            // This node's output gradient: the loss's for the last node, else its buffer (every
+            // reader of the value came later, so its gradient is complete).
+            let output_gradient = match buffer_of[value] {
+                None => std::mem::take(grad_output),
+                Some(b) => std::mem::take(&mut gradients[b]),
             };
-            layer.backward(
+            // Where each input's gradient goes: in place for the first gradient of a value,
+            // else a part to add afterwards.
+            gradient_parts.resize_with(node.inputs.len(), Tensor::empty);
+            let mut targets: SmallVec<[Option<Tensor>; 4]> = SmallVec::new();
+            let mut in_place: SmallVec<[bool; 4]> = SmallVec::new();
+            for (k, &v) in node.inputs.iter().enumerate() {
+                let first = buffer_of[v].is_some()
+                    && !gradient_written[v]
+                    && !node.inputs[..k].contains(&v);
+                let target = match buffer_of[v] {
+                    None => None,
+                    Some(b) if first => Some(std::mem::take(&mut gradients[b])),
+                    Some(_) => Some(std::mem::take(&mut gradient_parts[k])),
+                };
+                in_place.push(first);
+                targets.push(target.map(|mut t| {
+                    t.reshape(batch, self.value_shape(v));
+                    t
+                }));
+            }
+            let inputs: Inputs<'_> = node
+                .inputs
+                .iter()
+                .map(|&v| if v == 0 { input } else { &activations[v - 1] })
+                .collect();
+            let mut grad_inputs: SmallVec<[Option<&mut Tensor>; 4]> =
+                targets.iter_mut().map(Option::as_mut).collect();
+            node.layer.backward(
                 BackwardPass {
-                    input: layer_input,
+                    inputs: &inputs,
                     output: &activations[i],
-                    grad_output: current,
-                    grad_input,
+                    grad_output: &output_gradient,
+                    grad_inputs: &mut grad_inputs,
                 },
-                &mut grads.layers[i],
+                &mut grads.nodes[i],
                 &mut scratch[i],
             );
-            std::mem::swap(&mut current, &mut next);
+            drop(grad_inputs);
+            for (k, (&v, target)) in node.inputs.iter().zip(targets).enumerate() {
+                let (Some(b), Some(target)) = (buffer_of[v], target) else {
+                    continue;
+                };
+                if in_place[k] {
+                    gradients[b] = target;
+                    gradient_written[v] = true;
+                } else {
+                    add_assign(gradients[b].data_mut(), target.data());
+                    gradient_parts[k] = target;
+                }
+            }
+            match buffer_of[value] {
+                None => *grad_output = output_gradient,
+                Some(b) => gradients[b] = output_gradient,
+            }
         }
     }
 }
 
-/// Everything that changes during a pass: each layer's output, the gradient flowing back, and
-/// each layer's scratch buffers. Reused from batch to batch, so steady-state training does not
+fn add_assign(total: &mut [f32], part: &[f32]) {
+    for (t, p) in total.iter_mut().zip(part) {
+        *t += p;
+    }
+}
+
+/// The gradient buffers of a network's values, from their lifetimes in the backward pass
+/// (which runs through the nodes from the last): a value's gradient is first written by the
+/// backward pass of its last reader and last read by that of its producer.
+fn gradient_buffers(nodes: &[Node], shapes: &[Shape]) -> (Vec<Option<usize>>, Vec<usize>) {
+    let values = nodes.len() + 1;
+    let mut last_reader = vec![0; values];
+    for (i, node) in nodes.iter().enumerate() {
+        for &v in &node.inputs {
+            last_reader[v] = i;
+        }
+    }
+    // Times count backward steps: node i's backward pass runs at step `nodes - 1 - i`.
+    let step = |node: usize| nodes.len() - 1 - node;
+    let lifetimes: Vec<Option<Lifetime>> = (0..values)
+        .map(|v| {
+            // The input's gradient is never needed, the output's is the loss's.
+            (v != 0 && v != values - 1).then(|| Lifetime {
+                first: step(last_reader[v]),
+                last: step(v - 1),
+                len: shapes[v].len(),
+            })
+        })
+        .collect();
+    plan_buffers(&lifetimes)
+}
+
+/// Everything that changes during a pass: each node's output, the gradients flowing back, and
+/// each node's scratch buffers. Reused from batch to batch, so steady-state training does not
 /// allocate. One per thread when a network is shared.
 #[derive(Debug, Default)]
 pub struct Workspace {
+    /// Each node's output from the last [`Network::forward`].
     activations: Vec<Tensor>,
+    /// dL/d(last node's output), written by the loss.
     grad_output: Tensor,
-    grad_input: Tensor,
+    /// The gradient buffers of the backward pass, the parts of gradients added into them,
+    /// and which values' gradients were written this pass.
+    gradients: Vec<Tensor>,
+    gradient_parts: Vec<Tensor>,
+    gradient_written: Vec<bool>,
     scratch: Vec<LayerScratch>,
-    /// The one scratch buffer that every layer of [`Network::infer`] uses in turn: nothing
-    /// has to outlive a layer there, and one buffer instead of one per layer keeps a pass's
-    /// memory in the cores' caches (measured on `cnn4` at batch 1: 3-4% faster).
+    /// The buffers of [`Network::infer`]'s plan, and the one scratch that every node of it
+    /// uses in turn: nothing has to outlive a node there, and one buffer instead of one per
+    /// node keeps a pass's memory in the cores' caches (measured on `cnn4` at batch 1: 3-4%
+    /// faster).
+    values: Vec<Tensor>,
     pass_scratch: LayerScratch,
+    /// The last inference's output.
+    logits: Tensor,
     step_seed: u64,
     /// One workspace per thread for [`Network::infer`]'s sub-batches, and the copy of a
     /// sub-batch's images that each one runs on.
@@ -379,17 +551,17 @@ impl Workspace {
         self.step_seed = seed;
     }
 
-    fn fit(&mut self, layers: usize) {
-        self.activations.resize_with(layers, Tensor::empty);
-        self.scratch.resize_with(layers, LayerScratch::default);
+    fn fit(&mut self, nodes: usize) {
+        self.activations.resize_with(nodes, Tensor::empty);
+        self.scratch.resize_with(nodes, LayerScratch::default);
     }
 
-    /// Output of every layer from the last forward pass.
+    /// Output of every node from the last forward pass.
     pub fn activations(&self) -> &[Tensor] {
         &self.activations
     }
 
-    /// Output of the last layer (the logits).
+    /// Output of the last node (the logits) from the last forward pass.
     pub fn output(&self) -> &Tensor {
         self.activations.last().expect("forward ran")
     }
@@ -405,17 +577,18 @@ impl Workspace {
 /// One gradient buffer per parameter, in the network's parameter order.
 #[derive(Clone, Debug)]
 pub struct Gradients {
-    layers: Vec<Vec<Vec<f32>>>,
+    nodes: Vec<Vec<Vec<f32>>>,
 }
 
 impl Gradients {
     pub fn new(network: &Network) -> Self {
         Gradients {
-            layers: network
-                .layers
+            nodes: network
+                .nodes
                 .iter()
-                .map(|l| {
-                    l.params()
+                .map(|n| {
+                    n.layer
+                        .params()
                         .iter()
                         .map(|p| vec![0.0; p.value.len()])
                         .collect()
@@ -430,10 +603,10 @@ impl Gradients {
 
     /// Gradients in the order of [`Network::params`].
     pub fn iter(&self) -> impl Iterator<Item = &Vec<f32>> {
-        self.layers.iter().flatten()
+        self.nodes.iter().flatten()
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
-        self.layers.iter_mut().flatten()
+        self.nodes.iter_mut().flatten()
     }
 }

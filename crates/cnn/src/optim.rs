@@ -1,6 +1,7 @@
 //! Optimizers. The contract (as ConvNetJS's): an optimizer sees only parameters and their
 //! gradients, in the same order, and knows nothing of layers.
 
+use crate::error::{Error, Result};
 use crate::network::{Gradients, Network};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,42 @@ impl OptimizerConfig {
             beta1: 0.9,
             beta2: 0.999,
             epsilon: 1e-8,
+        }
+    }
+
+    /// Checks the coefficients, wherever they come from (flags or a checkpoint): momentum and
+    /// betas in [0, 1), a positive epsilon. Outside these the moments grow without bound.
+    pub fn validate(&self) -> Result<()> {
+        let fraction = |name: &str, value: f32| {
+            if (0.0..1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{name} must be in [0, 1), not {value}"
+                )))
+            }
+        };
+        match *self {
+            OptimizerConfig::Sgd { momentum, .. } => fraction("--momentum", momentum),
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            }
+            | OptimizerConfig::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
+                fraction("Adam's beta1", beta1)?;
+                fraction("Adam's beta2", beta2)?;
+                if !(epsilon.is_finite() && epsilon > 0.0) {
+                    return Err(Error::Invalid(format!(
+                        "Adam's epsilon must be a positive number, not {epsilon}"
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -121,6 +158,24 @@ impl Optimizer {
             }
     }
 
+    /// Checks restored state: every moment finite, Adam's second moments (means of squares)
+    /// not negative, and the coefficients valid ([`OptimizerConfig::validate`]).
+    pub fn check_state(&self) -> Result<()> {
+        self.config.validate()?;
+        let finite = |moments: &[Vec<f32>]| moments.iter().flatten().all(|v| v.is_finite());
+        if !finite(&self.first_moment) || !finite(&self.second_moment) {
+            return Err(Error::Invalid(
+                "the optimizer state holds NaN or infinite values".into(),
+            ));
+        }
+        if self.second_moment.iter().flatten().any(|&v| v < 0.0) {
+            return Err(Error::Invalid(
+                "the optimizer state holds a negative second moment".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Moves every parameter of `network` against its gradient, with learning rate `lr` and
     /// weight decay `decay`.
     pub fn step(&mut self, network: &mut Network, grads: &Gradients, lr: f32, decay: f32) {
@@ -182,7 +237,8 @@ mod tests {
             out_features: 1,
             bias: false,
         })];
-        let mut network = Network::new(&spec, Shape::flat(1)).unwrap();
+        let mut network =
+            Network::new(&crate::Architecture::sequential(&spec), Shape::flat(1)).unwrap();
         network.params_mut().for_each(|p| p.value[0] = 1.0);
         let mut grads = Gradients::new(&network);
         grads.iter_mut().for_each(|g| g[0] = 0.5);

@@ -2,9 +2,12 @@
 //! to read a PNG a user drew: which size and channels, which polarity is ink, how to normalise.
 
 use crate::error::{Error, Result};
+use crate::fsutil::read_file;
+use crate::limits::{MAX_PICTURE_FILE_BYTES, MAX_PICTURE_PIXELS};
 use crate::tensor::Shape;
 use image::{imageops::FilterType, DynamicImage, GrayImage};
 use serde::{Deserialize, Serialize};
+use std::io::Cursor;
 use std::path::Path;
 
 /// The brightness of the training images' background.
@@ -80,9 +83,17 @@ pub const AUTOCONTRAST_CUTOFF: f32 = 0.01;
 /// compressed file cannot ask for gigabytes.
 pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 
+const _: () = assert!(DEFAULT_MAX_PIXELS <= MAX_PICTURE_PIXELS);
+
 fn luma_weights() -> [u32; 3] {
     LUMA_WEIGHTS
 }
+
+/// The smallest standard deviation a normalisation may divide by: the floor
+/// [`crate::data::Dataset::channel_statistics`] measures with.
+pub const MIN_STD: f32 = 1e-3;
+/// The largest mean (of `pixel / 255`, which lies in [0, 1]) a normalisation may subtract.
+pub const MAX_MEAN: f32 = 1e3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
@@ -158,12 +169,15 @@ impl Preprocessing {
                 shape.channels
             )));
         }
-        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-            || self.mean.iter().any(|m| !m.is_finite())
-        {
-            return Err(Error::Invalid(
-                "preprocessing needs finite means and positive deviations".into(),
-            ));
+        // A deviation of 1e-38 is positive, but it turns every pixel into infinity.
+        let deviation_ok = |s: &f32| s.is_finite() && *s >= MIN_STD;
+        let mean_ok = |m: &f32| m.is_finite() && m.abs() <= MAX_MEAN;
+        if !self.std.iter().all(deviation_ok) || !self.mean.iter().all(mean_ok) {
+            return Err(Error::Invalid(format!(
+                "preprocessing needs means from -{MAX_MEAN} to {MAX_MEAN} and deviations of \
+                 at least {MIN_STD}, not mean {:?} std {:?}",
+                self.mean, self.std
+            )));
         }
         if !(0.0..0.5).contains(&self.autocontrast_cutoff) {
             return Err(Error::Invalid(format!(
@@ -426,7 +440,7 @@ pub fn read_picture(path: &Path) -> Result<DynamicImage> {
 
 /// [`read_picture`] refusing, before decoding, a picture of more than `max_pixels` pixels.
 pub fn read_picture_within(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path, MAX_PICTURE_FILE_BYTES)?;
     decode_picture_within(&bytes, max_pixels).map_err(|message| Error::file(path, message))
 }
 
@@ -436,23 +450,16 @@ pub fn decode_picture(bytes: &[u8]) -> std::result::Result<DynamicImage, String>
     decode_picture_within(bytes, DEFAULT_MAX_PIXELS)
 }
 
-/// [`decode_picture`] refusing, from its header and before decoding, a picture of more than
-/// `max_pixels` pixels.
+/// [`decode_picture`] refusing, from its header and before any pixel is decoded, a picture of
+/// more than `max_pixels` pixels (and never more than [`MAX_PICTURE_PIXELS`]), so that a small
+/// compressed file cannot ask for gigabytes.
 pub fn decode_picture_within(
     bytes: &[u8],
     max_pixels: u64,
 ) -> std::result::Result<DynamicImage, String> {
-    if bytes.is_empty() {
-        return Err("empty file, not an image".into());
-    }
-    let format = image::guess_format(bytes).map_err(|_| {
-        "not an image (PNG, JPEG, BMP, GIF, WebP, TIFF or PNM expected)".to_string()
-    })?;
+    let (format, (width, height)) = picture_dimensions(bytes)?;
     let name = format_name(format);
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| format!("cannot decode this {name} image: {e}"))?;
+    let max_pixels = max_pixels.min(MAX_PICTURE_PIXELS);
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
         return Err(format!(
@@ -467,6 +474,23 @@ pub fn decode_picture_within(
         return Err("the image has no pixels".into());
     }
     Ok(picture)
+}
+
+/// The format and `(width, height)` of a picture held in memory, read from its header; the
+/// error says why it is not a picture.
+pub fn picture_dimensions(
+    bytes: &[u8],
+) -> std::result::Result<(image::ImageFormat, (u32, u32)), String> {
+    if bytes.is_empty() {
+        return Err("empty file, not an image".into());
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        "not an image (PNG, JPEG, BMP, GIF, WebP, TIFF or PNM expected)".to_string()
+    })?;
+    let dimensions = image::ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode this {} image: {e}", format_name(format)))?;
+    Ok((format, dimensions))
 }
 
 #[cfg(test)]

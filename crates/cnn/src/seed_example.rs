@@ -4,6 +4,7 @@
 //! training: the mean is a convolution whose kernel is the feature scaled by 1/9.
 
 use crate::error::Result;
+use crate::graph::Architecture;
 use crate::kernels::pool::PoolKind;
 use crate::layers::{Conv2dConfig, LayerSpec, Mode};
 use crate::network::{Network, Workspace};
@@ -89,11 +90,9 @@ pub fn architecture(stride: usize, pool: PoolKind) -> Vec<LayerSpec> {
     };
     vec![
         LayerSpec::Conv2d(Conv2dConfig {
-            out_channels: FEATURES.len(),
-            kernel: [3, 3],
             stride: [stride, stride],
-            padding: [0, 0],
             bias: false,
+            ..Conv2dConfig::new(FEATURES.len(), [3, 3])
         }),
         LayerSpec::Relu,
         match pool {
@@ -105,9 +104,10 @@ pub fn architecture(stride: usize, pool: PoolKind) -> Vec<LayerSpec> {
 
 /// Runs the example with convolution stride `stride` (1 in the article, or 2).
 pub fn run(letter: Letter, stride: usize, pool: PoolKind) -> Result<SeedExample> {
-    let mut network = Network::new(&architecture(stride, pool), Shape::new(1, 9, 9))?;
+    let layers = Architecture::sequential(&architecture(stride, pool));
+    let mut network = Network::new(&layers, Shape::new(1, 9, 9))?;
     // The mean of the 9 products is the sum with every weight divided by 9.
-    let weight = &mut network.layers_mut()[0].params_mut()[0].value;
+    let weight = &mut network.nodes_mut()[0].layer_mut().params_mut()[0].value;
     for (w, v) in weight
         .iter_mut()
         .zip(FEATURES.iter().flat_map(|(_, f)| f.iter().flatten()))

@@ -6,7 +6,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::kernels::team::Team;
 use crate::layers::Mode;
-use crate::loss::{argmax, cross_entropy, softmax_cross_entropy, LossStats};
+use crate::limits;
+use crate::loss::{argmax, check_finite, cross_entropy, softmax_cross_entropy, LossStats};
 use crate::network::{Gradients, Network, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::preprocess::Preprocessing;
@@ -83,6 +84,21 @@ pub struct Augment {
     pub cutout: usize,
 }
 
+impl Augment {
+    /// Checks the shift against images of `shape`: a shift of a whole side or more leaves
+    /// nothing of the image.
+    pub fn check(&self, shape: crate::tensor::Shape) -> Result<()> {
+        let side = shape.height.min(shape.width);
+        if self.shift >= side {
+            return Err(Error::Invalid(format!(
+                "--shift {} must be smaller than the images' side ({side} pixels)",
+                self.shift
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl TrainConfig {
     /// The learning rate of step `step` (counted from 0 over the whole run) when an epoch has
     /// `steps_per_epoch` steps.
@@ -139,12 +155,16 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks every setting, whether it comes from the command line or from a checkpoint.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
-            return Err(Error::Invalid("--epochs must be at least 1".into()));
-        }
-        if self.batch_size == 0 {
-            return Err(Error::Invalid("--batch must be at least 1".into()));
+        limits::check_epochs(self.epochs)?;
+        limits::check_batch_size("--batch", self.batch_size)?;
+        self.optimizer.validate()?;
+        if self.warmup_epochs > self.epochs {
+            return Err(Error::Invalid(format!(
+                "--warmup {} is longer than the {} epochs",
+                self.warmup_epochs, self.epochs
+            )));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(Error::Invalid(format!(
@@ -236,7 +256,8 @@ pub fn restore(network: &mut Network, tensors: &[Vec<f32>]) -> bool {
         return false;
     }
     let mut source = tensors.iter();
-    for layer in network.layers_mut() {
+    for node in network.nodes_mut() {
+        let layer = node.layer_mut();
         for param in layer.params_mut() {
             param.value.copy_from_slice(source.next().expect("counted"));
         }
@@ -340,10 +361,14 @@ pub fn train_from(
         rest => rest,
     };
     check_batch_statistics(network, smallest_batch)?;
+    limits::check_batch("--batch", config.batch_size, network)?;
+    config.augment.check(data.shape())?;
+    let steps_per_epoch = data.len().div_ceil(config.batch_size);
     let mut rng = seeded(config.seed, Stream::Shuffle);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let (first_epoch, mut optimizer, mut best) = match resume {
         Some(state) => {
+            check_resumable(&state, config, steps_per_epoch)?;
             if !state.optimizer.fits(network) {
                 return Err(Error::Invalid(
                     "the checkpoint's optimizer state does not fit the network".into(),
@@ -357,13 +382,12 @@ pub fn train_from(
         }
         None => (1, Optimizer::new(config.optimizer, network), None),
     };
-    let steps_per_epoch = data.len().div_ceil(config.batch_size);
     let mut pixels = Vec::new();
     let mut workspace = Workspace::new();
     let mut grads = Gradients::new(network);
     let mut batch = Tensor::empty();
     let mut labels = Vec::with_capacity(config.batch_size);
-    let mut reports = Vec::with_capacity(config.epochs);
+    let mut reports = Vec::new();
 
     let mut learning_rate = config.learning_rate;
     for epoch in first_epoch..=config.epochs {
@@ -462,13 +486,15 @@ pub fn train_from(
 /// ("Expected more than 1 value per channel when training"): the variance of one value is 0
 /// and its normalised output always 0. `batch` is the smallest batch the run will see.
 fn check_batch_statistics(network: &Network, batch: usize) -> Result<()> {
-    for (index, layer) in network.layers().iter().enumerate() {
-        let values = batch * layer.input_shape().plane();
-        if layer.spec() == crate::layers::LayerSpec::BatchNorm2d && values <= 1 {
+    for node in network.nodes() {
+        // Batch normalisation keeps its input's shape.
+        let values = batch * node.layer().output_shape().plane();
+        if node.layer().spec() == crate::layers::LayerSpec::BatchNorm2d && values <= 1 {
             return Err(Error::Invalid(format!(
-                "layer {index} (batchnorm) would normalise a batch of {batch} image(s) with \
+                "node {} (batchnorm) would normalise a batch of {batch} image(s) with \
                  {values} value per channel; batch normalisation needs more than 1 (change \
-                 --batch or --limit so that no batch holds a single image)"
+                 --batch or --limit so that no batch holds a single image)",
+                node.name()
             )));
         }
     }
@@ -502,6 +528,36 @@ pub fn train_step(
             Ok(stats)
         })
     })
+}
+
+/// Checks that `state` (from a checkpoint) continues a run of `config`: the same optimizer,
+/// no more epochs done than the run has, and as many optimizer steps as those epochs take
+/// (`steps_per_epoch` each).
+fn check_resumable(state: &TrainState, config: &TrainConfig, steps_per_epoch: usize) -> Result<()> {
+    let refuse = |reason: String| Err(Error::Invalid(format!("the checkpoint {reason}")));
+    if state.optimizer.config() != config.optimizer {
+        return refuse(format!(
+            "holds the state of {:?}, but its settings say {:?}",
+            state.optimizer.config(),
+            config.optimizer
+        ));
+    }
+    if state.epoch > config.epochs {
+        return refuse(format!(
+            "says {} epochs are done, of a run of {}",
+            state.epoch, config.epochs
+        ));
+    }
+    let (steps, _, _) = state.optimizer.state();
+    let expected = state.epoch as u64 * steps_per_epoch as u64;
+    if steps != expected {
+        return refuse(format!(
+            "says {steps} optimizer steps were taken, but {} epochs of {steps_per_epoch} \
+             steps make {expected}",
+            state.epoch
+        ));
+    }
+    Ok(())
 }
 
 fn check_fits(network: &Network, data: &Dataset) -> Result<()> {
@@ -545,11 +601,12 @@ pub fn evaluate(
     let (mut batch, mut labels) = (Tensor::empty(), Vec::new());
     let mut total_loss = 0.0;
     let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
+    for chunk in indices.chunks(limits::batch_that_fits(batch_size, network)) {
         data.fill_batch(chunk, preprocessing, &mut batch, &mut labels);
         let logits = network.infer(&batch, &mut workspace)?;
         for (n, &label) in labels.iter().enumerate() {
             let row = logits.sample(n);
+            check_finite(row)?;
             total_loss += f64::from(cross_entropy(row, label));
             confusion[label][argmax(row)] += 1;
         }

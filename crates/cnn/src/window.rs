@@ -1,6 +1,7 @@
 //! The sliding window shared by convolution and pooling: the seed's "put the feature over a
 //! window, then slide it by the stride". The output-size formulas live here and only here.
 
+use crate::limits::MAX_WINDOW;
 use serde::{Deserialize, Serialize};
 
 /// Geometry of a 2-D sliding window: kernel, stride and zero padding per axis `[height, width]`,
@@ -23,7 +24,24 @@ impl Window2d {
         }
     }
 
-    /// Output positions along one axis of length `input`, or `None` when the window does not fit.
+    /// Checks that kernel and stride are at least 1 and that kernel, stride and padding are at
+    /// most [`MAX_WINDOW`]: then every position and span below fits in an `isize` for any
+    /// input of a size a tensor can have.
+    pub fn check(&self) -> Result<(), String> {
+        if self.stride.contains(&0) || self.kernel.contains(&0) {
+            return Err("kernel and stride must be at least 1".into());
+        }
+        let sizes = self.kernel.iter().chain(&self.stride).chain(&self.padding);
+        if sizes.into_iter().any(|&n| n > MAX_WINDOW) {
+            return Err(format!(
+                "kernel, stride and padding must be at most {MAX_WINDOW}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output positions along one axis of length `input`, or `None` when the window does not
+    /// fit (or the sizes overflow).
     ///
     /// The window at output `o` starts at `o * stride - padding`. Counting the windows that fit
     /// entirely in the padded input gives `floor((input + 2p - k) / s) + 1`: it floors because a
@@ -32,7 +50,7 @@ impl Window2d {
     /// it would cover no input at all (PyTorch's rule).
     pub fn output_len(&self, axis: usize, input: usize) -> Option<usize> {
         let (k, s, p) = (self.kernel[axis], self.stride[axis], self.padding[axis]);
-        let padded = input + 2 * p;
+        let padded = input.checked_add(p.checked_mul(2)?)?;
         if k == 0 || s == 0 || padded < k {
             return None;
         }
@@ -42,7 +60,7 @@ impl Window2d {
         } else {
             span / s + 1
         };
-        if self.ceil_mode && (out - 1) * s >= input + p {
+        if self.ceil_mode && (out - 1).checked_mul(s)? >= input.checked_add(p)? {
             out -= 1;
         }
         Some(out)
@@ -141,6 +159,20 @@ mod tests {
         pool.ceil_mode = true;
         assert_eq!(pool.output_len(0, 5), Some(3));
         assert_eq!(pool.output_len(0, 6), Some(4));
+    }
+
+    #[test]
+    fn sizes_that_would_wrap_are_refused() {
+        // 2^63 padding: `input + 2 * p` wraps to `input`.
+        let huge = Window2d::new([3, 3], [1, 1], [1 << 63, 1 << 63]);
+        assert_eq!(huge.output_size([28, 28]), None);
+        assert!(huge.check().unwrap_err().contains("at most"));
+        let mut pool = Window2d::new([2, 2], [usize::MAX, 2], [1, 1]);
+        pool.ceil_mode = true;
+        assert!(pool.check().is_err());
+        assert_eq!(pool.output_len(0, usize::MAX - 1), None);
+        assert!(Window2d::new([0, 3], [1, 1], [0, 0]).check().is_err());
+        assert!(Window2d::new([3, 3], [1, 1], [1, 1]).check().is_ok());
     }
 
     #[test]

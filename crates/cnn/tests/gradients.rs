@@ -16,7 +16,7 @@ mod common;
 use cnn::kernels::conv::ConvGeometry;
 use cnn::kernels::pool::{PoolGeometry, PoolKind};
 use cnn::kernels::reference;
-use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, Layer, LayerScratch};
+use cnn::layers::{Conv2dConfig, DenseConfig, Layer, LayerScratch, SingleInput};
 use cnn::loss::softmax_cross_entropy;
 use cnn::window::Window2d;
 use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
@@ -45,12 +45,15 @@ enum Inputs {
     /// Distinct values 0.05 apart and at least 0.025 from zero, step 0.01: for ReLU and max
     /// pooling, so no nudge crosses a kink.
     Distinct,
+    /// Uniform in `[-1, 1)`, step 0.01: for the smooth activations, whose curvature a large
+    /// step would turn into error.
+    Smooth,
 }
 
 impl Inputs {
     fn draw(self, rng: &mut impl Rng, len: usize) -> Vec<f32> {
         match self {
-            Inputs::Uniform => uniform(rng, len, -1.0, 1.0),
+            Inputs::Uniform | Inputs::Smooth => uniform(rng, len, -1.0, 1.0),
             Inputs::Distinct => distinct(rng, len, 0.05),
         }
     }
@@ -58,7 +61,7 @@ impl Inputs {
     fn eps(self) -> f32 {
         match self {
             Inputs::Uniform => 0.1,
-            Inputs::Distinct => 0.01,
+            Inputs::Distinct | Inputs::Smooth => 0.01,
         }
     }
 }
@@ -66,7 +69,7 @@ impl Inputs {
 /// `L = sum(output * weights)`, accumulated in f64, for the layer's forward pass on `input`.
 fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
-    layer.forward(
+    layer.forward_one(
         input,
         &mut output,
         Mode::Train,
@@ -100,19 +103,17 @@ fn run_backward(
         ..LayerScratch::default()
     };
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
-    layer.forward(input, &mut output, Mode::Train, &mut scratch);
+    layer.forward_one(input, &mut output, Mode::Train, &mut scratch);
     let mut grad_input = tensor(
         input.batch(),
         input.shape(),
         vec![f32::NAN; input.data().len()],
     );
-    layer.backward(
-        BackwardPass {
-            input,
-            output: &output,
-            grad_output,
-            grad_input: Some(&mut grad_input),
-        },
+    layer.backward_one(
+        input,
+        &output,
+        grad_output,
+        Some(&mut grad_input),
         param_grads,
         &mut scratch,
     );
@@ -130,12 +131,20 @@ fn run_backward(
 fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn Layer>, Backward) {
     assert!(batch > 1, "batch gradients must be checked with a batch");
     let inputs = match spec {
-        LayerSpec::Relu | LayerSpec::MaxPool2d(_) => Inputs::Distinct,
+        LayerSpec::Relu
+        | LayerSpec::LeakyRelu { .. }
+        | LayerSpec::MaxPool2d(_)
+        | LayerSpec::GlobalMaxPool => Inputs::Distinct,
+        LayerSpec::Sigmoid | LayerSpec::Tanh | LayerSpec::Gelu | LayerSpec::Silu => Inputs::Smooth,
         _ => Inputs::Uniform,
     };
     let mut rng = rng(SEED);
     let mut layer = spec
-        .build(0, input_shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .build(
+            "0",
+            &[input_shape],
+            cnn::kernels::simd::Isa::from_env().unwrap(),
+        )
         .expect("the layer fits its input");
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
@@ -217,11 +226,10 @@ fn conv(
     bias: bool,
 ) -> LayerSpec {
     LayerSpec::Conv2d(Conv2dConfig {
-        out_channels,
-        kernel: [kernel, kernel],
         stride: [stride, stride],
         padding: [padding, padding],
         bias,
+        ..Conv2dConfig::new(out_channels, [kernel, kernel])
     })
 }
 
@@ -320,6 +328,8 @@ fn conv_rectangular_kernel_stride_and_padding() {
         kernel: [3, 5],
         stride: [2, 1],
         padding: [1, 2],
+        dilation: [1, 1],
+        groups: 1,
         bias: true,
     });
     let (layer, _) = check_layer(spec, Shape::new(2, 7, 6), 2);
@@ -442,6 +452,79 @@ fn dense_without_bias() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Activations, global pooling, grouped and dilated convolutions
+
+/// Each smooth activation's derivative, and the leaky ReLU's slopes on both sides of 0.
+#[test]
+fn activations() {
+    for spec in [
+        LayerSpec::Sigmoid,
+        LayerSpec::Tanh,
+        LayerSpec::Gelu,
+        LayerSpec::Silu,
+        LayerSpec::Identity,
+        LayerSpec::LeakyRelu { slope: 0.1 },
+    ] {
+        let (layer, _) = check_layer(spec, Shape::new(2, 3, 4), 3);
+        assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
+    }
+}
+
+/// Global max pooling: each map's gradient goes to its largest pixel.
+#[test]
+fn global_max_pool() {
+    let (layer, backward) = check_layer(LayerSpec::GlobalMaxPool, Shape::new(3, 4, 5), 2);
+    assert_eq!(layer.output_shape(), Shape::flat(3));
+    let nonzero = backward
+        .grad_input
+        .data()
+        .iter()
+        .filter(|g| **g != 0.0)
+        .count();
+    assert_eq!(nonzero, 2 * 3, "one pixel per map");
+}
+
+/// Global average pooling.
+#[test]
+fn global_avg_pool() {
+    let (layer, _) = check_layer(LayerSpec::GlobalAvgPool, Shape::new(3, 4, 5), 2);
+    assert_eq!(layer.output_shape(), Shape::flat(3));
+}
+
+/// Grouped convolutions (2 and 3 groups, with stride and padding), a depthwise one (a group
+/// per channel, stride 1 and 2, with and without bias) and dilated ones (2x2 and 2x1).
+#[test]
+fn grouped_depthwise_and_dilated_convolutions() {
+    let grouped =
+        |out_channels: usize, kernel: usize, stride: usize, padding: usize, groups: usize| {
+            LayerSpec::Conv2d(Conv2dConfig {
+                stride: [stride, stride],
+                padding: [padding, padding],
+                groups,
+                ..Conv2dConfig::new(out_channels, [kernel, kernel])
+            })
+        };
+    let (layer, _) = check_layer(grouped(4, 3, 1, 1, 2), Shape::new(6, 5, 6), 2);
+    assert_eq!(layer.params()[0].dims, [4, 3, 3, 3]);
+    check_layer(grouped(6, 3, 2, 1, 3), Shape::new(3, 7, 6), 2);
+    let (layer, _) = check_layer(grouped(5, 3, 1, 1, 5), Shape::new(5, 6, 7), 3);
+    assert_eq!(layer.params()[0].dims, [5, 1, 3, 3]);
+    check_layer(grouped(4, 5, 1, 2, 4), Shape::new(4, 6, 20), 2);
+    check_layer(grouped(4, 3, 2, 1, 4), Shape::new(4, 7, 7), 2);
+    let dilated = |dilation: [usize; 2]| {
+        LayerSpec::Conv2d(Conv2dConfig {
+            padding: [2, 1],
+            dilation,
+            bias: false,
+            ..Conv2dConfig::new(3, [3, 3])
+        })
+    };
+    let (layer, _) = check_layer(dilated([2, 2]), Shape::new(2, 7, 6), 2);
+    assert_eq!(layer.output_shape(), Shape::new(3, 7, 4));
+    check_layer(dilated([2, 1]), Shape::new(2, 7, 6), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Loss
 
 /// `softmax_cross_entropy` writes `d(total loss / N) / dlogits`: its gradient matches central
@@ -494,7 +577,8 @@ fn softmax_cross_entropy_gradient_is_the_mean_loss_derivative() {
 // Whole network
 
 /// Mean cross-entropy of the network on `input`, and a fingerprint of every kink it passed:
-/// the sign of every ReLU input and the position of every max-pooling window's maximum.
+/// the sign of every (leaky) ReLU input and the position of every max-pooling window's (and
+/// feature map's) maximum.
 fn network_loss(
     network: &Network,
     input: &Tensor,
@@ -505,23 +589,28 @@ fn network_loss(
     let mut grad = Tensor::zeros(logits.batch(), logits.shape());
     let stats = softmax_cross_entropy(logits, labels, &mut grad).unwrap();
     let mut kinks = Vec::new();
-    for (i, (layer, output)) in network
-        .layers()
-        .iter()
-        .zip(workspace.activations())
-        .enumerate()
-    {
-        let layer_input = if i == 0 {
-            input
-        } else {
-            &workspace.activations()[i - 1]
+    for (node, output) in network.nodes().iter().zip(workspace.activations()) {
+        let layer = node.layer();
+        let layer_input = match node.inputs()[0] {
+            0 => input,
+            v => &workspace.activations()[v - 1],
         };
         match layer.spec() {
             LayerSpec::Relu => kinks.extend(output.data().iter().map(|&y| f32::from(y > 0.0))),
+            LayerSpec::LeakyRelu { .. } => {
+                kinks.extend(layer_input.data().iter().map(|&x| f32::from(x > 0.0)))
+            }
+            LayerSpec::GlobalMaxPool => {
+                let plane = layer_input.shape().plane();
+                for maps in layer_input.data().chunks_exact(plane) {
+                    let best = (0..plane).fold(0, |b, i| if maps[i] > maps[b] { i } else { b });
+                    kinks.push(best as f32);
+                }
+            }
             LayerSpec::MaxPool2d(window) => {
                 // Route each output's index to its window's maximum: the routing is the kink.
                 let geometry = PoolGeometry {
-                    input: layer.input_shape(),
+                    input: layer_input.shape(),
                     output: layer.output_shape(),
                     window,
                 };
@@ -546,13 +635,84 @@ fn network_loss(
 /// smallest step are skipped (10 of 212 with these seeds), and must stay under 10%.
 #[test]
 fn whole_network_gradients_match_finite_differences() {
-    let architecture = cnn::arch::parse(
+    check_network(
         "conv 3@3x3 pad=1, relu, maxpool 2 ceil, conv 4@3x3 stride=2, relu, avgpool 2 ceil, \
          dense 5, relu, dense classes",
-        3,
-    )
-    .unwrap();
-    let mut network = Network::new(&architecture, Shape::new(2, 9, 9)).unwrap();
+        Shape::new(2, 9, 9),
+        8,
+    );
+}
+
+/// The same for a residual network: a stem, a block whose input is read twice (by its first
+/// convolution and by the addition, so its gradient is the sum of both), a downsampling block
+/// with a strided 1x1 shortcut and batch normalisation, an Inception-style concatenation of a
+/// 1x1 and a dilated 3x3 branch, a depthwise and a grouped convolution, the smooth
+/// activations, global pooling.
+#[test]
+fn residual_network_gradients_match_finite_differences() {
+    check_network(
+        "stem: conv 4@3 pad=1, relu, \
+         block: (add(conv1: conv 4@3 pad=1, tanh, conv2: conv 4@3 pad=1 | ), relu), \
+         down: (add(conv1: conv 6@3 stride=2 pad=1 nobias, bn1: batchnorm, gelu | \
+                    shortcut: (conv 6@1 stride=2 nobias, batchnorm)), silu), \
+         mixed: concat(a: conv 2@1 | b: (conv 2@3 pad=2 dilation=2, sigmoid)), \
+         dw: conv 4@3 pad=1 groups=4, grouped: conv 4@1 groups=2, leakyrelu 0.1, \
+         pool: concat(gap | gmp), head: dense classes",
+        Shape::new(2, 8, 7),
+        22,
+    );
+}
+
+/// A value read twice by one node (`add( | )`, the sum of a value with itself) receives both
+/// gradients: the convolution's gradients are twice those of the network without the sum and
+/// with half its dense weights, and match finite differences.
+#[test]
+fn a_value_read_twice_gets_both_gradients() {
+    check_network(
+        "c: conv 2@3 pad=1, twice: add( | ), dense classes",
+        Shape::new(1, 5, 4),
+        4,
+    );
+    let gradient_of_conv = |notation: &str, dense_scale: f32| {
+        let architecture = cnn::arch::parse(notation, 3).unwrap();
+        let mut network = Network::new(&architecture, Shape::new(1, 5, 4)).unwrap();
+        network.init_kaiming(&mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+        for node in network.nodes_mut() {
+            if node.name() == "head" {
+                node.layer_mut().params_mut()[0]
+                    .value
+                    .iter_mut()
+                    .for_each(|w| *w *= dense_scale);
+            }
+        }
+        let input = tensor(2, Shape::new(1, 5, 4), uniform(&mut rng(6), 40, -1.0, 1.0));
+        let mut workspace = Workspace::new();
+        let mut grads = Gradients::new(&network);
+        network
+            .forward(&input, &mut workspace, Mode::Train)
+            .unwrap();
+        let (logits, grad) = workspace.output_and_grad_mut();
+        softmax_cross_entropy(logits, &[0, 2], grad).unwrap();
+        network.backward(&input, &mut workspace, &mut grads);
+        let first = grads.iter().next().unwrap().clone();
+        first
+    };
+    let once = gradient_of_conv("c: conv 2@3 pad=1, flatten, head: dense classes", 1.0);
+    let twice = gradient_of_conv(
+        "c: conv 2@3 pad=1, add( | ), flatten, head: dense classes",
+        0.5,
+    );
+    for (a, b) in once.iter().zip(&twice) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} against {b}");
+    }
+}
+
+/// The network built from `notation` for `input` images (with 3 classes), holding
+/// `expected_params` parameter tensors: every parameter gradient matches finite differences
+/// of the mean loss (see [`whole_network_gradients_match_finite_differences`]).
+fn check_network(notation: &str, input: Shape, expected_params: usize) {
+    let architecture = cnn::arch::parse(notation, 3).unwrap();
+    let mut network = Network::new(&architecture, input).unwrap();
     network.init_kaiming(&mut rand_chacha::ChaCha8Rng::seed_from_u64(70));
     // Kaiming leaves biases at zero; random biases make their gradients less special.
     let mut rng = rng(71);
@@ -582,7 +742,7 @@ fn whole_network_gradients_match_finite_differences() {
         .params()
         .map(|(layer, p)| format!("{layer}.{}", p.name))
         .collect();
-    assert_eq!(names.len(), 8, "4 layers with weight and bias");
+    assert_eq!(names.len(), expected_params, "parameter tensors");
 
     // The loss is computed in f32, so its rounding noise (about 1e-7 of the loss) divided by the
     // step is the noise of a difference quotient: large steps are precise. But a large step
@@ -642,12 +802,17 @@ fn whole_network_gradients_match_finite_differences() {
 
 /// Runs the conv layer's forward and backward on `batch` images inside a rayon pool of
 /// `threads` threads; returns output, input gradient, weight gradient and bias gradient.
-fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [Vec<f32>; 4] {
+fn conv_in_pool(
+    (layer, input_shape): (&dyn Layer, Shape),
+    threads: usize,
+    batch: usize,
+    seed: u64,
+) -> [Vec<f32>; 4] {
     let mut rng = rng(seed);
     let input = tensor(
         batch,
-        layer.input_shape(),
-        uniform(&mut rng, batch * layer.input_shape().len(), -1.0, 1.0),
+        input_shape,
+        uniform(&mut rng, batch * input_shape.len(), -1.0, 1.0),
     );
     let grad_output = tensor(
         batch,
@@ -661,20 +826,18 @@ fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [
     pool.install(|| {
         let mut scratch = LayerScratch::default();
         let mut output = Tensor::zeros(batch, layer.output_shape());
-        layer.forward(&input, &mut output, Mode::Train, &mut scratch);
+        layer.forward_one(&input, &mut output, Mode::Train, &mut scratch);
         let mut param_grads: Vec<Vec<f32>> = layer
             .params()
             .iter()
             .map(|p| vec![0.0; p.value.len()])
             .collect();
-        let mut grad_input = Tensor::zeros(batch, layer.input_shape());
-        layer.backward(
-            BackwardPass {
-                input: &input,
-                output: &output,
-                grad_output: &grad_output,
-                grad_input: Some(&mut grad_input),
-            },
+        let mut grad_input = Tensor::zeros(batch, input_shape);
+        layer.backward_one(
+            &input,
+            &output,
+            &grad_output,
+            Some(&mut grad_input),
             &mut param_grads,
             &mut scratch,
         );
@@ -691,10 +854,11 @@ fn conv_in_pool(layer: &dyn Layer, threads: usize, batch: usize, seed: u64) -> [
 #[test]
 fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
     let spec = conv(3, 3, 2, 1, true);
+    let input_shape = Shape::new(2, 7, 6);
     let mut layer = spec
         .build(
-            0,
-            Shape::new(2, 7, 6),
+            "0",
+            &[input_shape],
             cnn::kernels::simd::Isa::from_env().unwrap(),
         )
         .unwrap();
@@ -702,19 +866,19 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
     }
-    let geometry = ConvGeometry {
-        input: layer.input_shape(),
-        output: layer.output_shape(),
-        window: Window2d::new([3, 3], [2, 2], [1, 1]),
-    };
+    let geometry = ConvGeometry::new(
+        input_shape,
+        layer.output_shape(),
+        Window2d::new([3, 3], [2, 2], [1, 1]),
+    );
     for batch in [1, 2, 4, 5, 7] {
         let seed = 100 + batch as u64;
         // The reference result for this batch.
         let mut data_rng = common::rng(seed);
         let input = tensor(
             batch,
-            layer.input_shape(),
-            uniform(&mut data_rng, batch * layer.input_shape().len(), -1.0, 1.0),
+            input_shape,
+            uniform(&mut data_rng, batch * input_shape.len(), -1.0, 1.0),
         );
         let grad_output = tensor(
             batch,
@@ -724,7 +888,7 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
         let (weight, bias) = (&layer.params()[0].value[..], &layer.params()[1].value[..]);
         let mut output = Tensor::zeros(batch, layer.output_shape());
         reference::conv2d_forward(&geometry, &input, weight, Some(bias), &mut output);
-        let mut grad_input = Tensor::zeros(batch, layer.input_shape());
+        let mut grad_input = Tensor::zeros(batch, input_shape);
         let mut grad_weight = vec![0.0; weight.len()];
         let mut grad_bias = vec![0.0; bias.len()];
         reference::conv2d_backward(
@@ -744,8 +908,8 @@ fn conv_backward_is_deterministic_for_ragged_batches_and_thread_counts() {
         ];
 
         for threads in [1, 2, 3] {
-            let first = conv_in_pool(&*layer, threads, batch, seed);
-            let second = conv_in_pool(&*layer, threads, batch, seed);
+            let first = conv_in_pool((&*layer, input_shape), threads, batch, seed);
+            let second = conv_in_pool((&*layer, input_shape), threads, batch, seed);
             for (what, ((a, b), e)) in [
                 "output",
                 "input gradient",
@@ -779,7 +943,7 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
     let shape = Shape::new(1, 28, 28);
     let batch = 13;
     for preset in ["xo", "lenet5", "cnn4"] {
-        let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let layers = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
         let mut start = Network::new(&layers, shape).unwrap();
         start.init_kaiming(&mut rng(90));
         let mut data_rng = rng(91);

@@ -12,7 +12,8 @@ use cnn::kernels::conv::{Conv2dKernel, ConvAlgorithm, ConvGeometry, ConvGrads};
 use cnn::kernels::pool::{self, PoolGeometry, PoolKind};
 use cnn::kernels::reference;
 use cnn::kernels::simd::Isa;
-use cnn::layers::{BackwardPass, Conv2dConfig, DenseConfig, LayerScratch};
+use cnn::kernels::Scratch;
+use cnn::layers::{Conv2dConfig, DenseConfig, LayerScratch, SingleInput};
 use cnn::window::Window2d;
 use cnn::{LayerSpec, Mode, Shape, Tensor};
 use common::{rng, tensor, uniform};
@@ -92,14 +93,25 @@ impl ConvCase {
         channels: usize,
         out_channels: usize,
         input: [usize; 2],
-        window: Window2d,
+        window: impl Into<ConvWindow>,
         seed: u64,
     ) -> Option<Self> {
-        let [out_height, out_width] = window.output_size(input)?;
-        let g = ConvGeometry {
-            input: Shape::new(channels, input[0], input[1]),
-            output: Shape::new(out_channels, out_height, out_width),
+        let ConvWindow {
             window,
+            dilation,
+            groups,
+        } = window.into();
+        let extent = [0, 1].map(|a| dilation[a] * (window.kernel[a] - 1) + 1);
+        let [out_height, out_width] =
+            Window2d::new(extent, window.stride, window.padding).output_size(input)?;
+        let g = ConvGeometry {
+            dilation,
+            groups,
+            ..ConvGeometry::new(
+                Shape::new(channels, input[0], input[1]),
+                Shape::new(out_channels, out_height, out_width),
+                window,
+            )
         };
         let mut rng = rng(seed);
         let x = tensor(
@@ -119,21 +131,61 @@ impl ConvCase {
     }
 }
 
-/// Every way this machine can compute `g` with `isa`: each forward algorithm that applies,
-/// with each input-gradient algorithm that applies.
-fn conv_kernels(g: &ConvGeometry, isa: Isa) -> Vec<Conv2dKernel> {
-    let mut kernels = Vec::new();
-    for forward in ConvAlgorithm::ALL {
-        for input_gradient in ConvAlgorithm::ALL {
-            kernels.extend(Conv2dKernel::with_algorithms(
-                *g,
-                isa,
-                forward,
-                input_gradient,
-            ));
+/// A convolution's window with its dilation and groups (plain for a bare [`Window2d`]).
+#[derive(Clone, Copy, Debug)]
+struct ConvWindow {
+    window: Window2d,
+    dilation: [usize; 2],
+    groups: usize,
+}
+
+impl From<Window2d> for ConvWindow {
+    fn from(window: Window2d) -> Self {
+        ConvWindow {
+            window,
+            dilation: [1, 1],
+            groups: 1,
         }
     }
-    assert!(!kernels.is_empty(), "im2col computes every convolution");
+}
+
+/// Every algorithm this machine can compute `g` with, on `isa`: each forward algorithm that
+/// applies once, and each input-gradient algorithm that applies once (each paired with one of
+/// the other pass that applies with it).
+fn conv_kernels(g: &ConvGeometry, isa: Isa) -> Vec<Conv2dKernel> {
+    let pair =
+        |forward, input_gradient| Conv2dKernel::with_algorithms(*g, isa, forward, input_gradient);
+    let mut kernels: Vec<Conv2dKernel> = Vec::new();
+    for algorithm in ConvAlgorithm::ALL {
+        let covered = |kernels: &[Conv2dKernel], forward: bool| {
+            kernels.iter().any(|k| {
+                algorithm
+                    == if forward {
+                        k.forward_algorithm()
+                    } else {
+                        k.input_gradient_algorithm()
+                    }
+            })
+        };
+        if !covered(&kernels, true) {
+            kernels.extend(
+                ConvAlgorithm::ALL
+                    .into_iter()
+                    .find_map(|other| pair(algorithm, other)),
+            );
+        }
+        if !covered(&kernels, false) {
+            kernels.extend(
+                ConvAlgorithm::ALL
+                    .into_iter()
+                    .find_map(|other| pair(other, algorithm)),
+            );
+        }
+    }
+    assert!(
+        !kernels.is_empty(),
+        "some algorithm computes every convolution"
+    );
     kernels
 }
 
@@ -158,7 +210,7 @@ fn compare_conv(
     channels: usize,
     out_channels: usize,
     input: [usize; 2],
-    window: Window2d,
+    window: impl Into<ConvWindow>,
     bias: bool,
     input_grad: bool,
     seed: u64,
@@ -219,7 +271,10 @@ fn compare_conv(
         let name = kernel_name(&kernel);
         // Larger than any case needs: the kernels shrink it, so every entry they read is NaN
         // unless they wrote it first.
-        let mut scratch = vec![f32::NAN; 1 << 18];
+        let mut scratch = Scratch {
+            floats: vec![f32::NAN; 1 << 18],
+            tensors: Vec::new(),
+        };
         let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
         kernel.forward(&x, &weight, epilogue(bias), &mut fast, &mut scratch);
         matches(
@@ -229,7 +284,10 @@ fn compare_conv(
             scale.data(),
         )?;
 
-        let mut scratch = vec![f32::NAN; 1 << 18];
+        let mut scratch = Scratch {
+            floats: vec![f32::NAN; 1 << 18],
+            tensors: Vec::new(),
+        };
         let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
         let (mut fast_dw, mut fast_db) = (start_weight.clone(), start_bias.clone());
         kernel.backward(
@@ -344,7 +402,7 @@ fn compare_fused(
     channels: usize,
     out_channels: usize,
     input: [usize; 2],
-    window: Window2d,
+    window: impl Into<ConvWindow>,
     bias: bool,
     seed: u64,
 ) -> Result<(), TestCaseError> {
@@ -387,14 +445,10 @@ fn compare_fused(
     );
     let mut pooled_scale = Tensor::zeros(batch, pooled);
     reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
-    for forward in ConvAlgorithm::ALL {
-        let Some(kernel) = Conv2dKernel::with_algorithms(g, isa, forward, ConvAlgorithm::Im2col)
-        else {
-            continue;
-        };
+    for kernel in conv_kernels(&g, isa) {
         let mut fast = tensor(batch, pooled, vec![f32::NAN; batch * pooled.len()]);
-        kernel.forward(&x, &weight, fused, &mut fast, &mut Vec::new());
-        let what = format!("{isa} {} fused conv", forward.name());
+        kernel.forward(&x, &weight, fused, &mut fast, &mut Scratch::default());
+        let what = format!("{} fused conv", kernel_name(&kernel));
         matches(&what, fast.data(), slow.data(), pooled_scale.data())?;
     }
     Ok(())
@@ -507,6 +561,52 @@ for_each_isa! {
         compare_fused(isa, batch, channels, out_channels, input, window, bias, seed)?;
     }
 
+    /// Grouped and dilated convolutions (groups dividing both channel counts, dilation up to
+    /// 3, any stride and padding) equal the direct loops: group by group with each group's own
+    /// kernel, or im2col for the dilated ungrouped ones.
+    fn grouped_dilated_conv_matches_reference(
+        isa;
+        batch in 1usize..=3,
+        groups in 1usize..=3,
+        per_group in [1usize..=3, 1usize..=3],
+        input in [3usize..=14, 3usize..=14],
+        kernel in [1usize..=3, 1usize..=3],
+        stride in [1usize..=2, 1usize..=2],
+        padding in [0usize..=2, 0usize..=2],
+        dilation in [1usize..=3, 1usize..=3],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = ConvWindow { window: Window2d::new(kernel, stride, padding), dilation, groups };
+        let [c, oc] = per_group.map(|n| n * groups);
+        compare_conv(isa, batch, c, oc, input, window, bias, input_grad, seed)?;
+    }
+
+    /// Depthwise convolutions (a group per channel, stride 1, kernels up to 5x7 with any
+    /// padding below the kernel, rows wider than two registers) equal the direct loops, plain
+    /// and with ReLU and max pooling fused in.
+    fn depthwise_conv_matches_reference(
+        isa;
+        batch in 1usize..=2,
+        channels in 1usize..=9,
+        input in [2usize..=12, 2usize..=40],
+        kernel in [1usize..=5, 1usize..=7],
+        padding in [0usize..=4, 0usize..=6],
+        bias in any::<bool>(),
+        input_grad in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let padding = [padding[0].min(kernel[0] - 1), padding[1].min(kernel[1] - 1)];
+        let window = ConvWindow {
+            window: Window2d::new(kernel, [1, 1], padding),
+            dilation: [1, 1],
+            groups: channels,
+        };
+        compare_conv(isa, batch, channels, channels, input, window, bias, input_grad, seed)?;
+        compare_fused(isa, batch, channels, channels, input, window, bias, seed)?;
+    }
+
     /// The direct case (stride 1, few input channels) equals the direct loops, plain and
     /// with ReLU and max pooling fused in, on rows wider than one register of columns and
     /// with several blocks of output channels.
@@ -577,7 +677,13 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
     for isa in Isa::supported() {
         for kernel in conv_kernels(g, isa) {
             let mut fast = Tensor::zeros(1, g.output);
-            kernel.forward(&input, weight, epilogue(bias), &mut fast, &mut Vec::new());
+            kernel.forward(
+                &input,
+                weight,
+                epilogue(bias),
+                &mut fast,
+                &mut Scratch::default(),
+            );
             assert_eq!(fast.data(), expected, "{}", kernel_name(&kernel));
         }
     }
@@ -590,16 +696,20 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
         kernel: g.window.kernel,
         stride: g.window.stride,
         padding: g.window.padding,
+        dilation: [1, 1],
+        groups: 1,
         bias: bias.is_some(),
     });
-    let mut layer = spec.build(0, g.input, Isa::from_env().unwrap()).unwrap();
+    let mut layer = spec
+        .build("0", &[g.input], Isa::from_env().unwrap())
+        .unwrap();
     layer.params_mut()[0].value = weight.to_vec();
     if let Some(bias) = bias {
         layer.params_mut()[1].value = bias.to_vec();
     }
     assert_eq!(layer.output_shape(), g.output);
     let mut output = Tensor::zeros(1, g.output);
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -619,11 +729,11 @@ fn assert_conv_forward(g: &ConvGeometry, weight: &[f32], bias: Option<&[f32]>, e
 /// (Cross-correlation, as PyTorch: the kernel is not flipped.)
 #[test]
 fn conv_forward_golden() {
-    let g = ConvGeometry {
-        input: Shape::new(1, 3, 3),
-        output: Shape::new(2, 2, 2),
-        window: Window2d::new([2, 2], [1, 1], [0, 0]),
-    };
+    let g = ConvGeometry::new(
+        Shape::new(1, 3, 3),
+        Shape::new(2, 2, 2),
+        Window2d::new([2, 2], [1, 1], [0, 0]),
+    );
     let weight = [1.0, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0];
     let expected = [37.5, 47.5, 67.5, 77.5, 11.0, 15.0, 23.0, 27.0];
     assert_conv_forward(&g, &weight, Some(&[0.5, -1.0]), &expected);
@@ -639,11 +749,11 @@ fn conv_forward_golden() {
 /// ```
 #[test]
 fn conv_forward_golden_with_padding_and_stride() {
-    let g = ConvGeometry {
-        input: Shape::new(1, 3, 3),
-        output: Shape::new(1, 2, 2),
-        window: Window2d::new([2, 2], [2, 2], [1, 1]),
-    };
+    let g = ConvGeometry::new(
+        Shape::new(1, 3, 3),
+        Shape::new(1, 2, 2),
+        Window2d::new([2, 2], [2, 2], [1, 1]),
+    );
     assert_conv_forward(&g, &[1.0, 2.0, 3.0, 4.0], None, &[4.0, 18.0, 36.0, 77.0]);
 }
 
@@ -660,11 +770,11 @@ fn conv_forward_golden_with_padding_and_stride() {
 /// ```
 #[test]
 fn conv_backward_golden() {
-    let g = ConvGeometry {
-        input: Shape::new(1, 3, 3),
-        output: Shape::new(1, 2, 2),
-        window: Window2d::new([2, 2], [1, 1], [0, 0]),
-    };
+    let g = ConvGeometry::new(
+        Shape::new(1, 3, 3),
+        Shape::new(1, 2, 2),
+        Window2d::new([2, 2], [1, 1], [0, 0]),
+    );
     let (input, weight) = (image_1_to_9(), [1.0, 2.0, 3.0, 4.0]);
     let dy = tensor(1, g.output, vec![1.0; 4]);
     let expected_dx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
@@ -682,7 +792,7 @@ fn conv_backward_golden() {
                     weight: &mut dw,
                     bias: Some(&mut db),
                 },
-                &mut Vec::new(),
+                &mut Scratch::default(),
             );
             assert_eq!(
                 (dx.data(), &dw[..], &db[..]),
@@ -733,10 +843,12 @@ fn assert_pool_forward(kind: PoolKind, input: &Tensor, g: &PoolGeometry, expecte
         PoolKind::Max => LayerSpec::MaxPool2d(g.window),
         PoolKind::Average => LayerSpec::AvgPool2d(g.window),
     };
-    let layer = spec.build(0, g.input, Isa::from_env().unwrap()).unwrap();
+    let layer = spec
+        .build("0", &[g.input], Isa::from_env().unwrap())
+        .unwrap();
     assert_eq!(layer.output_shape(), g.output);
     let mut output = Tensor::zeros(input.batch(), g.output);
-    layer.forward(
+    layer.forward_one(
         input,
         &mut output,
         Mode::Infer,
@@ -836,11 +948,11 @@ fn max_pool_golden_routes_gradients_to_the_first_maximum() {
 fn relu_golden() {
     let shape = Shape::flat(5);
     let layer = LayerSpec::Relu
-        .build(0, shape, Isa::from_env().unwrap())
+        .build("0", &[shape], Isa::from_env().unwrap())
         .unwrap();
     let input = tensor(1, shape, vec![-2.0, -0.5, 0.0, 0.5, 3.0]);
     let mut output = Tensor::zeros(1, shape);
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -850,13 +962,11 @@ fn relu_golden() {
 
     let dy = tensor(1, shape, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
     let mut dx = tensor(1, shape, vec![f32::NAN; 5]);
-    layer.backward(
-        BackwardPass {
-            input: &input,
-            output: &output,
-            grad_output: &dy,
-            grad_input: Some(&mut dx),
-        },
+    layer.backward_one(
+        &input,
+        &output,
+        &dy,
+        Some(&mut dx),
         &mut [],
         &mut LayerScratch::default(),
     );
@@ -876,14 +986,14 @@ fn dense_golden() {
         bias: true,
     });
     let mut layer = spec
-        .build(0, Shape::flat(3), Isa::from_env().unwrap())
+        .build("0", &[Shape::flat(3)], Isa::from_env().unwrap())
         .unwrap();
     layer.params_mut()[0].value = vec![1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
     layer.params_mut()[1].value = vec![0.5, -1.0];
     assert_eq!(layer.params()[0].dims, [2, 3]);
     let input = tensor(2, Shape::flat(3), vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
     let mut output = Tensor::zeros(2, Shape::flat(2));
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -897,12 +1007,12 @@ fn dense_golden() {
 fn flatten_golden() {
     let shape = Shape::new(2, 2, 2);
     let layer = LayerSpec::Flatten
-        .build(0, shape, Isa::from_env().unwrap())
+        .build("0", &[shape], Isa::from_env().unwrap())
         .unwrap();
     let values: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let input = tensor(2, shape, values.clone());
     let mut output = Tensor::zeros(2, Shape::flat(8));
-    layer.forward(
+    layer.forward_one(
         &input,
         &mut output,
         Mode::Infer,
@@ -948,21 +1058,45 @@ fn conv_on_inputs_smaller_than_the_kernel() {
     }
 }
 
-/// The fast inference path (conv + ReLU fused, large batches in per-thread sub-batches) gives
-/// the logits of the plain forward pass, on every preset and on a batch that leaves a ragged
-/// last sub-batch, for one image and for many.
+/// The fast inference path (the plan: ReLU and pooling fused into convolutions, ReLU into
+/// additions, batch normalisation folded into convolutions, shared buffers; large batches in
+/// per-thread sub-batches) gives the logits of the plain forward pass, on every preset, the
+/// residual ones included, and on a batch that leaves a ragged last sub-batch, for one image
+/// and for many.
 #[test]
 fn infer_matches_forward() {
     use cnn::network::SUB_BATCH;
     let mut rng = rng(7);
-    for (preset, isa) in ["xo", "lenet5", "cnn4", "fashion"]
-        .into_iter()
-        .flat_map(|preset| Isa::supported().into_iter().map(move |isa| (preset, isa)))
+    for (preset, isa) in [
+        "xo",
+        "lenet5",
+        "cnn4",
+        "fashion",
+        "resnet20",
+        "fashion-resnet",
+    ]
+    .into_iter()
+    .flat_map(|preset| Isa::supported().into_iter().map(move |isa| (preset, isa)))
     {
-        let layers = cnn::arch::parse(cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let layers = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
         let shape = Shape::new(1, 28, 28);
         let mut network = cnn::Network::with_isa(&layers, shape, isa).unwrap();
         network.init_kaiming(&mut rng);
+        // Batch normalisations with statistics of their own, so that folding them into the
+        // convolutions before them changes something.
+        for node in network.nodes_mut() {
+            let layer = node.layer_mut();
+            if layer.spec() == LayerSpec::BatchNorm2d {
+                for param in layer.params_mut() {
+                    param.value = uniform(&mut rng, param.value.len(), 0.5, 1.5);
+                }
+                let [mean, variance, _] = layer.buffers_mut() else {
+                    unreachable!("three buffers")
+                };
+                mean.value = uniform(&mut rng, mean.value.len(), -0.5, 0.5);
+                variance.value = uniform(&mut rng, variance.value.len(), 0.5, 2.0);
+            }
+        }
         for batch in [1, 3, 2 * SUB_BATCH + 5] {
             let input = tensor(batch, shape, values(&mut rng, batch * shape.len(), false));
             let mut workspace = cnn::Workspace::new();
@@ -980,9 +1114,15 @@ fn infer_matches_forward() {
                 let mut fast_workspace = cnn::Workspace::new();
                 let fast = pool.install(|| network.infer(&input, &mut fast_workspace).unwrap());
                 assert_eq!(fast.batch(), batch);
+                // Folding a batch normalisation into the convolution before it multiplies the
+                // weights by the scale instead of the convolution's output: the same value
+                // rounded differently, and after 20 convolutions (a ResNet-20) those roundings
+                // add up to a few 1e-5 of the logits (the largest seen: 1.5e-5).
+                let layers = network.nodes().len() as f32;
+                let bound = TOLERANCE * (layers / 8.0).max(1.0);
                 for (i, (&f, &e)) in fast.data().iter().zip(expected.data()).enumerate() {
                     assert!(
-                        (f - e).abs() <= TOLERANCE * e.abs().max(1.0),
+                        (f - e).abs() <= bound * e.abs().max(1.0),
                         "{preset} ({isa}), batch {batch}, {threads} threads, logit {i}: infer {f}, forward {e}"
                     );
                 }

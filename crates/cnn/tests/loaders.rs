@@ -42,7 +42,7 @@ fn idx_reads_raw_and_gzipped_files_alike() {
         let dir = tempfile::tempdir().unwrap();
         let (train, test) = write_idx_folder(dir.path(), gzip);
         let spec = DataSpec::parse(&format!("idx:{}", dir.path().display())).unwrap();
-        let (loaded, validation) = spec.load_training(1, 0.0).unwrap();
+        let (loaded, validation) = spec.load_training(1, 0.0, None).unwrap();
         assert!(validation.is_none());
         assert_eq!(loaded.shape(), Shape::new(1, 28, 28));
         assert_eq!(loaded.classes().len(), 10);
@@ -54,7 +54,7 @@ fn idx_reads_raw_and_gzipped_files_alike() {
         let loaded_test = spec.load_test(1).unwrap();
         assert_eq!(loaded_test.image(199), test.image(199));
         // A validation split takes a share of the training images, chosen by the seed.
-        let (rest, validation) = spec.load_training(1, 0.25).unwrap();
+        let (rest, validation) = spec.load_training(1, 0.25, None).unwrap();
         assert_eq!((rest.len(), validation.unwrap().len()), (450, 150));
     }
 }
@@ -198,7 +198,7 @@ fn cifar_batches_load_validate_and_train() {
     .unwrap();
     cifar::write_batch(&test_set, &dir.path().join("test_batch.bin")).unwrap();
     let spec = DataSpec::parse(&format!("cifar10:{}", dir.path().display())).unwrap();
-    let (loaded, _) = spec.load_training(1, 0.0).unwrap();
+    let (loaded, _) = spec.load_training(1, 0.0, None).unwrap();
     assert_eq!(loaded, train_set);
     assert_eq!(loaded.classes()[9], "truck");
     let test = spec.load_test(1).unwrap();
@@ -254,14 +254,16 @@ fn cifar_batches_load_validate_and_train() {
         ),
     ] {
         std::fs::write(&batch, bytes).unwrap();
-        let error = error_of(spec.load_training(1, 0.0).map(|(t, _)| t));
+        let error = error_of(spec.load_training(1, 0.0, None).map(|(t, _)| t));
         assert!(
             error.contains(expected) && error.contains("data_batch_1.bin"),
             "{error}"
         );
     }
     std::fs::remove_file(&batch).unwrap();
-    assert!(error_of(spec.load_training(1, 0.0).map(|(t, _)| t)).contains("no data_batch_1.bin"));
+    assert!(
+        error_of(spec.load_training(1, 0.0, None).map(|(t, _)| t)).contains("no data_batch_1.bin")
+    );
 }
 
 /// The same network trained on an IDX folder and on a tree of PNG files made from it reaches
@@ -273,7 +275,7 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
     std::fs::create_dir(&idx_dir).unwrap();
     write_idx_folder(&idx_dir, true);
     let idx_spec = DataSpec::parse(&format!("idx:{}", idx_dir.display())).unwrap();
-    let (train_set, _) = idx_spec.load_training(1, 0.0).unwrap();
+    let (train_set, _) = idx_spec.load_training(1, 0.0, None).unwrap();
     let test_set = idx_spec.load_test(1).unwrap();
     // Only the classes present (0 and 1) become folders; name them so that they sort in
     // label order.
@@ -286,7 +288,7 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
     folder::write_png_tree(&two(&train_set), &tree.join("train")).unwrap();
     folder::write_png_tree(&two(&test_set), &tree.join("test")).unwrap();
     let folder_spec = DataSpec::parse(&format!("folder:{}", tree.display())).unwrap();
-    let (folder_train, _) = folder_spec.load_training(1, 0.0).unwrap();
+    let (folder_train, _) = folder_spec.load_training(1, 0.0, None).unwrap();
     let folder_test = folder_spec.load_test(1).unwrap();
     assert_eq!(folder_train.shape(), Shape::new(1, 28, 28));
     assert_eq!(folder_train.classes(), ["0", "1"]);
@@ -297,7 +299,7 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
 
     let accuracy = |spec: &DataSpec, train_set: &Dataset, test: &Dataset| {
         let layers =
-            cnn::arch::parse(cnn::arch::preset("xo").unwrap(), train_set.classes().len()).unwrap();
+            cnn::arch::parse(&cnn::arch::preset("xo").unwrap(), train_set.classes().len()).unwrap();
         let mut network = Network::new(&layers, train_set.shape()).unwrap();
         network.init_kaiming(&mut seeded(1, Stream::WeightInit));
         let preprocessing = spec.preprocessing(train_set);
@@ -343,7 +345,7 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
 
     // A picture that is not one is named.
     std::fs::write(tree.join("train/1/zzz.png"), b"not a png").unwrap();
-    let error = error_of(folder_spec.load_training(1, 0.0).map(|(t, _)| t));
+    let error = error_of(folder_spec.load_training(1, 0.0, None).map(|(t, _)| t));
     assert!(
         error.contains("zzz.png") && error.contains("not an image"),
         "{error}"

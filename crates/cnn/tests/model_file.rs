@@ -9,7 +9,7 @@ use cnn::rng::{seeded, Stream};
 use cnn::{Model, Network, Shape, Tensor};
 
 fn model() -> Model {
-    let layers = arch::parse(arch::preset("lenet5").unwrap(), 10).unwrap();
+    let layers = arch::parse(&arch::preset("lenet5").unwrap(), 10).unwrap();
     let mut network = Network::new(&layers, Shape::new(1, 28, 28)).unwrap();
     network.init_kaiming(&mut seeded(3, Stream::WeightInit));
     let classes = (0..10).map(|c| format!("class {c}")).collect();
@@ -160,4 +160,124 @@ fn saving_is_atomic() {
     assert_eq!(entries.len(), 1);
     let error = save(&model(), &dir.path().join("missing/dir/m.safetensors")).unwrap_err();
     assert!(error.to_string().contains("missing/dir"), "{error}");
+}
+
+/// A model file written before networks were graphs (`tests/fixtures/stack-v1.safetensors`: a
+/// convolution, batch normalisation, ReLU, pooling, a second convolution, dropout and a dense
+/// layer, trained for one epoch by the code at 97023c0) still loads, keeps its names, and gives
+/// the logits that code gave for the same input (`stack-v1.expected.json`, from `cnn explain
+/// --json` of that version), by both the traced and the fused inference passes; saved again,
+/// it holds the same tensors, bit for bit, and the same architecture (now with the settings
+/// that this engine fixes written out).
+#[test]
+fn model_files_from_before_graphs_load_and_predict_the_same() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let path = fixtures.join("stack-v1.safetensors");
+    let model = load(&path).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("stack-v1.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let values: Vec<f32> = expected["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let input = Tensor::from_vec(1, Shape::new(1, 28, 28), values).unwrap();
+    let logits: Vec<f32> = expected["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let mut workspace = Workspace::new();
+    let traced = model
+        .network
+        .forward(&input, &mut workspace, cnn::Mode::Infer)
+        .unwrap()
+        .data()
+        .to_vec();
+    let fused = model
+        .network
+        .infer(&input, &mut workspace)
+        .unwrap()
+        .data()
+        .to_vec();
+    for (got, want) in [traced, fused].iter().flat_map(|l| l.iter().zip(&logits)) {
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{got} against {want}"
+        );
+    }
+    let names: Vec<String> = model
+        .network
+        .tensors()
+        .map(|(node, p)| format!("{node}.{}", p.name))
+        .collect();
+    assert_eq!(names[..2], ["0.weight", "1.weight"]);
+    let saved = to_bytes(&model).unwrap();
+    let again = from_bytes(&saved).unwrap();
+    assert_eq!(again.network.architecture(), model.network.architecture());
+    let tensors = |m: &cnn::Model| -> Vec<(String, Vec<u32>)> {
+        m.network
+            .tensors()
+            .map(|(node, p)| {
+                let bits = p.value.iter().map(|v| v.to_bits()).collect();
+                (format!("{node}.{}", p.name), bits)
+            })
+            .collect()
+    };
+    assert_eq!(tensors(&again), tensors(&model));
+    let text = String::from_utf8_lossy(&saved);
+    assert!(text.contains(r#"\"eps\":"#) && text.contains(r#"\"padding_mode\":\"zeros\""#));
+}
+
+/// A ResNet-20 saves its tensors under torchvision's module paths and loads back as the same
+/// graph with the same outputs.
+#[test]
+fn graph_models_save_their_module_paths_and_load_back() {
+    let layers = arch::parse(&arch::preset("resnet20").unwrap(), 10).unwrap();
+    let mut network = Network::new(&layers, Shape::new(1, 28, 28)).unwrap();
+    network.init_kaiming(&mut seeded(4, Stream::WeightInit));
+    let classes = (0..10).map(|c| format!("class {c}")).collect();
+    let model = Model::new(network, classes, Preprocessing::seed_convention()).unwrap();
+    let bytes = to_bytes(&model).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn2.num_batches_tracked",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_mean",
+        "layer3.2.conv2.weight",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert!(file.tensor(name).is_ok(), "{name}");
+    }
+    assert_eq!(
+        file.tensor("layer2.0.downsample.0.weight").unwrap().shape(),
+        [32, 16, 1, 1]
+    );
+    let params: usize = model.network.param_count();
+    assert!(
+        (270_000..275_000).contains(&params),
+        "about 0.27M parameters: {params}"
+    );
+    let loaded = from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.network.architecture(), model.network.architecture());
+    let input = Tensor::from_vec(
+        2,
+        Shape::new(1, 28, 28),
+        (0..2 * 784)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect(),
+    )
+    .unwrap();
+    let a = model.predict(&input, &mut Workspace::new()).unwrap();
+    let b = loaded.predict(&input, &mut Workspace::new()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(to_bytes(&loaded).unwrap(), bytes);
 }

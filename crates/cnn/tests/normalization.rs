@@ -6,7 +6,7 @@
 
 mod common;
 
-use cnn::layers::{BackwardPass, Layer, LayerScratch};
+use cnn::layers::{Layer, LayerScratch, SingleInput};
 use cnn::{LayerSpec, Mode, Shape, Tensor};
 use common::{assert_close, central_differences, input_differences, rng, tensor, uniform, widen};
 
@@ -16,7 +16,7 @@ const SEED: u64 = 7;
 
 fn forward(layer: &dyn Layer, input: &Tensor, mode: Mode, scratch: &mut LayerScratch) -> Tensor {
     let mut output = Tensor::zeros(input.batch(), layer.output_shape());
-    layer.forward(input, &mut output, mode, scratch);
+    layer.forward_one(input, &mut output, mode, scratch);
     output
 }
 
@@ -39,7 +39,7 @@ fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
 fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
     let mut rng = rng(SEED);
     let mut layer = spec
-        .build(0, shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .build("0", &[shape], cnn::kernels::simd::Isa::from_env().unwrap())
         .unwrap();
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), 0.5, 1.5);
@@ -65,13 +65,11 @@ fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
         };
         let output = forward(&*layer, &input, Mode::Train, &mut scratch);
         grad_input.data_mut().fill(f32::NAN);
-        layer.backward(
-            BackwardPass {
-                input: &input,
-                output: &output,
-                grad_output: &grad_output,
-                grad_input: Some(&mut grad_input),
-            },
+        layer.backward_one(
+            &input,
+            &output,
+            &grad_output,
+            Some(&mut grad_input),
             &mut param_grads,
             &mut scratch,
         );
@@ -133,7 +131,7 @@ fn dropout_gradients_match_finite_differences_for_a_fixed_mask() {
 fn batchnorm_normalises_batches_and_tracks_running_statistics() {
     let shape = Shape::new(2, 3, 3);
     let mut layer = LayerSpec::BatchNorm2d
-        .build(0, shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .build("0", &[shape], cnn::kernels::simd::Isa::from_env().unwrap())
         .unwrap();
     let names: Vec<_> = layer
         .params()
@@ -191,7 +189,7 @@ fn batchnorm_normalises_batches_and_tracks_running_statistics() {
 fn dropout_is_the_identity_in_inference_and_seeded_in_training() {
     let shape = Shape::flat(10_000);
     let layer = LayerSpec::Dropout { rate: 0.3 }
-        .build(0, shape, cnn::kernels::simd::Isa::from_env().unwrap())
+        .build("0", &[shape], cnn::kernels::simd::Isa::from_env().unwrap())
         .unwrap();
     let input = tensor(1, shape, vec![1.0; shape.len()]);
     let inferred = forward(&*layer, &input, Mode::Infer, &mut LayerScratch::default());
@@ -223,7 +221,7 @@ fn notation_reads_and_writes_the_new_layers() {
         3,
     )
     .unwrap();
-    let kinds: Vec<_> = layers.iter().map(|l| l.kind()).collect();
+    let kinds: Vec<_> = layers.nodes.iter().map(|n| n.op.kind()).collect();
     assert_eq!(
         kinds,
         [

@@ -157,16 +157,47 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// The most repeats, and the most seconds per repeat, a measurement may ask for.
+const MAX_REPEATS: usize = 1000;
+const MAX_SECONDS: f64 = 3600.0;
+
 pub fn run(args: BenchArgs, global: crate::Global) -> Result<()> {
     let threads = global.threads;
-    if args.batch == 0 || args.infer_batch == 0 || args.repeats == 0 || args.seconds <= 0.0 {
-        return crate::usage::usage_error(
-            "--batch, --infer-batch, --repeats and --seconds must be positive",
-        );
+    if args.batch == 0 || args.infer_batch == 0 {
+        return crate::usage::usage_error("--batch and --infer-batch must be positive");
+    }
+    if !(1..=MAX_REPEATS).contains(&args.repeats) {
+        return crate::usage::usage_error(format!(
+            "--repeats must be from 1 to {MAX_REPEATS}, not {}",
+            args.repeats
+        ));
+    }
+    // Written to be false for NaN.
+    if !(args.seconds > 0.0 && args.seconds <= MAX_SECONDS) {
+        return crate::usage::usage_error(format!(
+            "--seconds must be above 0 and at most {MAX_SECONDS}, not {}",
+            args.seconds
+        ));
+    }
+    if !(1..=cnn::limits::MAX_CLASSES).contains(&args.classes) {
+        return crate::usage::usage_error(format!(
+            "--classes must be from 1 to {}, not {}",
+            cnn::limits::MAX_CLASSES,
+            args.classes
+        ));
     }
     let shape = parse_shape(&args.input)?;
     let (notation, layers) = crate::arch_arg::resolve(&args.arch, args.classes)?;
     let mut network = Network::new(&layers, shape)?;
+    let outputs = network.output_shape();
+    if !outputs.is_flat() || outputs.channels != args.classes {
+        bail!(
+            "the network ends in {outputs} outputs, not one per class of --classes {}",
+            args.classes
+        );
+    }
+    cnn::limits::check_batch("--batch", args.batch, &network)?;
+    cnn::limits::check_batch("--infer-batch", args.infer_batch, &network)?;
     let mut rng = seeded(0, Stream::WeightInit);
     network.init_kaiming(&mut rng);
     let flops = network.flops_per_image();
@@ -291,14 +322,19 @@ fn layer_timings(network: &Network, input: &Tensor, workspace: &mut Workspace) -
     let activations: Vec<Tensor> = workspace.activations().to_vec();
     let mut scratch = cnn::layers::LayerScratch::default();
     network
-        .layers()
+        .nodes()
         .iter()
         .zip(network.summary())
         .enumerate()
-        .map(|(i, (layer, summary))| {
-            let layer_input = if i == 0 { input } else { &activations[i - 1] };
+        .map(|(i, (node, summary))| {
+            let layer = node.layer();
+            let inputs: Vec<&Tensor> = node
+                .inputs()
+                .iter()
+                .map(|&v| if v == 0 { input } else { &activations[v - 1] })
+                .collect();
             let mut output = activations[i].clone();
-            let mut run = || layer.forward(layer_input, &mut output, Mode::Infer, &mut scratch);
+            let mut run = || layer.forward(&inputs, &mut output, Mode::Infer, &mut scratch);
             run();
             // The median of a few calls: enough for a breakdown, cheap next to the figures above.
             let mut times: Vec<f64> = (0..LAYER_CALLS)

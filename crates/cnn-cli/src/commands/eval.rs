@@ -33,13 +33,7 @@ pub fn run(args: EvalArgs, global: crate::Global) -> Result<()> {
     };
     let data = DataSpec::parse(&spec)?;
     let test = data.load_test_as(args.seed, Some(model.network.input_shape()))?;
-    if test.classes() != model.classes.as_slice() {
-        bail!(
-            "the model's classes ({}) are not the data set's ({})",
-            model.classes.join(", "),
-            test.classes().join(", ")
-        );
-    }
+    super::check_same_classes(&model.classes, test.classes())?;
     if test.shape() != model.network.input_shape() {
         bail!(
             "the model takes {} images, {} has {}",

@@ -136,9 +136,7 @@ fn write_pngs(dir: &Path, result: &seed_example::SeedExample) -> Result<()> {
     let save = |name: String, map: &Map| -> Result<()> {
         let (h, w) = (map.len(), map.first().map_or(0, Vec::len));
         let path = dir.join(name);
-        signed_map(&map.concat(), h, w, 1.0, 24)
-            .save(&path)
-            .with_context(|| format!("cannot write {}", path.display()))
+        crate::plot::write_png(&path, &signed_map(&map.concat(), h, w, 1.0, 24))
     };
     save("image.png".into(), &result.image)?;
     let slugs = ["backslash", "x", "slash"];

@@ -33,7 +33,7 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
     } = *options;
     let mut model = model_file::load(model_path)?;
     picture.apply(&mut model);
-    let layer_count = model.network.layers().len();
+    let layer_count = model.network.nodes().len();
     if let Some(n) = only_layer {
         if n >= layer_count {
             bail!(
@@ -81,7 +81,11 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
         .into_iter()
         .take(5)
     {
-        println!("  {class:<12} {:6.2}%", 100.0 * p);
+        println!(
+            "  {:<12} {:6.2}%",
+            crate::printable::escaped(&class),
+            100.0 * p
+        );
     }
     if let (Some(dir), false) = (&out, quiet) {
         println!("pictures written to {}", dir.join("index.html").display());
@@ -162,11 +166,11 @@ fn write_pictures(
     // The first convolution's filters, when it is shown.
     let first_conv = model
         .network
-        .layers()
+        .nodes()
         .iter()
-        .position(|l| l.spec().kind() == "conv2d");
+        .position(|n| n.layer().spec().kind() == "conv2d");
     if let Some(index) = first_conv.filter(|i| only_layer.is_none_or(|n| n == *i)) {
-        let weights = &model.network.layers()[index].params()[0];
+        let weights = &model.network.nodes()[index].layer().params()[0];
         if let [outs, ins, kh, kw] = weights.dims[..] {
             let per_filter = kh * kw;
             let maps = weights
@@ -206,7 +210,7 @@ fn write_pictures(
             "layer {} {} -> {}",
             summary.index, summary.layer, summary.output
         );
-        if summary.index + 1 == model.network.layers().len() {
+        if summary.index + 1 == model.network.nodes().len() {
             // The last layer's values are the class scores, in the model's class order.
             title.push_str(&format!(" (logits of {})", model.classes.join(", ")));
         }
@@ -231,7 +235,8 @@ fn write_pictures(
         "<h2>class probabilities</h2>\n<img src=\"probabilities.png\" alt=\"probabilities\">\n</body></html>"
     );
     let index = dir.join("index.html");
-    std::fs::write(&index, html).with_context(|| format!("cannot write {}", index.display()))
+    cnn::fsutil::write_atomically(&index, html.as_bytes())
+        .with_context(|| format!("cannot write {}", index.display()))
 }
 
 fn escape(text: &str) -> String {

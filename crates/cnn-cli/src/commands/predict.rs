@@ -4,6 +4,7 @@
 
 use super::PictureArgs;
 use crate::inside::ranked;
+use crate::printable::{escaped, one_line};
 use crate::Global;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -323,29 +324,31 @@ impl<W: Write> Writer<W> {
 
     fn answer(&mut self, path: &Path, answer: &Answer) -> std::io::Result<()> {
         let file = path.display().to_string();
+        // Text goes to a terminal: names from files are escaped there.
+        let shown_file = escaped(&file);
         let unsure = |p: &Prediction| self.min_confidence.is_some_and(|m| p.probability < m);
         match (self.format, answer) {
             (Format::Text, Ok(p)) => {
                 let top = ranked(&self.classes, &p.probabilities)
                     .into_iter()
                     .take(self.top_k.unwrap_or(1))
-                    .map(|(class, q)| format!("{class} {:.1}%", 100.0 * q))
+                    .map(|(class, q)| format!("{} {:.1}%", escaped(&class), 100.0 * q))
                     .collect::<Vec<_>>();
                 if unsure(p) {
-                    writeln!(self.out, "{file}: unsure ({})", top.join(", "))
+                    writeln!(self.out, "{shown_file}: unsure ({})", top.join(", "))
                 } else if self.top_k.is_some() {
-                    writeln!(self.out, "{file}: {}", top.join(", "))
+                    writeln!(self.out, "{shown_file}: {}", top.join(", "))
                 } else {
                     writeln!(
                         self.out,
-                        "{file}: {} ({:.1}%)",
-                        p.class,
+                        "{shown_file}: {} ({:.1}%)",
+                        escaped(&p.class),
                         100.0 * p.probability
                     )
                 }
             }
             (Format::Text, Err(problem)) => {
-                eprintln!("error: {file}: {problem}");
+                eprintln!("error: {shown_file}: {}", one_line(problem));
                 Ok(())
             }
             (Format::Json, Ok(p)) => {

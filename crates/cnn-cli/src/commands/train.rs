@@ -1,3 +1,5 @@
+use crate::printable::escaped;
+use crate::printable::one_line;
 use crate::progress::ProgressReporter;
 use crate::record::{EpochSummary, TestResult, TrainingRecord};
 use crate::usage::{usage_error, UsageError};
@@ -15,7 +17,7 @@ use cnn::train::{
     evaluate, train_from, Augment, EpochReport, Evaluation, Schedule, TrainConfig, TrainObserver,
     TrainState,
 };
-use cnn::{model_file, Model, Shape};
+use cnn::{fsutil, model_file, Model, Shape};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -134,11 +136,13 @@ pub struct TrainArgs {
     /// Fixes the data, the initial weights, the order of the data, augmentation and dropout.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write the model; a checkpoint goes to OUT.ckpt after every epoch.
-    #[arg(long, default_value = "xo.safetensors")]
-    out: PathBuf,
-    /// Continue the run saved in this checkpoint with its own settings; only --epochs (to
-    /// extend it), --out, --log, --plot and --no-plot may be given with it.
+    /// Where to write the model (default xo.safetensors; with --resume, beside the checkpoint:
+    /// OUT.ckpt gives OUT); a checkpoint goes to OUT.ckpt after every epoch.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint with its own settings (checked as flags
+    /// are); only --epochs (to extend it), --out, --log, --plot and --no-plot may be given
+    /// with it, and it writes where they say, never where the checkpoint says.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Where to draw the loss and accuracy curves: PATH.png and PATH.svg (default: beside the
@@ -372,6 +376,13 @@ impl TrainArgs {
             width,
         )))
     }
+
+    /// The model file to write.
+    fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("xo.safetensors"))
+    }
 }
 
 /// `HxW` or one number (a square), each side 1 to 4096.
@@ -470,19 +481,14 @@ fn resumed_settings(
         mut config,
         history,
     } = settings;
-    let is_given = |id: &str| given(matches).any(|g| g == id);
     stored.resume = None;
     stored.stop_after = args.stop_after;
-    if is_given("out") {
-        stored.out = args.out.clone();
-    }
-    if is_given("log") {
-        stored.log = args.log.clone();
-    }
-    if is_given("plot") || is_given("no_plot") {
-        stored.plot = args.plot.clone();
-        stored.no_plot = args.no_plot;
-    }
+    // Where the run writes is the user's choice, never the checkpoint's: a checkpoint from
+    // someone else could otherwise write and append anywhere.
+    stored.out = Some(args.out.clone().unwrap_or_else(|| model_beside(path)));
+    stored.log = args.log.clone();
+    stored.plot = args.plot.clone();
+    stored.no_plot = args.no_plot;
     let done = state.epoch;
     match args.epochs {
         Some(epochs) if epochs <= done => bail!(
@@ -520,13 +526,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
     let (args, config, history, resumed) = match &args.resume {
         Some(path) => {
             let checkpoint = checkpoint::load(path)?;
-            let settings: Settings = serde_json::from_value(checkpoint.settings.clone())
-                .with_context(|| {
-                    format!(
-                        "{}: the checkpoint's settings are malformed",
-                        path.display()
-                    )
-                })?;
+            let settings = stored_settings(path, &checkpoint.settings)?;
             let (stored, config, history) =
                 resumed_settings(&args, matches, path, settings, &checkpoint.state)?;
             (stored, config, history, Some(checkpoint))
@@ -538,6 +538,12 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
         }
     };
     let data = DataSpec::parse(&args.data)?;
+    let out = args.out();
+    let checkpoint_path = checkpoint_path(&out);
+    // Checked before the run, not after it: what is there must be a file the run may replace.
+    for path in [&out, &checkpoint_path].into_iter().chain(&args.log) {
+        fsutil::check_replaceable(path)?;
+    }
     if let Some(log) = &args.log {
         if resumed.is_none() && log.exists() {
             // A fresh run starts a fresh log; a resumed one appends.
@@ -549,9 +555,8 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
         Some(checkpoint) => Some(checkpoint.model.network.input_shape()),
         None => args.image_shape(&data)?,
     };
-    let (mut train_set, validation_set) =
-        data.load_training_as(args.seed, args.val_split, shape)?;
-    let available = train_set.len();
+    let (train_set, validation_set, available) =
+        data.load_training_as(args.seed, args.val_split, args.limit, shape)?;
     if let Some(limit) = args.limit {
         if limit > available {
             eprintln!(
@@ -560,7 +565,6 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
                 data.to_arg()
             );
         }
-        train_set = train_set.truncated(limit);
     }
     let (notation, mut network, preprocessing, state) = match resumed {
         Some(checkpoint) => {
@@ -571,7 +575,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
                     train_set.shape()
                 );
             }
-            let notation = cnn::arch::to_notation(&model.network.architecture());
+            let notation = crate::arch_arg::describe(&model.network.architecture(), None);
             (
                 notation,
                 model.network,
@@ -603,7 +607,6 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
         super::print_summary(&network.summary(), network.input_shape());
     }
 
-    let checkpoint_path = checkpoint_path(&args.out);
     let data_arg = data.to_arg();
     let mut observer = Observer {
         progress: ProgressReporter::new(config.epochs, quiet),
@@ -649,17 +652,25 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
     drop(train_set);
     // The test split is measured before the model is written, so that the file records it;
     // a data set without one (a folder with no test/) is no reason to lose the model.
+    // A test split of other classes is an error, reported once the model is saved.
+    let mut test_problem = None;
     let test = match data.load_test_as(args.seed, Some(model.network.input_shape())) {
-        Ok(test) => match evaluate(&model.network, &model.preprocessing, &test, 256) {
-            Ok(result) => Some(result),
+        Ok(test) => match super::check_same_classes(&model.classes, test.classes()) {
             Err(e) => {
-                eprintln!("warning: no test evaluation: {e}");
+                test_problem = Some(e);
                 None
             }
+            Ok(()) => match evaluate(&model.network, &model.preprocessing, &test, 256) {
+                Ok(result) => Some(result),
+                Err(e) => {
+                    eprintln!("warning: no test evaluation: {}", one_line(&e.to_string()));
+                    None
+                }
+            },
         },
         Err(e) => {
             if !quiet {
-                println!("no test evaluation: {e}");
+                println!("no test evaluation: {}", one_line(&e.to_string()));
             }
             None
         }
@@ -686,12 +697,12 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
     };
     model.data = Some(data_arg);
     model.training = Some(serde_json::to_value(&record)?);
-    model_file::save(&model, &args.out)
-        .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
+    model_file::save(&model, &out)
+        .with_context(|| format!("cannot save the model to {}", out.display()))?;
     if !quiet {
         println!(
             "saved {} (checkpoint {})",
-            args.out.display(),
+            out.display(),
             checkpoint_path.display()
         );
     }
@@ -700,7 +711,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
         let base = args
             .plot
             .clone()
-            .unwrap_or_else(|| args.out.with_extension("training"));
+            .unwrap_or_else(|| out.with_extension("training"));
         let (png, svg) = crate::plot::training_curves(&base, &history)
             .context("cannot draw the training curves")?;
         if !quiet {
@@ -714,7 +725,10 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
             &format!("test split of {}", data.to_arg()),
         );
     }
-    Ok(())
+    match test_problem {
+        Some(e) => Err(e.context("the final evaluation")),
+        None => Ok(()),
+    }
 }
 
 /// The training and held-out images in words whose numbers add up.
@@ -740,6 +754,47 @@ fn describe_split(
         _ => "none held out".to_string(),
     };
     format!("{training_part}, {held_out_part}")
+}
+
+/// The settings a checkpoint stores, checked as the flags are: the configuration must be the
+/// one its arguments give, through the same validation as a fresh run's.
+fn stored_settings(path: &Path, stored: &serde_json::Value) -> Result<Settings> {
+    let settings: Settings = serde_json::from_value(stored.clone()).with_context(|| {
+        format!(
+            "{}: the checkpoint's settings are malformed",
+            path.display()
+        )
+    })?;
+    // Not usage errors: the command line is fine, the file is not.
+    let invalid = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "{}: the checkpoint's settings: {}",
+            path.display(),
+            crate::printable::one_line(&e.to_string())
+        )
+    };
+    let data = DataSpec::parse(&settings.args.data).map_err(|e| invalid(e.into()))?;
+    let config = settings.args.config(&data).map_err(invalid)?;
+    if config != settings.config {
+        bail!(
+            "{}: the checkpoint's training settings are not those its arguments give",
+            path.display()
+        );
+    }
+    Ok(settings)
+}
+
+/// The model file a resumed run writes by default: beside the checkpoint, `OUT` for
+/// `OUT.ckpt` (`CKPT.safetensors` for a checkpoint named otherwise).
+fn model_beside(checkpoint: &Path) -> PathBuf {
+    match checkpoint.extension() {
+        Some(e) if e == "ckpt" => checkpoint.with_extension(""),
+        _ => {
+            let mut name = checkpoint.as_os_str().to_owned();
+            name.push(".safetensors");
+            PathBuf::from(name)
+        }
+    }
 }
 
 /// `OUT.ckpt` beside the model file `OUT`.
@@ -844,7 +899,7 @@ pub fn print_evaluation(result: &Evaluation, classes: &[String], what: &str) {
     );
     println!("per class:");
     for (class, accuracy) in classes.iter().zip(result.per_class_accuracy()) {
-        println!("  {class:<16} {:6.2}%", 100.0 * accuracy);
+        println!("  {:<16} {:6.2}%", escaped(class), 100.0 * accuracy);
     }
     super::print_confusion(classes, &result.confusion);
 }

@@ -5,6 +5,8 @@
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::fsutil::{read_file, read_text};
+use crate::limits::{MAX_DATASET_BYTES, MAX_TEXT_FILE_BYTES};
 use crate::tensor::Shape;
 use std::path::Path;
 
@@ -39,7 +41,7 @@ pub fn classes(dir: &Path) -> Result<Vec<String>> {
     if !meta.is_file() {
         return Ok(CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect());
     }
-    let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?;
+    let text = read_text(&meta, MAX_TEXT_FILE_BYTES)?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -99,9 +101,22 @@ pub fn load(dir: &Path, split: CifarSplit) -> Result<Dataset> {
     if files.is_empty() {
         return Err(Error::file(dir, "no data_batch_1.bin in this folder"));
     }
+    // The limit is on the whole data set, so the files are measured before any is read.
+    let mut total = 0u64;
+    for path in &files {
+        total += std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+    }
+    if total > MAX_DATASET_BYTES {
+        return Err(Error::file(
+            dir,
+            format!("the batches hold {total} bytes, over the limit of {MAX_DATASET_BYTES}"),
+        ));
+    }
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for path in &files {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_file(path, MAX_DATASET_BYTES)?;
         parse_batch(&bytes, classes.len(), &mut images, &mut labels)
             .map_err(|message| Error::file(path, message))?;
     }

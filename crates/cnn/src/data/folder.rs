@@ -5,7 +5,9 @@
 
 use super::Dataset;
 use crate::error::{Error, Result};
-use crate::preprocess::{decode_picture, Preprocessing};
+use crate::fsutil::read_file;
+use crate::limits::{self, MAX_CLASSES, MAX_DATASET_BYTES, MAX_PICTURE_FILE_BYTES};
+use crate::preprocess::{decode_picture, picture_dimensions, Preprocessing};
 use crate::tensor::Shape;
 use std::path::{Path, PathBuf};
 
@@ -59,18 +61,19 @@ fn sorted_entries(dir: &Path, want_dirs: bool) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// Class folders of a split root, sorted by name.
+/// Class folders of a split root, sorted by name. Names must be UTF-8: two names that differ
+/// only in bytes that are not would become the same class.
 fn class_folders(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let folders: Vec<_> = sorted_entries(root, true)?
+    let folders = sorted_entries(root, true)?
         .into_iter()
-        .map(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (name, p)
+        .map(|p| match p.file_name().and_then(|n| n.to_str()) {
+            Some(name) => Ok((name.to_string(), p)),
+            None => Err(Error::file(
+                &p,
+                "a class folder whose name is not UTF-8: rename it",
+            )),
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     if folders.len() < 2 {
         return Err(Error::file(
             root,
@@ -80,10 +83,25 @@ fn class_folders(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             ),
         ));
     }
-    if folders.len() > usize::from(u16::MAX) {
-        return Err(Error::file(root, "too many class folders"));
+    if folders.len() > MAX_CLASSES {
+        return Err(Error::file(
+            root,
+            format!(
+                "{} class folders, over the limit of {MAX_CLASSES}",
+                folders.len()
+            ),
+        ));
     }
     Ok(folders)
+}
+
+/// The class names of a split, sorted: its class folders' names.
+pub fn class_names(dir: &Path, split: FolderSplit) -> Result<Vec<String>> {
+    let root = split_root(dir, split)?;
+    Ok(class_folders(&root)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// The shape of the first training image: every image is converted to it.
@@ -103,32 +121,66 @@ pub fn probe_shape(dir: &Path) -> Result<Shape> {
     Err(Error::file(root, "no image files in the class folders"))
 }
 
+/// Reads one picture of the tree: a regular file, at most [`MAX_SIDE`] pixels a side (checked
+/// on its header, before decoding).
 fn read(path: &Path) -> Result<image::DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let picture = decode_picture(&bytes).map_err(|message| Error::file(path, message))?;
-    if picture.width() > MAX_SIDE || picture.height() > MAX_SIDE {
+    let bytes = read_file(path, MAX_PICTURE_FILE_BYTES)?;
+    let (_, (width, height)) =
+        picture_dimensions(&bytes).map_err(|message| Error::file(path, message))?;
+    if width > MAX_SIDE || height > MAX_SIDE {
         return Err(Error::file(
             path,
             format!(
-                "{}x{} pixels; images in a data set may be at most {MAX_SIDE} pixels a side",
-                picture.width(),
-                picture.height()
+                "{width}x{height} pixels; images in a data set may be at most {MAX_SIDE} pixels a side"
             ),
         ));
     }
-    Ok(picture)
+    decode_picture(&bytes).map_err(|message| Error::file(path, message))
 }
 
-/// Loads `split` of the tree at `dir`, converting every image to `shape`.
+/// Loads `split` of the tree at `dir`, converting every image to `shape`. Every class folder
+/// must hold an image, and the test split must have the training split's classes.
 pub fn load(dir: &Path, split: FolderSplit, shape: Shape) -> Result<Dataset> {
     let root = split_root(dir, split)?;
     let folders = class_folders(&root)?;
+    if split == FolderSplit::Test {
+        let train = class_names(dir, FolderSplit::Train)?;
+        let test: Vec<&str> = folders.iter().map(|(name, _)| name.as_str()).collect();
+        if test != train {
+            return Err(Error::file(
+                &root,
+                format!(
+                    "its classes ({}) are not the training split's ({})",
+                    test.join(", "),
+                    train.join(", ")
+                ),
+            ));
+        }
+    }
+    let image_bytes = limits::image_values(shape).map_err(|e| Error::file(&root, e))? as u64;
     // Pictures are converted as they are, with no inversion or contrast stretch.
     let convert = Preprocessing::identity(shape.channels);
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let mut classes = Vec::with_capacity(folders.len());
     for (label, (name, folder)) in folders.into_iter().enumerate() {
-        for path in sorted_entries(&folder, false)? {
+        let files = sorted_entries(&folder, false)?;
+        if files.is_empty() {
+            return Err(Error::file(
+                &folder,
+                "an empty class folder: every class needs at least one image",
+            ));
+        }
+        for path in files {
+            if (labels.len() as u64 + 1) * image_bytes > MAX_DATASET_BYTES {
+                return Err(Error::file(
+                    &root,
+                    format!(
+                        "more than {} images of {shape} pass the limit of {MAX_DATASET_BYTES} \
+                         bytes of a data set",
+                        labels.len()
+                    ),
+                ));
+            }
             let picture = read(&path)?;
             let pixels = convert.prepare_image(&picture, shape)?;
             images.extend_from_slice(&pixels);

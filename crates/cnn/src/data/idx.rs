@@ -8,8 +8,10 @@
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::fsutil::open_regular;
+use crate::limits::{self, MAX_DATASET_BYTES};
 use crate::tensor::Shape;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Fashion-MNIST's classes, in label order.
@@ -28,9 +30,6 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 
 /// Where the Debian package `dataset-fashion-mnist` installs the data.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
-
-/// The largest decompressed file accepted (a corrupted length field must not exhaust memory).
-const MAX_FILE_BYTES: u64 = 1 << 32;
 
 /// The two splits of an IDX folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,95 +54,166 @@ pub struct IdxArray {
     pub values: Vec<u8>,
 }
 
-/// Reads the whole file, decompressing it when it is gzipped.
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut bytes = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .take(MAX_FILE_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::file(path, format!("corrupted or truncated gzip data ({e})")))?;
-        Ok(bytes)
+/// Bytes past the values counted for the error message, at most.
+const TRAILING_BYTES_COUNTED: u64 = 1 << 20;
+
+/// Parses IDX bytes (raw or gzipped) holding unsigned bytes in `expected_dims` dimensions;
+/// the error says what is wrong, without the file name.
+pub fn parse(bytes: &[u8], expected_dims: usize) -> std::result::Result<IdxArray, String> {
+    parse_from(bytes, expected_dims)
+}
+
+/// Reads IDX data from `reader`, gzipped (recognised by its magic `1f 8b`) or raw: the header
+/// first, whose sizes are checked (against each other and [`MAX_DATASET_BYTES`]) before any
+/// value is read, then exactly the values it announces. Nothing is allocated for values the
+/// data does not hold, so a header that claims 2^31 images costs nothing.
+pub fn parse_from(
+    mut reader: impl BufRead,
+    expected_dims: usize,
+) -> std::result::Result<IdxArray, String> {
+    let gzipped = reader
+        .fill_buf()
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .starts_with(&[0x1f, 0x8b]);
+    if gzipped {
+        parse_raw(flate2::bufread::MultiGzDecoder::new(reader), expected_dims).map_err(|e| e.gzip())
     } else {
-        Ok(raw)
+        parse_raw(reader, expected_dims).map_err(|e| e.raw())
     }
 }
 
-/// Parses IDX bytes holding unsigned bytes in `expected_dims` dimensions; the error says what
-/// is wrong, without the file name. The values are moved out of `bytes`, not copied.
-pub fn parse(mut bytes: Vec<u8>, expected_dims: usize) -> std::result::Result<IdxArray, String> {
-    if bytes.is_empty() {
-        return Err("empty file, not an IDX file".into());
+/// A failure of [`parse_raw`]: the data is wrong, or reading it failed (which, inside gzip,
+/// means the compressed data is damaged).
+enum ParseError {
+    Data(String),
+    Read(std::io::Error),
+}
+
+impl ParseError {
+    fn raw(self) -> String {
+        match self {
+            ParseError::Data(message) => message,
+            ParseError::Read(e) => format!("cannot read it: {e}"),
+        }
     }
-    if bytes.len() < 4 {
-        return Err(format!(
-            "{} bytes, too short for an IDX header",
-            bytes.len()
-        ));
+
+    fn gzip(self) -> String {
+        match self {
+            ParseError::Data(message) => message,
+            ParseError::Read(e) => format!("corrupted or truncated gzip data ({e})"),
+        }
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
+}
+
+impl From<String> for ParseError {
+    fn from(message: String) -> Self {
+        ParseError::Data(message)
+    }
+}
+
+/// Up to `len` bytes from `reader` (fewer only at its end).
+fn read_up_to(reader: &mut impl Read, len: u64, into: &mut Vec<u8>) -> std::io::Result<()> {
+    reader.take(len).read_to_end(into).map(|_| ())
+}
+
+fn parse_raw(
+    mut reader: impl Read,
+    expected_dims: usize,
+) -> std::result::Result<IdxArray, ParseError> {
+    let mut magic = Vec::with_capacity(4);
+    read_up_to(&mut reader, 4, &mut magic).map_err(ParseError::Read)?;
+    if magic.is_empty() {
+        return Err("empty file, not an IDX file".to_string().into());
+    }
+    if magic.len() < 4 {
+        return Err(format!("{} bytes, too short for an IDX header", magic.len()).into());
+    }
+    if magic[0] != 0 || magic[1] != 0 {
         return Err(format!(
             "not an IDX file: magic number {:02x}{:02x}{:02x}{:02x} does not start with two zero bytes",
-            bytes[0], bytes[1], bytes[2], bytes[3]
-        ));
+            magic[0], magic[1], magic[2], magic[3]
+        )
+        .into());
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         return Err(format!(
             "IDX value type 0x{:02x} is not 0x08 (unsigned bytes)",
-            bytes[2]
-        ));
+            magic[2]
+        )
+        .into());
     }
-    let dims = usize::from(bytes[3]);
+    let dims = usize::from(magic[3]);
     if dims != expected_dims {
         return Err(format!(
             "IDX magic 0x{:08x} says {dims} dimensions, expected {expected_dims} ({})",
-            u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            u32::from_be_bytes([magic[0], magic[1], magic[2], magic[3]]),
             if expected_dims == 1 {
                 "a labels file"
             } else {
                 "an images file"
             }
-        ));
+        )
+        .into());
     }
     let header = 4 + 4 * dims;
-    if bytes.len() < header {
+    let mut sizes = Vec::with_capacity(4 * dims);
+    read_up_to(&mut reader, 4 * dims as u64, &mut sizes).map_err(ParseError::Read)?;
+    if sizes.len() < 4 * dims {
         return Err(format!(
             "truncated header: {} bytes, the header needs {header}",
-            bytes.len()
-        ));
+            4 + sizes.len()
+        )
+        .into());
     }
-    let sizes: Vec<usize> = bytes[4..header]
+    let sizes: Vec<usize> = sizes
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = sizes
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or("the dimensions overflow")?;
-    let present = bytes.len() - header;
+    let expected = limits::product(&sizes)
+        .filter(|&n| n as u64 <= MAX_DATASET_BYTES)
+        .ok_or_else(|| {
+            format!(
+                "the header says {sizes:?}, over the limit of {MAX_DATASET_BYTES} values of a \
+                 data set"
+            )
+        })?;
+    // Grown as the values arrive: a truncated file costs only what it holds.
+    let mut values = Vec::with_capacity(expected.min(1 << 26));
+    read_up_to(&mut reader, expected as u64, &mut values).map_err(ParseError::Read)?;
+    let present = values.len();
     if present < expected {
         return Err(format!(
             "truncated: the header says {sizes:?} ({expected} values), the file holds {present}"
-        ));
+        )
+        .into());
     }
-    if present > expected {
+    let trailing = std::io::copy(
+        &mut reader.by_ref().take(TRAILING_BYTES_COUNTED),
+        &mut std::io::sink(),
+    )
+    .map_err(ParseError::Read)?;
+    if trailing > 0 {
+        let more = if trailing == TRAILING_BYTES_COUNTED {
+            "at least "
+        } else {
+            ""
+        };
         return Err(format!(
-            "{} bytes after the {expected} values the header {sizes:?} announces",
-            present - expected
-        ));
+            "{more}{trailing} bytes after the {expected} values the header {sizes:?} announces"
+        )
+        .into());
     }
-    bytes.drain(..header);
     Ok(IdxArray {
         dims: sizes,
-        values: bytes,
+        values,
     })
 }
 
-/// Reads an IDX file (raw or gzipped) of `expected_dims` dimensions.
+/// Reads an IDX file (raw or gzipped) of `expected_dims` dimensions; only a regular file, and
+/// only as much as its header announces (see [`parse_from`]).
 pub fn read(path: &Path, expected_dims: usize) -> Result<IdxArray> {
-    let bytes = read_bytes(path)?;
-    parse(bytes, expected_dims).map_err(|message| Error::file(path, message))
+    let (file, _) = open_regular(path)?;
+    parse_from(BufReader::new(file), expected_dims).map_err(|message| Error::file(path, message))
 }
 
 /// The file of `stem` in `dir`: `stem`, `stem.gz`, or MNIST's `train-images.idx3-ubyte` spelling.

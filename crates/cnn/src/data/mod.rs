@@ -138,7 +138,10 @@ impl Dataset {
             .map(|&(sum, squares)| {
                 let mean = sum as f64 / count / 255.0;
                 let variance = (squares as f64 / count / (255.0 * 255.0) - mean * mean).max(0.0);
-                (mean as f32, (variance.sqrt() as f32).max(1e-3))
+                (
+                    mean as f32,
+                    (variance.sqrt() as f32).max(crate::preprocess::MIN_STD),
+                )
             })
             .unzip()
     }
@@ -419,19 +422,41 @@ impl DataSpec {
 
     /// The training images, and a held-out validation split: `val_split` of the training
     /// images (chosen by `seed`) when it is above 0, none otherwise. The X/O data has its own
-    /// generated validation split (and refuses `val_split`).
-    pub fn load_training(&self, seed: u64, val_split: f32) -> Result<(Dataset, Option<Dataset>)> {
-        self.load_training_as(seed, val_split, None)
+    /// generated validation split (and refuses `val_split`). With `limit`, only the first
+    /// `limit` training images are kept (after the validation split is taken); the X/O
+    /// generator draws no more than those.
+    pub fn load_training(
+        &self,
+        seed: u64,
+        val_split: f32,
+        limit: Option<usize>,
+    ) -> Result<(Dataset, Option<Dataset>)> {
+        let (train, validation, _) = self.load_training_as(seed, val_split, limit, None)?;
+        Ok((train, validation))
     }
 
     /// [`DataSpec::load_training`], with `folder:` images converted to `shape` instead of the
-    /// first image's (other data sets have one shape and ignore it).
+    /// first image's (other data sets have one shape and ignore it), and the number of
+    /// training images there were before the `limit`.
     pub fn load_training_as(
         &self,
         seed: u64,
         val_split: f32,
+        limit: Option<usize>,
         shape: Option<Shape>,
-    ) -> Result<(Dataset, Option<Dataset>)> {
+    ) -> Result<(Dataset, Option<Dataset>, usize)> {
+        if limit == Some(0) {
+            return Err(Error::Invalid("--limit must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&val_split) {
+            return Err(Error::Invalid(format!(
+                "--val-split must be from 0 to 1 (excluded), not {val_split}"
+            )));
+        }
+        let limited = |set: Dataset| match limit {
+            Some(limit) if limit < set.len() => set.truncated(limit),
+            _ => set,
+        };
         let train = match self {
             DataSpec::Xo { .. } if val_split != 0.0 => {
                 return Err(Error::Invalid(format!(
@@ -445,12 +470,15 @@ impl DataSpec {
                     count,
                     seed,
                 };
+                // The first N images drawn are the first N of the whole split: one stream.
+                let count = limit.map_or(XO_TRAIN_IMAGES, |l| l.min(XO_TRAIN_IMAGES));
                 return Ok((
-                    xo::generate(config(XO_TRAIN_IMAGES), xo::Split::Train)?,
+                    xo::generate(config(count), xo::Split::Train)?,
                     Some(xo::generate(
                         config(XO_VALIDATION_IMAGES),
                         xo::Split::Validation,
                     )?),
+                    XO_TRAIN_IMAGES,
                 ));
             }
             DataSpec::FashionMnist => idx::load(
@@ -471,9 +499,11 @@ impl DataSpec {
         };
         if val_split > 0.0 {
             let (rest, validation) = train.split_validation(val_split, seed)?;
-            Ok((rest, Some(validation)))
+            let available = rest.len();
+            Ok((limited(rest), Some(validation), available))
         } else {
-            Ok((train, None))
+            let available = train.len();
+            Ok((limited(train), None, available))
         }
     }
 

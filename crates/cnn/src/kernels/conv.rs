@@ -9,23 +9,38 @@ use super::packed::{self, Starts};
 use super::simd::{Isa, Kernel, Simd};
 use super::team::for_each_chunk_pair_mut;
 use super::winograd::{self, WeightOrder};
-use super::{batch_chunks, scratch_prefix, Epilogue};
+use super::{batch_chunks, depthwise, scratch_prefix, Epilogue, Scratch};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
 use std::sync::OnceLock;
 
-/// Shapes of one convolution: `input` is `C x H x W`, `output` is `OC x OH x OW`.
+/// Shapes of one convolution: `input` is `C x H x W`, `output` is `OC x OH x OW`. Output
+/// channel group `g` of `groups` reads input channel group `g` only (depthwise when `groups` is
+/// the channel count); the kernel's taps are `dilation` apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {
     pub input: Shape,
     pub output: Shape,
     pub window: Window2d,
+    pub dilation: [usize; 2],
+    pub groups: usize,
 }
 
 impl ConvGeometry {
-    /// Rows of the column matrix: `C * KH * KW`, one per weight of an output channel.
+    /// An ungrouped, undilated convolution.
+    pub fn new(input: Shape, output: Shape, window: Window2d) -> Self {
+        ConvGeometry {
+            input,
+            output,
+            window,
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+
+    /// Rows of the column matrix: `C / groups * KH * KW`, one per weight of an output channel.
     pub fn patch_len(&self) -> usize {
-        self.input.channels * self.window.kernel[0] * self.window.kernel[1]
+        self.input.channels / self.groups.max(1) * self.window.kernel[0] * self.window.kernel[1]
     }
 
     /// Columns of the column matrix: `OH * OW`, one per window position.
@@ -33,27 +48,52 @@ impl ConvGeometry {
         self.output.plane()
     }
 
+    /// Neither grouped nor dilated: what every algorithm but im2col and the depthwise kernel
+    /// requires.
+    pub fn is_plain(&self) -> bool {
+        self.groups == 1 && self.dilation == [1, 1]
+    }
+
+    /// The convolution of one group of channels (`C / groups` to `OC / groups`).
+    pub fn group(&self) -> ConvGeometry {
+        let groups = self.groups.max(1);
+        ConvGeometry {
+            input: Shape::new(
+                self.input.channels / groups,
+                self.input.height,
+                self.input.width,
+            ),
+            output: Shape::new(
+                self.output.channels / groups,
+                self.output.height,
+                self.output.width,
+            ),
+            groups: 1,
+            ..*self
+        }
+    }
+
     /// The convolution that carries output gradients back to the input: same kernel size,
     /// input and output swapped, padding `K - 1 - P`. Meaningful for stride 1 only (and
-    /// padding below the kernel size); callers check.
+    /// padding below the kernel size) and plain convolutions; callers check.
     pub fn transposed(&self) -> ConvGeometry {
         let [kh, kw] = self.window.kernel;
         let [ph, pw] = self.window.padding;
-        ConvGeometry {
-            input: self.output,
-            output: self.input,
-            window: Window2d::new(
+        ConvGeometry::new(
+            self.output,
+            self.input,
+            Window2d::new(
                 self.window.kernel,
                 self.window.stride,
                 [(kh - 1).saturating_sub(ph), (kw - 1).saturating_sub(pw)],
             ),
-        }
+        )
     }
 }
 
 /// How a convolution's forward pass, or its input gradient, is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ConvAlgorithm {
     /// Stride 1, few input channels (a first layer): [`direct`].
     Direct,
@@ -63,16 +103,23 @@ pub enum ConvAlgorithm {
     /// kernel tap a shifted view of it, over the padded width (the columns past the output
     /// width are computed and dropped); no column matrix.
     ImplicitGemm,
-    /// Any convolution: im2col and SGEMM.
+    /// One group per channel, stride 1: [`depthwise`].
+    Depthwise,
+    /// Other grouped convolutions: each group's channels gathered into a batch of their own
+    /// and computed by the group's own kernel (chosen for its shape), then scattered back.
+    Grouped,
+    /// Any ungrouped convolution (dilated too): im2col and SGEMM.
     Im2col,
 }
 
 impl ConvAlgorithm {
     /// Every algorithm, fastest first where several apply.
-    pub const ALL: [ConvAlgorithm; 4] = [
+    pub const ALL: [ConvAlgorithm; 6] = [
         ConvAlgorithm::Direct,
         ConvAlgorithm::Winograd,
         ConvAlgorithm::ImplicitGemm,
+        ConvAlgorithm::Depthwise,
+        ConvAlgorithm::Grouped,
         ConvAlgorithm::Im2col,
     ];
 
@@ -81,6 +128,8 @@ impl ConvAlgorithm {
             ConvAlgorithm::Direct => "direct",
             ConvAlgorithm::Winograd => "winograd",
             ConvAlgorithm::ImplicitGemm => "implicit-gemm",
+            ConvAlgorithm::Depthwise => "depthwise",
+            ConvAlgorithm::Grouped => "grouped",
             ConvAlgorithm::Im2col => "im2col",
         }
     }
@@ -88,27 +137,31 @@ impl ConvAlgorithm {
     /// Whether this algorithm computes the forward pass of `g`.
     pub fn supports_forward(self, g: &ConvGeometry) -> bool {
         match self {
-            ConvAlgorithm::Direct => direct::supports(g),
-            ConvAlgorithm::Winograd => winograd::supports(g),
-            ConvAlgorithm::ImplicitGemm => g.window.stride == [1, 1],
-            ConvAlgorithm::Im2col => true,
+            ConvAlgorithm::Direct => g.is_plain() && direct::supports(g),
+            ConvAlgorithm::Winograd => g.is_plain() && winograd::supports(g),
+            ConvAlgorithm::ImplicitGemm => g.is_plain() && g.window.stride == [1, 1],
+            ConvAlgorithm::Depthwise => depthwise::supports(g),
+            ConvAlgorithm::Grouped => g.groups > 1,
+            ConvAlgorithm::Im2col => g.groups == 1,
         }
     }
 
     /// Whether this algorithm computes the input gradient of `g` (the weight gradient is
-    /// always im2col's).
+    /// im2col's, or for a depthwise or grouped convolution, theirs).
     pub fn supports_input_gradient(self, g: &ConvGeometry) -> bool {
         match self {
             ConvAlgorithm::Direct | ConvAlgorithm::ImplicitGemm => false,
-            ConvAlgorithm::Winograd => winograd::supports_input_gradient(g),
-            ConvAlgorithm::Im2col => true,
+            ConvAlgorithm::Winograd => g.is_plain() && winograd::supports_input_gradient(g),
+            ConvAlgorithm::Depthwise | ConvAlgorithm::Grouped | ConvAlgorithm::Im2col => {
+                self.supports_forward(g)
+            }
         }
     }
 }
 
 /// One convolution as it will be computed: its shapes, the algorithm of each pass and the
 /// instruction set, chosen once when the layer is built, and what the fast algorithms derive
-/// from the weights (Winograd's transformed weights, the direct kernel's blocked copy),
+/// from the weights (Winograd's transformed weights, the direct kernel's blocked copy...),
 /// computed once per set of weights and shared by every pass and thread until
 /// [`Conv2dKernel::weights_changed`].
 #[derive(Debug)]
@@ -119,6 +172,8 @@ pub struct Conv2dKernel {
     input_gradient: ConvAlgorithm,
     /// The padded image's layout, when the forward pass is an implicit GEMM.
     implicit_gemm: Option<ImplicitGemm>,
+    /// One kernel per group, for [`ConvAlgorithm::Grouped`].
+    groups: Vec<Conv2dKernel>,
     derived: DerivedWeights,
 }
 
@@ -128,39 +183,57 @@ struct DerivedWeights {
     winograd_input_gradient: OnceLock<Vec<f32>>,
     direct_blocks: OnceLock<Vec<f32>>,
     implicit_gemm: OnceLock<Vec<f32>>,
+    depthwise_flipped: OnceLock<Vec<f32>>,
 }
 
 impl Conv2dKernel {
-    /// The fastest algorithms for `geometry`, with `isa`'s instructions: for the forward pass
-    /// the direct kernel where [`direct::preferred`] (with AVX-512), else Winograd where it
-    /// applies, else an implicit GEMM where [`implicit_gemm_preferred`] (with AVX-512), else
-    /// im2col; for the input gradient Winograd where it applies, else im2col.
+    /// The fastest algorithms for `geometry`, with `isa`'s instructions. Forward: the direct
+    /// kernel where [`direct::preferred`] (with AVX-512), else Winograd where it applies, else
+    /// an implicit GEMM where [`implicit_gemm_preferred`] (with AVX-512), else im2col; a
+    /// grouped convolution depthwise where it applies, else group by group. Input gradient:
+    /// Winograd where it applies, else im2col, depthwise or group by group.
     pub fn new(geometry: ConvGeometry, isa: Isa) -> Self {
-        let forward = if direct::preferred(isa, &geometry) {
-            ConvAlgorithm::Direct
-        } else if winograd::supports(&geometry) {
-            ConvAlgorithm::Winograd
-        } else if implicit_gemm_preferred(isa, &geometry) {
-            ConvAlgorithm::ImplicitGemm
+        let g = &geometry;
+        let (forward, input_gradient) = if g.groups > 1 {
+            let algorithm = if depthwise::supports(g) {
+                ConvAlgorithm::Depthwise
+            } else {
+                ConvAlgorithm::Grouped
+            };
+            (algorithm, algorithm)
         } else {
-            ConvAlgorithm::Im2col
-        };
-        let input_gradient = if winograd::supports_input_gradient(&geometry) {
-            ConvAlgorithm::Winograd
-        } else {
-            ConvAlgorithm::Im2col
+            let forward = if g.is_plain() && direct::preferred(isa, g) {
+                ConvAlgorithm::Direct
+            } else if ConvAlgorithm::Winograd.supports_forward(g) {
+                ConvAlgorithm::Winograd
+            } else if g.is_plain() && implicit_gemm_preferred(isa, g) {
+                ConvAlgorithm::ImplicitGemm
+            } else {
+                ConvAlgorithm::Im2col
+            };
+            let input_gradient = if ConvAlgorithm::Winograd.supports_input_gradient(g) {
+                ConvAlgorithm::Winograd
+            } else {
+                ConvAlgorithm::Im2col
+            };
+            (forward, input_gradient)
         };
         Conv2dKernel::build(geometry, isa, forward, input_gradient)
     }
 
-    /// Given algorithms (for tests and benchmarks), or `None` when one does not apply.
+    /// Given algorithms (for tests and benchmarks), or `None` when one does not apply. A
+    /// grouped convolution takes the same one for both passes.
     pub fn with_algorithms(
         geometry: ConvGeometry,
         isa: Isa,
         forward: ConvAlgorithm,
         input_gradient: ConvAlgorithm,
     ) -> Option<Self> {
-        (forward.supports_forward(&geometry) && input_gradient.supports_input_gradient(&geometry))
+        let grouped =
+            |a: ConvAlgorithm| matches!(a, ConvAlgorithm::Grouped | ConvAlgorithm::Depthwise);
+        (forward.supports_forward(&geometry)
+            && input_gradient.supports_input_gradient(&geometry)
+            && (grouped(forward) || grouped(input_gradient)) <= (forward == input_gradient))
             .then(|| Conv2dKernel::build(geometry, isa, forward, input_gradient))
     }
 
@@ -170,6 +243,13 @@ impl Conv2dKernel {
         forward: ConvAlgorithm,
         input_gradient: ConvAlgorithm,
     ) -> Self {
+        let groups = if forward == ConvAlgorithm::Grouped {
+            (0..geometry.groups)
+                .map(|_| Conv2dKernel::new(geometry.group(), isa))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Conv2dKernel {
             geometry,
             isa,
@@ -177,6 +257,7 @@ impl Conv2dKernel {
             input_gradient,
             implicit_gemm: (forward == ConvAlgorithm::ImplicitGemm)
                 .then(|| ImplicitGemm::of(&geometry)),
+            groups,
             derived: DerivedWeights::default(),
         }
     }
@@ -200,6 +281,9 @@ impl Conv2dKernel {
     /// Forgets what was derived from the weights: call whenever they may have changed.
     pub fn weights_changed(&mut self) {
         self.derived = DerivedWeights::default();
+        self.groups
+            .iter_mut()
+            .for_each(Conv2dKernel::weights_changed);
     }
 
     fn winograd_weights(&self, weight: &[f32], order: WeightOrder) -> &[f32] {
@@ -222,16 +306,16 @@ impl Conv2dKernel {
     /// `output[n] = weight x input[n]` then the epilogue (bias, ReLU, 2x2 max pooling), for
     /// every image.
     ///
-    /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C*KH*KW]` (PyTorch's `[OC, C, KH, KW]`),
-    /// `bias` `[OC]`, `output` `[N, OC, OH, OW]` (the epilogue's output shape). `scratch` grows
-    /// once and is reused.
+    /// Shapes: `input` `[N, C, H, W]`, `weight` `[OC, C / groups * KH * KW]` (PyTorch's
+    /// `[OC, C / groups, KH, KW]`), `bias` `[OC]`, `output` `[N, OC, OH, OW]` (the epilogue's
+    /// output shape). `scratch` grows once and is reused.
     pub fn forward(
         &self,
         input: &Tensor,
         weight: &[f32],
         epilogue: Epilogue<'_>,
         output: &mut Tensor,
-        scratch: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) {
         let (g, batch) = (&self.geometry, input.batch());
         match self.forward {
@@ -258,7 +342,7 @@ impl Conv2dKernel {
                 self.winograd_weights(weight, WeightOrder::Forward),
                 epilogue,
                 output.data_mut(),
-                scratch,
+                &mut scratch.floats,
             ),
             ConvAlgorithm::ImplicitGemm => {
                 let packed = self.derived.implicit_gemm.get_or_init(|| {
@@ -274,12 +358,30 @@ impl Conv2dKernel {
                     packed,
                     epilogue,
                     output,
-                    scratch,
+                    &mut scratch.floats,
                 );
             }
-            ConvAlgorithm::Im2col => {
-                im2col_forward(self.isa, g, input, weight, epilogue, output, scratch)
+            ConvAlgorithm::Depthwise => depthwise::forward(
+                self.isa,
+                g,
+                batch,
+                input.data(),
+                weight,
+                epilogue,
+                output.data_mut(),
+            ),
+            ConvAlgorithm::Grouped => {
+                self.grouped_forward(input, weight, epilogue, output, scratch)
             }
+            ConvAlgorithm::Im2col => im2col_forward(
+                self.isa,
+                g,
+                input,
+                weight,
+                epilogue,
+                output,
+                &mut scratch.floats,
+            ),
         }
     }
 
@@ -295,9 +397,18 @@ impl Conv2dKernel {
         weight: &[f32],
         grad_output: &Tensor,
         grads: ConvGrads<'_>,
-        scratch: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) {
         let g = &self.geometry;
+        match self.forward {
+            ConvAlgorithm::Depthwise => {
+                return self.depthwise_backward(input, weight, grad_output, grads)
+            }
+            ConvAlgorithm::Grouped => {
+                return self.grouped_backward(input, weight, grad_output, grads, scratch)
+            }
+            _ => {}
+        }
         let ConvGrads {
             input: grad_input,
             weight: grad_weight,
@@ -320,7 +431,7 @@ impl Conv2dKernel {
                 weight: grad_weight,
                 bias: grad_bias,
             },
-            scratch,
+            &mut scratch.floats,
         );
         if let Some(grad_input) = winograd_input {
             let transposed = g.transposed();
@@ -332,9 +443,143 @@ impl Conv2dKernel {
                 self.winograd_weights(weight, WeightOrder::FlippedTransposed),
                 Epilogue::default(),
                 grad_input.data_mut(),
-                scratch,
+                &mut scratch.floats,
             );
         }
+    }
+
+    fn depthwise_backward(
+        &self,
+        input: &Tensor,
+        weight: &[f32],
+        grad_output: &Tensor,
+        grads: ConvGrads<'_>,
+    ) {
+        let g = &self.geometry;
+        depthwise::weight_gradient(
+            self.isa,
+            g,
+            input.batch(),
+            input.data(),
+            grad_output.data(),
+            grads.weight,
+            grads.bias,
+        );
+        if let Some(grad_input) = grads.input {
+            let flipped = self
+                .derived
+                .depthwise_flipped
+                .get_or_init(|| depthwise::flipped_weights(g, weight));
+            depthwise::forward(
+                self.isa,
+                &depthwise::transposed(g),
+                input.batch(),
+                grad_output.data(),
+                flipped,
+                Epilogue::default(),
+                grad_input.data_mut(),
+            );
+        }
+    }
+
+    /// [`ConvAlgorithm::Grouped`]'s forward pass: group by group, its channels of the batch
+    /// gathered, computed by its kernel, and scattered into its output channels.
+    fn grouped_forward(
+        &self,
+        input: &Tensor,
+        weight: &[f32],
+        epilogue: Epilogue<'_>,
+        output: &mut Tensor,
+        scratch: &mut Scratch,
+    ) {
+        let group = self.geometry.group();
+        let out_shape = epilogue.output_shape(group.output);
+        let weight_len = group.output.channels * group.patch_len();
+        let mut tensors = std::mem::take(&mut scratch.tensors);
+        tensors.resize_with(2, Tensor::empty);
+        let [inputs, outputs] = &mut tensors[..] else {
+            unreachable!("two tensors")
+        };
+        for (index, kernel) in self.groups.iter().enumerate() {
+            gather_channels(input, index, group.input, inputs);
+            outputs.reshape(input.batch(), out_shape);
+            let bias = epilogue
+                .bias
+                .map(|b| &b[index * group.output.channels..][..group.output.channels]);
+            kernel.forward(
+                inputs,
+                &weight[index * weight_len..][..weight_len],
+                Epilogue { bias, ..epilogue },
+                outputs,
+                scratch,
+            );
+            scatter_channels(outputs, index, output);
+        }
+        scratch.tensors = tensors;
+    }
+
+    /// [`ConvAlgorithm::Grouped`]'s backward pass, group by group as the forward pass.
+    fn grouped_backward(
+        &self,
+        input: &Tensor,
+        weight: &[f32],
+        grad_output: &Tensor,
+        grads: ConvGrads<'_>,
+        scratch: &mut Scratch,
+    ) {
+        let group = self.geometry.group();
+        let weight_len = group.output.channels * group.patch_len();
+        let ConvGrads {
+            input: mut grad_input,
+            weight: grad_weight,
+            bias: mut grad_bias,
+        } = grads;
+        let mut tensors = std::mem::take(&mut scratch.tensors);
+        tensors.resize_with(3, Tensor::empty);
+        let [inputs, grad_outputs, grad_inputs] = &mut tensors[..] else {
+            unreachable!("three tensors")
+        };
+        for (index, kernel) in self.groups.iter().enumerate() {
+            gather_channels(input, index, group.input, inputs);
+            gather_channels(grad_output, index, group.output, grad_outputs);
+            grad_inputs.reshape(input.batch(), group.input);
+            let channels_out = group.output.channels;
+            kernel.backward(
+                inputs,
+                &weight[index * weight_len..][..weight_len],
+                grad_outputs,
+                ConvGrads {
+                    input: grad_input.is_some().then_some(&mut *grad_inputs),
+                    weight: &mut grad_weight[index * weight_len..][..weight_len],
+                    bias: grad_bias
+                        .as_deref_mut()
+                        .map(|b| &mut b[index * channels_out..][..channels_out]),
+                },
+                scratch,
+            );
+            if let Some(grad_input) = grad_input.as_deref_mut() {
+                scatter_channels(grad_inputs, index, grad_input);
+            }
+        }
+        scratch.tensors = tensors;
+    }
+}
+
+/// Channels `group * C'..(group + 1) * C'` of every image of `from` (`C'` = `shape`'s
+/// channels) into `to`, a batch of `shape`.
+fn gather_channels(from: &Tensor, group: usize, shape: Shape, to: &mut Tensor) {
+    to.reshape(from.batch(), shape);
+    for n in 0..from.batch() {
+        to.sample_mut(n)
+            .copy_from_slice(&from.sample(n)[group * shape.len()..][..shape.len()]);
+    }
+}
+
+/// The inverse of [`gather_channels`]: every image of `from` into its group's channels of `to`.
+fn scatter_channels(from: &Tensor, group: usize, to: &mut Tensor) {
+    let len = from.shape().len();
+    for n in 0..from.batch() {
+        to.sample_mut(n)[group * len..][..len].copy_from_slice(from.sample(n));
     }
 }
 
@@ -376,23 +621,25 @@ fn for_each_patch_row(
     let [kh, kw] = g.window.kernel;
     let [sh, sw] = g.window.stride;
     let [ph, pw] = g.window.padding;
+    let [dh, dw] = g.dilation;
     let (h, w) = (g.input.height, g.input.width);
     let (oh, ow) = (g.output.height, g.output.width);
     for c in 0..g.input.channels {
         for i in 0..kh {
             for j in 0..kw {
                 let row = (c * kh + i) * kw + j;
-                // Output columns whose pixel x = ox * sw + j - pw lies inside 0..w.
-                let lo = (pw.saturating_sub(j)).div_ceil(sw).min(ow);
-                let hi = if w + pw > j {
-                    (w + pw - j).div_ceil(sw).min(ow)
+                // Output columns whose pixel x = ox * sw + j * dw - pw lies inside 0..w.
+                let tap = j * dw;
+                let lo = (pw.saturating_sub(tap)).div_ceil(sw).min(ow);
+                let hi = if w + pw > tap {
+                    (w + pw - tap).div_ceil(sw).min(ow)
                 } else {
                     0
                 }
                 .max(lo);
                 for oy in 0..oh {
                     let dst = row * row_len + offset + oy * ow;
-                    let y = (oy * sh + i) as isize - ph as isize;
+                    let y = (oy * sh + i * dh) as isize - ph as isize;
                     if y < 0 || y as usize >= h || lo == hi {
                         visit(PatchRow {
                             dst,
@@ -402,7 +649,7 @@ fn for_each_patch_row(
                         });
                         continue;
                     }
-                    let src = (c * h + y as usize) * w + lo * sw + j - pw;
+                    let src = (c * h + y as usize) * w + lo * sw + tap - pw;
                     visit(PatchRow { dst, lo, hi, src });
                 }
             }
@@ -676,6 +923,9 @@ enum ColumnLayout {
 impl ColumnLayout {
     /// The fastest layout for a forward pass.
     fn of(g: &ConvGeometry) -> Self {
+        if g.dilation != [1, 1] {
+            return ColumnLayout::Exact;
+        }
         let padded_width = g.input.width + 2 * g.window.padding[1];
         // Worth it while the dropped columns stay a small share of the product.
         if g.window.stride == [1, 1] && 4 * padded_width <= 5 * g.output.width {
@@ -690,7 +940,7 @@ impl ColumnLayout {
     /// The fastest layout with one column per output position (the backward pass gathers the
     /// output gradient that way).
     fn exact(g: &ConvGeometry) -> Self {
-        if g.window.stride == [1, 1] {
+        if g.window.stride == [1, 1] && g.dilation == [1, 1] {
             ColumnLayout::ExactFromPadded
         } else {
             ColumnLayout::Exact

@@ -257,7 +257,8 @@ fn channel_block_of<S: Simd, const B: usize>(s: S, block: ChannelBlock<'_>) {
 
 /// Where the stores of a strip of output columns go: `columns` values from output column (or,
 /// pooled, pooled column) `start`, with their mask.
-struct Strip<S: Simd> {
+#[derive(Clone, Copy)]
+pub(super) struct Strip<S: Simd> {
     start: usize,
     columns: usize,
     mask: S::Mask,
@@ -266,7 +267,7 @@ struct Strip<S: Simd> {
 impl<S: Simd> Strip<S> {
     /// The strip of a register of output columns from `left`.
     #[inline(always)]
-    fn new(s: S, left: usize, out_width: usize, pooled: bool) -> Self {
+    pub(super) fn new(s: S, left: usize, out_width: usize, pooled: bool) -> Self {
         let (start, columns) = if pooled {
             let start = left / 2;
             (
@@ -274,7 +275,7 @@ impl<S: Simd> Strip<S> {
                 (out_width / 2).saturating_sub(start).min(S::LANES / 2),
             )
         } else {
-            (left, (out_width - left).min(S::LANES))
+            (left, out_width.saturating_sub(left).min(S::LANES))
         };
         Strip {
             start,
@@ -285,7 +286,7 @@ impl<S: Simd> Strip<S> {
 
     /// Writes the strip's lanes of `value` to row `row` (`pitch` wide) of `plane`.
     #[inline(always)]
-    fn store(&self, s: S, plane: &mut [f32], row: usize, pitch: usize, value: S::V) {
+    pub(super) fn store(&self, s: S, plane: &mut [f32], row: usize, pitch: usize, value: S::V) {
         if self.columns > 0 {
             let target = &mut plane[row * pitch + self.start..][..self.columns];
             // SAFETY: the masked lanes written are `target`, inside `plane`.

@@ -4,6 +4,7 @@
 //! functions; layers only describe shapes and hold parameters.
 
 pub mod conv;
+pub mod depthwise;
 pub mod direct;
 pub mod gemm;
 pub mod packed;
@@ -14,6 +15,15 @@ pub mod team;
 pub mod winograd;
 
 use crate::tensor::Shape;
+
+/// Buffers a kernel reuses from call to call, growing but never shrinking (see
+/// [`scratch_prefix`]).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub floats: Vec<f32>,
+    /// Whole tensors: a grouped convolution gathers each group's channels into one.
+    pub tensors: Vec<crate::tensor::Tensor>,
+}
 
 /// What a kernel does to each output value on its way out, so that no separate pass over the
 /// output is needed.

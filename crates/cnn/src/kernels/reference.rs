@@ -1,52 +1,64 @@
-//! Plain, obviously right kernels: direct loops over the sliding window, no unfolding, no
-//! threads. Slow on purpose; the tests hold the fast kernels to them.
+//! Plain, obviously right kernels: direct loops over the definition (convolution) or the
+//! sliding window (pooling), no unfolding, no threads. Slow on purpose; the tests hold the fast
+//! kernels to them.
 
 use super::conv::ConvGeometry;
 use super::pool::{PoolGeometry, PoolKind};
 use crate::tensor::Tensor;
 
-/// Weight index of `[oc, c, ky, kx]` in PyTorch's `[OC, C, KH, KW]` layout.
-fn weight_index(g: &ConvGeometry, oc: usize, c: usize, ky: usize, kx: usize) -> usize {
-    let [kh, kw] = g.window.kernel;
-    ((oc * g.input.channels + c) * kh + ky) * kw + kx
-}
-
-/// Visits `(n, oc, output index, [(input index, weight index)...])` for every output value:
-/// the window products that make it up. Forward and backward read the same pairs.
+/// Visits `(output channel, output index, [(input index, weight index)...])` for every output
+/// value: the
+/// window products that make it up, written out as the definition of a (grouped, dilated,
+/// strided, zero-padded) convolution. Forward and backward read the same pairs.
 fn for_each_product(
     g: &ConvGeometry,
     batch: usize,
-    mut visit: impl FnMut(usize, usize, usize, &mut dyn Iterator<Item = (usize, usize)>),
+    mut visit: impl FnMut(usize, usize, &[(usize, usize)]),
 ) {
-    let (h, w) = (g.input.height, g.input.width);
+    let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
+    let (channels_out, out_height, out_width) =
+        (g.output.channels, g.output.height, g.output.width);
+    let [kh, kw] = g.window.kernel;
+    let [sh, sw] = g.window.stride;
+    let [ph, pw] = g.window.padding;
+    let [dh, dw] = g.dilation;
+    let (group_in, group_out) = (channels / g.groups, channels_out / g.groups);
+    let mut pairs = Vec::with_capacity(group_in * kh * kw);
     for n in 0..batch {
-        for oc in 0..g.output.channels {
-            g.window.for_each_window(
-                [h, w],
-                [g.output.height, g.output.width],
-                |oy, ox, rows, cols| {
-                    let out =
-                        ((n * g.output.channels + oc) * g.output.height + oy) * g.output.width + ox;
-                    let mut pairs = (0..g.input.channels).flat_map(|c| {
-                        (rows.start..rows.end).flat_map(move |y| {
-                            (cols.start..cols.end).map(move |x| {
-                                let ky = y - rows.start + rows.kernel_offset;
-                                let kx = x - cols.start + cols.kernel_offset;
-                                (((n * g.input.channels + c) * h + y) * w + x, (c, ky, kx))
-                            })
-                        })
-                    });
-                    let mut indexed = pairs
-                        .by_ref()
-                        .map(|(i, (c, ky, kx))| (i, weight_index(g, oc, c, ky, kx)));
-                    visit(n, oc, out, &mut indexed);
-                },
-            );
+        for oc in 0..channels_out {
+            let first_channel = oc / group_out * group_in;
+            for oy in 0..out_height {
+                for ox in 0..out_width {
+                    pairs.clear();
+                    for c in 0..group_in {
+                        for i in 0..kh {
+                            // Input row y = oy * sh + i * dh - ph, when inside the image.
+                            let Some(y) =
+                                (oy * sh + i * dh).checked_sub(ph).filter(|&y| y < height)
+                            else {
+                                continue;
+                            };
+                            for j in 0..kw {
+                                let Some(x) =
+                                    (ox * sw + j * dw).checked_sub(pw).filter(|&x| x < width)
+                                else {
+                                    continue;
+                                };
+                                let input =
+                                    ((n * channels + first_channel + c) * height + y) * width + x;
+                                pairs.push((input, ((oc * group_in + c) * kh + i) * kw + j));
+                            }
+                        }
+                    }
+                    let out = ((n * channels_out + oc) * out_height + oy) * out_width + ox;
+                    visit(oc, out, &pairs);
+                }
+            }
         }
     }
 }
 
-/// Shapes as [`super::conv::conv2d_forward`].
+/// Shapes as [`super::conv::Conv2dKernel::forward`]; `weight` is `[OC, C / groups, KH, KW]`.
 pub fn conv2d_forward(
     g: &ConvGeometry,
     input: &Tensor,
@@ -56,13 +68,15 @@ pub fn conv2d_forward(
 ) {
     let x = input.data();
     let out = output.data_mut();
-    for_each_product(g, input.batch(), |_, oc, o, products| {
+    for_each_product(g, input.batch(), |oc, o, products| {
         let start = bias.map_or(0.0, |b| b[oc]);
-        out[o] = products.fold(start, |sum, (i, k)| sum + x[i] * weight[k]);
+        out[o] = products
+            .iter()
+            .fold(start, |sum, &(i, k)| sum + x[i] * weight[k]);
     });
 }
 
-/// Shapes as [`super::conv::conv2d_backward`]; gradients are added to `grad_weight` and
+/// Shapes as [`super::conv::Conv2dKernel::backward`]; gradients are added to `grad_weight` and
 /// `grad_bias`, and written to `grad_input`.
 pub fn conv2d_backward(
     g: &ConvGeometry,
@@ -77,9 +91,9 @@ pub fn conv2d_backward(
     let dy = grad_output.data();
     let dx = grad_input.data_mut();
     dx.fill(0.0);
-    for_each_product(g, input.batch(), |_, oc, o, products| {
+    for_each_product(g, input.batch(), |oc, o, products| {
         grad_bias[oc] += dy[o];
-        for (i, k) in products {
+        for &(i, k) in products {
             grad_weight[k] += dy[o] * x[i];
             dx[i] += dy[o] * weight[k];
         }

@@ -45,6 +45,10 @@ pub struct Team {
     finished: CachePadded<AtomicBool>,
     /// Set when a task panicked on a helper: the leader panics in turn.
     panicked: AtomicBool,
+    /// More threads than cores: a thread that spins while it waits may hold the very core
+    /// that the thread it waits for needs, so waiting threads yield it instead (measured on 2
+    /// cores, one epoch of the X/O network: 0.6 s with 2 threads, 12 s spinning with 64).
+    oversubscribed: bool,
     stage: UnsafeCell<Stage>,
 }
 
@@ -52,6 +56,12 @@ pub struct Team {
 // active, and read by helpers only while it is open and they are counted in `active` (see
 // `Team::serve`); everything else is atomic.
 unsafe impl Sync for Team {}
+
+/// The cores this process may run on, asked once: the question reads the cgroup's files.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
 
 thread_local! {
     /// The team whose leader is this thread, during [`Team::run`].
@@ -70,6 +80,7 @@ impl Team {
             done: CachePadded::new(AtomicUsize::new(0)),
             finished: CachePadded::new(AtomicBool::new(false)),
             panicked: AtomicBool::new(false),
+            oversubscribed: size > cores(),
             stage: UnsafeCell::new(Stage {
                 tasks: 0,
                 task: nothing,
@@ -117,6 +128,17 @@ impl Team {
         self.size
     }
 
+    /// One turn of a wait loop: a spin, or with more threads than cores, the core handed to
+    /// another thread.
+    #[inline]
+    fn wait(&self) {
+        if self.oversubscribed {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+
     /// Runs `task(0) .. task(tasks - 1)` on the team, the leader included; returns when all
     /// have finished.
     pub fn for_each(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
@@ -135,11 +157,11 @@ impl Team {
         self.epoch.fetch_add(1, Ordering::SeqCst); // open
         let panic = self.take_tasks(Stage { tasks, task });
         while self.done.load(Ordering::Acquire) < tasks {
-            std::hint::spin_loop();
+            self.wait();
         }
         self.epoch.fetch_add(1, Ordering::SeqCst); // closed
         while self.active.load(Ordering::SeqCst) != 0 {
-            std::hint::spin_loop();
+            self.wait();
         }
         // Only now, with no task of the stage running anywhere, may a panic unwind.
         if let Some(payload) = panic {
@@ -180,7 +202,7 @@ impl Team {
             }
             let epoch = self.epoch.load(Ordering::Acquire);
             if epoch.is_multiple_of(2) || epoch == last {
-                std::hint::spin_loop();
+                self.wait();
                 continue;
             }
             // Announce ourselves, then check that the stage is still open: the leader closes

@@ -640,11 +640,11 @@ mod tests {
             if out_height == 0 || out_width == 0 {
                 return Ok(());
             }
-            let g = ConvGeometry {
-                input: Shape::new(channels, height, width),
-                output: Shape::new(channels_out, out_height, out_width),
-                window: Window2d::new([3, 3], [1, 1], padding),
-            };
+            let g = ConvGeometry::new(
+                Shape::new(channels, height, width),
+                Shape::new(channels_out, out_height, out_width),
+                Window2d::new([3, 3], [1, 1], padding),
+            );
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut random = |len: usize| -> Vec<f32> {
                 (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()

@@ -1,4 +1,6 @@
-//! ReLU, f(x) = max(0, x): keeps the matches, drops the anti-matches.
+//! Activations, applied value by value: ReLU, f(x) = max(0, x), keeps the matches and drops the
+//! anti-matches; the others are the smooth or leaky variants modern CNNs use, with PyTorch's
+//! definitions (GELU is the exact one, with erf, PyTorch's default).
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::kernels::for_each_item_run;
@@ -7,24 +9,107 @@ use crate::tensor::{Shape, Tensor};
 /// Values handled as one unit of parallel work.
 const BLOCK: usize = 4096;
 
+/// Which function, with its parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActivationKind {
+    Relu,
+    /// `x` for `x > 0`, else `slope * x` (PyTorch's `negative_slope`, 0.01 by default).
+    LeakyRelu {
+        slope: f32,
+    },
+    Sigmoid,
+    Tanh,
+    /// `x * Φ(x)`, `Φ` the standard normal's distribution function.
+    Gelu,
+    /// `x * sigmoid(x)` (also called swish).
+    Silu,
+    /// `x`: a named place in the graph, nothing more.
+    Identity,
+}
+
+impl ActivationKind {
+    #[inline]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            ActivationKind::Relu => x.max(0.0),
+            ActivationKind::LeakyRelu { slope } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    slope * x
+                }
+            }
+            ActivationKind::Sigmoid => sigmoid(x),
+            ActivationKind::Tanh => x.tanh(),
+            ActivationKind::Gelu => x * normal_cdf(x),
+            ActivationKind::Silu => x * sigmoid(x),
+            ActivationKind::Identity => x,
+        }
+    }
+
+    /// dy/dx at input `x` with output `y`.
+    #[inline]
+    fn derivative(self, x: f32, y: f32) -> f32 {
+        match self {
+            // At exactly 0 the gradient is 0, as in PyTorch.
+            ActivationKind::Relu => f32::from(u8::from(x > 0.0)),
+            ActivationKind::LeakyRelu { slope } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    slope
+                }
+            }
+            ActivationKind::Sigmoid => y * (1.0 - y),
+            ActivationKind::Tanh => 1.0 - y * y,
+            ActivationKind::Gelu => {
+                let density = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+                normal_cdf(x) + x * density
+            }
+            ActivationKind::Silu => {
+                let s = sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            ActivationKind::Identity => 1.0,
+        }
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
+}
+
 #[derive(Debug)]
-pub struct Relu {
+pub struct Activation {
+    kind: ActivationKind,
     shape: Shape,
 }
 
-impl Relu {
-    pub fn new(shape: Shape) -> Self {
-        Relu { shape }
+impl Activation {
+    pub fn new(kind: ActivationKind, shape: Shape) -> Self {
+        Activation { kind, shape }
+    }
+
+    pub fn kind(&self) -> ActivationKind {
+        self.kind
     }
 }
 
-impl Layer for Relu {
+impl Layer for Activation {
     fn spec(&self) -> LayerSpec {
-        LayerSpec::Relu
-    }
-
-    fn input_shape(&self) -> Shape {
-        self.shape
+        match self.kind {
+            ActivationKind::Relu => LayerSpec::Relu,
+            ActivationKind::LeakyRelu { slope } => LayerSpec::LeakyRelu { slope },
+            ActivationKind::Sigmoid => LayerSpec::Sigmoid,
+            ActivationKind::Tanh => LayerSpec::Tanh,
+            ActivationKind::Gelu => LayerSpec::Gelu,
+            ActivationKind::Silu => LayerSpec::Silu,
+            ActivationKind::Identity => LayerSpec::Identity,
+        }
     }
 
     fn output_shape(&self) -> Shape {
@@ -32,31 +117,37 @@ impl Layer for Relu {
     }
 
     fn flops_per_image(&self) -> u64 {
-        self.shape.len() as u64
+        match self.kind {
+            ActivationKind::Identity => 0,
+            _ => self.shape.len() as u64,
+        }
     }
 
     /// Any shape to the same shape.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+    fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        let (input, kind) = (inputs[0], self.kind);
         for_each_item_run(output.data_mut(), BLOCK, BLOCK, |first, out| {
             let x = &input.data()[first * BLOCK..first * BLOCK + out.len()];
             for (y, &x) in out.iter_mut().zip(x) {
-                *y = x.max(0.0);
+                *y = kind.apply(x);
             }
         });
     }
 
-    /// The gradient passes where the input was positive (at exactly 0 it is 0, as in PyTorch).
-    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        if let Some(grad_input) = pass.grad_input {
+    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        let (input, output, grad_output, kind) =
+            (pass.input(), pass.output, pass.grad_output, self.kind);
+        if let Some(grad_input) = pass.grad_input() {
             for_each_item_run(grad_input.data_mut(), BLOCK, BLOCK, |first, grad| {
                 let range = first * BLOCK..first * BLOCK + grad.len();
-                let values = pass.input.data()[range.clone()].iter();
-                for ((dx, &x), &dy) in grad
+                let (xs, ys) = (&input.data()[range.clone()], &output.data()[range.clone()]);
+                for (((dx, &x), &y), &dy) in grad
                     .iter_mut()
-                    .zip(values)
-                    .zip(&pass.grad_output.data()[range])
+                    .zip(xs)
+                    .zip(ys)
+                    .zip(&grad_output.data()[range])
                 {
-                    *dx = if x > 0.0 { dy } else { 0.0 };
+                    *dx = dy * kind.derivative(x, y);
                 }
             });
         }

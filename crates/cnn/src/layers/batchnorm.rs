@@ -56,10 +56,6 @@ impl Layer for BatchNorm2d {
         LayerSpec::BatchNorm2d
     }
 
-    fn input_shape(&self) -> Shape {
-        self.shape
-    }
-
     fn output_shape(&self) -> Shape {
         self.shape
     }
@@ -86,7 +82,14 @@ impl Layer for BatchNorm2d {
 
     /// `[N, C, H, W]` to the same shape. Training: batch statistics, left in `scratch` for
     /// backward and for the running statistics. Inference: the running statistics.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch) {
+    fn forward(
+        &self,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+        mode: Mode,
+        scratch: &mut LayerScratch,
+    ) {
+        let input = inputs[0];
         let (channels, plane) = (self.shape.channels, self.shape.plane());
         let batch = input.batch();
         let [weight, bias] = &self.params;
@@ -136,20 +139,21 @@ impl Layer for BatchNorm2d {
     /// `dx = weight * inverse_std / M * (M * dy - sum(dy) - x_hat * sum(dy * x_hat))`.
     fn backward(
         &self,
-        pass: BackwardPass<'_>,
+        mut pass: BackwardPass<'_, '_>,
         param_grads: &mut [Vec<f32>],
         scratch: &mut LayerScratch,
     ) {
+        let (input, grad_output) = (pass.input(), pass.grad_output);
         let (channels, plane) = (self.shape.channels, self.shape.plane());
-        let batch = pass.input.batch();
+        let batch = input.batch();
         let (mean, inverse_std, _) = statistics(scratch, channels);
         let count = self.count(batch) as f32;
-        let mut grad_input = pass.grad_input;
+        let mut grad_input = pass.grad_input();
         for c in 0..channels {
             let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
             for n in 0..batch {
-                let xs = pass.input.plane(n, c);
-                let dys = pass.grad_output.plane(n, c);
+                let xs = input.plane(n, c);
+                let dys = grad_output.plane(n, c);
                 for (&x, &dy) in xs.iter().zip(dys) {
                     let x_hat = (x - mean[c]) * inverse_std[c];
                     sum_dy += f64::from(dy);
@@ -163,8 +167,8 @@ impl Layer for BatchNorm2d {
                 let (sum_dy, sum_dy_xhat) = (sum_dy as f32, sum_dy_xhat as f32);
                 for n in 0..batch {
                     let start = (n * channels + c) * plane;
-                    let xs = pass.input.plane(n, c);
-                    let dys = pass.grad_output.plane(n, c);
+                    let xs = input.plane(n, c);
+                    let dys = grad_output.plane(n, c);
                     let dxs = &mut grad_input.data_mut()[start..start + plane];
                     for ((dx, &x), &dy) in dxs.iter_mut().zip(xs).zip(dys) {
                         let x_hat = (x - mean[c]) * inverse_std[c];

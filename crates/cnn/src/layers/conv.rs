@@ -4,10 +4,11 @@ use super::{BackwardPass, Conv2dConfig, Fusion, Layer, LayerScratch, LayerSpec, 
 use crate::kernels::conv::{Conv2dKernel, ConvGeometry, ConvGrads};
 use crate::kernels::simd::Isa;
 use crate::kernels::Epilogue;
+use crate::limits;
 use crate::tensor::{Param, Shape, Tensor};
 use crate::window::Window2d;
 
-/// Parameters as PyTorch's `nn.Conv2d`: `weight` `[OC, C, KH, KW]`, `bias` `[OC]`.
+/// Parameters as PyTorch's `nn.Conv2d`: `weight` `[OC, C / groups, KH, KW]`, `bias` `[OC]`.
 #[derive(Debug)]
 pub struct Conv2d {
     config: Conv2dConfig,
@@ -23,44 +24,62 @@ impl Conv2d {
         if config.out_channels == 0 {
             return Err("a convolution needs at least one output channel".into());
         }
-        if window.stride.contains(&0) || window.kernel.contains(&0) {
-            return Err("kernel and stride must be at least 1".into());
+        window.check()?;
+        if config
+            .dilation
+            .iter()
+            .any(|&d| d == 0 || d > limits::MAX_WINDOW)
+        {
+            return Err(format!(
+                "the dilation must be from 1 to {}",
+                limits::MAX_WINDOW
+            ));
         }
-        let [out_height, out_width] =
-            window
-                .output_size([input.height, input.width])
-                .ok_or_else(|| {
-                    format!(
-                        "a {}x{} window with padding {}x{} needs an input of at least {}x{} pixels",
-                        window.kernel[0],
-                        window.kernel[1],
-                        window.padding[0],
-                        window.padding[1],
-                        window.kernel[0]
-                            .saturating_sub(2 * window.padding[0])
-                            .max(1),
-                        window.kernel[1]
-                            .saturating_sub(2 * window.padding[1])
-                            .max(1),
-                    )
-                })?;
+        let groups = config.groups;
+        if groups == 0
+            || !input.channels.is_multiple_of(groups)
+            || !config.out_channels.is_multiple_of(groups)
+        {
+            return Err(format!(
+                "{groups} groups must divide both the {} input and the {} output channels",
+                input.channels, config.out_channels
+            ));
+        }
+        // A dilated kernel covers `d (k - 1) + 1` pixels: the window that must fit.
+        let extent = [0, 1].map(|axis| config.dilation[axis] * (config.kernel[axis] - 1) + 1);
+        let covered = Window2d::new(extent, config.stride, config.padding);
+        let [out_height, out_width] = covered
+            .output_size([input.height, input.width])
+            .ok_or_else(|| {
+                format!(
+                    "a {}x{} window with padding {}x{} needs an input of at least {}x{} pixels",
+                    extent[0],
+                    extent[1],
+                    window.padding[0],
+                    window.padding[1],
+                    extent[0].saturating_sub(2 * window.padding[0]).max(1),
+                    extent[1].saturating_sub(2 * window.padding[1]).max(1),
+                )
+            })?;
         let output = Shape::new(config.out_channels, out_height, out_width);
-        let mut params = vec![Param::zeros(
-            "weight",
-            vec![
-                config.out_channels,
-                input.channels,
-                config.kernel[0],
-                config.kernel[1],
-            ],
-        )];
+        // Sizes checked before anything is allocated for them.
+        limits::image_values(output)?;
+        let weight = [
+            config.out_channels,
+            input.channels / groups,
+            config.kernel[0],
+            config.kernel[1],
+        ];
+        limits::parameter_values(&weight)?;
+        limits::column_values(weight[1..].iter().product(), output.plane())?;
+        let mut params = vec![Param::zeros("weight", weight.to_vec())];
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_channels]));
         }
         let geometry = ConvGeometry {
-            input,
-            output,
-            window,
+            dilation: config.dilation,
+            groups,
+            ..ConvGeometry::new(input, output, window)
         };
         Ok(Conv2d {
             config,
@@ -98,7 +117,7 @@ impl Conv2d {
                 max_pool: fused.max_pool,
             },
             output,
-            &mut scratch.buffer,
+            &mut scratch.kernel,
         );
     }
 }
@@ -106,10 +125,6 @@ impl Conv2d {
 impl Layer for Conv2d {
     fn spec(&self) -> LayerSpec {
         LayerSpec::Conv2d(self.config)
-    }
-
-    fn input_shape(&self) -> Shape {
-        self.geometry().input
     }
 
     fn output_shape(&self) -> Shape {
@@ -145,40 +160,47 @@ impl Layer for Conv2d {
     }
 
     /// `[N, C, H, W]` to `[N, OC, OH, OW]`.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, scratch: &mut LayerScratch) {
-        self.forward_with(input, output, Fusion::default(), scratch);
+    fn forward(
+        &self,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+        _: Mode,
+        scratch: &mut LayerScratch,
+    ) {
+        self.forward_with(inputs[0], output, Fusion::default(), scratch);
     }
 
     fn forward_fused(
         &self,
-        input: &Tensor,
+        inputs: &[&Tensor],
         output: &mut Tensor,
         fused: Fusion,
         scratch: &mut LayerScratch,
     ) -> bool {
-        self.forward_with(input, output, fused, scratch);
+        self.forward_with(inputs[0], output, fused, scratch);
         true
     }
 
     fn backward(
         &self,
-        pass: BackwardPass<'_>,
+        mut pass: BackwardPass<'_, '_>,
         param_grads: &mut [Vec<f32>],
         scratch: &mut LayerScratch,
     ) {
+        let (input, grad_output) = (pass.input(), pass.grad_output);
         let (grad_weight, rest) = param_grads
             .split_first_mut()
             .expect("a convolution has a weight");
         self.kernel.backward(
-            pass.input,
+            input,
             &self.params[0].value,
-            pass.grad_output,
+            grad_output,
             ConvGrads {
-                input: pass.grad_input,
+                input: pass.grad_input(),
                 weight: grad_weight,
                 bias: rest.first_mut().map(|g| &mut g[..]),
             },
-            &mut scratch.buffer,
+            &mut scratch.kernel,
         );
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{BackwardPass, DenseConfig, Layer, LayerScratch, LayerSpec, Mode};
 use crate::kernels::gemm::{matmul, MatRef, Threading};
+use crate::limits;
 use crate::tensor::{Param, Shape, Tensor};
 
 /// Parameters as PyTorch's `nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.
@@ -23,10 +24,10 @@ impl Dense {
         if config.out_features == 0 {
             return Err("a dense layer needs at least one output".into());
         }
-        let mut params = vec![Param::zeros(
-            "weight",
-            vec![config.out_features, input.len()],
-        )];
+        limits::image_values(Shape::flat(config.out_features))?;
+        let weight = vec![config.out_features, input.len()];
+        limits::parameter_values(&weight)?;
+        let mut params = vec![Param::zeros("weight", weight)];
         if config.bias {
             params.push(Param::zeros("bias", vec![config.out_features]));
         }
@@ -51,10 +52,6 @@ impl Layer for Dense {
         LayerSpec::Dense(self.config)
     }
 
-    fn input_shape(&self) -> Shape {
-        self.input
-    }
-
     fn output_shape(&self) -> Shape {
         Shape::flat(self.config.out_features)
     }
@@ -76,7 +73,8 @@ impl Layer for Dense {
     }
 
     /// `[N, in]` to `[N, out]`: `y = x W^T + b`.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+    fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        let input = inputs[0];
         let (batch, features_in) = (input.batch(), self.input.len());
         let out = output.data_mut();
         match self.params.get(1) {
@@ -89,21 +87,27 @@ impl Layer for Dense {
         matmul(out, x, self.weight().t(), true, Threading::Parallel);
     }
 
-    fn backward(&self, pass: BackwardPass<'_>, param_grads: &mut [Vec<f32>], _: &mut LayerScratch) {
-        let (batch, features_in) = (pass.input.batch(), self.input.len());
-        let dy = MatRef::row_major(pass.grad_output.data(), batch, self.config.out_features);
-        let x = MatRef::row_major(pass.input.data(), batch, features_in);
+    fn backward(
+        &self,
+        mut pass: BackwardPass<'_, '_>,
+        param_grads: &mut [Vec<f32>],
+        _: &mut LayerScratch,
+    ) {
+        let (input, grad_output) = (pass.input(), pass.grad_output);
+        let (batch, features_in) = (input.batch(), self.input.len());
+        let dy = MatRef::row_major(grad_output.data(), batch, self.config.out_features);
+        let x = MatRef::row_major(input.data(), batch, features_in);
         // dW[out, in] += dY^T[out, N] x X[N, in]
         matmul(&mut param_grads[0], dy.t(), x, true, Threading::Parallel);
         if let Some(grad_bias) = param_grads.get_mut(1) {
-            for row in pass.grad_output.data().chunks(self.config.out_features) {
+            for row in grad_output.data().chunks(self.config.out_features) {
                 for (b, &g) in grad_bias.iter_mut().zip(row) {
                     *b += g;
                 }
             }
         }
         // dX[N, in] = dY[N, out] x W[out, in]
-        if let Some(grad_input) = pass.grad_input {
+        if let Some(grad_input) = pass.grad_input() {
             matmul(
                 grad_input.data_mut(),
                 dy,

@@ -27,10 +27,6 @@ impl Layer for Dropout {
         LayerSpec::Dropout { rate: self.rate }
     }
 
-    fn input_shape(&self) -> Shape {
-        self.shape
-    }
-
     fn output_shape(&self) -> Shape {
         self.shape
     }
@@ -40,7 +36,14 @@ impl Layer for Dropout {
     }
 
     /// Any shape to the same shape. Training keeps the scaled mask in `scratch` for backward.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch) {
+    fn forward(
+        &self,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+        mode: Mode,
+        scratch: &mut LayerScratch,
+    ) {
+        let input = inputs[0];
         if mode == Mode::Infer || self.rate == 0.0 {
             output.data_mut().copy_from_slice(input.data());
             scratch.buffer.clear();
@@ -67,9 +70,14 @@ impl Layer for Dropout {
     }
 
     /// `dx = dy * mask` (the identity when the forward pass kept everything).
-    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], scratch: &mut LayerScratch) {
-        if let Some(grad_input) = pass.grad_input {
-            let dy = pass.grad_output.data();
+    fn backward(
+        &self,
+        mut pass: BackwardPass<'_, '_>,
+        _: &mut [Vec<f32>],
+        scratch: &mut LayerScratch,
+    ) {
+        let dy = pass.grad_output.data();
+        if let Some(grad_input) = pass.grad_input() {
             if scratch.buffer.len() == dy.len() {
                 for ((dx, &g), &m) in grad_input
                     .data_mut()

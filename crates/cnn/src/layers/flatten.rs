@@ -20,10 +20,6 @@ impl Layer for Flatten {
         LayerSpec::Flatten
     }
 
-    fn input_shape(&self) -> Shape {
-        self.input
-    }
-
     fn output_shape(&self) -> Shape {
         Shape::flat(self.input.len())
     }
@@ -32,15 +28,14 @@ impl Layer for Flatten {
         0
     }
 
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        output.data_mut().copy_from_slice(input.data());
+    fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        output.data_mut().copy_from_slice(inputs[0].data());
     }
 
-    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        if let Some(grad_input) = pass.grad_input {
-            grad_input
-                .data_mut()
-                .copy_from_slice(pass.grad_output.data());
+    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        let grad_output = pass.grad_output;
+        if let Some(grad_input) = pass.grad_input() {
+            grad_input.data_mut().copy_from_slice(grad_output.data());
         }
     }
 }

@@ -1,28 +1,40 @@
-//! Global average pooling: each feature map's mean, `[N, C, H, W]` to `[N, C]`. PyTorch's
-//! `nn.AdaptiveAvgPool2d(1)` followed by a flatten (which has no parameters, so the module
-//! indices still match when a `flatten` follows).
+//! Global pooling: each feature map's mean or maximum, `[N, C, H, W]` to `[N, C]`. PyTorch's
+//! `nn.AdaptiveAvgPool2d(1)` (or `AdaptiveMaxPool2d(1)`) followed by a flatten (which has no
+//! parameters, so the module indices still match when a `flatten` follows).
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::kernels::pool::PoolKind;
 use crate::tensor::{Shape, Tensor};
 
 #[derive(Debug)]
-pub struct GlobalAvgPool {
+pub struct GlobalPool {
+    kind: PoolKind,
     input: Shape,
 }
 
-impl GlobalAvgPool {
-    pub fn new(input: Shape) -> Self {
-        GlobalAvgPool { input }
+impl GlobalPool {
+    pub fn new(kind: PoolKind, input: Shape) -> Self {
+        GlobalPool { kind, input }
     }
 }
 
-impl Layer for GlobalAvgPool {
-    fn spec(&self) -> LayerSpec {
-        LayerSpec::GlobalAvgPool
+/// Index of the first largest value (the same rule as max pooling's windows).
+fn first_max(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
     }
+    best
+}
 
-    fn input_shape(&self) -> Shape {
-        self.input
+impl Layer for GlobalPool {
+    fn spec(&self) -> LayerSpec {
+        match self.kind {
+            PoolKind::Average => LayerSpec::GlobalAvgPool,
+            PoolKind::Max => LayerSpec::GlobalMaxPool,
+        }
     }
 
     fn output_shape(&self) -> Shape {
@@ -33,29 +45,40 @@ impl Layer for GlobalAvgPool {
         self.input.len() as u64
     }
 
-    /// `[N, C, H, W]` to `[N, C]`: `y = sum(x) / (H * W)`.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+    /// `[N, C, H, W]` to `[N, C]`: `y = sum(x) / (H * W)`, or `max(x)`.
+    fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let plane = self.input.plane();
         for (y, maps) in output
             .data_mut()
             .iter_mut()
-            .zip(input.data().chunks_exact(plane))
+            .zip(inputs[0].data().chunks_exact(plane))
         {
-            *y = maps.iter().sum::<f32>() / plane as f32;
+            *y = match self.kind {
+                PoolKind::Average => maps.iter().sum::<f32>() / plane as f32,
+                PoolKind::Max => maps[first_max(maps)],
+            };
         }
     }
 
-    /// Each input pixel receives its map's gradient divided by `H * W`.
-    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        if let Some(grad_input) = pass.grad_input {
+    /// Average: each input pixel receives its map's gradient divided by `H * W`. Max: the
+    /// map's first largest pixel receives all of it.
+    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        let (input, grad_output, kind) = (pass.input(), pass.grad_output, self.kind);
+        if let Some(grad_input) = pass.grad_input() {
             let plane = self.input.plane();
-            let scale = 1.0 / plane as f32;
-            for (dxs, &dy) in grad_input
+            for ((dxs, xs), &dy) in grad_input
                 .data_mut()
                 .chunks_exact_mut(plane)
-                .zip(pass.grad_output.data())
+                .zip(input.data().chunks_exact(plane))
+                .zip(grad_output.data())
             {
-                dxs.fill(dy * scale);
+                match kind {
+                    PoolKind::Average => dxs.fill(dy / plane as f32),
+                    PoolKind::Max => {
+                        dxs.fill(0.0);
+                        dxs[first_max(xs)] = dy;
+                    }
+                }
             }
         }
     }

@@ -1,21 +1,26 @@
-//! Layers: each a thin description of shapes and parameters, with its forward and backward
-//! passes side by side, calling the kernels in [`crate::kernels`].
+//! Layers (the graph's ops): each a thin description of shapes and parameters, with its
+//! forward and backward passes side by side, calling the kernels in [`crate::kernels`].
 //!
 //! The contract, for every layer:
-//! - `forward` reads `input` (`[N, input_shape]`) and overwrites `output` (`[N, output_shape]`,
-//!   already sized by the caller).
+//! - `forward` reads `inputs` (each `[N, input shape]`; one for most layers, two or more for
+//!   `add` and `concat`) and overwrites `output` (`[N, output_shape]`, already sized by the
+//!   caller).
 //! - `backward` *adds* the gradient of the loss with respect to each parameter to
-//!   `param_grads` (gradients accumulate; the trainer zeroes them once per step) and
-//!   *writes* the gradient with respect to its input into `grad_input` when that is asked for.
+//!   `param_grads` (gradients accumulate; the trainer zeroes them once per step) and *writes*
+//!   the gradient with respect to each input into its `grad_inputs` entry when that is asked
+//!   for. A value read by several nodes gets the sum of their gradients: the executor
+//!   ([`crate::network::Network::backward`]) lets the first writer write and adds the others.
 //! - Layers hold no mutable state during a pass: buffers live in the caller's [`LayerScratch`],
 //!   so one network serves many threads at once. The one exception is between passes: after a
 //!   training forward pass the trainer calls [`Layer::update_running_statistics`] (batch
 //!   normalisation's running mean and variance; a no-op for every other layer).
 //! - Randomness in a forward pass (dropout) comes from [`LayerScratch::seed`], which the
-//!   network sets per layer and per step from [`crate::Workspace::set_step_seed`].
+//!   network sets per node and per step from [`crate::Workspace::set_step_seed`].
 
 mod activation;
+mod add;
 mod batchnorm;
+mod concat;
 mod conv;
 mod dense;
 mod dropout;
@@ -24,19 +29,22 @@ mod global_pool;
 mod pool;
 mod spec;
 
-pub use activation::Relu;
-pub use batchnorm::{BatchNorm2d, EPSILON as BATCHNORM_EPSILON, MOMENTUM as BATCHNORM_MOMENTUM};
+pub use activation::{Activation, ActivationKind};
+pub use add::Add;
+pub use batchnorm::{BatchNorm2d, EPSILON as BATCH_NORM_EPSILON, MOMENTUM as BATCH_NORM_MOMENTUM};
+pub use concat::Concat;
 pub use conv::Conv2d;
 pub use dense::Dense;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
-pub use global_pool::GlobalAvgPool;
+pub use global_pool::GlobalPool;
 pub use pool::Pool2d;
-pub use spec::{check_layer_order, Conv2dConfig, DenseConfig, LayerSpec};
+pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
 
+use crate::kernels::Scratch;
 use crate::tensor::{Param, Shape, Tensor};
 
-/// The layers after a convolution that [`Layer::forward_fused`] computes with it.
+/// The nodes after a node that [`Layer::forward_fused`] computes with it, at inference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fusion {
     /// A ReLU.
@@ -52,31 +60,46 @@ pub enum Mode {
     Infer,
 }
 
-/// Buffers one layer reuses from batch to batch (im2col columns, partial sums...). Owned by
+/// Buffers one layer reuses from batch to batch (im2col columns, batch statistics...). Owned by
 /// the caller's workspace, not by the layer.
 #[derive(Debug, Default)]
 pub struct LayerScratch {
+    /// What a layer keeps from its forward pass for its backward pass (batch statistics,
+    /// dropout masks).
     pub buffer: Vec<f32>,
+    /// The kernels' own buffers.
+    pub kernel: Scratch,
     /// Seed of this layer's randomness for the current step (dropout masks).
     pub seed: u64,
 }
 
 /// What a backward pass reads and writes.
-pub struct BackwardPass<'a> {
-    /// `[N, input_shape]`: what the forward pass read.
-    pub input: &'a Tensor,
+pub struct BackwardPass<'p, 'a> {
+    /// What the forward pass read, one `[N, input shape]` per input.
+    pub inputs: &'p [&'a Tensor],
     /// `[N, output_shape]`: what the forward pass wrote.
     pub output: &'a Tensor,
     /// `[N, output_shape]`: dL/doutput.
     pub grad_output: &'a Tensor,
-    /// `[N, input_shape]`: dL/dinput, or `None` for the first layer, which nobody reads.
-    pub grad_input: Option<&'a mut Tensor>,
+    /// dL/dinput per input, `None` where nobody needs it (the network's input).
+    pub grad_inputs: &'p mut [Option<&'a mut Tensor>],
+}
+
+impl<'a> BackwardPass<'_, 'a> {
+    /// The first (for most layers, the only) input.
+    pub fn input(&self) -> &'a Tensor {
+        self.inputs[0]
+    }
+
+    /// Where the first input's gradient goes, if it is asked for.
+    pub fn grad_input(&mut self) -> Option<&mut Tensor> {
+        self.grad_inputs.first_mut().and_then(|g| g.as_deref_mut())
+    }
 }
 
 pub trait Layer: Send + Sync + std::fmt::Debug {
     /// The serialisable description this layer was built from.
     fn spec(&self) -> LayerSpec;
-    fn input_shape(&self) -> Shape;
     fn output_shape(&self) -> Shape;
     /// Learnable tensors in PyTorch's order and layout (`weight`, then `bias`).
     fn params(&self) -> &[Param] {
@@ -103,14 +126,21 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     fn kernel(&self) -> String {
         "loops".into()
     }
-    fn forward(&self, input: &Tensor, output: &mut Tensor, mode: Mode, scratch: &mut LayerScratch);
-    /// This layer's inference forward pass followed by the layers in `fused` (a ReLU, then a
+    fn forward(
+        &self,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+        mode: Mode,
+        scratch: &mut LayerScratch,
+    );
+    /// This layer's inference forward pass followed by the nodes in `fused` (a ReLU, then a
     /// 2x2 max pooling), in one pass over the output, when the layer can fuse them
-    /// (convolution); `false`, with nothing written, when it cannot. `output` has the shape
-    /// of the last fused layer's output. Used by [`crate::Network::infer`].
+    /// (convolution: both; addition: the ReLU); `false`, with nothing written, when it cannot.
+    /// `output` has the shape of the last fused node's output. Used by
+    /// [`crate::Network::infer`].
     fn forward_fused(
         &self,
-        _input: &Tensor,
+        _inputs: &[&Tensor],
         _output: &mut Tensor,
         _fused: Fusion,
         _scratch: &mut LayerScratch,
@@ -119,8 +149,65 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     }
     fn backward(
         &self,
-        pass: BackwardPass<'_>,
+        pass: BackwardPass<'_, '_>,
         param_grads: &mut [Vec<f32>],
         scratch: &mut LayerScratch,
     );
+}
+
+/// One-input calls of a layer, for tests and tools that drive a layer alone.
+pub trait SingleInput {
+    /// [`Layer::forward`] of one input.
+    fn forward_one(
+        &self,
+        input: &Tensor,
+        output: &mut Tensor,
+        mode: Mode,
+        scratch: &mut LayerScratch,
+    );
+    /// [`Layer::backward`] of one input: `grad_input`, when given, receives dL/dinput.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_one(
+        &self,
+        input: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut Tensor>,
+        param_grads: &mut [Vec<f32>],
+        scratch: &mut LayerScratch,
+    );
+}
+
+impl<L: Layer + ?Sized> SingleInput for L {
+    fn forward_one(
+        &self,
+        input: &Tensor,
+        output: &mut Tensor,
+        mode: Mode,
+        scratch: &mut LayerScratch,
+    ) {
+        self.forward(&[input], output, mode, scratch);
+    }
+
+    fn backward_one(
+        &self,
+        input: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut Tensor>,
+        param_grads: &mut [Vec<f32>],
+        scratch: &mut LayerScratch,
+    ) {
+        let mut grad_inputs = [grad_input];
+        self.backward(
+            BackwardPass {
+                inputs: &[input],
+                output,
+                grad_output,
+                grad_inputs: &mut grad_inputs,
+            },
+            param_grads,
+            scratch,
+        );
+    }
 }

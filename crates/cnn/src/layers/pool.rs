@@ -13,12 +13,10 @@ pub struct Pool2d {
 
 impl Pool2d {
     pub fn new(kind: PoolKind, window: Window2d, input: Shape) -> Result<Self, String> {
-        if window.stride.contains(&0) || window.kernel.contains(&0) {
-            return Err("kernel and stride must be at least 1".into());
-        }
+        window.check()?;
         // A window may hang over the border, but never lie wholly in the padding: it would
         // pool nothing. PyTorch enforces the same bound.
-        if window.padding[0] * 2 > window.kernel[0] || window.padding[1] * 2 > window.kernel[1] {
+        if window.padding[0] > window.kernel[0] / 2 || window.padding[1] > window.kernel[1] / 2 {
             return Err("padding must be at most half the pooling window".into());
         }
         let [height, width] = window
@@ -29,11 +27,13 @@ impl Pool2d {
                     window.kernel[0], window.kernel[1]
                 )
             })?;
+        let output = Shape::new(input.channels, height, width);
+        crate::limits::image_values(output)?;
         Ok(Pool2d {
             kind,
             geometry: PoolGeometry {
                 input,
-                output: Shape::new(input.channels, height, width),
+                output,
                 window,
             },
         })
@@ -48,10 +48,6 @@ impl Layer for Pool2d {
         }
     }
 
-    fn input_shape(&self) -> Shape {
-        self.geometry.input
-    }
-
     fn output_shape(&self) -> Shape {
         self.geometry.output
     }
@@ -62,19 +58,14 @@ impl Layer for Pool2d {
     }
 
     /// `[N, C, H, W]` to `[N, C, OH, OW]`.
-    fn forward(&self, input: &Tensor, output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        pool_forward(self.kind, &self.geometry, input, output);
+    fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
+        pool_forward(self.kind, &self.geometry, inputs[0], output);
     }
 
-    fn backward(&self, pass: BackwardPass<'_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        if let Some(grad_input) = pass.grad_input {
-            pool_backward(
-                self.kind,
-                &self.geometry,
-                pass.input,
-                pass.grad_output,
-                grad_input,
-            );
+    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        let (input, grad_output) = (pass.input(), pass.grad_output);
+        if let Some(grad_input) = pass.grad_input() {
+            pool_backward(self.kind, &self.geometry, input, grad_output, grad_input);
         }
     }
 }

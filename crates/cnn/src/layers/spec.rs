@@ -1,7 +1,10 @@
 //! Architectures as data: what each layer is, independent of any input shape. Serialised into
 //! model files (key `architecture`), so a model file rebuilds its own network.
 
-use super::{BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool, Layer, Pool2d, Relu};
+use super::{
+    Activation, ActivationKind, Add, BatchNorm2d, Concat, Conv2d, Dense, Dropout, Flatten,
+    GlobalPool, Layer, Pool2d,
+};
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
 use crate::kernels::simd::Isa;
@@ -10,13 +13,52 @@ use crate::window::Window2d;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// A convolution, as PyTorch's `nn.Conv2d(in, out_channels, kernel, stride, padding,
+/// dilation, groups, bias)`. `dilation` and `groups` are written into model files only when
+/// they are not 1, so that files of plain convolutions are as before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conv2dConfig {
     pub out_channels: usize,
     pub kernel: [usize; 2],
     pub stride: [usize; 2],
     pub padding: [usize; 2],
+    #[serde(default = "unit_pair", skip_serializing_if = "is_unit_pair")]
+    pub dilation: [usize; 2],
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub groups: usize,
     pub bias: bool,
+}
+
+impl Conv2dConfig {
+    /// `out_channels` outputs, a `kernel` window, stride 1, no padding, no dilation, one group,
+    /// a bias.
+    pub fn new(out_channels: usize, kernel: [usize; 2]) -> Self {
+        Conv2dConfig {
+            out_channels,
+            kernel,
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            bias: true,
+        }
+    }
+}
+
+fn unit_pair() -> [usize; 2] {
+    [1, 1]
+}
+
+fn is_unit_pair(pair: &[usize; 2]) -> bool {
+    *pair == [1, 1]
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(value: &usize) -> bool {
+    *value == 1
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,8 +67,9 @@ pub struct DenseConfig {
     pub bias: bool,
 }
 
-/// One layer of an architecture. Index `i` in a list of these is module `i` of PyTorch's
-/// `nn.Sequential`, which is where the parameter names `"<i>.weight"` come from.
+/// One layer (a node's op) of an architecture. In a plain stack, index `i` in the list is
+/// module `i` of PyTorch's `nn.Sequential`, which is where the parameter names `"<i>.weight"`
+/// come from; in a graph the node's name is its module path.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LayerSpec {
@@ -46,6 +89,25 @@ pub enum LayerSpec {
     /// The mean of each feature map: `C x H x W` to `C`.
     #[serde(rename = "global_avg_pool")]
     GlobalAvgPool,
+    /// The maximum of each feature map: `C x H x W` to `C`.
+    #[serde(rename = "global_max_pool")]
+    GlobalMaxPool,
+    /// `x` for `x > 0`, else `slope * x`.
+    LeakyRelu {
+        slope: f32,
+    },
+    Sigmoid,
+    Tanh,
+    /// The exact GELU, `x * Φ(x)` (PyTorch's default).
+    Gelu,
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// `x` (a named place in a graph).
+    Identity,
+    /// The sum of two or more inputs of one shape (a residual connection).
+    Add,
+    /// The inputs' channels one after another (same height and width).
+    Concat,
 }
 
 impl LayerSpec {
@@ -61,11 +123,20 @@ impl LayerSpec {
             LayerSpec::BatchNorm2d => "batchnorm2d",
             LayerSpec::Dropout { .. } => "dropout",
             LayerSpec::GlobalAvgPool => "gap",
+            LayerSpec::GlobalMaxPool => "gmp",
+            LayerSpec::LeakyRelu { .. } => "leaky_relu",
+            LayerSpec::Sigmoid => "sigmoid",
+            LayerSpec::Tanh => "tanh",
+            LayerSpec::Gelu => "gelu",
+            LayerSpec::Silu => "silu",
+            LayerSpec::Identity => "identity",
+            LayerSpec::Add => "add",
+            LayerSpec::Concat => "concat",
         }
     }
 
-    /// Whether the layer reads `C x H x W` feature maps: PyTorch's module of the same name
-    /// (`Conv2d`, `MaxPool2d`, `AvgPool2d`, `BatchNorm2d`, `AdaptiveAvgPool2d`) needs a 4-D input.
+    /// Whether the op reads `C x H x W` feature maps: PyTorch's module of the same name
+    /// (`Conv2d`, `MaxPool2d`, `AvgPool2d`, `BatchNorm2d`, the global pools) needs a 4-D input.
     pub fn needs_maps(&self) -> bool {
         matches!(
             self,
@@ -74,33 +145,58 @@ impl LayerSpec {
                 | LayerSpec::AvgPool2d(_)
                 | LayerSpec::BatchNorm2d
                 | LayerSpec::GlobalAvgPool
+                | LayerSpec::GlobalMaxPool
         )
     }
 
-    /// Whether the layer's output is flat features (`[N, F]`, 2-D in PyTorch).
+    /// Whether the op's output is flat features (`[N, F]`, 2-D in PyTorch).
     pub fn flattens(&self) -> bool {
         matches!(
             self,
-            LayerSpec::Flatten | LayerSpec::Dense(_) | LayerSpec::GlobalAvgPool
+            LayerSpec::Flatten
+                | LayerSpec::Dense(_)
+                | LayerSpec::GlobalAvgPool
+                | LayerSpec::GlobalMaxPool
         )
     }
 
-    /// Builds the layer for an input of `input` shape, with zeroed parameters, its kernels to
-    /// run with `isa`. `index` is the layer's position, named in the error when the input does
-    /// not fit.
-    pub fn build(&self, index: usize, input: Shape, isa: Isa) -> Result<Box<dyn Layer>> {
+    /// How many inputs the op takes: exactly one, or (`add`, `concat`) several.
+    pub fn takes_several_inputs(&self) -> bool {
+        matches!(self, LayerSpec::Add | LayerSpec::Concat)
+    }
+
+    /// Builds the layer for inputs of `inputs` shapes, with zeroed parameters, its kernels to
+    /// run with `isa`. `node` is the node's name, given in the error when the inputs do not
+    /// fit.
+    pub fn build(&self, node: &str, inputs: &[Shape], isa: Isa) -> Result<Box<dyn Layer>> {
+        let shapes = inputs
+            .iter()
+            .map(Shape::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ");
         let misfit = |reason: String| Error::Shape {
-            index,
+            node: node.to_string(),
             kind: self.to_string(),
-            input: input.to_string(),
+            input: shapes.clone(),
             reason,
         };
-        if input.is_empty() {
+        if inputs.iter().any(Shape::is_empty) {
             return Err(misfit("the input is empty".into()));
         }
+        if !self.takes_several_inputs() && inputs.len() != 1 {
+            return Err(misfit(format!("it takes one input, not {}", inputs.len())));
+        }
+        let input = inputs[0];
+        let activation = |kind| -> Box<dyn Layer> { Box::new(Activation::new(kind, input)) };
         let layer: Box<dyn Layer> = match *self {
             LayerSpec::Conv2d(config) => Box::new(Conv2d::new(config, input, isa).map_err(misfit)?),
-            LayerSpec::Relu => Box::new(Relu::new(input)),
+            LayerSpec::Relu => activation(ActivationKind::Relu),
+            LayerSpec::LeakyRelu { slope } => activation(ActivationKind::LeakyRelu { slope }),
+            LayerSpec::Sigmoid => activation(ActivationKind::Sigmoid),
+            LayerSpec::Tanh => activation(ActivationKind::Tanh),
+            LayerSpec::Gelu => activation(ActivationKind::Gelu),
+            LayerSpec::Silu => activation(ActivationKind::Silu),
+            LayerSpec::Identity => activation(ActivationKind::Identity),
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
             }
@@ -111,42 +207,25 @@ impl LayerSpec {
             LayerSpec::Dense(config) => Box::new(Dense::new(config, input).map_err(misfit)?),
             LayerSpec::BatchNorm2d => Box::new(BatchNorm2d::new(input)),
             LayerSpec::Dropout { rate } => Box::new(Dropout::new(rate, input).map_err(misfit)?),
-            LayerSpec::GlobalAvgPool => Box::new(GlobalAvgPool::new(input)),
+            LayerSpec::GlobalAvgPool => Box::new(GlobalPool::new(PoolKind::Average, input)),
+            LayerSpec::GlobalMaxPool => Box::new(GlobalPool::new(PoolKind::Max, input)),
+            LayerSpec::Add => Box::new(Add::new(inputs).map_err(misfit)?),
+            LayerSpec::Concat => Box::new(Concat::new(inputs).map_err(misfit)?),
         };
         Ok(layer)
     }
 }
 
-/// Refuses a layer that needs feature maps ([`LayerSpec::needs_maps`]) after one that has
-/// flattened them: this engine would run it on `F x 1 x 1` maps, but a PyTorch
-/// `nn.Sequential` of the same modules cannot run at all.
-pub fn check_layer_order(architecture: &[LayerSpec]) -> Result<()> {
-    let mut flattened_at = None;
-    for (index, spec) in architecture.iter().enumerate() {
-        if let Some(flat) = flattened_at {
-            if spec.needs_maps() {
-                return Err(Error::Architecture(format!(
-                    "layer {index} ({spec}) needs C x H x W feature maps, but layer {flat} \
-                     ({}) has already flattened them into features; move it before layer {flat}",
-                    architecture[flat]
-                )));
-            }
-        }
-        if spec.flattens() && flattened_at.is_none() {
-            flattened_at = Some(index);
-        }
+/// `3` for `[3, 3]`, `3x5` for `[3, 5]`: sizes as the notation writes them.
+fn pair(v: [usize; 2]) -> String {
+    if v[0] == v[1] {
+        v[0].to_string()
+    } else {
+        format!("{}x{}", v[0], v[1])
     }
-    Ok(())
 }
 
 fn fmt_window(f: &mut fmt::Formatter<'_>, w: &Window2d, conv: bool) -> fmt::Result {
-    let pair = |v: [usize; 2]| {
-        if v[0] == v[1] {
-            v[0].to_string()
-        } else {
-            format!("{}x{}", v[0], v[1])
-        }
-    };
     if conv {
         write!(f, "{}x{}", w.kernel[0], w.kernel[1])?;
     } else {
@@ -172,6 +251,12 @@ impl fmt::Display for LayerSpec {
             LayerSpec::Conv2d(c) => {
                 write!(f, "conv {}@", c.out_channels)?;
                 fmt_window(f, &Window2d::new(c.kernel, c.stride, c.padding), true)?;
+                if c.dilation != [1, 1] {
+                    write!(f, " dilation={}", pair(c.dilation))?;
+                }
+                if c.groups != 1 {
+                    write!(f, " groups={}", c.groups)?;
+                }
                 if !c.bias {
                     write!(f, " nobias")?;
                 }
@@ -197,6 +282,15 @@ impl fmt::Display for LayerSpec {
             LayerSpec::BatchNorm2d => write!(f, "batchnorm"),
             LayerSpec::Dropout { rate } => write!(f, "dropout {rate}"),
             LayerSpec::GlobalAvgPool => write!(f, "gap"),
+            LayerSpec::GlobalMaxPool => write!(f, "gmp"),
+            LayerSpec::LeakyRelu { slope } => write!(f, "leakyrelu {slope}"),
+            LayerSpec::Sigmoid => write!(f, "sigmoid"),
+            LayerSpec::Tanh => write!(f, "tanh"),
+            LayerSpec::Gelu => write!(f, "gelu"),
+            LayerSpec::Silu => write!(f, "silu"),
+            LayerSpec::Identity => write!(f, "identity"),
+            LayerSpec::Add => write!(f, "add"),
+            LayerSpec::Concat => write!(f, "concat"),
         }
     }
 }

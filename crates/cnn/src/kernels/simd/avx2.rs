@@ -140,6 +140,15 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    fn sum(self, v: __m256) -> f32 {
+        // SAFETY: see above.
+        unsafe {
+            let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+        }
+    }
+    #[inline(always)]
     fn interleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
         // SAFETY: see above.
         unsafe {

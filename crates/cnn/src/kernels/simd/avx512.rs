@@ -105,6 +105,11 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    fn sum(self, v: __m512) -> f32 {
+        // SAFETY: see above.
+        unsafe { _mm512_reduce_add_ps(v) }
+    }
+    #[inline(always)]
     fn interleave(self, a: __m512, b: __m512) -> (__m512, __m512) {
         // SAFETY: see above.
         unsafe {

@@ -226,6 +226,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn deinterleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
     /// The inverse of [`Simd::deinterleave`]: `a0 b0 a1 b1 ...`, as two registers.
     fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
+    /// The sum of the lanes (in an order fixed for the instruction set).
+    fn sum(self, v: Self::V) -> f32;
 }
 
 #[cfg(test)]
@@ -273,6 +275,7 @@ mod tests {
             let joined: Vec<f32> = a.iter().chain(&b).copied().collect();
             assert_eq!(out(even), each(&|i| joined[2 * i]), "{} even", S::ISA);
             assert_eq!(out(odd), each(&|i| joined[2 * i + 1]), "{} odd", S::ISA);
+            assert_eq!(s.sum(va), a.iter().sum::<f32>(), "{} sum", S::ISA);
             let (low, high) = s.interleave(va, vb);
             let zipped: Vec<f32> = a.iter().zip(&b).flat_map(|(&x, &y)| [x, y]).collect();
             assert_eq!(out(low), zipped[..n], "{} interleave low", S::ISA);

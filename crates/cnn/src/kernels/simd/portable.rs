@@ -105,6 +105,11 @@ impl Simd for Portable {
         (each(|i| at(2 * i)), each(|i| at(2 * i + 1)))
     }
     #[inline(always)]
+    fn sum(self, v: F32x8) -> f32 {
+        let halves: [f32; 4] = std::array::from_fn(|i| v.0[i] + v.0[i + 4]);
+        (halves[0] + halves[2]) + (halves[1] + halves[3])
+    }
+    #[inline(always)]
     fn interleave(self, a: F32x8, b: F32x8) -> (F32x8, F32x8) {
         let at = |k: usize| {
             if k.is_multiple_of(2) {

@@ -1,0 +1,266 @@
+//! Plans made once per network: which buffer holds which value (from the values' lifetimes),
+//! and the inference pass as a rewrite of the graph.
+
+use super::{Inputs, Network, Value, Workspace};
+use crate::layers::BATCH_NORM_EPSILON as EPSILON;
+use crate::layers::{Fusion, Layer, LayerSpec, Mode};
+use crate::tensor::{Shape, Tensor};
+
+/// When a value is live, in steps of a pass (both inclusive), and its floats per image.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lifetime {
+    pub first: usize,
+    pub last: usize,
+    pub len: usize,
+}
+
+/// Gives each value with a lifetime a buffer that no value live at the same time uses, taking
+/// values in the order they start and reusing the first free buffer; returns each value's
+/// buffer and each buffer's floats per image (the largest value it holds). A plain stack needs
+/// two.
+pub(super) fn plan_buffers(lifetimes: &[Option<Lifetime>]) -> (Vec<Option<usize>>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..lifetimes.len())
+        .filter(|&v| lifetimes[v].is_some())
+        .collect();
+    order.sort_by_key(|&v| lifetimes[v].map(|l| l.first));
+    let mut buffer_of = vec![None; lifetimes.len()];
+    // Per buffer: the last step of the value it holds now, and its size.
+    let mut buffers: Vec<(usize, usize)> = Vec::new();
+    for v in order {
+        let life = lifetimes[v].expect("filtered");
+        let free = buffers
+            .iter()
+            .position(|&(busy_until, _)| busy_until < life.first);
+        let b = free.unwrap_or_else(|| {
+            buffers.push((0, 0));
+            buffers.len() - 1
+        });
+        buffers[b] = (life.last, buffers[b].1.max(life.len));
+        buffer_of[v] = Some(b);
+    }
+    (buffer_of, buffers.into_iter().map(|(_, len)| len).collect())
+}
+
+/// The inference pass: the graph with the nodes that have one reader fused into it where a
+/// kernel can compute both in one pass, its values in shared buffers.
+#[derive(Debug)]
+pub(super) struct InferencePlan {
+    steps: Vec<Step>,
+    /// The buffer of each value (`None` for the input, which the caller holds, and the output,
+    /// which goes to the workspace's logits), and each buffer's floats per image.
+    buffers: (Vec<Option<usize>>, Vec<usize>),
+}
+
+#[derive(Debug)]
+struct Step {
+    /// The node computed, or (`folded`) a convolution with the batch normalisation after it
+    /// folded in.
+    node: usize,
+    folded: Option<Box<dyn Layer>>,
+    inputs: Vec<Value>,
+    /// The value of the last node the step computes.
+    output: Value,
+    output_shape: Shape,
+    fusion: Fusion,
+}
+
+impl InferencePlan {
+    pub(super) fn new(network: &Network) -> Self {
+        let nodes = network.nodes();
+        let values = nodes.len() + 1;
+        let output_value = values - 1;
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); values];
+        for (i, node) in nodes.iter().enumerate() {
+            for &v in &node.inputs {
+                readers[v].push(i);
+            }
+        }
+        // The node reading `v`, when it is the only one (and `v` is not the output).
+        let only_reader = |v: Value| match readers[v][..] {
+            [r] if v != output_value => Some(r),
+            _ => None,
+        };
+        let spec = |i: usize| nodes[i].layer.spec();
+        let mut fused_away = vec![false; nodes.len()];
+        let mut steps = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if fused_away[i] {
+                continue;
+            }
+            let mut output = i + 1;
+            let mut folded = None;
+            let mut fusion = Fusion::default();
+            let conv = matches!(spec(i), LayerSpec::Conv2d(_));
+            if conv {
+                if let Some(bn) = only_reader(output).filter(|&r| spec(r) == LayerSpec::BatchNorm2d)
+                {
+                    folded = Some(fold_batch_norm(network, i, bn));
+                    fused_away[bn] = true;
+                    output = bn + 1;
+                }
+            }
+            if conv || spec(i) == LayerSpec::Add {
+                if let Some(relu) = only_reader(output).filter(|&r| spec(r) == LayerSpec::Relu) {
+                    fusion.relu = true;
+                    fused_away[relu] = true;
+                    output = relu + 1;
+                    let shape = nodes[relu].layer.output_shape();
+                    let pool = only_reader(output).filter(|&r| match spec(r) {
+                        LayerSpec::MaxPool2d(w) => {
+                            w.kernel == [2, 2]
+                                && w.stride == [2, 2]
+                                && w.padding == [0, 0]
+                                && (!w.ceil_mode
+                                    || (shape.height.is_multiple_of(2)
+                                        && shape.width.is_multiple_of(2)))
+                        }
+                        _ => false,
+                    });
+                    if let Some(pool) = pool.filter(|_| conv) {
+                        fusion.max_pool = true;
+                        fused_away[pool] = true;
+                        output = pool + 1;
+                    }
+                }
+            }
+            steps.push(Step {
+                node: i,
+                folded,
+                inputs: node.inputs.clone(),
+                output,
+                output_shape: nodes[output - 1].layer.output_shape(),
+                fusion,
+            });
+        }
+        // A value lives from the step that writes it to the last step that reads it.
+        let mut lifetimes: Vec<Option<Lifetime>> = vec![None; values];
+        for (s, step) in steps.iter().enumerate() {
+            if step.output != output_value {
+                lifetimes[step.output] = Some(Lifetime {
+                    first: s,
+                    last: s,
+                    len: step.output_shape.len(),
+                });
+            }
+            for &v in &step.inputs {
+                if let Some(life) = lifetimes[v].as_mut() {
+                    life.last = s;
+                }
+            }
+        }
+        InferencePlan {
+            steps,
+            buffers: super::plan_buffers(&lifetimes),
+        }
+    }
+
+    /// Runs the plan on `input`; the output goes to `workspace.logits`.
+    pub(super) fn run(&self, network: &Network, input: &Tensor, workspace: &mut Workspace) {
+        let batch = input.batch();
+        let (buffer_of, sizes) = &self.buffers;
+        let Workspace {
+            values,
+            pass_scratch,
+            logits,
+            ..
+        } = workspace;
+        values.resize_with(sizes.len(), Tensor::empty);
+        for step in &self.steps {
+            let mut output = match buffer_of[step.output] {
+                Some(b) => std::mem::take(&mut values[b]),
+                None => std::mem::take(logits),
+            };
+            output.reshape(batch, step.output_shape);
+            let inputs: Inputs<'_> = step
+                .inputs
+                .iter()
+                .map(|&v| match buffer_of[v] {
+                    Some(b) => &values[b],
+                    None => input,
+                })
+                .collect();
+            let layer = step
+                .folded
+                .as_deref()
+                .unwrap_or(network.nodes()[step.node].layer());
+            if step.fusion == Fusion::default() {
+                layer.forward(&inputs, &mut output, Mode::Infer, pass_scratch);
+            } else {
+                let fused = layer.forward_fused(&inputs, &mut output, step.fusion, pass_scratch);
+                assert!(fused, "planned fusions are the ones the layer computes");
+            }
+            drop(inputs);
+            match buffer_of[step.output] {
+                Some(b) => values[b] = output,
+                None => *logits = output,
+            }
+        }
+    }
+}
+
+/// Convolution node `conv` with batch normalisation node `bn` (its only reader) folded in, for
+/// inference: per output channel `scale = weight / sqrt(running_var + eps)`, the kernel
+/// multiplied by `scale`, the bias `(bias - running_mean) * scale + bn_bias`.
+fn fold_batch_norm(network: &Network, conv: usize, bn: usize) -> Box<dyn Layer> {
+    let nodes = network.nodes();
+    let LayerSpec::Conv2d(config) = nodes[conv].layer.spec() else {
+        unreachable!("a convolution");
+    };
+    let input = network.value_shape(nodes[conv].inputs[0]);
+    let folded_spec = LayerSpec::Conv2d(crate::layers::Conv2dConfig {
+        bias: true,
+        ..config
+    });
+    let mut folded = folded_spec
+        .build(nodes[conv].name(), &[input], network.isa)
+        .expect("the convolution built before");
+    let params = nodes[conv].layer.params();
+    let (weight, bias) = (&params[0].value, params.get(1).map(|p| &p.value));
+    let bn_params = nodes[bn].layer.params();
+    let bn_buffers = nodes[bn].layer.buffers();
+    let (gamma, beta) = (&bn_params[0].value, &bn_params[1].value);
+    let (mean, variance) = (&bn_buffers[0].value, &bn_buffers[1].value);
+    let per_channel = weight.len() / config.out_channels;
+    let [new_weight, new_bias] = folded.params_mut() else {
+        unreachable!("a weight and a bias");
+    };
+    for oc in 0..config.out_channels {
+        let scale = gamma[oc] / (variance[oc] + EPSILON).sqrt();
+        for (w, &original) in new_weight.value[oc * per_channel..][..per_channel]
+            .iter_mut()
+            .zip(&weight[oc * per_channel..][..per_channel])
+        {
+            *w = original * scale;
+        }
+        let b = bias.map_or(0.0, |b| b[oc]);
+        new_bias.value[oc] = (b - mean[oc]) * scale + beta[oc];
+    }
+    folded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_shared_only_between_values_not_live_at_once() {
+        let life = |first, last, len| Some(Lifetime { first, last, len });
+        // A stack: value k lives from step k to step k + 1.
+        let stack: Vec<_> = (0..6).map(|k| life(k, k + 1, 10 * (k + 1))).collect();
+        let (buffer_of, sizes) = plan_buffers(&stack);
+        assert_eq!(sizes.len(), 2);
+        assert_eq!(buffer_of[0], buffer_of[2]);
+        assert_ne!(buffer_of[0], buffer_of[1]);
+        assert_eq!(sizes.iter().sum::<usize>(), 60 + 50);
+        // A residual value, live across three others, keeps its buffer.
+        let (buffer_of, _) = plan_buffers(&[
+            life(0, 4, 1),
+            life(1, 2, 1),
+            life(2, 3, 1),
+            life(3, 4, 1),
+            None,
+        ]);
+        assert!(buffer_of[1..4].iter().all(|b| *b != buffer_of[0]));
+        assert_eq!(buffer_of[4], None);
+    }
+}
