@@ -1740,3 +1740,83 @@ fn completions_source_in_bash_and_the_man_page_renders() {
         assert!(text.contains(expected), "the page lacks {expected}: {text}");
     }
 }
+
+/// A residual network through the whole tool: the same seed and thread count give the same
+/// model file byte for byte (another seed another one); a run stopped after one epoch and
+/// resumed gives the uninterrupted run's file; `explain --json` shows every node's maps, the
+/// `add` node's included, under the node names the model file uses.
+#[test]
+fn residual_networks_train_resume_and_explain() {
+    let dir = TempDir::new().unwrap();
+    let residual = "stem: conv 4@3 pad=1, relu, \
+                    b: (add(conv 4@3 pad=1 nobias, batchnorm, relu, conv 4@3 pad=1 nobias, batchnorm | ), relu), \
+                    maxpool 2, fc: dense classes";
+    let train = |name: &str, seed: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let output = cnn()
+            .args(["--threads", "2", "train", "--quiet", "--data", "xo:16"])
+            .args(["--epochs", "2", "--arch", residual, "--seed", seed])
+            .args(extra)
+            .arg("--out")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        path
+    };
+    let first = std::fs::read(train("a.safetensors", "5", &[])).unwrap();
+    assert_eq!(
+        first,
+        std::fs::read(train("b.safetensors", "5", &[])).unwrap()
+    );
+    assert_ne!(
+        first,
+        std::fs::read(train("c.safetensors", "6", &[])).unwrap()
+    );
+
+    let stopped = train("r.safetensors", "5", &["--stop-after", "1"]);
+    assert!(!stopped.exists(), "a stopped run writes no model");
+    let output = cnn()
+        .args(["--threads", "2", "train", "--resume"])
+        .arg(dir.path().join("r.safetensors.ckpt"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(first, std::fs::read(&stopped).unwrap(), "resumed differs");
+
+    let picture = dir.path().join("x.png");
+    drawn_letter('x', 64, 0.0, 0.0, 0.0, 5.0)
+        .save(&picture)
+        .unwrap();
+    let output = cnn()
+        .args(["explain", "--json", "--model"])
+        .arg(dir.path().join("a.safetensors"))
+        .arg(&picture)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let layers = json["layers"].as_array().unwrap();
+    let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert_eq!(names[0], "stem");
+    let add = layers.iter().find(|l| l["kind"] == "add").unwrap();
+    assert_eq!(add["name"], "b.0");
+    // The residual branch's last node and the value entering the block.
+    assert_eq!(add["inputs"], serde_json::json!(["b.0.0.4", "1"]));
+    let maps = add["maps"].as_array().unwrap();
+    assert_eq!((maps.len(), maps[0].as_array().unwrap().len()), (4, 16));
+    let model = std::fs::read(dir.path().join("a.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&model[8..]);
+    for name in names.iter().filter(|n| n.contains("conv") || **n == "stem") {
+        assert!(header.contains(&format!("\"{name}.weight\"")), "{name}");
+    }
+}
