@@ -125,31 +125,53 @@ impl Layer for Activation {
 
     /// Any shape to the same shape.
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        let (input, kind) = (inputs[0], self.kind);
-        for_each_item_run(output.data_mut(), BLOCK, BLOCK, |first, out| {
-            let x = &input.data()[first * BLOCK..first * BLOCK + out.len()];
-            for (y, &x) in out.iter_mut().zip(x) {
-                *y = kind.apply(x);
-            }
-        });
+        let (input, out) = (inputs[0].data(), output.data_mut());
+        // The function is chosen outside the loop, so that ReLU's loop is compiled for ReLU
+        // alone (and vectorised).
+        match self.kind {
+            ActivationKind::Relu => map(input, out, |x| x.max(0.0)),
+            kind => map(input, out, move |x| kind.apply(x)),
+        }
     }
 
     fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
         let (input, output, grad_output, kind) =
             (pass.input(), pass.output, pass.grad_output, self.kind);
+        let values = [input.data(), output.data(), grad_output.data()];
         if let Some(grad_input) = pass.grad_input() {
-            for_each_item_run(grad_input.data_mut(), BLOCK, BLOCK, |first, grad| {
-                let range = first * BLOCK..first * BLOCK + grad.len();
-                let (xs, ys) = (&input.data()[range.clone()], &output.data()[range.clone()]);
-                for (((dx, &x), &y), &dy) in grad
-                    .iter_mut()
-                    .zip(xs)
-                    .zip(ys)
-                    .zip(&grad_output.data()[range])
-                {
-                    *dx = dy * kind.derivative(x, y);
+            let grad = grad_input.data_mut();
+            match kind {
+                // The gradient passes where the input was positive (at exactly 0 it is 0, as
+                // in PyTorch).
+                ActivationKind::Relu => {
+                    map_gradient(values, grad, |x, _, dy| if x > 0.0 { dy } else { 0.0 })
                 }
-            });
+                kind => map_gradient(values, grad, move |x, y, dy| dy * kind.derivative(x, y)),
+            }
         }
     }
+}
+
+/// `out[i] = f(input[i])`, in blocks over the pool.
+#[inline(always)]
+fn map(input: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    for_each_item_run(out, BLOCK, BLOCK, |first, out| {
+        let x = &input[first * BLOCK..first * BLOCK + out.len()];
+        for (y, &x) in out.iter_mut().zip(x) {
+            *y = f(x);
+        }
+    });
+}
+
+/// `grad[i] = f(x[i], y[i], dy[i])` for the `[input, output, output gradient]` values, in
+/// blocks over the pool.
+#[inline(always)]
+fn map_gradient(values: [&[f32]; 3], grad: &mut [f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) {
+    for_each_item_run(grad, BLOCK, BLOCK, |first, grad| {
+        let range = first * BLOCK..first * BLOCK + grad.len();
+        let [xs, ys, dys] = values.map(|v| &v[range.clone()]);
+        for (((dx, &x), &y), &dy) in grad.iter_mut().zip(xs).zip(ys).zip(dys) {
+            *dx = f(x, y, dy);
+        }
+    });
 }
