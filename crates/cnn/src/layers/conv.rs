@@ -25,7 +25,11 @@ impl Conv2d {
             return Err("a convolution needs at least one output channel".into());
         }
         window.check()?;
-        if config.dilation.iter().any(|&d| d == 0 || d > limits::MAX_WINDOW) {
+        if config
+            .dilation
+            .iter()
+            .any(|&d| d == 0 || d > limits::MAX_WINDOW)
+        {
             return Err(format!(
                 "the dilation must be from 1 to {}",
                 limits::MAX_WINDOW
