@@ -3,6 +3,7 @@ use crate::progress::ProgressReporter;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use cnn::checkpoint::{self, ModelParts};
+use cnn::data::folder::{self, FolderSplit};
 use cnn::data::{DataSpec, Dataset};
 use cnn::network::Network;
 use cnn::optim::OptimizerConfig;
@@ -292,6 +293,7 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
         }
     }
     let (train_set, validation_set) = data.load_training(args.seed, args.val_split, args.limit)?;
+    check_test_classes(&data, train_set.classes())?;
     let (notation, mut network, preprocessing, state) = match resumed {
         Some(checkpoint) => {
             let model = checkpoint.model;
@@ -389,6 +391,25 @@ pub fn run(args: TrainArgs, threads: usize) -> Result<()> {
             "no test evaluation: {}",
             crate::printable::one_line(&e.to_string())
         ),
+    }
+    Ok(())
+}
+
+/// Refuses, before training, an image folder whose test split has other classes than its
+/// training split: the final evaluation would score them against the wrong classes.
+fn check_test_classes(data: &DataSpec, classes: &[String]) -> Result<()> {
+    if let DataSpec::Folder { dir } = data {
+        if dir.join("test").is_dir() {
+            let test = folder::class_names(dir, FolderSplit::Test)?;
+            if test != classes {
+                bail!(
+                    "{}: its classes ({}) are not the training split's ({})",
+                    escaped(&dir.join("test").display().to_string()),
+                    escaped(&test.join(", ")),
+                    escaped(&classes.join(", "))
+                );
+            }
+        }
     }
     Ok(())
 }
