@@ -864,3 +864,188 @@ fn issue_11_the_limit_applies_before_the_generator() {
         "training started after {elapsed:?}"
     );
 }
+
+/// A `cnn serve` started on a free port, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    address: String,
+    stderr: std::process::ChildStderr,
+}
+
+impl Server {
+    fn start(addr: &str, flags: &[&str]) -> Server {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cnn"))
+            .args([
+                "serve",
+                "--model",
+                path_str(&tiny_model().1),
+                "--addr",
+                addr,
+            ])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .replace("0.0.0.0", "127.0.0.1");
+        let stderr = child.stderr.take().unwrap();
+        Server {
+            child,
+            address,
+            stderr,
+        }
+    }
+
+    fn connect(&self) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads until the server closes the connection; returns what it sent and how long it took.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> (String, Duration) {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server kept the connection open: {e}"),
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+// 10. The server held idle connections forever and buffered bodies before admission.
+#[test]
+fn issue_10_slow_clients_are_closed_after_the_timeouts() {
+    use std::io::Write;
+    let server = Server::start(
+        "127.0.0.1:0",
+        &["--header-timeout", "0.5", "--body-timeout", "0.5"],
+    );
+    // Half a header; nothing at all; an idle connection after a request.
+    for (sent, answered) in [
+        (&b"GET /api/model HTTP/1.1\r\nHost: x\r\n"[..], ""),
+        (&b""[..], ""),
+        (
+            &b"GET /api/model HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            "HTTP/1.1 200",
+        ),
+    ] {
+        let mut stream = server.connect();
+        stream.write_all(sent).unwrap();
+        let (received, elapsed) = read_until_closed(&mut stream);
+        assert!(received.starts_with(answered), "{received}");
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+            "closed after {elapsed:?}"
+        );
+    }
+    // A body that stops halfway gets 408.
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+              Content-Length: 1000\r\n\r\n\x89PNG",
+        )
+        .unwrap();
+    let (received, elapsed) = read_until_closed(&mut stream);
+    assert!(received.starts_with("HTTP/1.1 408"), "{received}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[test]
+fn issue_10_connections_over_the_cap_are_closed() {
+    use std::io::Write;
+    let server = Server::start(
+        "127.0.0.1:0",
+        &["--max-connections", "2", "--header-timeout", "60"],
+    );
+    let held: Vec<_> = (0..2).map(|_| server.connect()).collect();
+    // Both are accepted before the third arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = server.connect();
+    let (received, elapsed) = read_until_closed(&mut third);
+    assert!(received.is_empty(), "{received}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The two held ones still serve.
+    for mut stream in held {
+        stream
+            .write_all(b"GET /api/model HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (received, _) = read_until_closed(&mut stream);
+        assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    }
+    // Their places are free again.
+    let started = Instant::now();
+    loop {
+        let mut stream = server.connect();
+        let _ =
+            stream.write_all(b"GET /api/model HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (received, _) = read_until_closed(&mut stream);
+        if received.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{received}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn issue_10_every_interface_is_warned_about_and_flags_are_checked() {
+    let mut server = Server::start("0.0.0.0:0", &[]);
+    let mut line = String::new();
+    BufReader::new(&mut server.stderr)
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("warning:") && line.contains("reachable from the network"),
+        "{line}"
+    );
+    drop(server);
+    let model = path_str(&tiny_model().1);
+    for (flag, value) in [
+        ("--header-timeout", "NaN"),
+        ("--header-timeout", "0"),
+        ("--body-timeout", "-1"),
+        ("--body-timeout", "1e300"),
+        ("--max-connections", "0"),
+        ("--max-connections", "18446744073709551615"),
+    ] {
+        let argument = format!("{flag}={value}");
+        let args = [
+            "serve",
+            "--model",
+            model,
+            "--addr",
+            "127.0.0.1:0",
+            &argument,
+        ];
+        refused(&args, flag);
+    }
+}
