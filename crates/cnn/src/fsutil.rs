@@ -225,6 +225,10 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let error = write_atomically(dir.path(), b"x").unwrap_err().to_string();
         assert!(error.contains("a folder is there"), "{error}");
+        let error = write_atomically(&dir.path().join("missing/model"), b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no folder"), "{error}");
 
         // A temporary of a writer that no longer runs (no process has id u32::MAX), and one
         // of this process, which is alive.
