@@ -87,12 +87,22 @@ fn describe(kind: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Checks that a file may be written at `path`: nothing is there yet, or a regular file
-/// (which is replaced). A device, a FIFO, a symbolic link or a folder is refused, so that
-/// `--out /dev/null` as root cannot replace the device with a model.
+/// Checks that a file may be written at `path`: nothing is there yet (in a folder that
+/// exists), or a regular file (which is replaced). A device, a FIFO, a symbolic link or a
+/// folder is refused, so that `--out /dev/null` as root cannot replace the device with a
+/// model.
 pub fn check_replaceable(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.is_file() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(folder) if !folder.is_dir() => Err(Error::file(
+                    path,
+                    format!("cannot write it: no folder {}", folder.display()),
+                )),
+                _ => Ok(()),
+            }
+        }
         Ok(metadata) => Err(Error::file(
             path,
             format!(
@@ -100,7 +110,6 @@ pub fn check_replaceable(path: &Path) -> Result<()> {
                 describe(&metadata.file_type())
             ),
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
     }
 }
@@ -216,6 +225,10 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let error = write_atomically(dir.path(), b"x").unwrap_err().to_string();
         assert!(error.contains("a folder is there"), "{error}");
+        let error = write_atomically(&dir.path().join("missing/model"), b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no folder"), "{error}");
 
         // A temporary of a writer that no longer runs (no process has id u32::MAX), and one
         // of this process, which is alive.

@@ -17,6 +17,8 @@ use cnn::kernels::pool::PoolKind;
 use cnn::network::Workspace;
 use cnn::seed_example::{self, Letter};
 use cnn::{model_file, Model};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 #[derive(Args)]
@@ -37,9 +40,27 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     max_body: usize,
+    /// Open connections at most; more are closed as they arrive.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and an idle connection may
+    /// wait for its next request) before the connection is closed.
+    #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT, value_name = "SECONDS")]
+    header_timeout: f64,
+    /// Seconds a client may take to send a request's body; slower ones get 408.
+    #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT, value_name = "SECONDS")]
+    body_timeout: f64,
 }
 
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+pub const DEFAULT_HEADER_TIMEOUT: f64 = 10.0;
+pub const DEFAULT_BODY_TIMEOUT: f64 = 30.0;
+/// Requests admitted at once per inference thread: their bodies are read (at most
+/// `--max-body` bytes each) and wait for a thread. Others wait, unread, for admission.
+const ADMITTED_PER_THREAD: usize = 4;
+/// How long a request waits for admission before it gets 503.
+const ADMISSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pictures wider or taller than this are refused before decoding (413), so that a small
 /// compressed file cannot ask for gigabytes of pixels.
 pub const MAX_SIDE: u32 = 4096;
@@ -55,22 +76,51 @@ pub struct AppState {
     model: Arc<Model>,
     /// One permit per core: inference is CPU-bound, so more at once only adds latency.
     permits: Arc<Semaphore>,
+    /// Admission, taken before a body is read: [`ADMITTED_PER_THREAD`] per inference
+    /// permit, so that bodies buffered at once take at most that many times `max_body`.
+    admitted: Arc<Semaphore>,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 impl AppState {
     pub fn new(model: Arc<Model>, threads: usize, max_body: usize) -> Self {
+        let threads = threads.max(1);
         AppState {
             model,
-            permits: Arc::new(Semaphore::new(threads.max(1))),
+            permits: Arc::new(Semaphore::new(threads)),
+            admitted: Arc::new(Semaphore::new(threads * ADMITTED_PER_THREAD)),
             max_body,
+            body_timeout: Duration::from_secs_f64(DEFAULT_BODY_TIMEOUT),
         }
+    }
+
+    /// The state with bodies read within `timeout`.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 }
 
+/// A timeout flag in seconds: positive, finite, at most an hour.
+fn timeout_flag(flag: &str, seconds: f64) -> Result<Duration> {
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        anyhow::bail!("{flag} must be above 0 and at most 3600 seconds, not {seconds}");
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 pub fn run(args: ServeArgs, global: crate::Global) -> Result<()> {
+    let header_timeout = timeout_flag("--header-timeout", args.header_timeout)?;
+    let body_timeout = timeout_flag("--body-timeout", args.body_timeout)?;
+    if !(1..=MAX_CONNECTIONS_LIMIT).contains(&args.max_connections) {
+        anyhow::bail!(
+            "--max-connections must be from 1 to {MAX_CONNECTIONS_LIMIT}, not {}",
+            args.max_connections
+        );
+    }
     let model = Arc::new(model_file::load(&args.model)?);
-    let state = AppState::new(model, global.threads, args.max_body);
+    let state = AppState::new(model, global.threads, args.max_body).with_body_timeout(body_timeout);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,19 +130,98 @@ pub fn run(args: ServeArgs, global: crate::Global) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let address = listener.local_addr()?;
+        if !address.ip().is_loopback() {
+            eprintln!(
+                "warning: listening on {address}, not a loopback address: the playground is \
+                 then reachable from the network"
+            );
+        }
         if !global.quiet {
         println!(
             "serving {} on http://{address}/ (drawing) and http://{address}/example (the seed's example); Ctrl-C stops",
-            args.model.display()
+            crate::printable::escaped(&args.model.display().to_string())
         );
         }
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("the server stopped")
+        let limits = ConnectionLimits {
+            max_connections: args.max_connections,
+            header_timeout,
+        };
+        serve(listener, router(state), limits, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        Ok(())
     })
+}
+
+/// The most `--max-connections` may say (each connection is a file descriptor).
+const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+
+/// What a client's connection may hold.
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// For a request's headers to arrive, counted from when the connection waits for them.
+    pub header_timeout: Duration,
+}
+
+/// Serves HTTP/1 on `listener` until `shutdown` completes, then lets the open connections
+/// finish their requests. A connection over `limits.max_connections` is closed at once; one
+/// whose request headers do not arrive within `limits.header_timeout` (a client that sends
+/// half a header, or nothing, or keeps an idle connection) is closed then.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it was accepted:
+                // wait a moment instead of spinning on the error.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = async { drop(stopped.wait_for(|&stop| stop).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    let _ = stop.send(true);
+    // Every connection gives its permit back when it ends.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        connections.acquire_many(limits.max_connections as u32),
+    )
+    .await;
 }
 
 pub fn router(state: AppState) -> Router {
@@ -216,7 +345,30 @@ async fn predict(
     if declared.is_some_and(|n| n > state.max_body) {
         return too_large();
     }
-    let bytes = match to_bytes(body, state.max_body).await {
+    // Admitted before the body is read: a request waiting here holds its connection, not
+    // its body.
+    let admission = tokio::time::timeout(ADMISSION_TIMEOUT, state.admitted.clone().acquire_owned());
+    let _admitted = match admission.await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy: try again later",
+            )
+        }
+    };
+    let read = tokio::time::timeout(state.body_timeout, to_bytes(body, state.max_body));
+    let Ok(read) = read.await else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} seconds",
+                state.body_timeout.as_secs_f64()
+            ),
+        );
+    };
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(e) => {
             let source = std::error::Error::source(&e).map(|s| s.to_string());

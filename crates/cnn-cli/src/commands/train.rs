@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, ValueEnum};
 use cnn::checkpoint::{self, ModelParts};
+use cnn::data::folder::{self, FolderSplit};
 use cnn::data::{DataSpec, Dataset};
 use cnn::network::Network;
 use cnn::optim::OptimizerConfig;
@@ -566,6 +567,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
             );
         }
     }
+    check_test_classes(&data, train_set.classes())?;
     let (notation, mut network, preprocessing, state) = match resumed {
         Some(checkpoint) => {
             let model = checkpoint.model;
@@ -754,6 +756,25 @@ fn describe_split(
         _ => "none held out".to_string(),
     };
     format!("{training_part}, {held_out_part}")
+}
+
+/// Refuses, before training, an image folder whose test split has other classes than its
+/// training split: the final evaluation would score them against the wrong classes.
+fn check_test_classes(data: &DataSpec, classes: &[String]) -> Result<()> {
+    if let DataSpec::Folder { dir } = data {
+        if dir.join("test").is_dir() {
+            let test = folder::class_names(dir, FolderSplit::Test)?;
+            if test != classes {
+                bail!(
+                    "{}: its classes ({}) are not the training split's ({})",
+                    escaped(&dir.join("test").display().to_string()),
+                    escaped(&test.join(", ")),
+                    escaped(&classes.join(", "))
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The settings a checkpoint stores, checked as the flags are: the configuration must be the
