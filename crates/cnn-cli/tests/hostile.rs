@@ -133,16 +133,38 @@ fn model_with_metadata(key: &str, edit: impl FnOnce(&mut serde_json::Value)) -> 
     join_model(&header, &data)
 }
 
-/// The tiny model with the f32 values of tensor `name` replaced by `value`.
-fn model_with_tensor_values(name: &str, value: f32) -> Vec<u8> {
+/// The tiny model with finite tensors whose outputs are not finite on every kernel path: the
+/// convolutions give exactly their bias, 1e30 (zero weights; small enough that no kernel's
+/// transform overflows, which would make a NaN that ReLU may turn into 0), and the dense layer
+/// multiplies those by 3.4e38, which overflows to +infinity whatever the order of the sums.
+fn model_that_overflows() -> Vec<u8> {
     let (header, mut data) = split_model(&tiny_model_bytes());
-    let offsets = &header[name]["data_offsets"];
-    let (start, end) = (
-        offsets[0].as_u64().unwrap() as usize,
-        offsets[1].as_u64().unwrap() as usize,
-    );
-    for chunk in data[start..end].chunks_exact_mut(4) {
-        chunk.copy_from_slice(&value.to_le_bytes());
+    for (name, tensor) in header.as_object().unwrap() {
+        let Some(dims) = tensor.get("shape").and_then(|s| s.as_array()) else {
+            continue;
+        };
+        let value: f32 = match (dims.len(), name.ends_with(".bias")) {
+            (4, false) => 0.0,
+            (2, false) => 3.4e38,
+            (1, true)
+                if header
+                    .as_object()
+                    .unwrap()
+                    .get(&name.replace(".bias", ".weight"))
+                    .is_some_and(|w| w["shape"].as_array().unwrap().len() == 4) =>
+            {
+                1e30
+            }
+            _ => continue,
+        };
+        let offsets = &tensor["data_offsets"];
+        let (start, end) = (
+            offsets[0].as_u64().unwrap() as usize,
+            offsets[1].as_u64().unwrap() as usize,
+        );
+        for chunk in data[start..end].chunks_exact_mut(4) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
     }
     join_model(&header, &data)
 }
@@ -717,7 +739,7 @@ fn issue_9_outputs_that_are_not_finite_are_refused() {
         &["predict", "--model", path_str(&model), path_str(&picture)],
         "std",
     );
-    let huge = model_with_tensor_values("0.bias", 3.4e38);
+    let huge = model_that_overflows();
     let model = write(dir.path(), "huge.safetensors", &huge);
     for args in [
         vec!["predict", "--model", path_str(&model), path_str(&picture)],
