@@ -11,12 +11,7 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(picture) = cnn::preprocess::decode_picture(bytes) else {
         return;
     };
-    let rgb = Preprocessing {
-        mean: vec![0.5; 3],
-        std: vec![0.25; 3],
-        background: Background::Light,
-        autocontrast: false,
-    };
+    let rgb = Preprocessing::new(vec![0.5; 3], vec![0.25; 3], Background::Light, false);
     for (preprocessing, shape) in [
         (Preprocessing::seed_convention(), Shape::new(1, 28, 28)),
         (rgb, Shape::new(3, 32, 32)),
