@@ -5,6 +5,15 @@ use cnn::arch;
 use cnn::Architecture;
 use std::path::Path;
 
+/// The help line of `--arch`, naming every preset.
+pub fn help() -> String {
+    let names: Vec<&str> = arch::presets().iter().map(|(n, _)| *n).collect();
+    format!(
+        "Architecture: a preset ({}), a file, or layers in the notation",
+        names.join(", ")
+    )
+}
+
 /// The architecture `argument` names, with how to name it in one line: a stack's notation, or
 /// for a graph its preset name and size.
 pub fn resolve(argument: &str, classes: usize) -> Result<(String, Architecture)> {

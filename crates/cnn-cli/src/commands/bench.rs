@@ -18,8 +18,7 @@ const LAYER_CALLS: usize = 15;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Architecture: a preset (xo, lenet5, cnn4), a file, or layers in the text notation.
-    #[arg(long, default_value = "lenet5")]
+    #[arg(long, default_value = "lenet5", help = crate::arch_arg::help())]
     arch: String,
     /// Input shape of one image, CxHxW.
     #[arg(long, default_value = "1x28x28")]

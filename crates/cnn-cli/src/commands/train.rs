@@ -42,8 +42,7 @@ pub struct TrainArgs {
     /// Data set: xo, xo:SIZE, fashion-mnist, idx:DIR, folder:DIR, cifar10:DIR.
     #[arg(long, default_value = "xo")]
     data: String,
-    /// Architecture: a preset (xo, lenet5, cnn4, fashion), a file, or layers in the notation.
-    #[arg(long, default_value = "xo")]
+    #[arg(long, default_value = "xo", help = crate::arch_arg::help())]
     arch: String,
     /// Passes over the training data (default 6; the presets: their own). With --resume: the
     /// number of epochs to reach, extending a finished or interrupted run.
@@ -185,6 +184,7 @@ struct PresetSettings {
     warmup: usize,
     shift: usize,
     flip: bool,
+    cutout: usize,
 }
 
 fn preset_settings(arch: &str) -> Option<PresetSettings> {
@@ -199,6 +199,7 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
             warmup: 0,
             shift: 0,
             flip: false,
+            cutout: 0,
         }),
         "fashion" => Some(PresetSettings {
             epochs: 20,
@@ -210,6 +211,19 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
             warmup: 0,
             shift: 0,
             flip: true,
+            cutout: 0,
+        }),
+        "fashion-resnet" => Some(PresetSettings {
+            epochs: 15,
+            batch: 64,
+            optimizer: OptimizerName::Adamw,
+            lr: 0.002,
+            weight_decay: 0.05,
+            schedule: ScheduleName::Cosine,
+            warmup: 0,
+            shift: 0,
+            flip: true,
+            cutout: 8,
         }),
         _ => None,
     }
@@ -283,7 +297,10 @@ impl TrainArgs {
                 rotate: self.rotate.unwrap_or(0.0),
                 scale: self.scale.unwrap_or(0.0),
                 noise: self.noise.unwrap_or(0.0),
-                cutout: self.cutout.unwrap_or(0),
+                cutout: self
+                    .cutout
+                    .or(preset.as_ref().map(|p| p.cutout))
+                    .unwrap_or(0),
             }
         };
         if augment.flip && !data.allows_flip() {
