@@ -63,6 +63,7 @@ fn values(rng: &mut impl rand::Rng, len: usize, coarse: bool) -> Vec<f32> {
 fn epilogue(bias: Option<&[f32]>) -> cnn::kernels::Epilogue<'_> {
     cnn::kernels::Epilogue {
         bias,
+        accumulate: false,
         relu: false,
         max_pool: false,
     }
@@ -420,6 +421,7 @@ fn compare_fused(
     let bias = bias.then_some(&bias_values[..]);
     let fused = cnn::kernels::Epilogue {
         bias,
+        accumulate: false,
         relu: true,
         max_pool: true,
     };
@@ -450,6 +452,67 @@ fn compare_fused(
         kernel.forward(&x, &weight, fused, &mut fast, &mut Scratch::default());
         let what = format!("{} fused conv", kernel_name(&kernel));
         matches(&what, fast.data(), slow.data(), pooled_scale.data())?;
+    }
+    Ok(())
+}
+
+/// Runs the fast convolution with a residual addition (and with `relu` a ReLU) fused in: the
+/// output holds the other summand beforehand, as the inference plan leaves it. Every forward
+/// algorithm that applies on `isa` against the reference convolution plus the summand.
+#[allow(clippy::too_many_arguments)]
+fn compare_residual(
+    isa: Isa,
+    batch: usize,
+    (channels, out_channels): (usize, usize),
+    input: [usize; 2],
+    window: impl Into<ConvWindow>,
+    bias: bool,
+    relu: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let Some(ConvCase {
+        g,
+        x,
+        weight,
+        bias_values,
+        mut rng,
+    }) = ConvCase::draw(batch, channels, out_channels, input, window, seed)
+    else {
+        return Ok(());
+    };
+    let bias = bias.then_some(&bias_values[..]);
+    let summand = values(&mut rng, batch * g.output.len(), false);
+    let mut slow = Tensor::zeros(batch, g.output);
+    reference::conv2d_forward(&g, &x, &weight, bias, &mut slow);
+    for (v, &r) in slow.data_mut().iter_mut().zip(&summand) {
+        *v += r;
+        if relu {
+            *v = v.max(0.0);
+        }
+    }
+    let mut scale = Tensor::zeros(batch, g.output);
+    let abs_bias = bias.map(abs);
+    reference::conv2d_forward(
+        &g,
+        &abs_tensor(&x),
+        &abs(&weight),
+        abs_bias.as_deref(),
+        &mut scale,
+    );
+    for (s, r) in scale.data_mut().iter_mut().zip(&summand) {
+        *s += r.abs();
+    }
+    let fused = cnn::kernels::Epilogue {
+        bias,
+        accumulate: true,
+        relu,
+        max_pool: false,
+    };
+    for kernel in conv_kernels(&g, isa) {
+        let mut fast = tensor(batch, g.output, summand.clone());
+        kernel.forward(&x, &weight, fused, &mut fast, &mut Scratch::default());
+        let what = format!("{} conv + residual", kernel_name(&kernel));
+        matches(&what, fast.data(), slow.data(), scale.data())?;
     }
     Ok(())
 }
@@ -559,6 +622,39 @@ for_each_isa! {
     ) {
         let window = Window2d::new([kernel, kernel], [1, 1], [padding, padding]);
         compare_fused(isa, batch, channels, out_channels, input, window, bias, seed)?;
+    }
+
+    /// A convolution with a residual addition (and a ReLU) fused in, which adds its result to
+    /// the values the output holds, equals the reference convolution plus those values, with
+    /// every algorithm that applies: any stride, padding, dilation and groups (depthwise
+    /// included), enough input channels for Winograd, odd sizes and rows wider than a
+    /// register.
+    fn fused_conv_residual_matches_reference(
+        isa;
+        batch in 1usize..=3,
+        groups in prop_oneof![Just(1usize), 1usize..=3],
+        depthwise in any::<bool>(),
+        per_group in (prop_oneof![1usize..=4, 8usize..=12], 1usize..=4),
+        input in [2usize..=13, 2usize..=37],
+        kernel in prop_oneof![Just(3usize), 1usize..=5],
+        stride in prop_oneof![Just(1usize), 1usize..=2],
+        padding in 0usize..=2,
+        dilation in prop_oneof![3 => Just(1usize), 1 => 1usize..=2],
+        bias in any::<bool>(),
+        relu in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let (channels, out_channels, groups) = if depthwise {
+            (per_group.0 * 3, per_group.0 * 3, per_group.0 * 3)
+        } else {
+            (per_group.0 * groups, per_group.1 * groups, groups)
+        };
+        let window = ConvWindow {
+            window: Window2d::new([kernel, kernel], [stride, stride], [padding, padding]),
+            dilation: [dilation, dilation],
+            groups,
+        };
+        compare_residual(isa, batch, (channels, out_channels), input, window, bias, relu, seed)?;
     }
 
     /// Grouped and dilated convolutions (groups dividing both channel counts, dilation up to
@@ -1061,12 +1157,16 @@ fn conv_on_inputs_smaller_than_the_kernel() {
 /// The fast inference path (the plan: ReLU and pooling fused into convolutions, ReLU into
 /// additions, batch normalisation folded into convolutions, shared buffers; large batches in
 /// per-thread sub-batches) gives the logits of the plain forward pass, on every preset, the
-/// residual ones included, and on a batch that leaves a ragged last sub-batch, for one image
-/// and for many.
+/// residual ones included (whose additions the convolutions before them compute in place),
+/// and on a batch that leaves a ragged last sub-batch, for one image and for many. The last
+/// graph adds onto values that cannot be overwritten: the network's input, and a value that
+/// a later node reads again.
 #[test]
 fn infer_matches_forward() {
     use cnn::network::SUB_BATCH;
     let mut rng = rng(7);
+    let summands_kept = "add(conv 1@3 pad=1 | ), relu, \
+        concat(add(conv 1@3 pad=1 nobias, batchnorm | ) | ), relu, conv 4@3 pad=1, gap, dense classes";
     for (preset, isa) in [
         "xo",
         "lenet5",
@@ -1074,11 +1174,13 @@ fn infer_matches_forward() {
         "fashion",
         "resnet20",
         "fashion-resnet",
+        summands_kept,
     ]
     .into_iter()
     .flat_map(|preset| Isa::supported().into_iter().map(move |isa| (preset, isa)))
     {
-        let layers = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let notation = cnn::arch::preset(preset).unwrap_or_else(|| preset.to_string());
+        let layers = cnn::arch::parse(&notation, 10).unwrap();
         let shape = Shape::new(1, 28, 28);
         let mut network = cnn::Network::with_isa(&layers, shape, isa).unwrap();
         network.init_kaiming(&mut rng);

@@ -502,7 +502,12 @@ impl Conv2dKernel {
         };
         for (index, kernel) in self.groups.iter().enumerate() {
             gather_channels(input, index, group.input, inputs);
-            outputs.reshape(input.batch(), out_shape);
+            if epilogue.accumulate {
+                // The group's kernel adds its result to what its channels hold.
+                gather_channels(output, index, out_shape, outputs);
+            } else {
+                outputs.reshape(input.batch(), out_shape);
+            }
             let bias = epilogue
                 .bias
                 .map(|b| &b[index * group.output.channels..][..group.output.channels]);
@@ -672,8 +677,9 @@ pub fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_len: usize, 
                 *o = v;
             }
         } else {
-            for (k, o) in middle.iter_mut().enumerate() {
-                *o = image[src + k * sw];
+            // An iterator, not `image[src + k * sw]`: no bounds check per value.
+            for (o, &v) in middle.iter_mut().zip(image[src..].iter().step_by(sw)) {
+                *o = v;
             }
         }
     });

@@ -167,15 +167,9 @@ impl Kernel for Plane<'_> {
                         strip.store(s, out, top / 2, out_width / 2, pooled);
                         continue;
                     }
-                    strip.store(s, out, top, out_width, epilogue.finish(s, bias, upper[r]));
+                    strip.finish_store(s, out, (top, out_width), &epilogue, bias, upper[r]);
                     if top + 1 < out_height {
-                        strip.store(
-                            s,
-                            out,
-                            top + 1,
-                            out_width,
-                            epilogue.finish(s, bias, lower[r]),
-                        );
+                        strip.finish_store(s, out, (top + 1, out_width), &epilogue, bias, lower[r]);
                     }
                 }
             }

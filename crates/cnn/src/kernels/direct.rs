@@ -293,6 +293,35 @@ impl<S: Simd> Strip<S> {
             unsafe { s.store_masked(target.as_mut_ptr(), self.mask, value) };
         }
     }
+
+    /// The strip's lanes of row `row` (`pitch` wide) of `plane`, the others zero.
+    #[inline(always)]
+    pub(super) fn load(&self, s: S, plane: &[f32], row: usize, pitch: usize) -> S::V {
+        if self.columns == 0 {
+            return s.zero();
+        }
+        let source = &plane[row * pitch + self.start..][..self.columns];
+        // SAFETY: the masked lanes read are `source`, inside `plane`.
+        unsafe { s.load_masked(source.as_ptr(), self.mask) }
+    }
+
+    /// The epilogue of `values` (bias `bias`), stored to row `row` of `plane`: what
+    /// [`Strip::store`] writes for an unpooled row, adding the values there when the epilogue
+    /// accumulates.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn finish_store(
+        &self,
+        s: S,
+        plane: &mut [f32],
+        (row, pitch): (usize, usize),
+        epilogue: &Epilogue<'_>,
+        bias: S::V,
+        values: S::V,
+    ) {
+        let finished = epilogue.finish_onto(s, bias, values, || self.load(s, plane, row, pitch));
+        self.store(s, plane, row, pitch, finished);
+    }
 }
 
 /// The epilogue of two output rows' sums (`sums[row][channel]`, the strip's register of
@@ -330,15 +359,9 @@ fn store_rows<S: Simd, const B: usize>(
             strip.store(s, plane, top / 2, out_width / 2, pooled);
             continue;
         }
-        strip.store(s, plane, top, out_width, epilogue.finish(s, bias, upper));
+        strip.finish_store(s, plane, (top, out_width), &epilogue, bias, upper);
         if top + 1 < out_height {
-            strip.store(
-                s,
-                plane,
-                top + 1,
-                out_width,
-                epilogue.finish(s, bias, lower),
-            );
+            strip.finish_store(s, plane, (top + 1, out_width), &epilogue, bias, lower);
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Scratch {
 pub struct Epilogue<'a> {
     /// Added per output channel.
     pub bias: Option<&'a [f32]>,
+    /// Then the value already in the output at the same place: a residual connection's
+    /// addition fused into the convolution before it (the output holds the other summand).
+    /// Never with `max_pool`.
+    pub accumulate: bool,
     /// Then `max(0, ·)`: a ReLU fused into the layer before it.
     pub relu: bool,
     /// Then the maximum of each 2x2 block (stride 2, no padding, a last odd row or column
@@ -76,6 +80,10 @@ impl Epilogue<'_> {
         out: &mut [f32],
     ) {
         if self.max_pool {
+            assert!(
+                !self.accumulate,
+                "a residual addition is never pooled in the same pass"
+            );
             let bias = self.bias_of(channel);
             let (pooled_rows, pooled_width) = (rows / 2, width / 2);
             for (py, out_row) in out
@@ -110,8 +118,14 @@ impl Epilogue<'_> {
     #[inline(always)]
     pub fn apply(&self, channel: usize, values: &[f32], out: &mut [f32]) {
         let bias = self.bias_of(channel);
-        for (o, &v) in out.iter_mut().zip(values) {
-            *o = self.activate(v + bias);
+        if self.accumulate {
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = self.activate(v + bias + *o);
+            }
+        } else {
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = self.activate(v + bias);
+            }
         }
     }
 
@@ -120,7 +134,27 @@ impl Epilogue<'_> {
     /// before).
     #[inline(always)]
     pub(crate) fn finish<S: simd::Simd>(&self, s: S, bias: S::V, values: S::V) -> S::V {
-        let values = s.add(values, bias);
+        debug_assert!(
+            !self.accumulate,
+            "an accumulating epilogue needs the output values"
+        );
+        self.finish_onto(s, bias, values, || s.zero())
+    }
+
+    /// [`Epilogue::finish`] of a register bound for the output values that `existing` loads
+    /// (called only with `accumulate`, whose sum needs them).
+    #[inline(always)]
+    pub(crate) fn finish_onto<S: simd::Simd>(
+        &self,
+        s: S,
+        bias: S::V,
+        values: S::V,
+        existing: impl FnOnce() -> S::V,
+    ) -> S::V {
+        let mut values = s.add(values, bias);
+        if self.accumulate {
+            values = s.add(values, existing());
+        }
         if self.relu {
             s.max(values, s.zero())
         } else {

@@ -518,14 +518,18 @@ fn transform_output<S: Simd>(
                     if row >= height {
                         break;
                     }
-                    let (low, high) = s.interleave(
-                        epilogue.finish(s, bias, left),
-                        epilogue.finish(s, bias, right),
-                    );
+                    // Interleaved before the epilogue, whose bias is the same in every
+                    // lane: a residual it adds is then in output order.
+                    let (low, high) = s.interleave(left, right);
                     let start = out_plane + row * width + left_column;
                     let room = width as isize - left_column as isize;
-                    store_first(s, output, start, room, low);
-                    store_first(s, output, start + S::LANES, room - lanes, high);
+                    for (at, room, values) in
+                        [(start, room, low), (start + S::LANES, room - lanes, high)]
+                    {
+                        let finished = epilogue
+                            .finish_onto(s, bias, values, || load_first(s, output, at, room));
+                        store_first(s, output, at, room, finished);
+                    }
                 }
             }
         }
@@ -544,6 +548,20 @@ fn store_first<S: Simd>(s: S, output: SharedSlice<f32>, at: usize, count: isize,
         // only this run writes these outputs.
         unsafe { s.store_masked(to, s.mask(0, count), value) };
     }
+}
+
+/// The first `count` lanes (clamped to `0..LANES`) of `output[at..]`, the others zero, the
+/// address checked against the output's bounds: what [`store_first`] will overwrite.
+#[inline(always)]
+fn load_first<S: Simd>(s: S, output: SharedSlice<f32>, at: usize, count: isize) -> S::V {
+    let count = count.clamp(0, S::LANES as isize);
+    if count == 0 {
+        return s.zero();
+    }
+    let from = output.ptr_for(at, count as usize);
+    // SAFETY: the first `count` lanes lie inside the output (checked by `ptr_for`), and only
+    // this run writes these outputs, so nothing writes them meanwhile.
+    unsafe { s.load_masked(from, s.mask(0, count)) }
 }
 
 #[cfg(test)]
@@ -652,7 +670,7 @@ mod tests {
             let input = random(batch * g.input.len());
             let weight = random(channels_out * channels * 9);
             let bias_values = random(channels_out);
-            let epilogue = Epilogue { bias: bias.then_some(&bias_values[..]), relu, max_pool };
+            let epilogue = Epilogue { bias: bias.then_some(&bias_values[..]), accumulate: false, relu, max_pool };
             let all_rows = batch * tiles(&g)[0];
             let first = (seed as usize) % all_rows;
             let rows = first..all_rows.min(first + 1 + (seed as usize >> 8) % all_rows);

@@ -78,7 +78,7 @@ impl Layer for Add {
         fused: Fusion,
         _: &mut LayerScratch,
     ) -> bool {
-        if fused.max_pool {
+        if fused.max_pool || fused.accumulate {
             return false;
         }
         self.sum(inputs, output, fused.relu);

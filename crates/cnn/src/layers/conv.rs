@@ -113,6 +113,7 @@ impl Conv2d {
             &self.params[0].value,
             Epilogue {
                 bias: self.bias(),
+                accumulate: fused.accumulate,
                 relu: fused.relu,
                 max_pool: fused.max_pool,
             },

@@ -47,6 +47,9 @@ use crate::tensor::{Param, Shape, Tensor};
 /// The nodes after a node that [`Layer::forward_fused`] computes with it, at inference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fusion {
+    /// A residual connection's addition before the ReLU: the output holds the other summand,
+    /// and the layer adds its result to it.
+    pub accumulate: bool,
     /// A ReLU.
     pub relu: bool,
     /// Then a 2x2 max pooling with stride 2, no padding, no partial windows.
@@ -133,9 +136,10 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
         mode: Mode,
         scratch: &mut LayerScratch,
     );
-    /// This layer's inference forward pass followed by the nodes in `fused` (a ReLU, then a
-    /// 2x2 max pooling), in one pass over the output, when the layer can fuse them
-    /// (convolution: both; addition: the ReLU); `false`, with nothing written, when it cannot.
+    /// This layer's inference forward pass followed by the nodes in `fused` (a residual
+    /// addition, a ReLU, then a 2x2 max pooling), in one pass over the output, when the layer
+    /// can fuse them (convolution: all; addition: the ReLU); `false`, with nothing written,
+    /// when it cannot.
     /// `output` has the shape of the last fused node's output. Used by
     /// [`crate::Network::infer`].
     fn forward_fused(

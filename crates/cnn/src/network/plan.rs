@@ -42,7 +42,9 @@ pub(super) fn plan_buffers(lifetimes: &[Option<Lifetime>]) -> (Vec<Option<usize>
 }
 
 /// The inference pass: the graph with the nodes that have one reader fused into it where a
-/// kernel can compute both in one pass, its values in shared buffers.
+/// kernel can compute both in one pass, its values in shared buffers. A residual addition
+/// fused into the convolution before it adds onto the other summand in place: the sum takes
+/// over that summand's buffer when nothing reads the summand afterwards.
 #[derive(Debug)]
 pub(super) struct InferencePlan {
     steps: Vec<Step>,
@@ -62,6 +64,9 @@ struct Step {
     output: Value,
     output_shape: Shape,
     fusion: Fusion,
+    /// With `fusion.accumulate`: the addition's other summand, which the output holds before
+    /// the step computes (in its buffer already, or copied there).
+    residual: Option<Value>,
 }
 
 impl InferencePlan {
@@ -82,6 +87,9 @@ impl InferencePlan {
         };
         let spec = |i: usize| nodes[i].layer.spec();
         let mut fused_away = vec![false; nodes.len()];
+        // Values that some step writes (the input is the caller's).
+        let mut written = vec![false; values];
+        written[0] = true;
         let mut steps = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             if fused_away[i] {
@@ -97,6 +105,24 @@ impl InferencePlan {
                     folded = Some(fold_batch_norm(network, i, bn));
                     fused_away[bn] = true;
                     output = bn + 1;
+                }
+            }
+            let mut residual = None;
+            if conv {
+                // An addition of two values whose other summand is already written: the
+                // convolution adds onto it (in output order, so the sum's bits are the same).
+                if let Some(add) = only_reader(output).filter(|&r| spec(r) == LayerSpec::Add) {
+                    let other = match nodes[add].inputs[..] {
+                        [a, b] if a == output => Some(b),
+                        [a, b] if b == output => Some(a),
+                        _ => None,
+                    };
+                    if let Some(other) = other.filter(|&v| v != output && written[v]) {
+                        fusion.accumulate = true;
+                        fused_away[add] = true;
+                        residual = Some(other);
+                        output = add + 1;
+                    }
                 }
             }
             if conv || spec(i) == LayerSpec::Add {
@@ -116,13 +142,14 @@ impl InferencePlan {
                         }
                         _ => false,
                     });
-                    if let Some(pool) = pool.filter(|_| conv) {
+                    if let Some(pool) = pool.filter(|_| conv && !fusion.accumulate) {
                         fusion.max_pool = true;
                         fused_away[pool] = true;
                         output = pool + 1;
                     }
                 }
             }
+            written[output] = true;
             steps.push(Step {
                 node: i,
                 folded,
@@ -130,6 +157,7 @@ impl InferencePlan {
                 output,
                 output_shape: nodes[output - 1].layer.output_shape(),
                 fusion,
+                residual,
             });
         }
         // A value lives from the step that writes it to the last step that reads it.
@@ -142,15 +170,40 @@ impl InferencePlan {
                     len: step.output_shape.len(),
                 });
             }
-            for &v in &step.inputs {
+            for &v in step.inputs.iter().chain(&step.residual) {
                 if let Some(life) = lifetimes[v].as_mut() {
                     life.last = s;
                 }
             }
         }
+        // A sum whose summand nothing reads later is written in the summand's buffer: one
+        // lifetime for both (`owner`: the value whose lifetime stands for a value's buffer).
+        let last_read: Vec<Option<usize>> = lifetimes.iter().map(|l| l.map(|l| l.last)).collect();
+        let mut owner: Vec<Value> = (0..values).collect();
+        for (s, step) in steps.iter().enumerate() {
+            let Some(summand) = step.residual else {
+                continue;
+            };
+            let in_place = lifetimes[step.output].is_some()
+                && last_read[summand] == Some(s)
+                && !step.inputs.contains(&summand);
+            if in_place {
+                let sum = lifetimes[step.output].take().expect("checked");
+                let root = owner[summand];
+                let life = lifetimes[root].as_mut().expect("a written value");
+                life.last = life.last.max(sum.last);
+                owner[step.output] = root;
+            }
+        }
+        let (mut buffer_of, sizes) = super::plan_buffers(&lifetimes);
+        for v in 0..values {
+            if owner[v] != v {
+                buffer_of[v] = buffer_of[owner[v]];
+            }
+        }
         InferencePlan {
             steps,
-            buffers: super::plan_buffers(&lifetimes),
+            buffers: (buffer_of, sizes),
         }
     }
 
@@ -171,6 +224,13 @@ impl InferencePlan {
                 None => std::mem::take(logits),
             };
             output.reshape(batch, step.output_shape);
+            if let Some(summand) = step.residual {
+                match buffer_of[summand] {
+                    Some(b) if buffer_of[step.output] == Some(b) => {} // in place
+                    Some(b) => output.data_mut().copy_from_slice(values[b].data()),
+                    None => output.data_mut().copy_from_slice(input.data()),
+                }
+            }
             let inputs: Inputs<'_> = step
                 .inputs
                 .iter()
