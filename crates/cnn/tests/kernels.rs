@@ -73,6 +73,21 @@ fn abs(values: &[f32]) -> Vec<f32> {
     values.iter().map(|v| v.abs()).collect()
 }
 
+/// The reference convolution of the magnitudes (`|x|`, `|w|`, `|b|`): the size of the terms
+/// each output sums, which bounds the rounding error a different order of summing makes.
+fn magnitude(g: &ConvGeometry, x: &Tensor, weight: &[f32], bias: Option<&[f32]>) -> Tensor {
+    let mut scale = Tensor::zeros(x.batch(), g.output);
+    let abs_bias = bias.map(abs);
+    reference::conv2d_forward(
+        g,
+        &abs_tensor(x),
+        &abs(weight),
+        abs_bias.as_deref(),
+        &mut scale,
+    );
+    scale
+}
+
 fn abs_tensor(t: &Tensor) -> Tensor {
     tensor(t.batch(), t.shape(), abs(t.data()))
 }
@@ -236,15 +251,7 @@ fn compare_conv(
 
     let mut slow = Tensor::zeros(batch, g.output);
     reference::conv2d_forward(&g, &x, &weight, bias, &mut slow);
-    let mut scale = Tensor::zeros(batch, g.output);
-    let abs_bias = bias.map(abs);
-    reference::conv2d_forward(
-        &g,
-        &abs_tensor(&x),
-        &abs(&weight),
-        abs_bias.as_deref(),
-        &mut scale,
-    );
+    let scale = magnitude(&g, &x, &weight, bias);
     let mut slow_dx = Tensor::zeros(batch, g.input);
     let (mut slow_dw, mut slow_db) = (start_weight.clone(), start_bias.clone());
     reference::conv2d_backward(
@@ -436,15 +443,7 @@ fn compare_fused(
     };
     let mut slow = Tensor::zeros(batch, pooled);
     reference::pool_forward(PoolKind::Max, &pool, &conv_out, &mut slow);
-    let mut scale = Tensor::zeros(batch, g.output);
-    let abs_bias = bias.map(abs);
-    reference::conv2d_forward(
-        &g,
-        &abs_tensor(&x),
-        &abs(&weight),
-        abs_bias.as_deref(),
-        &mut scale,
-    );
+    let scale = magnitude(&g, &x, &weight, bias);
     let mut pooled_scale = Tensor::zeros(batch, pooled);
     reference::pool_forward(PoolKind::Max, &pool, &scale, &mut pooled_scale);
     for kernel in conv_kernels(&g, isa) {
@@ -490,15 +489,7 @@ fn compare_residual(
             *v = v.max(0.0);
         }
     }
-    let mut scale = Tensor::zeros(batch, g.output);
-    let abs_bias = bias.map(abs);
-    reference::conv2d_forward(
-        &g,
-        &abs_tensor(&x),
-        &abs(&weight),
-        abs_bias.as_deref(),
-        &mut scale,
-    );
+    let mut scale = magnitude(&g, &x, &weight, bias);
     for (s, r) in scale.data_mut().iter_mut().zip(&summand) {
         *s += r.abs();
     }
