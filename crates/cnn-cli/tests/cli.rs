@@ -1,6 +1,8 @@
 //! The `cnn` binary as users and scripts call it: every subcommand, the command-line contract,
 //! and every kind of bad input (one line on stderr, non-zero exit, no panic).
 
+mod common;
+
 use assert_cmd::Command;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -208,11 +210,7 @@ fn train_summary_has_one_line_per_layer() {
         .arg(dir.path().join("m.safetensors"))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let text = String::from_utf8(output.stdout).unwrap();
     for line in [
         "conv 4@3x3",
@@ -286,11 +284,7 @@ fn predict_reads_the_seed_images_and_drawn_letters() {
         .args(files.iter().map(|(p, _)| p))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let text = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -503,11 +497,7 @@ fn explain_a_model_writes_a_picture_per_layer_and_an_index() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let text = String::from_utf8(output.stdout).unwrap();
     // The summary (one line per layer) and the top class, X, first.
     assert!(text.contains("conv 8@3x3 pad=1"), "{text}");
@@ -730,11 +720,7 @@ fn resumed_training_gives_the_same_model_file() {
         .arg(&checkpoint)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     assert!(String::from_utf8_lossy(&output.stdout).contains("resuming after epoch 1 of 3"));
     assert_eq!(
         std::fs::read(&whole).unwrap(),
@@ -1108,11 +1094,7 @@ fn resume_extends_a_finished_run() {
         .arg(&extended)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     // Not assert_eq!: it would print the two files.
     assert!(
         std::fs::read(&whole).unwrap() == std::fs::read(&extended).unwrap(),
@@ -1234,11 +1216,7 @@ fn save_best_keeps_the_best_held_out_epoch() {
         ]
         .concat(),
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let results = held_out_results(&log);
     assert_eq!(results.len(), 4);
     // The best epoch by the rule: highest accuracy, then lowest loss.
@@ -1296,11 +1274,7 @@ fn patience_stops_when_the_held_out_result_stops_improving() {
         ]
         .concat(),
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let epochs = held_out_results(&log).len();
     // The best is epoch 1 or 2; two epochs after it without progress, training stops.
     assert!((3..=4).contains(&epochs), "{epochs} epochs trained");
@@ -1328,11 +1302,7 @@ fn augmentation_is_drawn_from_the_seed() {
         "--epochs", "1", "--rotate", "15", "--scale", "0.1", "--noise", "0.05", "--cutout", "4",
     ];
     let (a, output) = train_xo16(dir.path(), "a.safetensors", &augment);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let (b, _) = train_xo16(dir.path(), "b.safetensors", &augment);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let (plain, _) = train_xo16(dir.path(), "plain.safetensors", &["--epochs", "1"]);
@@ -1413,11 +1383,7 @@ fn pictures_read_the_way_a_user_means_them() {
             .arg(path)
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        common::assert_success(&output);
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         json["class"].as_str().unwrap().to_string()
     };
@@ -1692,11 +1658,7 @@ fn completions_source_in_bash_and_the_man_page_renders() {
         .arg(format!("source {} && complete -p cnn", script.display()))
         .output()
         .expect("bash runs");
-    assert!(
-        bash.status.success(),
-        "{}",
-        String::from_utf8_lossy(&bash.stderr)
-    );
+    common::assert_success(&bash);
     assert!(
         bash.stderr.is_empty(),
         "{}",
@@ -1724,11 +1686,7 @@ fn completions_source_in_bash_and_the_man_page_renders() {
         .output()
         .expect("man runs (apt-get install man-db)");
     let text = String::from_utf8_lossy(&rendered.stdout);
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
+    common::assert_success(&rendered);
     for expected in [
         "cnn",
         "CNN PREDICT",
@@ -1761,11 +1719,7 @@ fn residual_networks_train_resume_and_explain() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        common::assert_success(&output);
         path
     };
     let first = std::fs::read(train("a.safetensors", "5", &[])).unwrap();
@@ -1785,11 +1739,7 @@ fn residual_networks_train_resume_and_explain() {
         .arg(dir.path().join("r.safetensors.ckpt"))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     assert_eq!(first, std::fs::read(&stopped).unwrap(), "resumed differs");
 
     let picture = dir.path().join("x.png");

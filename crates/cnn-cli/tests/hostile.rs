@@ -3,6 +3,8 @@
 //! line on stderr and a non-zero exit, and what was at a path the command refused is still
 //! what it was.
 
+mod common;
+
 use assert_cmd::Command;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,24 @@ fn cnn() -> Command {
     let mut command = Command::cargo_bin("cnn").expect("the cnn binary is built");
     command.timeout(TIMEOUT);
     command
+}
+
+/// `cnn` with `args` started in the background, its stdout piped (read it with
+/// [`first_line`]) and its stderr as given.
+fn spawn_cnn<S: AsRef<std::ffi::OsStr>>(args: &[S], stderr: Stdio) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("cnn"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// The first line `child` prints; its stdout is closed afterwards.
+fn first_line(child: &mut std::process::Child) -> std::io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    Ok(line)
 }
 
 /// Runs `cnn` with `args` expecting a refusal: a non-zero exit (not a panic, an abort or a
@@ -539,11 +559,7 @@ fn issue_5_checkpoints_are_checked_as_flags_are() {
         ])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     assert!(!stored_out.exists() && !stored_log.exists());
     assert!(
         dir.path().join("planted").exists() || dir.path().join("planted.safetensors").exists(),
@@ -757,16 +773,8 @@ fn issue_11_quiet_on_a_closed_pipe() {
     let out = dir.path().join("m.safetensors");
     let mut args = quick_train(&out);
     args.retain(|a| a != "--quiet");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cnn"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut child = spawn_cnn(&args, Stdio::piped());
+    let first = first_line(&mut child).unwrap();
     // The reader is dropped: the pipe is closed, like `cnn train | head -1`.
     let output = child.wait_with_output().unwrap();
     assert!(first.starts_with("training"), "{first}");
@@ -876,18 +884,12 @@ fn issue_11_the_limit_applies_before_the_generator() {
     args.retain(|a| a != "--quiet");
     args.extend(["--data", "xo:512"].map(String::from));
     let started = Instant::now();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cnn"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut first);
+    let mut child = spawn_cnn(&args, Stdio::null());
+    let first = first_line(&mut child);
     let elapsed = started.elapsed();
     child.kill().unwrap();
     child.wait().unwrap();
-    read.unwrap();
+    let first = first.unwrap();
     assert!(first.contains("the first 64 of"), "{first}");
     assert!(
         elapsed < Duration::from_secs(20),
@@ -904,23 +906,11 @@ struct Server {
 
 impl Server {
     fn start(addr: &str, flags: &[&str]) -> Server {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cnn"))
-            .args([
-                "serve",
-                "--model",
-                path_str(&tiny_model().1),
-                "--addr",
-                addr,
-            ])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let model = &tiny_model().1;
+        let mut args = vec!["serve", "--model", path_str(model), "--addr", addr];
+        args.extend(flags);
+        let mut child = spawn_cnn(&args, Stdio::piped());
+        let line = first_line(&mut child).unwrap();
         let address = line
             .split("http://")
             .nth(1)
