@@ -3,7 +3,8 @@
 //! Images are f32 tensors in NCHW layout ([`tensor`]); layers ([`layers`]) have forward and
 //! backward passes side by side and call the kernels ([`kernels`]); a [`network::Network`] is a
 //! stack of layers built from an architecture ([`arch`]); [`train`] fits it to a data set
-//! ([`data`]); [`model_file`] saves and loads it as safetensors that PyTorch reads.
+//! ([`data`]); [`model_file`] saves and loads it as safetensors that PyTorch reads, [`onnx`]
+//! writes it for other runtimes and reads models from other frameworks.
 //!
 //! # Train, save, load, predict
 //!
@@ -52,6 +53,7 @@ pub mod loss;
 pub mod model;
 pub mod model_file;
 pub mod network;
+pub mod onnx;
 pub mod optim;
 pub mod preprocess;
 pub mod rng;

@@ -40,14 +40,15 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
     )
 }
 
-/// [`to_bytes`] for the parts of a model (a checkpoint holds a network still being trained).
-pub fn parts_to_bytes(
+/// The `__metadata__` of a model file: everything but the tensors (an ONNX file carries the
+/// same, as its `metadata_props`).
+pub fn metadata(
     network: &Network,
     classes: &[String],
     preprocessing: &Preprocessing,
     data: Option<&str>,
     training: Option<&serde_json::Value>,
-) -> Result<Vec<u8>> {
+) -> Result<HashMap<String, String>> {
     let architecture = network.architecture();
     let shape = network.input_shape();
     let json = |value: serde_json::Result<String>| {
@@ -83,6 +84,18 @@ pub fn parts_to_bytes(
             json(serde_json::to_string(training))?,
         );
     }
+    Ok(metadata)
+}
+
+/// [`to_bytes`] for the parts of a model (a checkpoint holds a network still being trained).
+pub fn parts_to_bytes(
+    network: &Network,
+    classes: &[String],
+    preprocessing: &Preprocessing,
+    data: Option<&str>,
+    training: Option<&serde_json::Value>,
+) -> Result<Vec<u8>> {
+    let metadata = metadata(network, classes, preprocessing, data, training)?;
     let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = network
         .tensors()
         .map(|(node, param)| {
@@ -220,7 +233,17 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
     write_atomically(path, &to_bytes(model)?)
 }
 
+/// Whether `path` names an ONNX file (by its extension), which [`load`] imports.
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Loads a model file, or an ONNX file ([`crate::onnx::load`], with what its metadata says).
 pub fn load(path: &Path) -> Result<Model> {
+    if is_onnx(path) {
+        return crate::onnx::load(path, &crate::onnx::ImportOptions::default());
+    }
     let bytes = read_file(path, MAX_MODEL_FILE_BYTES)?;
     from_bytes(&bytes).map_err(|message| Error::file(path, message))
 }

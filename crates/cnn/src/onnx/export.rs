@@ -1,0 +1,409 @@
+//! A model as an ONNX file: one ONNX node per op where ONNX has the op (GELU and SiLU, which
+//! opset 17 lacks, as the few nodes that compute them), initializers named as the state dict
+//! names the parameters, the batch dimension named `batch` so that any batch size runs.
+
+use super::proto::{
+    attribute_type, data_type, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TensorTypeProto,
+    TypeProto, ValueInfoProto,
+};
+use super::{metadata, IR_VERSION, OPSET};
+use crate::error::Result;
+use crate::fsutil::write_atomically;
+use crate::graph::INPUT;
+use crate::layers::{LayerSpec, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
+use crate::model::Model;
+use crate::tensor::Param;
+use crate::window::Window2d;
+use prost::Message;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The name of the network's output (raw scores).
+pub const LOGITS: &str = "logits";
+/// The name of the optional second output, the class probabilities.
+pub const PROBABILITIES: &str = "probabilities";
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportOptions {
+    /// Adds the output [`PROBABILITIES`], the softmax of the logits.
+    pub softmax: bool,
+}
+
+/// Writes `model` as an ONNX file, atomically.
+pub fn save(model: &Model, path: &Path, options: ExportOptions) -> Result<()> {
+    write_atomically(path, &to_bytes(model, options)?)
+}
+
+/// The ONNX file of `model`; the same model always gives the same bytes.
+pub fn to_bytes(model: &Model, options: ExportOptions) -> Result<Vec<u8>> {
+    Ok(to_proto(model, options)?.encode_to_vec())
+}
+
+pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
+    let network = &model.network;
+    let mut graph = GraphBuilder::default();
+    // What each of the engine's values is in the ONNX graph: a name, and whether it is flat
+    // (`[N, F]`) rather than maps (`[N, C, H, W]`).
+    let mut values: HashMap<&str, (String, bool)> = HashMap::new();
+    values.insert(INPUT, (INPUT.to_string(), false));
+    let last = network.nodes().len() - 1;
+    for (index, node) in network.nodes().iter().enumerate() {
+        let name = node.name();
+        let spec = node.layer().spec();
+        let tensors: HashMap<&str, &Param> = node
+            .layer()
+            .params()
+            .iter()
+            .chain(node.layer().buffers())
+            .map(|p| (p.name, p))
+            .collect();
+        let mut inputs: Vec<(String, bool)> = node
+            .inputs()
+            .iter()
+            .map(|&v| {
+                let key = if v == 0 {
+                    INPUT
+                } else {
+                    network.nodes()[v - 1].name()
+                };
+                values[key].clone()
+            })
+            .collect();
+        // An op over several values of which some are flat: PyTorch would flatten the others
+        // (their maps are 1x1, or the engine's shape check had refused them).
+        if inputs.len() > 1 && inputs.iter().any(|(_, flat)| *flat) {
+            for (k, input) in inputs.iter_mut().enumerate() {
+                if !input.1 {
+                    *input = (graph.flatten(&format!("{name}.flatten{k}"), &input.0), true);
+                }
+            }
+        }
+        let flat_in = inputs[0].1;
+        let output = if index == last {
+            LOGITS.to_string()
+        } else {
+            name.to_string()
+        };
+        let x = inputs[0].0.clone();
+        let param = |graph: &mut GraphBuilder, param: &str| -> String {
+            let full = format!("{name}.{param}");
+            graph.initializer(&full, tensors[param]);
+            full
+        };
+        let flat_out = spec.flattens() || flat_in;
+        match spec {
+            LayerSpec::Conv2d(c) => {
+                let mut args = vec![x, param(&mut graph, "weight")];
+                if c.bias {
+                    args.push(param(&mut graph, "bias"));
+                }
+                graph.node("Conv", name, args, &output, conv_attributes(&c));
+            }
+            LayerSpec::Dense(d) => {
+                let x = if flat_in {
+                    x
+                } else {
+                    graph.flatten(&format!("{name}.flatten"), &x)
+                };
+                let mut args = vec![x, param(&mut graph, "weight")];
+                if d.bias {
+                    args.push(param(&mut graph, "bias"));
+                }
+                graph.node("Gemm", name, args, &output, vec![int("transB", 1)]);
+            }
+            LayerSpec::BatchNorm2d => {
+                let args = vec![
+                    x,
+                    param(&mut graph, "weight"),
+                    param(&mut graph, "bias"),
+                    param(&mut graph, "running_mean"),
+                    param(&mut graph, "running_var"),
+                ];
+                graph.node(
+                    "BatchNormalization",
+                    name,
+                    args,
+                    &output,
+                    vec![
+                        float("epsilon", BATCH_NORM_EPSILON),
+                        // ONNX's momentum weighs the old statistics, PyTorch's the new batch.
+                        float("momentum", 1.0 - BATCH_NORM_MOMENTUM),
+                    ],
+                );
+            }
+            LayerSpec::MaxPool2d(w) => {
+                graph.node("MaxPool", name, vec![x], &output, window_attributes(&w));
+            }
+            LayerSpec::AvgPool2d(w) => {
+                let mut attributes = window_attributes(&w);
+                // The engine divides by the pixels a window covers, never by the padding.
+                attributes.push(int("count_include_pad", 0));
+                graph.node("AveragePool", name, vec![x], &output, attributes);
+            }
+            LayerSpec::GlobalAvgPool | LayerSpec::GlobalMaxPool => {
+                let op = if spec == LayerSpec::GlobalAvgPool {
+                    "GlobalAveragePool"
+                } else {
+                    "GlobalMaxPool"
+                };
+                let maps = format!("{name}.maps");
+                graph.node(op, &maps, vec![x], &maps, vec![]);
+                graph.node("Flatten", name, vec![maps], &output, vec![int("axis", 1)]);
+            }
+            LayerSpec::Flatten => {
+                graph.node("Flatten", name, vec![x], &output, vec![int("axis", 1)]);
+            }
+            LayerSpec::Relu => graph.node("Relu", name, vec![x], &output, vec![]),
+            LayerSpec::Sigmoid => graph.node("Sigmoid", name, vec![x], &output, vec![]),
+            LayerSpec::Tanh => graph.node("Tanh", name, vec![x], &output, vec![]),
+            LayerSpec::LeakyRelu { slope } => {
+                graph.node(
+                    "LeakyRelu",
+                    name,
+                    vec![x],
+                    &output,
+                    vec![float("alpha", slope)],
+                );
+            }
+            LayerSpec::Silu => {
+                let sigmoid = format!("{name}.sigmoid");
+                graph.node("Sigmoid", &sigmoid, vec![x.clone()], &sigmoid, vec![]);
+                graph.node("Mul", name, vec![x, sigmoid], &output, vec![]);
+            }
+            LayerSpec::Gelu => graph.gelu(name, &x, &output),
+            // Dropout does nothing at inference: it is left out, its readers read its input.
+            LayerSpec::Dropout { .. } if index != last => {
+                values.insert(name, inputs.swap_remove(0));
+                continue;
+            }
+            LayerSpec::Dropout { .. } | LayerSpec::Identity => {
+                graph.node("Identity", name, vec![x], &output, vec![]);
+            }
+            LayerSpec::Add => {
+                let op = if inputs.len() == 2 { "Add" } else { "Sum" };
+                let args = inputs.into_iter().map(|(n, _)| n).collect();
+                graph.node(op, name, args, &output, vec![]);
+            }
+            LayerSpec::Concat => {
+                let args = inputs.into_iter().map(|(n, _)| n).collect();
+                graph.node("Concat", name, args, &output, vec![int("axis", 1)]);
+            }
+        }
+        values.insert(name, (output, flat_out));
+    }
+    let classes = model.classes.len() as i64;
+    let mut outputs = vec![value_info(LOGITS, &[None, Some(classes)])];
+    if options.softmax {
+        graph.node(
+            "Softmax",
+            PROBABILITIES,
+            vec![LOGITS.to_string()],
+            PROBABILITIES,
+            vec![int("axis", 1)],
+        );
+        outputs.push(value_info(PROBABILITIES, &[None, Some(classes)]));
+    }
+    let shape = network.input_shape();
+    let input = value_info(
+        INPUT,
+        &[
+            None,
+            Some(shape.channels as i64),
+            Some(shape.height as i64),
+            Some(shape.width as i64),
+        ],
+    );
+    let metadata_props = metadata(model)?
+        .into_iter()
+        .map(|(key, value)| StringStringEntryProto { key, value })
+        .collect();
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "cnn".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: String::new(),
+        graph: Some(GraphProto {
+            node: graph.nodes,
+            name: "cnn".into(),
+            initializer: graph.initializers,
+            doc_string: String::new(),
+            input: vec![input],
+            output: outputs,
+            value_info: Vec::new(),
+        }),
+        metadata_props,
+    })
+}
+
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: Vec<String>,
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) {
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![output.to_string()],
+            name: name.to_string(),
+            op_type: op.to_string(),
+            domain: String::new(),
+            attribute,
+        });
+    }
+
+    /// `[N, C, H, W]` to `[N, C*H*W]`, as a node named `name`; returns its output.
+    fn flatten(&mut self, name: &str, input: &str) -> String {
+        self.node(
+            "Flatten",
+            name,
+            vec![input.to_string()],
+            name,
+            vec![int("axis", 1)],
+        );
+        name.to_string()
+    }
+
+    fn initializer(&mut self, name: &str, param: &Param) {
+        self.initializers.push(TensorProto {
+            dims: param.dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::FLOAT,
+            name: name.to_string(),
+            raw_data: param.value.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..TensorProto::default()
+        });
+    }
+
+    fn scalar(&mut self, name: &str, value: f32) -> String {
+        self.initializers.push(TensorProto {
+            data_type: data_type::FLOAT,
+            name: name.to_string(),
+            raw_data: value.to_le_bytes().to_vec(),
+            ..TensorProto::default()
+        });
+        name.to_string()
+    }
+
+    /// The exact GELU, `x * (1 + erf(x / sqrt 2)) / 2`, in the nodes PyTorch exports it as
+    /// (ONNX Runtime recognises them and runs its own GELU kernel).
+    fn gelu(&mut self, name: &str, x: &str, output: &str) {
+        let step = |s: &str| format!("{name}.{s}");
+        let sqrt2 = self.scalar(&step("sqrt2"), std::f32::consts::SQRT_2);
+        let one = self.scalar(&step("one"), 1.0);
+        let half = self.scalar(&step("half"), 0.5);
+        let x = x.to_string();
+        self.node(
+            "Div",
+            &step("div"),
+            vec![x.clone(), sqrt2],
+            &step("div"),
+            vec![],
+        );
+        self.node("Erf", &step("erf"), vec![step("div")], &step("erf"), vec![]);
+        self.node(
+            "Add",
+            &step("add"),
+            vec![step("erf"), one],
+            &step("add"),
+            vec![],
+        );
+        self.node(
+            "Mul",
+            &step("mul"),
+            vec![x, step("add")],
+            &step("mul"),
+            vec![],
+        );
+        self.node("Mul", name, vec![step("mul"), half], output, vec![]);
+    }
+}
+
+fn int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i: value,
+        ..AttributeProto::default()
+    }
+}
+
+fn ints(name: &str, values: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: values.iter().map(|&v| v as i64).collect(),
+        ..AttributeProto::default()
+    }
+}
+
+fn float(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::FLOAT,
+        f: value,
+        ..AttributeProto::default()
+    }
+}
+
+/// ONNX's `pads`: the start of each axis, then the end (`[top, left, bottom, right]`).
+fn pads(padding: [usize; 2]) -> AttributeProto {
+    ints("pads", &[padding[0], padding[1], padding[0], padding[1]])
+}
+
+fn conv_attributes(c: &crate::layers::Conv2dConfig) -> Vec<AttributeProto> {
+    vec![
+        ints("kernel_shape", &c.kernel),
+        ints("strides", &c.stride),
+        pads(c.padding),
+        ints("dilations", &c.dilation),
+        int("group", c.groups as i64),
+    ]
+}
+
+fn window_attributes(w: &Window2d) -> Vec<AttributeProto> {
+    vec![
+        ints("kernel_shape", &w.kernel),
+        ints("strides", &w.stride),
+        pads(w.padding),
+        int("ceil_mode", w.ceil_mode as i64),
+    ]
+}
+
+/// A float tensor's name and shape; `None` is the batch dimension, named `batch`.
+fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| match d {
+            Some(size) => Dimension {
+                dim_value: Some(*size),
+                dim_param: None,
+            },
+            None => Dimension {
+                dim_value: None,
+                dim_param: Some("batch".into()),
+            },
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
+    }
+}

@@ -1,0 +1,631 @@
+//! ONNX files as this engine's graphs. Each ONNX node becomes a node of [`Architecture`], or is
+//! folded away: computations on constants and on shapes (`Shape`, `Gather`, `Concat`,
+//! `Unsqueeze` feeding a `Reshape`) are evaluated at load, a constant added after a convolution
+//! or a `MatMul` becomes its bias, `x * sigmoid(x)` becomes SiLU and the nodes of the exact GELU
+//! become GELU. Everything is checked before it is used: the file is untrusted. A graph with ops
+//! this engine cannot run gets one error that lists every one of them with its node's name.
+
+mod attributes;
+mod constant;
+mod ops;
+
+use super::proto::{data_type, GraphProto, ModelProto, NodeProto, ValueInfoProto};
+use crate::error::{Error, Result};
+use crate::fsutil::read_file;
+use crate::graph::{Architecture, NodeSpec, INPUT};
+use crate::kernels::simd::Isa;
+use crate::layers::LayerSpec;
+use crate::limits::{NetworkBudget, MAX_LAYERS, MAX_MODEL_FILE_BYTES, MAX_PARAMETERS};
+use crate::model::Model;
+use crate::network::Network;
+use crate::preprocess::Preprocessing;
+use crate::tensor::Shape;
+use constant::{read_tensor, Constant};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// The opsets of the default domain read here. Opsets 23 to 25 changed the ops read here only
+/// in the element types they accept (4- and 8-bit numbers), not in what they compute on floats.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 6..=25;
+
+/// What a foreign file does not say: its class names and how pictures become its input.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    pub classes: Option<Vec<String>>,
+    pub preprocessing: Option<Preprocessing>,
+}
+
+/// A network read from an ONNX file, with what the file says about it.
+#[derive(Debug)]
+pub struct Imported {
+    pub network: Network,
+    /// Whether the output is feature maps (`[N, C, H, W]`) rather than features (`[N, F]`).
+    pub output_is_maps: bool,
+    /// Whether the file's graph ended in a softmax, which the network leaves out (a model's
+    /// predictions apply it): [`Model::predict`] gives the file's output as probabilities.
+    pub ends_in_softmax: bool,
+    /// `metadata_props`, as `cnn export` writes them (class names, preprocessing...).
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads an ONNX file as a model (a classifier: its output one score per class).
+pub fn load(path: &Path, options: &ImportOptions) -> Result<Model> {
+    let bytes = read_file(path, MAX_MODEL_FILE_BYTES)?;
+    from_bytes(&bytes, options).map_err(|message| Error::file(path, message))
+}
+
+/// Reads an ONNX file as a network, whatever its output.
+pub fn load_network(path: &Path) -> Result<Imported> {
+    let bytes = read_file(path, MAX_MODEL_FILE_BYTES)?;
+    network_from_bytes(&bytes).map_err(|message| Error::file(path, message))
+}
+
+pub fn from_bytes(bytes: &[u8], options: &ImportOptions) -> std::result::Result<Model, String> {
+    let imported = network_from_bytes(bytes)?;
+    let output = imported.network.output_shape();
+    if imported.output_is_maps {
+        return Err(format!(
+            "its output is feature maps ({output}), not one score per class"
+        ));
+    }
+    let metadata = &imported.metadata;
+    let parse = |key: &str| -> std::result::Result<Option<serde_json::Value>, String> {
+        metadata
+            .get(key)
+            .map(|text| {
+                serde_json::from_str(text)
+                    .map_err(|e| format!("metadata `{key}` is malformed: {e}"))
+            })
+            .transpose()
+    };
+    let classes = match (&options.classes, parse("classes")?) {
+        (Some(classes), _) => classes.clone(),
+        (None, Some(stored)) => serde_json::from_value(stored)
+            .map_err(|e| format!("metadata `classes` is malformed: {e}"))?,
+        (None, None) => (0..output.channels).map(|i| i.to_string()).collect(),
+    };
+    let channels = imported.network.input_shape().channels;
+    let preprocessing = match (&options.preprocessing, parse("preprocessing")?) {
+        (Some(preprocessing), _) => preprocessing.clone(),
+        (None, Some(stored)) => serde_json::from_value(stored)
+            .map_err(|e| format!("metadata `preprocessing` is malformed: {e}"))?,
+        (None, None) => Preprocessing::identity(channels),
+    };
+    let mut model =
+        Model::new(imported.network, classes, preprocessing).map_err(|e| e.to_string())?;
+    model.data = metadata.get("data").cloned();
+    model.training = parse("training")?;
+    Ok(model)
+}
+
+/// Parses an ONNX file and builds its network; the error says what is wrong with the file.
+pub fn network_from_bytes(bytes: &[u8]) -> std::result::Result<Imported, String> {
+    if bytes.is_empty() {
+        return Err("empty file, not an ONNX model".into());
+    }
+    let model = ModelProto::decode(bytes).map_err(|e| format!("not a valid ONNX file ({e})"))?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .ok_or("an ONNX file without the default opset (`ai.onnx`), not a model this reads")?;
+    if !OPSETS.contains(&opset) {
+        return Err(format!(
+            "opset {opset} is not supported (opsets {} to {} are)",
+            OPSETS.start(),
+            OPSETS.end()
+        ));
+    }
+    let graph = model.graph.as_ref().ok_or("an ONNX file without a graph")?;
+    let metadata = model
+        .metadata_props
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    let converted = Converter::new(graph, opset)?.run(graph)?;
+    Ok(Imported {
+        network: converted.network,
+        output_is_maps: converted.output_is_maps,
+        ends_in_softmax: converted.ends_in_softmax,
+        metadata,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+/// A value computed when the network runs: the output of one of the engine's nodes (or its
+/// input).
+#[derive(Clone, Debug)]
+struct Dynamic {
+    /// The engine's name for it: a node's name, or [`INPUT`].
+    name: String,
+    shape: Shape,
+    /// `[N, F]` rather than `[N, C, H, W]`.
+    flat: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Value {
+    Constant(Constant),
+    Dynamic(Dynamic),
+    /// Part of the exact GELU of `x`: `x / sqrt 2` (step 1), its `erf` (2), `1 + erf` (3),
+    /// `x * (1 + erf)` (4); the nodes that made it, in case the rest never comes.
+    Gelu {
+        x: Dynamic,
+        step: u8,
+        nodes: Vec<String>,
+    },
+    /// The output of a node that could not be converted: nodes reading it are skipped.
+    Failed,
+}
+
+/// One of the engine's nodes being built, with its parameters.
+struct Built {
+    spec: NodeSpec,
+    params: Vec<(&'static str, Vec<f32>)>,
+    output: Shape,
+}
+
+struct Converter {
+    opset: i64,
+    values: HashMap<String, Value>,
+    /// How many node inputs and graph outputs read each value.
+    readers: HashMap<String, usize>,
+    built: Vec<Built>,
+    names: HashSet<String>,
+    unsupported: Vec<String>,
+    budget: NetworkBudget,
+    ends_in_softmax: bool,
+}
+
+struct Converted {
+    network: Network,
+    output_is_maps: bool,
+    ends_in_softmax: bool,
+}
+
+type Outcome = std::result::Result<Value, Unsupported>;
+
+/// Why a node cannot be converted: its op or a setting this engine does not compute.
+struct Unsupported(String);
+
+fn unsupported<T>(reason: impl Into<String>) -> std::result::Result<T, Unsupported> {
+    Err(Unsupported(reason.into()))
+}
+
+impl Converter {
+    fn new(graph: &GraphProto, opset: i64) -> std::result::Result<Self, String> {
+        if graph.node.len() > MAX_LAYERS {
+            return Err(format!(
+                "its graph has {} nodes, more than the {MAX_LAYERS} a network may have",
+                graph.node.len()
+            ));
+        }
+        let mut values = HashMap::new();
+        let mut total = 0usize;
+        for tensor in &graph.initializer {
+            let constant =
+                read_tensor(tensor).map_err(|e| format!("initializer `{}`: {e}", tensor.name))?;
+            total = total.saturating_add(constant.len());
+            if total > MAX_PARAMETERS {
+                return Err(format!(
+                    "its initializers hold more than {MAX_PARAMETERS} values"
+                ));
+            }
+            values.insert(tensor.name.clone(), Value::Constant(constant));
+        }
+        let inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|i| !values.contains_key(&i.name))
+            .collect();
+        let [input] = inputs.as_slice() else {
+            if inputs.is_empty() {
+                return Err("it has no input besides its initializers".into());
+            }
+            return Err(format!(
+                "networks of several inputs are not supported (it has {}: {})",
+                inputs.len(),
+                inputs
+                    .iter()
+                    .map(|i| format!("`{}`", i.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let (shape, flat) = input_shape(input)?;
+        let budget =
+            NetworkBudget::new(graph.node.len().max(1), shape).map_err(|e| e.to_string())?;
+        values.insert(
+            input.name.clone(),
+            Value::Dynamic(Dynamic {
+                name: INPUT.into(),
+                shape,
+                flat,
+            }),
+        );
+        let mut readers = HashMap::new();
+        for name in graph
+            .node
+            .iter()
+            .flat_map(|n| &n.input)
+            .chain(graph.output.iter().map(|o| &o.name))
+        {
+            *readers.entry(name.clone()).or_insert(0) += 1;
+        }
+        Ok(Converter {
+            opset,
+            values,
+            readers,
+            built: Vec::new(),
+            names: HashSet::from([INPUT.to_string()]),
+            unsupported: Vec::new(),
+            budget,
+            ends_in_softmax: false,
+        })
+    }
+
+    fn run(mut self, graph: &GraphProto) -> std::result::Result<Converted, String> {
+        let output = main_output(graph)?;
+        let needed = needed_nodes(graph, &output.name);
+        for (index, node) in graph.node.iter().enumerate() {
+            if !needed[index] {
+                continue;
+            }
+            let label = node_label(node, index);
+            // Every input must be known: ONNX lists nodes in an order where each comes after
+            // what it reads, so anything else is a cycle or a dangling name.
+            let mut inputs = Vec::with_capacity(node.input.len());
+            for name in &node.input {
+                if name.is_empty() {
+                    inputs.push(None);
+                    continue;
+                }
+                match self.values.get(name) {
+                    Some(value) => inputs.push(Some(value.clone())),
+                    None => {
+                        return Err(format!(
+                            "node {label} reads `{name}`, which no node before it gives and is \
+                             not an input or initializer (a cycle, or a graph out of order)"
+                        ))
+                    }
+                }
+            }
+            if node.output.is_empty() {
+                return Err(format!("node {label} has no output"));
+            }
+            for name in node.output.iter().filter(|n| !n.is_empty()) {
+                if self.values.contains_key(name) {
+                    return Err(format!(
+                        "node {label} gives `{name}`, which is already defined"
+                    ));
+                }
+            }
+            let value = if inputs.iter().flatten().any(|v| matches!(v, Value::Failed)) {
+                // After a node that failed, only ops that are not read at all are listed: the
+                // others may well be fine once the first is.
+                if !ops::READ_OPS.contains(&node.op_type.as_str())
+                    || !(node.domain.is_empty() || node.domain == "ai.onnx")
+                {
+                    self.unsupported.push(format!("{} ({label})", node.op_type));
+                }
+                Value::Failed
+            } else {
+                let last = node.output[0] == output.name;
+                match self.convert(node, &label, &inputs, last) {
+                    Ok(value) => value,
+                    Err(Unsupported(reason)) => {
+                        self.unsupported
+                            .push(format!("{} ({label}{reason})", node.op_type));
+                        Value::Failed
+                    }
+                }
+            };
+            self.values.insert(node.output[0].clone(), value);
+            // Other outputs (a dropout's mask, a pool's indices) are not computed: a node that
+            // reads one fails.
+            for extra in node.output.iter().skip(1).filter(|n| !n.is_empty()) {
+                if self.readers.contains_key(extra) {
+                    self.unsupported.push(format!(
+                        "{} ({label}: its output `{extra}` is used)",
+                        node.op_type
+                    ));
+                }
+                self.values.insert(extra.clone(), Value::Failed);
+            }
+        }
+        if !self.unsupported.is_empty() {
+            return Err(format!(
+                "not supported by this engine: {}",
+                self.unsupported.join(", ")
+            ));
+        }
+        let result = match self.values.get(&output.name) {
+            Some(Value::Dynamic(d)) => d.clone(),
+            Some(Value::Gelu { nodes, .. }) => {
+                return Err(format!(
+                    "not supported by this engine: {}",
+                    nodes.join(", ")
+                ))
+            }
+            Some(_) => return Err(format!("its output `{}` is a constant", output.name)),
+            None => return Err(format!("no node gives its output `{}`", output.name)),
+        };
+        let result = if result.name == INPUT {
+            self.add("identity", LayerSpec::Identity, vec![result], Vec::new())
+                .map_err(|Unsupported(e)| e)?
+        } else {
+            result
+        };
+        let architecture = self.architecture(&result.name);
+        let input_shape = match self.values.values().find_map(|v| match v {
+            Value::Dynamic(d) if d.name == INPUT => Some(d.shape),
+            _ => None,
+        }) {
+            Some(shape) => shape,
+            None => unreachable!("the input is always a value"),
+        };
+        let mut network = Network::new(&architecture, input_shape)
+            .map_err(|e| format!("its graph does not build: {e}"))?;
+        let mut params: HashMap<&str, Vec<(&'static str, Vec<f32>)>> = self
+            .built
+            .iter_mut()
+            .map(|b| (b.spec.name.as_str(), std::mem::take(&mut b.params)))
+            .collect();
+        for node in network.nodes_mut() {
+            let values = params.remove(node.name()).unwrap_or_default();
+            let layer = node.layer_mut();
+            for (name, value) in values {
+                let target = match layer.params_mut().iter().position(|p| p.name == name) {
+                    Some(k) => layer.params_mut().get_mut(k),
+                    None => layer.buffers_mut().iter_mut().find(|p| p.name == name),
+                };
+                match target {
+                    Some(param) if param.value.len() == value.len() => param.value = value,
+                    _ => {
+                        return Err(format!(
+                            "node `{}`: parameter `{name}` does not fit its op",
+                            node.name()
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(Converted {
+            network,
+            output_is_maps: !result.flat,
+            ends_in_softmax: self.ends_in_softmax,
+        })
+    }
+
+    /// The nodes the output depends on, in order.
+    fn architecture(&self, output: &str) -> Architecture {
+        let mut needed: HashSet<&str> = HashSet::from([output]);
+        for built in self.built.iter().rev() {
+            if needed.contains(built.spec.name.as_str()) {
+                needed.extend(built.spec.inputs.iter().map(String::as_str));
+            }
+        }
+        Architecture {
+            nodes: self
+                .built
+                .iter()
+                .filter(|b| needed.contains(b.spec.name.as_str()))
+                .map(|b| b.spec.clone())
+                .collect(),
+        }
+    }
+
+    /// Adds one of the engine's nodes reading `inputs`; its name is `name` made unique.
+    fn add(
+        &mut self,
+        name: &str,
+        op: LayerSpec,
+        inputs: Vec<Dynamic>,
+        params: Vec<(&'static str, Vec<f32>)>,
+    ) -> std::result::Result<Dynamic, Unsupported> {
+        let name = self.unique(name);
+        let shapes: Vec<Shape> = inputs.iter().map(|d| d.shape).collect();
+        let layer = op
+            .build(&name, &shapes, Isa::Portable)
+            .map_err(|e| Unsupported(format!(": {e}")))?;
+        self.budget
+            .add(&name, &shapes, layer.as_ref())
+            .map_err(|e| Unsupported(format!(": {e}")))?;
+        for (param, value) in &params {
+            let expected = layer
+                .params()
+                .iter()
+                .chain(layer.buffers())
+                .find(|p| p.name == *param)
+                .map(|p| p.value.len());
+            if expected != Some(value.len()) {
+                return unsupported(format!(": its {param} has {} values", value.len()));
+            }
+        }
+        let output = layer.output_shape();
+        let flat = op.flattens() || inputs.iter().any(|d| d.flat);
+        self.built.push(Built {
+            spec: NodeSpec {
+                name: name.clone(),
+                op,
+                inputs: inputs.into_iter().map(|d| d.name).collect(),
+            },
+            params,
+            output,
+        });
+        Ok(Dynamic {
+            name,
+            shape: output,
+            flat,
+        })
+    }
+
+    fn unique(&mut self, name: &str) -> String {
+        let base = if name.is_empty() { "node" } else { name };
+        let mut candidate = base.to_string();
+        let mut k = 1;
+        while self.names.contains(&candidate) {
+            candidate = format!("{base}_{k}");
+            k += 1;
+        }
+        self.names.insert(candidate.clone());
+        candidate
+    }
+
+    /// The engine's node that gives `value`, if `value` is read by one node only (so that node
+    /// may absorb what comes after it).
+    fn sole_producer(&self, onnx_name: &str, value: &Dynamic) -> Option<usize> {
+        if self.readers.get(onnx_name).copied() != Some(1) {
+            return None;
+        }
+        self.built.iter().position(|b| b.spec.name == value.name)
+    }
+}
+
+/// The output the network computes: the only one, or of two, the one the other is the softmax
+/// of (`cnn export --softmax` writes the logits and their probabilities).
+fn main_output(graph: &GraphProto) -> std::result::Result<&ValueInfoProto, String> {
+    let producer = |name: &str| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.first().is_some_and(|o| o == name))
+    };
+    let outputs: Vec<_> = graph
+        .output
+        .iter()
+        .filter(|output| {
+            !producer(&output.name).is_some_and(|n| {
+                n.op_type == "Softmax"
+                    && graph
+                        .output
+                        .iter()
+                        .any(|o| n.input.first() == Some(&o.name))
+            })
+        })
+        .collect();
+    match outputs.as_slice() {
+        [output] => Ok(output),
+        _ => Err(format!(
+            "networks of several outputs are not supported (it has {})",
+            graph.output.len()
+        )),
+    }
+}
+
+/// Which nodes `output` depends on: the others are never run.
+fn needed_nodes(graph: &GraphProto, output: &str) -> Vec<bool> {
+    let mut wanted: HashSet<&str> = HashSet::from([output]);
+    let mut needed = vec![false; graph.node.len()];
+    for (index, node) in graph.node.iter().enumerate().rev() {
+        if node.output.iter().any(|o| wanted.contains(o.as_str())) {
+            needed[index] = true;
+            wanted.extend(node.input.iter().map(String::as_str));
+        }
+    }
+    needed
+}
+
+fn node_label(node: &NodeProto, index: usize) -> String {
+    if node.name.is_empty() {
+        format!("node {index}")
+    } else {
+        format!("`{}`", node.name)
+    }
+}
+
+/// The engine's name for the node made from `node`: its weights' module path when they are
+/// named as a state dict names them (`layer1.0.conv1.weight` gives `layer1.0.conv1`),
+/// otherwise the ONNX node's name as a path (`/layer1/relu/Relu` gives `layer1.relu`),
+/// otherwise its output's name.
+fn module_name(node: &NodeProto, values: &HashMap<String, Value>) -> String {
+    let weight = node
+        .input
+        .get(1)
+        .filter(|w| matches!(values.get(*w), Some(Value::Constant(_))));
+    if let Some(path) = weight.and_then(|w| w.strip_suffix(".weight")) {
+        if is_path(path) {
+            return path.to_string();
+        }
+    }
+    let from_node = node
+        .name
+        .trim_matches('/')
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>();
+    // PyTorch names nodes `/module/path/OpType`; the last part is the op.
+    let path = match from_node.as_slice() {
+        [] => String::new(),
+        [only] => only.to_string(),
+        [path @ .., _op] if node.name.starts_with('/') => path.join("."),
+        parts => parts.join("."),
+    };
+    if is_path(&path) && path != INPUT {
+        return path;
+    }
+    let output = node.output.first().cloned().unwrap_or_default();
+    if is_path(&output) && output != INPUT {
+        output
+    } else {
+        node.op_type.to_lowercase()
+    }
+}
+
+fn is_path(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn input_shape(input: &ValueInfoProto) -> std::result::Result<(Shape, bool), String> {
+    let tensor = input
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .ok_or_else(|| format!("its input `{}` is not a tensor", input.name))?;
+    if tensor.elem_type != data_type::FLOAT {
+        return Err(format!(
+            "its input `{}` is not float32 (element type {})",
+            input.name, tensor.elem_type
+        ));
+    }
+    let dims: Vec<Option<i64>> = tensor
+        .shape
+        .as_ref()
+        .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
+        .unwrap_or_default();
+    let size = |k: usize| -> std::result::Result<usize, String> {
+        match dims[k] {
+            Some(d) if d > 0 => usize::try_from(d).map_err(|_| "too large".to_string()),
+            _ => Err(format!(
+                "its input `{}` has no fixed size in dimension {k} (only the batch may vary)",
+                input.name
+            )),
+        }
+    };
+    let shape = match dims.len() {
+        4 => (Shape::new(size(1)?, size(2)?, size(3)?), false),
+        2 => (Shape::flat(size(1)?), true),
+        rank => {
+            return Err(format!(
+                "its input `{}` has rank {rank}; this engine reads [N, C, H, W] images or [N, F] \
+                 features",
+                input.name
+            ))
+        }
+    };
+    let values = [shape.0.channels, shape.0.height, shape.0.width]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if values.is_none_or(|v| v > crate::limits::MAX_IMAGE_VALUES) {
+        return Err(format!("its input `{}` is too large", input.name));
+    }
+    Ok(shape)
+}

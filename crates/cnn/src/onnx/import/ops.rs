@@ -1,0 +1,681 @@
+//! Each ONNX op as the engine's nodes, or folded away.
+
+use super::attributes::Attributes;
+use super::constant::positive;
+use super::constant::{
+    broadcast_vector, checked_len, concat_constants, flatten_dims, fold_arithmetic,
+    gather_constant, reshape_constant, resolve_reshape, squeeze_dims, to_dims, transpose_constant,
+    Constant, Data, BATCH,
+};
+use super::{module_name, unsupported, Converter, Dynamic, Outcome, Unsupported, Value};
+use crate::layers::{Conv2dConfig, DenseConfig, LayerSpec, BATCH_NORM_EPSILON};
+use crate::onnx::proto::{data_type, NodeProto};
+use crate::window::Window2d;
+
+/// The ops [`Converter::convert`] reads (some only in the settings a classifier uses).
+pub(super) const READ_OPS: &[&str] = &[
+    "Conv",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "BatchNormalization",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sum",
+    "Sub",
+    "Mul",
+    "Div",
+    "Erf",
+    "Concat",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Gelu",
+    "Clip",
+    "Identity",
+    "Dropout",
+    "Softmax",
+    "Constant",
+    "ConstantOfShape",
+    "Shape",
+    "Gather",
+    "Cast",
+];
+
+impl Converter {
+    pub(super) fn convert(
+        &mut self,
+        node: &NodeProto,
+        label: &str,
+        inputs: &[Option<Value>],
+        last: bool,
+    ) -> Outcome {
+        if !node.domain.is_empty() && node.domain != "ai.onnx" {
+            return unsupported(format!(": an op of domain `{}`", node.domain));
+        }
+        let attributes = Attributes::new(node)?;
+        let name = module_name(node, &self.values);
+        let input = |k: usize| -> std::result::Result<&Value, Unsupported> {
+            inputs
+                .get(k)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| Unsupported(format!(": input {k} is missing")))
+        };
+        let dynamic = |k: usize| -> std::result::Result<Dynamic, Unsupported> {
+            match input(k)? {
+                Value::Dynamic(d) => Ok(d.clone()),
+                Value::Gelu { .. } => unsupported(": part of an expression it does not compute"),
+                _ => unsupported(format!(": input {k} is a constant, not a computed value")),
+            }
+        };
+        let constant = |k: usize| -> std::result::Result<&Constant, Unsupported> {
+            match input(k)? {
+                Value::Constant(c) => Ok(c),
+                _ => unsupported(format!(
+                    ": input {k} is computed, this engine needs it constant"
+                )),
+            }
+        };
+        let all_constant = inputs
+            .iter()
+            .flatten()
+            .all(|v| matches!(v, Value::Constant(_)));
+        let simple = |converter: &mut Converter, op: LayerSpec| -> Outcome {
+            let x = dynamic(0)?;
+            Ok(Value::Dynamic(converter.add(
+                &name,
+                op,
+                vec![x],
+                Vec::new(),
+            )?))
+        };
+        match node.op_type.as_str() {
+            "Conv" => {
+                let x = dynamic(0)?;
+                let w = constant(1)?;
+                if x.flat || w.dims.len() != 4 {
+                    return unsupported(": only 2-D convolutions are");
+                }
+                let groups = attributes.int("group", 1)?;
+                let kernel = [w.dims[2], w.dims[3]];
+                if let Some(k) = attributes.ints_opt("kernel_shape")? {
+                    if k != [kernel[0] as i64, kernel[1] as i64] {
+                        return unsupported(": kernel_shape does not match the weights");
+                    }
+                }
+                let stride = attributes.pair("strides", 1)?;
+                let dilation = attributes.pair("dilations", 1)?;
+                let padding = attributes.padding(x.shape, kernel, stride, dilation)?;
+                let mut config = Conv2dConfig::new(w.dims[0], kernel);
+                config.stride = stride;
+                config.dilation = dilation;
+                config.padding = padding;
+                config.groups = positive(groups, "group")?;
+                config.bias = inputs.get(2).is_some_and(Option::is_some);
+                if w.dims[1] * config.groups != x.shape.channels {
+                    return unsupported(format!(
+                        ": weights for {} input channels, the input has {}",
+                        w.dims[1] * config.groups,
+                        x.shape.channels
+                    ));
+                }
+                let mut params = vec![("weight", w.floats())];
+                if config.bias {
+                    params.push(("bias", constant(2)?.floats()));
+                }
+                Ok(Value::Dynamic(self.add(
+                    &name,
+                    LayerSpec::Conv2d(config),
+                    vec![x],
+                    params,
+                )?))
+            }
+            "MaxPool" | "AveragePool" => {
+                let x = dynamic(0)?;
+                if x.flat {
+                    return unsupported(": only 2-D pooling is");
+                }
+                let kernel = attributes.pair_required("kernel_shape")?;
+                let stride = attributes.pair("strides", 1)?;
+                let dilation = attributes.pair("dilations", 1)?;
+                if dilation != [1, 1] {
+                    return unsupported(": dilated pooling is not");
+                }
+                if attributes.int("storage_order", 0)? != 0 {
+                    return unsupported(": storage_order 1 is not");
+                }
+                let padding = attributes.padding(x.shape, kernel, stride, [1, 1])?;
+                let mut window = Window2d::new(kernel, stride, padding);
+                window.ceil_mode = attributes.int("ceil_mode", 0)? != 0;
+                let op = if node.op_type == "MaxPool" {
+                    LayerSpec::MaxPool2d(window)
+                } else {
+                    // Counting the padding in the divisor differs only where there is padding.
+                    let include_pad = attributes.int("count_include_pad", 0)? != 0;
+                    if include_pad && (padding != [0, 0] || window.ceil_mode) {
+                        return unsupported(
+                            ": count_include_pad=1 with padding is not (the engine divides by \
+                             the pixels a window covers)",
+                        );
+                    }
+                    LayerSpec::AvgPool2d(window)
+                };
+                simple(self, op)
+            }
+            "GlobalAveragePool" | "GlobalMaxPool" => {
+                let x = dynamic(0)?;
+                if x.flat {
+                    return unsupported(": its input is not feature maps");
+                }
+                let op = if node.op_type == "GlobalAveragePool" {
+                    LayerSpec::GlobalAvgPool
+                } else {
+                    LayerSpec::GlobalMaxPool
+                };
+                let out = self.add(&name, op, vec![x], Vec::new())?;
+                // ONNX keeps the maps, 1x1: `[N, C, 1, 1]`.
+                Ok(Value::Dynamic(Dynamic { flat: false, ..out }))
+            }
+            "BatchNormalization" => {
+                let x = dynamic(0)?;
+                if x.flat {
+                    return unsupported(": batch normalisation of flat features is not");
+                }
+                if attributes.int("training_mode", 0)? != 0 {
+                    return unsupported(": training_mode=1 is not");
+                }
+                let epsilon = attributes.float("epsilon", 1e-5)?;
+                let mut variance = constant(4)?.floats();
+                // y = (x - mean) / sqrt(var + eps): another epsilon is the same as a variance
+                // larger by the difference.
+                for v in &mut variance {
+                    *v += epsilon - BATCH_NORM_EPSILON;
+                    if v.is_nan() || *v < 0.0 {
+                        return unsupported(": a variance is negative");
+                    }
+                }
+                let params = vec![
+                    ("weight", constant(1)?.floats()),
+                    ("bias", constant(2)?.floats()),
+                    ("running_mean", constant(3)?.floats()),
+                    ("running_var", variance),
+                    ("num_batches_tracked", vec![0.0]),
+                ];
+                Ok(Value::Dynamic(self.add(
+                    &name,
+                    LayerSpec::BatchNorm2d,
+                    vec![x],
+                    params,
+                )?))
+            }
+            "Gemm" | "MatMul" => {
+                let x = dynamic(0)?;
+                let w = constant(1)?;
+                if !x.flat || w.dims.len() != 2 {
+                    return unsupported(": only a product of [N, F] features and a matrix is");
+                }
+                let (alpha, beta, trans_a, trans_b) = if node.op_type == "Gemm" {
+                    (
+                        attributes.float("alpha", 1.0)?,
+                        attributes.float("beta", 1.0)?,
+                        attributes.int("transA", 0)?,
+                        attributes.int("transB", 0)?,
+                    )
+                } else {
+                    (1.0, 1.0, 0, 0)
+                };
+                if trans_a != 0 {
+                    return unsupported(": transA=1 is not");
+                }
+                // The engine's weights are `[out, in]`, B of `x * B` is `[in, out]`.
+                let (out, features) = if trans_b != 0 {
+                    (w.dims[0], w.dims[1])
+                } else {
+                    (w.dims[1], w.dims[0])
+                };
+                if features != x.shape.channels {
+                    return unsupported(format!(
+                        ": weights for {features} features, the input has {}",
+                        x.shape.channels
+                    ));
+                }
+                let values = w.floats();
+                let weight: Vec<f32> = if trans_b != 0 {
+                    values.iter().map(|v| alpha * v).collect()
+                } else {
+                    (0..out)
+                        .flat_map(|o| {
+                            let values = &values;
+                            (0..features).map(move |i| alpha * values[i * out + o])
+                        })
+                        .collect()
+                };
+                let mut params = vec![("weight", weight)];
+                let bias = match inputs.get(2).and_then(Option::as_ref) {
+                    Some(_) => Some(broadcast_vector(constant(2)?, out)?),
+                    None => None,
+                };
+                if let Some(bias) = bias {
+                    params.push(("bias", bias.iter().map(|b| beta * b).collect()));
+                }
+                let config = DenseConfig {
+                    out_features: out,
+                    bias: params.len() == 2,
+                };
+                Ok(Value::Dynamic(self.add(
+                    &name,
+                    LayerSpec::Dense(config),
+                    vec![x],
+                    params,
+                )?))
+            }
+            "Add" | "Sum" | "Sub" | "Mul" | "Div" if all_constant => {
+                fold_arithmetic(&node.op_type, inputs)
+            }
+            "Add" => self.add_values(node, &name, inputs),
+            "Sum" => {
+                let values = (0..inputs.len())
+                    .map(dynamic)
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                self.sum(&name, values)
+            }
+            "Mul" => self.multiply(node, &name, inputs),
+            "Div" => match (input(0)?, input(1)?) {
+                (Value::Dynamic(x), Value::Constant(c))
+                    if c.len() == 1 && (c.floats()[0] - std::f32::consts::SQRT_2).abs() < 1e-5 =>
+                {
+                    Ok(Value::Gelu {
+                        x: x.clone(),
+                        step: 1,
+                        nodes: vec![format!("Div ({label})")],
+                    })
+                }
+                _ => unsupported(": only division by constants, as in GELU, is"),
+            },
+            "Erf" => match input(0)? {
+                Value::Gelu { x, step: 1, nodes } => Ok(Value::Gelu {
+                    x: x.clone(),
+                    step: 2,
+                    nodes: [nodes.clone(), vec![format!("Erf ({label})")]].concat(),
+                }),
+                _ => unsupported(": Erf is supported only as part of GELU"),
+            },
+            "Concat" => {
+                let axis = attributes.int("axis", 1)?;
+                if all_constant {
+                    let parts: Vec<&Constant> = (0..inputs.len())
+                        .map(constant)
+                        .collect::<std::result::Result<_, _>>()?;
+                    return concat_constants(&parts, axis);
+                }
+                let values = (0..inputs.len())
+                    .map(dynamic)
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let rank = if values[0].flat { 2 } else { 4 };
+                if axis != 1 && axis != 1 - rank {
+                    return unsupported(": only concatenation along channels (axis 1) is");
+                }
+                if values.iter().any(|v| v.flat != values[0].flat) {
+                    return unsupported(": its inputs have different ranks");
+                }
+                Ok(Value::Dynamic(self.add(
+                    &name,
+                    LayerSpec::Concat,
+                    values,
+                    Vec::new(),
+                )?))
+            }
+            "Flatten" => match input(0)? {
+                Value::Constant(c) => {
+                    reshape_constant(c, flatten_dims(&c.dims, attributes.int("axis", 1)?)?)
+                }
+                _ => {
+                    let x = dynamic(0)?;
+                    let axis = attributes.int("axis", 1)?;
+                    if axis != 1 && !(x.flat && axis == -1) {
+                        return unsupported(": only axis=1 is");
+                    }
+                    self.flatten(&name, x)
+                }
+            },
+            "Reshape" => {
+                let target = constant(1)?
+                    .ints()
+                    .map_err(|e| Unsupported(format!(": {e}")))?;
+                match input(0)? {
+                    Value::Constant(c) => reshape_constant(c, resolve_reshape(&c.dims, &target)?),
+                    _ => {
+                        let x = dynamic(0)?;
+                        self.reshape(&name, x, &target, attributes.int("allowzero", 0)? != 0)
+                    }
+                }
+            }
+            "Squeeze" | "Unsqueeze" => {
+                let axes = match attributes.ints_opt("axes")? {
+                    Some(axes) => Some(axes),
+                    None if inputs.len() > 1 => Some(
+                        constant(1)?
+                            .ints()
+                            .map_err(|e| Unsupported(format!(": axes {e}")))?,
+                    ),
+                    None => None,
+                };
+                match input(0)? {
+                    Value::Constant(c) => {
+                        let dims = squeeze_dims(&node.op_type, &c.dims, axes.as_deref())?;
+                        reshape_constant(c, dims)
+                    }
+                    _ => {
+                        let x = dynamic(0)?;
+                        let rank = if x.flat { 2 } else { 4 };
+                        let axes: Vec<i64> = axes
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|&a| if a < 0 { a + rank } else { a })
+                            .collect();
+                        let squeezes_maps = node.op_type == "Squeeze"
+                            && !x.flat
+                            && x.shape.is_flat()
+                            && (axes == [2, 3] || axes == [3, 2]);
+                        if squeezes_maps {
+                            self.flatten(&name, x)
+                        } else {
+                            unsupported(": only squeezing 1x1 maps into features is")
+                        }
+                    }
+                }
+            }
+            "Transpose" => match input(0)? {
+                Value::Constant(c) => transpose_constant(c, attributes.ints_opt("perm")?),
+                _ => unsupported(": transposing computed values is not"),
+            },
+            "Relu" => simple(self, LayerSpec::Relu),
+            "LeakyRelu" => simple(
+                self,
+                LayerSpec::LeakyRelu {
+                    slope: attributes.float("alpha", 0.01)?,
+                },
+            ),
+            "Sigmoid" => simple(self, LayerSpec::Sigmoid),
+            "Tanh" => simple(self, LayerSpec::Tanh),
+            "Gelu" => {
+                if attributes.string("approximate", "none")? != "none" {
+                    return unsupported(": only the exact GELU (approximate=none) is");
+                }
+                simple(self, LayerSpec::Gelu)
+            }
+            "Clip" => {
+                let low = match (attributes.float_opt("min")?, inputs.get(1)) {
+                    (Some(v), _) => v,
+                    (None, Some(Some(_))) => constant(1)?.floats().first().copied().unwrap_or(0.0),
+                    _ => f32::NEG_INFINITY,
+                };
+                let high = match (attributes.float_opt("max")?, inputs.get(2)) {
+                    (Some(v), _) => v,
+                    (None, Some(Some(_))) => constant(2)?.floats().first().copied().unwrap_or(0.0),
+                    _ => f32::INFINITY,
+                };
+                if low == 0.0 && high == f32::INFINITY {
+                    simple(self, LayerSpec::Relu)
+                } else {
+                    unsupported(format!(
+                        ": clipping to [{low}, {high}] is not (only ReLU's [0, inf])"
+                    ))
+                }
+            }
+            "Identity" | "Dropout" => match input(0)? {
+                Value::Constant(c) => Ok(Value::Constant(c.clone())),
+                _ => {
+                    let x = dynamic(0)?;
+                    if node.op_type == "Dropout" {
+                        Ok(Value::Dynamic(x))
+                    } else {
+                        simple(self, LayerSpec::Identity)
+                    }
+                }
+            },
+            "Softmax" => {
+                let x = dynamic(0)?;
+                let axis = attributes.int("axis", if self.opset >= 13 { -1 } else { 1 })?;
+                if last && x.flat && (axis == 1 || axis == -1) {
+                    self.ends_in_softmax = true;
+                    Ok(Value::Dynamic(x))
+                } else {
+                    unsupported(": only a softmax over the classes, as the last node, is")
+                }
+            }
+            "Constant" => attributes.constant().map(Value::Constant),
+            "ConstantOfShape" => {
+                let dims = to_dims(
+                    &constant(0)?
+                        .ints()
+                        .map_err(|e| Unsupported(format!(": {e}")))?,
+                )?;
+                let fill = match attributes.tensor_opt("value")? {
+                    Some(t) => t,
+                    None => Constant {
+                        dims: vec![1],
+                        data: Data::Float(vec![0.0]),
+                    },
+                };
+                let len = checked_len(&dims)?;
+                let data = match fill.data {
+                    Data::Float(v) => Data::Float(vec![v.first().copied().unwrap_or(0.0); len]),
+                    Data::Int(v) => Data::Int(vec![v.first().copied().unwrap_or(0); len]),
+                };
+                Ok(Value::Constant(Constant { dims, data }))
+            }
+            "Shape" => {
+                let dims: Vec<i64> = match input(0)? {
+                    Value::Constant(c) => c.dims.iter().map(|&d| d as i64).collect(),
+                    _ => {
+                        let x = dynamic(0)?;
+                        let s = x.shape;
+                        if x.flat {
+                            vec![BATCH, s.channels as i64]
+                        } else {
+                            vec![BATCH, s.channels as i64, s.height as i64, s.width as i64]
+                        }
+                    }
+                };
+                let rank = dims.len() as i64;
+                let (start, end) = (attributes.int("start", 0)?, attributes.int("end", rank)?);
+                let clamp = |i: i64| (if i < 0 { i + rank } else { i }).clamp(0, rank) as usize;
+                let dims = dims[clamp(start)..clamp(end).max(clamp(start))].to_vec();
+                Ok(Value::Constant(Constant::int_vector(
+                    vec![dims.len()],
+                    dims,
+                )))
+            }
+            "Gather" => {
+                let data = constant(0)?;
+                let indices = constant(1)?
+                    .ints()
+                    .map_err(|e| Unsupported(format!(": {e}")))?;
+                gather_constant(
+                    data,
+                    &constant(1)?.dims,
+                    &indices,
+                    attributes.int("axis", 0)?,
+                )
+            }
+            "Cast" => match input(0)? {
+                Value::Constant(c) => Ok(Value::Constant(c.clone())),
+                _ if attributes.int("to", 1)? == i64::from(data_type::FLOAT) => {
+                    Ok(Value::Dynamic(dynamic(0)?))
+                }
+                _ => unsupported(": only casts to float are"),
+            },
+            _ => unsupported(""),
+        }
+    }
+
+    fn flatten(&mut self, name: &str, x: Dynamic) -> Outcome {
+        if x.flat {
+            return Ok(Value::Dynamic(x));
+        }
+        Ok(Value::Dynamic(self.add(
+            name,
+            LayerSpec::Flatten,
+            vec![x],
+            Vec::new(),
+        )?))
+    }
+
+    /// A reshape of a computed value: to `[N, F]` it is a flatten, to the same shape nothing.
+    fn reshape(&mut self, name: &str, x: Dynamic, target: &[i64], allow_zero: bool) -> Outcome {
+        let s = x.shape;
+        let current: Vec<i64> = if x.flat {
+            vec![BATCH, s.channels as i64]
+        } else {
+            vec![BATCH, s.channels as i64, s.height as i64, s.width as i64]
+        };
+        // Zero copies the dimension from the input (unless `allowzero`), -1 takes the rest.
+        let resolved: Vec<i64> = target
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                if t == 0 && !allow_zero {
+                    current.get(i).copied().unwrap_or(t)
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let features = s.len() as i64;
+        let batch_first = matches!(resolved.first(), Some(&BATCH) | Some(&-1));
+        let is_flatten = resolved.len() == 2
+            && ((resolved[0] == BATCH && (resolved[1] == -1 || resolved[1] == features))
+                || (resolved[0] == -1 && resolved[1] == features));
+        if is_flatten {
+            return self.flatten(name, x);
+        }
+        let same = resolved.len() == current.len() && batch_first && resolved[1..] == current[1..];
+        if same {
+            return Ok(Value::Dynamic(x));
+        }
+        unsupported(format!(
+            ": reshaping {} maps to {target:?} is not (only flattening is)",
+            s
+        ))
+    }
+
+    fn sum(&mut self, name: &str, values: Vec<Dynamic>) -> Outcome {
+        if values.len() == 1 {
+            return Ok(Value::Dynamic(values[0].clone()));
+        }
+        if values
+            .iter()
+            .any(|v| v.flat != values[0].flat || v.shape != values[0].shape)
+        {
+            return unsupported(": adding values of different shapes (broadcasting) is not");
+        }
+        Ok(Value::Dynamic(self.add(
+            name,
+            LayerSpec::Add,
+            values,
+            Vec::new(),
+        )?))
+    }
+
+    /// `Add`: of two computed values, a residual connection; of a computed value and a
+    /// constant, a bias (absorbed by the convolution or product before it), or GELU's `1 + erf`.
+    fn add_values(&mut self, node: &NodeProto, name: &str, inputs: &[Option<Value>]) -> Outcome {
+        let (Some(Some(a)), Some(Some(b))) = (inputs.first(), inputs.get(1)) else {
+            return unsupported(": it needs two inputs");
+        };
+        let (computed, constant, computed_name) = match (a, b) {
+            (Value::Dynamic(x), Value::Dynamic(y)) => {
+                return self.sum(name, vec![x.clone(), y.clone()])
+            }
+            (Value::Gelu { x, step: 2, nodes }, Value::Constant(c))
+            | (Value::Constant(c), Value::Gelu { x, step: 2, nodes })
+                if c.len() == 1 && c.floats()[0] == 1.0 =>
+            {
+                return Ok(Value::Gelu {
+                    x: x.clone(),
+                    step: 3,
+                    nodes: [nodes.clone(), vec![format!("Add ({name})")]].concat(),
+                });
+            }
+            (Value::Dynamic(x), Value::Constant(c)) => (x, c, &node.input[0]),
+            (Value::Constant(c), Value::Dynamic(x)) => (x, c, &node.input[1]),
+            _ => return unsupported(": of these operands"),
+        };
+        let Some(producer) = self.sole_producer(computed_name, computed) else {
+            return unsupported(": adding a constant is, only as the bias of the node before");
+        };
+        let built = &mut self.built[producer];
+        let channels = built.output.channels;
+        let bias = broadcast_vector(constant, channels)
+            .map_err(|_| Unsupported(": its constant is not one value per channel".into()))?;
+        match &mut built.spec.op {
+            LayerSpec::Conv2d(c) if !c.bias && !computed.flat => c.bias = true,
+            LayerSpec::Dense(d) if !d.bias => d.bias = true,
+            _ => {
+                return unsupported(
+                    ": adding a constant is, only as the bias of a convolution or product",
+                )
+            }
+        }
+        built.params.push(("bias", bias));
+        Ok(Value::Dynamic(computed.clone()))
+    }
+
+    /// `Mul`: `x * sigmoid(x)` (SiLU), or a step of GELU.
+    fn multiply(&mut self, node: &NodeProto, name: &str, inputs: &[Option<Value>]) -> Outcome {
+        let (Some(Some(a)), Some(Some(b))) = (inputs.first(), inputs.get(1)) else {
+            return unsupported(": it needs two inputs");
+        };
+        match (a, b) {
+            (Value::Gelu { x, step: 3, nodes }, Value::Dynamic(y))
+            | (Value::Dynamic(y), Value::Gelu { x, step: 3, nodes })
+                if y.name == x.name =>
+            {
+                Ok(Value::Gelu {
+                    x: x.clone(),
+                    step: 4,
+                    nodes: [nodes.clone(), vec![format!("Mul ({name})")]].concat(),
+                })
+            }
+            (Value::Gelu { x, step: 4, .. }, Value::Constant(c))
+            | (Value::Constant(c), Value::Gelu { x, step: 4, .. })
+                if c.len() == 1 && c.floats()[0] == 0.5 =>
+            {
+                Ok(Value::Dynamic(self.add(
+                    name,
+                    LayerSpec::Gelu,
+                    vec![x.clone()],
+                    Vec::new(),
+                )?))
+            }
+            (Value::Dynamic(first), Value::Dynamic(second)) => {
+                let orders = [
+                    (first, second, &node.input[1]),
+                    (second, first, &node.input[0]),
+                ];
+                for (x, s, s_name) in orders {
+                    let Some(k) = self.sole_producer(s_name, s) else {
+                        continue;
+                    };
+                    let built = &mut self.built[k];
+                    if built.spec.op == LayerSpec::Sigmoid && built.spec.inputs == [x.name.clone()]
+                    {
+                        built.spec.op = LayerSpec::Silu;
+                        return Ok(Value::Dynamic(s.clone()));
+                    }
+                }
+                unsupported(": multiplying computed values is, only as x * sigmoid(x)")
+            }
+            _ => unsupported(": multiplying by a constant is not"),
+        }
+    }
+}

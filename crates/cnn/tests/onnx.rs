@@ -1,0 +1,452 @@
+//! ONNX export and import: a model written as ONNX reads back as the same network, and files
+//! that are malformed or hostile are refused with a message, never a panic or a huge allocation.
+//! (ONNX Runtime and `onnx.checker` read the exported files in `.ci/run`:
+//! `interop/check_onnx.py`; the ONNX project's own test cases run in `interop/onnx_conformance.py`.)
+
+use cnn::onnx::proto::{
+    attribute_type, data_type, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
+};
+use cnn::onnx::{self, ExportOptions};
+use cnn::preprocess::Preprocessing;
+use cnn::rng::{seeded, Stream};
+use cnn::{arch, Model, Network, Shape, Tensor, Workspace};
+use prost::Message;
+use rand::Rng;
+
+/// Every op of the engine, in a graph with a residual addition and a concatenation.
+const EVERY_OP: &str = "stem: conv 8@3 pad=1, gelu, \
+    b: (add(conv 8@3 pad=1 nobias, batchnorm, leakyrelu 0.1, conv 8@3 pad=1 nobias, batchnorm | ), relu), \
+    avgpool 3 stride=2 pad=1 ceil, \
+    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh), \
+    identity, gmp, dense 16, dropout 0.3, dense classes";
+
+/// A model of `notation` with random weights and batch-norm statistics.
+fn random_model(notation: &str, shape: Shape, classes: usize, seed: u64) -> Model {
+    let architecture = arch::parse(notation, classes).unwrap();
+    let mut network = Network::new(&architecture, shape).unwrap();
+    network.init_kaiming(&mut seeded(seed, Stream::WeightInit));
+    let mut rng = seeded(seed, Stream::Shuffle);
+    for node in network.nodes_mut() {
+        let layer = node.layer_mut();
+        for param in layer.params_mut() {
+            if param.dims.len() == 1 {
+                param
+                    .value
+                    .iter_mut()
+                    .for_each(|v| *v = rng.random_range(0.5..1.5));
+            }
+        }
+        for buffer in layer.buffers_mut() {
+            match buffer.name {
+                "running_mean" => buffer
+                    .value
+                    .iter_mut()
+                    .for_each(|v| *v = rng.random_range(-0.5..0.5)),
+                "running_var" => buffer
+                    .value
+                    .iter_mut()
+                    .for_each(|v| *v = rng.random_range(0.5..2.0)),
+                _ => {}
+            }
+        }
+    }
+    let names = (0..classes).map(|c| format!("class {c}")).collect();
+    Model::new(network, names, Preprocessing::identity(shape.channels)).unwrap()
+}
+
+fn random_batch(batch: usize, shape: Shape, seed: u64) -> Tensor {
+    let mut rng = seeded(seed, Stream::Augment);
+    let mut input = Tensor::zeros(batch, shape);
+    input
+        .data_mut()
+        .iter_mut()
+        .for_each(|v| *v = rng.random_range(-1.0..1.0));
+    input
+}
+
+fn logits(model: &Model, input: &Tensor) -> Vec<f32> {
+    model
+        .network
+        .infer(input, &mut Workspace::new())
+        .unwrap()
+        .data()
+        .to_vec()
+}
+
+#[test]
+fn an_exported_model_imports_as_the_same_network() {
+    for (notation, shape) in [
+        (EVERY_OP, Shape::new(3, 13, 11)),
+        (&arch::preset("resnet20").unwrap(), Shape::new(3, 16, 16)),
+        (&arch::preset("separable").unwrap(), Shape::new(1, 12, 12)),
+        (&arch::preset("lenet5").unwrap(), Shape::new(1, 28, 28)),
+    ] {
+        let model = random_model(notation, shape, 5, 7);
+        let bytes = onnx::to_bytes(&model, ExportOptions { softmax: true }).unwrap();
+        assert_eq!(
+            bytes,
+            onnx::to_bytes(&model, ExportOptions { softmax: true }).unwrap()
+        );
+        let back = onnx::from_bytes(&bytes, &Default::default()).unwrap();
+        assert_eq!(back.classes, model.classes, "{notation}");
+        assert_eq!(back.preprocessing, model.preprocessing);
+        assert_eq!(back.network.input_shape(), shape);
+        assert_eq!(
+            back.network.param_count(),
+            model.network.param_count(),
+            "{notation}"
+        );
+        let ops = |m: &Model| -> Vec<String> {
+            m.network
+                .nodes()
+                .iter()
+                .map(|n| n.layer().spec().to_string())
+                .collect()
+        };
+        // Dropout is left out of the file (it does nothing at inference).
+        let expected: Vec<String> = ops(&model)
+            .into_iter()
+            .filter(|o| !o.starts_with("dropout"))
+            .collect();
+        assert_eq!(ops(&back), expected, "{notation}");
+        let input = random_batch(3, shape, 1);
+        assert_eq!(logits(&back, &input), logits(&model, &input), "{notation}");
+    }
+}
+
+#[test]
+fn state_dict_names_survive_the_round_trip() {
+    let model = random_model(
+        &arch::preset("resnet20").unwrap(),
+        Shape::new(3, 8, 8),
+        10,
+        3,
+    );
+    let bytes = onnx::to_bytes(&model, ExportOptions::default()).unwrap();
+    let file = ModelProto::decode(&bytes[..]).unwrap();
+    let graph = file.graph.unwrap();
+    let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    for name in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer2.0.downsample.0.weight",
+        "fc.bias",
+    ] {
+        assert!(
+            initializers.contains(&name),
+            "{name} missing from {initializers:?}"
+        );
+    }
+    let back = onnx::from_bytes(&bytes, &Default::default()).unwrap();
+    let names: Vec<String> = back
+        .network
+        .params()
+        .map(|(node, p)| format!("{node}.{}", p.name))
+        .collect();
+    let original: Vec<String> = model
+        .network
+        .params()
+        .map(|(node, p)| format!("{node}.{}", p.name))
+        .collect();
+    assert_eq!(names, original);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files written by hand: what other exporters write, and hostile files.
+
+fn tensor_type(dims: &[Option<i64>], elem_type: i32) -> Option<TypeProto> {
+    Some(TypeProto {
+        tensor_type: Some(TensorTypeProto {
+            elem_type,
+            shape: Some(TensorShapeProto {
+                dim: dims
+                    .iter()
+                    .map(|d| Dimension {
+                        dim_value: *d,
+                        dim_param: d.is_none().then(|| "N".to_string()),
+                    })
+                    .collect(),
+            }),
+        }),
+    })
+}
+
+fn value(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: tensor_type(dims, data_type::FLOAT),
+    }
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        name: name.into(),
+        op_type: op.into(),
+        domain: String::new(),
+        attribute,
+    }
+}
+
+fn floats(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
+    TensorProto {
+        dims: dims.to_vec(),
+        data_type: data_type::FLOAT,
+        float_data: values,
+        name: name.into(),
+        ..TensorProto::default()
+    }
+}
+
+fn ints(name: &str, values: Vec<i64>) -> TensorProto {
+    TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: data_type::INT64,
+        int64_data: values,
+        name: name.into(),
+        ..TensorProto::default()
+    }
+}
+
+fn int_attribute(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i: value,
+        ..AttributeProto::default()
+    }
+}
+
+fn file(
+    nodes: Vec<NodeProto>,
+    initializer: Vec<TensorProto>,
+    input: [i64; 3],
+    output: &str,
+) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "g".into(),
+            initializer,
+            input: vec![value(
+                "x",
+                &[None, Some(input[0]), Some(input[1]), Some(input[2])],
+            )],
+            output: vec![value(output, &[None, None])],
+            ..GraphProto::default()
+        }),
+        ..ModelProto::default()
+    }
+}
+
+fn import(model: &ModelProto) -> Result<Model, String> {
+    onnx::from_bytes(&model.encode_to_vec(), &Default::default())
+}
+
+/// `x.view(x.size(0), -1)` as PyTorch exports it: `Shape`, `Gather`, `Unsqueeze` and `Concat`
+/// computing the target of a `Reshape`, then `MatMul` and `Add` for a linear layer without
+/// `Gemm`. All of it folds into a flatten and a dense layer with its bias.
+#[test]
+fn shape_arithmetic_and_matmul_with_add_fold_into_flatten_and_dense() {
+    let weights: Vec<f32> = (0..12 * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+    let bias = vec![0.5, -1.0, 2.0];
+    let model = file(
+        vec![
+            node("Relu", "/act/Relu", &["x"], "r", vec![]),
+            node("Shape", "/Shape", &["r"], "s", vec![]),
+            node(
+                "Gather",
+                "/Gather",
+                &["s", "zero"],
+                "n",
+                vec![int_attribute("axis", 0)],
+            ),
+            node("Unsqueeze", "/Unsqueeze", &["n", "axes"], "n1", vec![]),
+            node(
+                "Concat",
+                "/Concat",
+                &["n1", "minus_one"],
+                "target",
+                vec![int_attribute("axis", 0)],
+            ),
+            node("Reshape", "/Reshape", &["r", "target"], "flat", vec![]),
+            node("MatMul", "/fc/MatMul", &["flat", "fc.weight"], "y0", vec![]),
+            node("Add", "/fc/Add", &["y0", "fc.bias"], "y", vec![]),
+        ],
+        vec![
+            TensorProto {
+                dims: vec![],
+                ..ints("zero", vec![0])
+            },
+            ints("axes", vec![0]),
+            ints("minus_one", vec![-1]),
+            floats("fc.weight", &[12, 3], weights.clone()),
+            floats("fc.bias", &[3], bias.clone()),
+        ],
+        [3, 2, 2],
+        "y",
+    );
+    let imported = import(&model).unwrap();
+    let kinds: Vec<&str> = imported
+        .network
+        .nodes()
+        .iter()
+        .map(|n| n.layer().spec().kind())
+        .collect();
+    assert_eq!(kinds, ["relu", "flatten", "dense"]);
+    let input = random_batch(2, Shape::new(3, 2, 2), 5);
+    let out = logits(&imported, &input);
+    for n in 0..2 {
+        for o in 0..3 {
+            let expected: f32 = bias[o]
+                + (0..12)
+                    .map(|i| input.sample(n)[i].max(0.0) * weights[i * 3 + o])
+                    .sum::<f32>();
+            assert!(
+                (out[n * 3 + o] - expected).abs() < 1e-5,
+                "{} vs {expected}",
+                out[n * 3 + o]
+            );
+        }
+    }
+}
+
+fn refused(model: &ModelProto) -> String {
+    import(model).expect_err("a file that must be refused")
+}
+
+#[test]
+fn every_unsupported_op_is_listed_in_one_error() {
+    let model = file(
+        vec![
+            node("Relu", "a", &["x"], "a", vec![]),
+            node("LRN", "norm1", &["a"], "b", vec![]),
+            node("Relu", "c", &["b"], "c", vec![]),
+            node("Elu", "elu7", &["c"], "d", vec![]),
+            node("Flatten", "f", &["d"], "y", vec![]),
+        ],
+        vec![],
+        [1, 4, 4],
+        "y",
+    );
+    let error = refused(&model);
+    assert!(error.contains("not supported"), "{error}");
+    assert!(
+        error.contains("LRN (`norm1`)") && error.contains("Elu (`elu7`)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn malformed_and_hostile_files_are_refused() {
+    let good = file(
+        vec![
+            node("Flatten", "f", &["x"], "f", vec![]),
+            node(
+                "Gemm",
+                "fc",
+                &["f", "w"],
+                "y",
+                vec![int_attribute("transB", 1)],
+            ),
+        ],
+        vec![floats("w", &[2, 4], vec![0.1; 8])],
+        [1, 2, 2],
+        "y",
+    );
+    import(&good).unwrap();
+    let bytes = good.encode_to_vec();
+    for cut in [1, 7, bytes.len() / 2, bytes.len() - 1] {
+        let error = onnx::from_bytes(&bytes[..cut], &Default::default()).unwrap_err();
+        assert!(!error.is_empty(), "cut at {cut}");
+    }
+    assert!(onnx::from_bytes(b"", &Default::default())
+        .unwrap_err()
+        .contains("empty"));
+    assert!(onnx::from_bytes(b"\xff\xff\xff\xff", &Default::default())
+        .unwrap_err()
+        .contains("not a valid ONNX file"));
+
+    let edited = |edit: &dyn Fn(&mut GraphProto)| {
+        let mut model = good.clone();
+        edit(model.graph.as_mut().unwrap());
+        refused(&model)
+    };
+    // Declared sizes far beyond the data: refused before anything is allocated for them.
+    let error = edited(&|g| g.initializer[0].dims = vec![1 << 40, 1 << 20]);
+    assert!(error.contains("too large"), "{error}");
+    let error = edited(&|g| g.initializer[0].dims = vec![2, 5]);
+    assert!(error.contains("call for 10 values"), "{error}");
+    let error = edited(&|g| g.initializer[0].dims = vec![-2, 4]);
+    assert!(error.contains("negative"), "{error}");
+    let error = edited(&|g| g.initializer[0].data_location = 1);
+    assert!(error.contains("external data"), "{error}");
+    // A cycle: the first node reads the output of the last.
+    let error = edited(&|g| g.node[0].input[0] = "y".into());
+    assert!(error.contains("cycle"), "{error}");
+    let error = edited(&|g| g.node.swap(0, 1));
+    assert!(error.contains("cycle"), "{error}");
+    // Wrong types.
+    let error = edited(&|g| {
+        g.input[0].r#type = tensor_type(&[None, Some(1), Some(2), Some(2)], data_type::INT64)
+    });
+    assert!(error.contains("not float32"), "{error}");
+    let error = edited(&|g| g.initializer[0].data_type = 8);
+    assert!(error.contains("element type 8"), "{error}");
+    let error = edited(&|g| g.node[1].attribute[0].r#type = attribute_type::FLOAT);
+    assert!(error.contains("wrong type"), "{error}");
+    let error = edited(&|g| g.initializer[0].float_data[3] = f32::NAN);
+    assert!(error.contains("NaN"), "{error}");
+    // Shapes that do not fit.
+    let error = edited(&|g| g.initializer[0].dims = vec![4, 2]);
+    assert!(error.contains("features"), "{error}");
+    let error = edited(&|g| {
+        g.input[0].r#type = tensor_type(
+            &[None, Some(1 << 40), Some(1 << 40), Some(2)],
+            data_type::FLOAT,
+        )
+    });
+    assert!(error.contains("too large"), "{error}");
+    let error = edited(&|g| g.input.clear());
+    assert!(error.contains("no input"), "{error}");
+    let error = edited(&|g| g.output[0].name = "nowhere".into());
+    assert!(error.contains("nowhere"), "{error}");
+    let mut opset = good.clone();
+    opset.opset_import[0].version = 99;
+    assert!(refused(&opset).contains("opset 99"));
+    // Too many nodes for a network.
+    let error = edited(&|g| {
+        let relu = node("Relu", "r", &["x"], "r", vec![]);
+        g.node = vec![relu; 20_000];
+    });
+    assert!(error.contains("nodes"), "{error}");
+}
+
+/// A network whose output is feature maps runs (`cnn run`), but is not a classifier.
+#[test]
+fn maps_out_are_a_network_but_not_a_model() {
+    let model = file(
+        vec![node("Relu", "r", &["x"], "y", vec![])],
+        vec![],
+        [2, 3, 3],
+        "y",
+    );
+    let bytes = model.encode_to_vec();
+    let imported = onnx::import::network_from_bytes(&bytes).unwrap();
+    assert!(imported.output_is_maps);
+    assert_eq!(imported.network.output_shape(), Shape::new(2, 3, 3));
+    assert!(refused(&model).contains("feature maps"));
+}
