@@ -8,6 +8,7 @@ mod arch_arg;
 mod commands;
 mod grid;
 mod inside;
+mod npy;
 mod plot;
 mod printable;
 mod progress;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 #[command(
     name = "cnn",
     version,
-    about = "Convolutional neural networks: train, eval, predict, info, explain, serve"
+    about = "Convolutional neural networks: train, eval, predict, info, explain, bench, serve, export, import, run"
 )]
 pub struct Cli {
     /// Worker threads (default: one per core).
@@ -52,6 +53,12 @@ enum Command {
     Explain(commands::explain::ExplainArgs),
     /// Measure training and inference speed, memory and GFLOP/s of an architecture.
     Bench(commands::bench::BenchArgs),
+    /// Write a model for other runtimes: an ONNX file.
+    Export(commands::export::ExportArgs),
+    /// Read an ONNX model into a model file of this engine.
+    Import(commands::import::ImportArgs),
+    /// Run a model on raw tensors (NumPy .npy in and out), without preprocessing.
+    Run(commands::run::RunArgs),
     /// Serve a web playground: draw and see the prediction and every layer's feature maps.
     Serve(commands::serve::ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
@@ -69,6 +76,9 @@ impl Command {
             Command::Info(_) => "info",
             Command::Explain(_) => "explain",
             Command::Bench(_) => "bench",
+            Command::Export(_) => "export",
+            Command::Import(_) => "import",
+            Command::Run(_) => "run",
             Command::Serve(_) => "serve",
             Command::Completions(_) => "completions",
             Command::Man => "man",
@@ -176,6 +186,9 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Info(args) => commands::info::run(args),
         Command::Explain(args) => commands::explain::run(args, global),
         Command::Bench(args) => commands::bench::run(args, global),
+        Command::Export(args) => commands::export::run(args, global),
+        Command::Import(args) => commands::import::run(args, global),
+        Command::Run(args) => commands::run::run(args, global),
         Command::Serve(args) => commands::serve::run(args, global),
         Command::Completions(args) => commands::completions::run(args),
         Command::Man => commands::completions::man(),

@@ -20,6 +20,10 @@ const LAYER_CALLS: usize = 15;
 pub struct BenchArgs {
     #[arg(long, default_value = "lenet5", help = crate::arch_arg::help())]
     arch: String,
+    /// Measure this model file (safetensors or ONNX) instead of --arch: its network, input
+    /// shape, classes and weights.
+    #[arg(long, conflicts_with_all = ["arch", "input", "classes"])]
+    model: Option<std::path::PathBuf>,
     /// Input shape of one image, CxHxW.
     #[arg(long, default_value = "1x28x28")]
     input: String,
@@ -185,27 +189,38 @@ pub fn run(args: BenchArgs, global: crate::Global) -> Result<()> {
             args.classes
         ));
     }
-    let shape = parse_shape(&args.input)?;
-    let (notation, layers) = crate::arch_arg::resolve(&args.arch, args.classes)?;
-    let mut network = Network::new(&layers, shape)?;
-    let outputs = network.output_shape();
-    if !outputs.is_flat() || outputs.channels != args.classes {
-        bail!(
-            "the network ends in {outputs} outputs, not one per class of --classes {}",
-            args.classes
-        );
-    }
+    let (notation, mut network, classes) = match &args.model {
+        Some(path) => {
+            let model = cnn::model_file::load(path)?;
+            let classes = model.classes.len();
+            (path.display().to_string(), model.network, classes)
+        }
+        None => {
+            let shape = parse_shape(&args.input)?;
+            let (notation, layers) = crate::arch_arg::resolve(&args.arch, args.classes)?;
+            let mut network = Network::new(&layers, shape)?;
+            let outputs = network.output_shape();
+            if !outputs.is_flat() || outputs.channels != args.classes {
+                bail!(
+                    "the network ends in {outputs} outputs, not one per class of --classes {}",
+                    args.classes
+                );
+            }
+            network.init_kaiming(&mut seeded(0, Stream::WeightInit));
+            (notation, network, args.classes)
+        }
+    };
+    let shape = network.input_shape();
     cnn::limits::check_batch("--batch", args.batch, &network)?;
     cnn::limits::check_batch("--infer-batch", args.infer_batch, &network)?;
-    let mut rng = seeded(0, Stream::WeightInit);
-    network.init_kaiming(&mut rng);
+    let mut rng = seeded(0, Stream::Shuffle);
     let flops = network.flops_per_image();
 
     // Training: forward, loss, backward, SGD step on a fixed set of batches in memory.
     let batches: Vec<(Tensor, Vec<usize>)> = (0..4)
         .map(|_| {
             let labels = (0..args.batch)
-                .map(|_| rng.random_range(0..args.classes))
+                .map(|_| rng.random_range(0..classes))
                 .collect();
             (random_batch(args.batch, shape, &mut rng), labels)
         })
@@ -285,7 +300,7 @@ pub fn run(args: BenchArgs, global: crate::Global) -> Result<()> {
     let layers = layer_timings(&network, &batches[0].0, &mut workspace);
     let report = Report {
         arch: notation,
-        input: args.input.clone(),
+        input: shape.to_string(),
         threads,
         kernels: Isa::from_env()?,
         gemm_kernels: cnn::kernels::gemm::isa(),

@@ -3,8 +3,11 @@ pub mod completions;
 pub mod eval;
 pub mod explain;
 pub mod explain_model;
+pub mod export;
+pub mod import;
 pub mod info;
 pub mod predict;
+pub mod run;
 pub mod serve;
 pub mod train;
 

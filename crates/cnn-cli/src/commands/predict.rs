@@ -47,6 +47,10 @@ pub struct PredictArgs {
     batch: u32,
     #[command(flatten)]
     picture: PictureArgs,
+    /// Also write the prepared input of every picture read, in order, as one float32 `.npy`
+    /// tensor `[N, C, H, W]`: what the network saw, for `cnn run` or another runtime.
+    #[arg(long, value_name = "FILE.npy")]
+    save_input: Option<PathBuf>,
     /// Picture files (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM) of any size, folders (searched
     /// recursively for files with those extensions) or glob patterns such as 'photos/*.jpg'.
     #[arg(required = true, value_name = "PATH")]
@@ -98,10 +102,17 @@ pub fn run(args: PredictArgs, global: Global) -> Result<()> {
     });
     let mut workspace = Workspace::new();
     let mut failures = 0;
+    let mut seen = args.save_input.as_ref().map(|_| Vec::new());
     let result = (|| -> std::io::Result<()> {
         writer.header()?;
         for chunk in inputs.chunks(args.batch as usize) {
-            let answers = classify(&model, chunk, args.picture.max_pixels, &mut workspace);
+            let answers = classify(
+                &model,
+                chunk,
+                args.picture.max_pixels,
+                &mut workspace,
+                seen.as_mut(),
+            );
             for (input, answer) in chunk.iter().zip(answers) {
                 if answer.is_err() {
                     failures += 1;
@@ -122,6 +133,12 @@ pub fn run(args: PredictArgs, global: Global) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
         other => other.context("cannot write the predictions")?,
     }
+    if let (Some(path), Some(values)) = (&args.save_input, seen) {
+        let shape = model.network.input_shape();
+        let count = values.len() / shape.len();
+        let dims = [count, shape.channels, shape.height, shape.width].map(|d| d as u64);
+        crate::npy::write(path, &dims, &values)?;
+    }
     if failures > 0 {
         if format != Format::Text {
             eprintln!(
@@ -136,12 +153,13 @@ pub fn run(args: PredictArgs, global: Global) -> Result<()> {
 }
 
 /// Decodes and prepares `inputs` on every core, then classifies those that could be read as
-/// one batch.
+/// one batch; appends the batch to `seen` if given.
 fn classify(
     model: &Model,
     inputs: &[Input],
     max_pixels: u64,
     workspace: &mut Workspace,
+    seen: Option<&mut Vec<f32>>,
 ) -> Vec<Answer> {
     let shape = model.network.input_shape();
     let prepared: Vec<std::result::Result<Vec<u8>, String>> = inputs
@@ -161,6 +179,9 @@ fn classify(
         model
             .preprocessing
             .normalize(pixels, shape, batch.sample_mut(slot));
+    }
+    if let Some(seen) = seen {
+        seen.extend_from_slice(batch.data());
     }
     let mut predictions = match model.predict(&batch, workspace) {
         _ if readable == 0 => Vec::new().into_iter(),
