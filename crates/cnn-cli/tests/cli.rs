@@ -1770,3 +1770,77 @@ fn residual_networks_train_resume_and_explain() {
         assert!(header.contains(&format!("\"{name}.weight\"")), "{name}");
     }
 }
+
+/// `--init` starts from a model's weights; `--replace-head` gives it a new last layer for a
+/// data set of other classes; `--freeze` keeps chosen modules exactly as they were.
+#[test]
+fn fine_tuning_starts_from_a_model_and_freezes_modules() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("shapes");
+    for (c, class) in ["bar", "dot", "ring"].iter().enumerate() {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..8u32 {
+            let picture = GrayImage::from_fn(28, 28, |x, y| {
+                let (dx, dy) = (x as i32 - 14 - i as i32 % 3, y as i32 - 14);
+                let r2 = dx * dx + dy * dy;
+                let ink = match c {
+                    0 => dx.abs() < 3,
+                    1 => r2 < 20,
+                    _ => (40..90).contains(&r2),
+                };
+                Luma([if ink { 255 } else { 0 }])
+            });
+            picture
+                .save(data.join(class).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let xo = trained_model();
+    let data_arg = format!("folder:{}", data.display());
+    let out = dir.path().join("tuned.safetensors");
+    let train = |extra: &[&str]| {
+        cnn()
+            .args([
+                "train",
+                "--quiet",
+                "--no-plot",
+                "--epochs",
+                "2",
+                "--data",
+                &data_arg,
+            ])
+            .arg("--init")
+            .arg(xo)
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let output = train(&[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--replace-head"), "{stderr}");
+
+    common::assert_success(&train(&["--replace-head", "--freeze", "0"]));
+    let info = cnn().args(["info", "--json"]).arg(&out).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["classes"], serde_json::json!(["bar", "dot", "ring"]));
+    let before = tensors_of(xo);
+    let after = tensors_of(&out);
+    let tensor = |all: &[(String, Vec<u8>)], name: &str| {
+        all.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .unwrap()
+    };
+    // Frozen: the first convolution. Trained: the second. New: the head, for three classes.
+    assert_eq!(tensor(&after, "0.weight"), tensor(&before, "0.weight"));
+    assert_eq!(tensor(&after, "0.bias"), tensor(&before, "0.bias"));
+    assert_ne!(tensor(&after, "3.weight"), tensor(&before, "3.weight"));
+    assert_eq!(tensor(&after, "7.bias").len(), 3 * 4);
+
+    let output = train(&["--replace-head", "--freeze", "nosuch"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--freeze nosuch"), "{stderr}");
+}

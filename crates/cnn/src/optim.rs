@@ -99,6 +99,9 @@ pub struct Optimizer {
     steps: u64,
     first_moment: Vec<Vec<f32>>,
     second_moment: Vec<Vec<f32>>,
+    /// Parameters left as they are (by index; none when empty). A setting of the run, not
+    /// state: a checkpoint does not store it.
+    frozen: Vec<bool>,
 }
 
 impl Optimizer {
@@ -116,6 +119,7 @@ impl Optimizer {
             steps: 0,
             first_moment: zeros,
             second_moment,
+            frozen: Vec::new(),
         }
     }
 
@@ -141,6 +145,7 @@ impl Optimizer {
             steps,
             first_moment,
             second_moment,
+            frozen: Vec::new(),
         }
     }
 
@@ -176,14 +181,23 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Moves every parameter of `network` against its gradient, with learning rate `lr` and
-    /// weight decay `decay`.
+    /// Leaves the parameters marked `true` (in the order of [`Network::params`]) as they are:
+    /// no step, no weight decay, no moments.
+    pub fn freeze(&mut self, frozen: Vec<bool>) {
+        self.frozen = frozen;
+    }
+
+    /// Moves every parameter of `network` that is not frozen against its gradient, with
+    /// learning rate `lr` and weight decay `decay`.
     pub fn step(&mut self, network: &mut Network, grads: &Gradients, lr: f32, decay: f32) {
         self.steps += 1;
+        let frozen = &self.frozen;
+        let moving = |i: usize| !frozen.get(i).copied().unwrap_or(false);
         let params = network.params_mut().zip(grads.iter());
         match self.config {
             OptimizerConfig::Sgd { momentum, nesterov } => {
-                for ((param, grad), velocity) in params.zip(&mut self.first_moment) {
+                let params = params.zip(&mut self.first_moment).enumerate();
+                for (_, ((param, grad), velocity)) in params.filter(|(i, _)| moving(*i)) {
                     for ((p, &g), v) in param.value.iter_mut().zip(grad).zip(velocity) {
                         let g = g + decay * *p;
                         *v = momentum * *v + g;
@@ -205,7 +219,8 @@ impl Optimizer {
                 let correction1 = 1.0 - beta1.powi(self.steps as i32);
                 let correction2 = 1.0 - beta2.powi(self.steps as i32);
                 let moments = self.first_moment.iter_mut().zip(&mut self.second_moment);
-                for ((param, grad), (m, v)) in params.zip(moments) {
+                let params = params.zip(moments).enumerate();
+                for (_, ((param, grad), (m, v))) in params.filter(|(i, _)| moving(*i)) {
                     for (((p, &g), m), v) in param.value.iter_mut().zip(grad).zip(m).zip(v) {
                         let g = if decoupled {
                             *p -= lr * decay * *p;

@@ -46,6 +46,34 @@ pub struct TrainConfig {
     /// Stop once the held-out result has not improved for this many epochs.
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Modules whose parameters stay as they are (their own path, or one above them:
+    /// `layer1` freezes `layer1.0.conv1`). Batch normalisation inside them still tracks its
+    /// running statistics, as in PyTorch after `requires_grad_(False)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+}
+
+/// For each parameter of `network`, whether it belongs to a module of `paths`; every path must
+/// name at least one module with parameters.
+pub fn frozen_parameters(network: &Network, paths: &[String]) -> Result<Vec<bool>> {
+    let within = |node: &str, path: &str| {
+        node == path
+            || node
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    for path in paths {
+        if !network.params().any(|(node, _)| within(node, path)) {
+            return Err(Error::Invalid(format!(
+                "--freeze {path}: no module of the network with parameters is named so \
+                 (or below it)"
+            )));
+        }
+    }
+    Ok(network
+        .params()
+        .map(|(node, _)| paths.iter().any(|path| within(node, path)))
+        .collect())
 }
 
 /// How the learning rate changes over training (after any warm-up).
@@ -150,6 +178,7 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             save_best: false,
             patience: None,
+            freeze: Vec::new(),
         }
     }
 }
@@ -382,6 +411,7 @@ pub fn train_from(
         }
         None => (1, Optimizer::new(config.optimizer, network), None),
     };
+    optimizer.freeze(frozen_parameters(network, &config.freeze)?);
     let mut pixels = Vec::new();
     let mut workspace = Workspace::new();
     let mut grads = Gradients::new(network);
@@ -652,6 +682,7 @@ mod tests {
             augment: Augment::default(),
             save_best: false,
             patience: None,
+            freeze: Vec::new(),
         }
     }
 

@@ -220,12 +220,7 @@ fn cifar_batches_load_validate_and_train() {
         learning_rate: 0.01,
         optimizer: OptimizerConfig::adam(),
         seed: 1,
-        weight_decay: 0.0,
-        schedule: Default::default(),
-        warmup_epochs: 0,
-        augment: Default::default(),
-        save_best: false,
-        patience: None,
+        ..TrainConfig::default()
     };
     train(
         &mut network,
@@ -309,12 +304,7 @@ fn png_tree_from_idx_data_trains_like_the_idx_files() {
             learning_rate: 0.003,
             optimizer: OptimizerConfig::adam(),
             seed: 1,
-            weight_decay: 0.0,
-            schedule: Default::default(),
-            warmup_epochs: 0,
-            augment: Default::default(),
-            save_best: false,
-            patience: None,
+            ..TrainConfig::default()
         };
         train(
             &mut network,

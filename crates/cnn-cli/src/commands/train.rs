@@ -140,6 +140,21 @@ pub struct TrainArgs {
     /// OUT.ckpt gives OUT); a checkpoint goes to OUT.ckpt after every epoch.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Start from this model's network and weights (safetensors or ONNX) instead of --arch:
+    /// fine-tuning. Its input shape is the images' shape.
+    #[arg(long, value_name = "MODEL", conflicts_with_all = ["arch", "resume"])]
+    #[serde(default)]
+    init: Option<PathBuf>,
+    /// With --init: a new last dense layer, with one output per class of --data, initialised
+    /// afresh (needed when the data has other classes than the model).
+    #[arg(long, requires = "init")]
+    #[serde(default)]
+    replace_head: bool,
+    /// Keep the parameters of these modules as they are (a module path, e.g. `conv1`,
+    /// `layer1`, or `0` for a plain stack's first layer; everything below it too).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    #[serde(default)]
+    freeze: Vec<String>,
     /// Continue the run saved in this checkpoint with its own settings (checked as flags
     /// are); only --epochs (to extend it), --out, --log, --plot and --no-plot may be given
     /// with it, and it writes where they say, never where the checkpoint says.
@@ -232,7 +247,11 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
 impl TrainArgs {
     /// The training loop's settings, refusing flags that do not apply (usage errors).
     fn config(&self, data: &DataSpec) -> Result<TrainConfig> {
-        let preset = preset_settings(&self.arch);
+        // A network from --init brings no preset's settings.
+        let preset = match self.init {
+            Some(_) => None,
+            None => preset_settings(&self.arch),
+        };
         let optimizer_name = self
             .optimizer
             .or(preset.as_ref().map(|p| p.optimizer))
@@ -333,6 +352,7 @@ impl TrainArgs {
             augment,
             save_best: self.save_best,
             patience: self.patience,
+            freeze: self.freeze.clone(),
         };
         config.validate().map_err(|e| UsageError(e.to_string()))?;
         check_warmup(&config)?;
@@ -500,6 +520,8 @@ fn resumed_settings(
         history,
     } = settings;
     stored.resume = None;
+    // The checkpoint holds the network: the model it started from is not read again.
+    stored.init = None;
     stored.stop_after = args.stop_after;
     // Where the run writes is the user's choice, never the checkpoint's: a checkpoint from
     // someone else could otherwise write and append anywhere.
@@ -569,9 +591,11 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
                 .with_context(|| format!("cannot replace {}", log.display()))?;
         }
     }
-    let shape = match &resumed {
-        Some(checkpoint) => Some(checkpoint.model.network.input_shape()),
-        None => args.image_shape(&data)?,
+    let init = args.init.as_deref().map(model_file::load).transpose()?;
+    let shape = match (&resumed, &init) {
+        (Some(checkpoint), _) => Some(checkpoint.model.network.input_shape()),
+        (None, Some(model)) => Some(model.network.input_shape()),
+        (None, None) => args.image_shape(&data)?,
     };
     let (train_set, validation_set, available) =
         data.load_training_as(args.seed, args.val_split, args.limit, shape)?;
@@ -601,6 +625,12 @@ pub fn run(args: TrainArgs, matches: &ArgMatches, global: Global) -> Result<()> 
                 model.preprocessing,
                 Some(checkpoint.state),
             )
+        }
+        None if init.is_some() => {
+            let model = init.expect("checked");
+            let network = initial_network(model, &args, train_set.classes())?;
+            let notation = crate::arch_arg::describe(&network.architecture(), None);
+            (notation, network, data.preprocessing(&train_set), None)
         }
         None => {
             let (notation, layers) =
@@ -820,6 +850,50 @@ fn stored_settings(path: &Path, stored: &serde_json::Value) -> Result<Settings> 
         );
     }
     Ok(settings)
+}
+
+/// The network a run with --init starts from: the model's, or with --replace-head the model's
+/// with its last dense layer made anew for `classes` (Kaiming-initialised from --seed).
+fn initial_network(model: cnn::Model, args: &TrainArgs, classes: &[String]) -> Result<Network> {
+    let path = args.init.as_deref().expect("--init given").display();
+    if !args.replace_head {
+        if model.classes.len() != classes.len() {
+            bail!(
+                "{path} has {} classes, the data {}: give --replace-head to train a new last \
+                 layer for them",
+                model.classes.len(),
+                classes.len()
+            );
+        }
+        return Ok(model.network);
+    }
+    let old = model.network;
+    let mut architecture = old.architecture();
+    let Some(head) = architecture
+        .nodes
+        .iter()
+        .rposition(|n| matches!(n.op, cnn::LayerSpec::Dense(_)))
+    else {
+        bail!("--replace-head: {path} has no dense layer to replace");
+    };
+    if let cnn::LayerSpec::Dense(config) = &mut architecture.nodes[head].op {
+        config.out_features = classes.len();
+    }
+    let mut network = Network::new(&architecture, old.input_shape())?;
+    network.init_kaiming(&mut seeded(args.seed, Stream::WeightInit));
+    for (index, (new, old)) in network.nodes_mut().iter_mut().zip(old.nodes()).enumerate() {
+        if index == head {
+            continue;
+        }
+        let layer = new.layer_mut();
+        for (to, from) in layer.params_mut().iter_mut().zip(old.layer().params()) {
+            to.value.clone_from(&from.value);
+        }
+        for (to, from) in layer.buffers_mut().iter_mut().zip(old.layer().buffers()) {
+            to.value.clone_from(&from.value);
+        }
+    }
+    Ok(network)
 }
 
 /// The model file a resumed run writes by default: beside the checkpoint, `OUT` for
