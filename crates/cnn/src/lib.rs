@@ -56,6 +56,7 @@ pub mod network;
 pub mod onnx;
 pub mod optim;
 pub mod preprocess;
+pub mod pytorch;
 pub mod rng;
 pub mod seed_example;
 pub mod tensor;

@@ -17,13 +17,26 @@ pub struct ExportArgs {
     /// Give the class probabilities as a second output, `probabilities`, beside `logits`.
     #[arg(long, requires = "onnx")]
     softmax: bool,
+    /// Write PyTorch source: an `nn.Module` whose state_dict loads the model file with
+    /// `strict=True`, and `save_for_cnn` to bring trained weights back.
+    #[arg(long, value_name = "OUT.py")]
+    pytorch: Option<PathBuf>,
 }
 
 pub fn run(args: ExportArgs, global: crate::Global) -> Result<()> {
-    let Some(out) = &args.onnx else {
-        bail!("nothing to export to: give --onnx OUT.onnx");
-    };
+    if args.onnx.is_none() && args.pytorch.is_none() {
+        bail!("nothing to export to: give --onnx OUT.onnx, --pytorch OUT.py or both");
+    }
     let model = model_file::load(&args.model)?;
+    if let Some(out) = &args.pytorch {
+        cnn::pytorch::save(&model, out)?;
+        if !global.quiet {
+            eprintln!("wrote {} (PyTorch module `Net`)", out.display());
+        }
+    }
+    let Some(out) = &args.onnx else {
+        return Ok(());
+    };
     let options = onnx::ExportOptions {
         softmax: args.softmax,
     };

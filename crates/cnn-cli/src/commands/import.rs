@@ -1,4 +1,5 @@
-//! `cnn import`: an ONNX model as a model file of this engine.
+//! `cnn import`: an ONNX model, or weights trained elsewhere (`save_for_cnn` of `cnn export
+//! --pytorch`), as a checked model file of this engine.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -10,8 +11,8 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct ImportArgs {
     /// ONNX file of an image classifier (one input, [N, C, H, W] float32; one output, a score
-    /// per class).
-    onnx: PathBuf,
+    /// per class), or a safetensors model file (as `save_for_cnn` writes them).
+    model: PathBuf,
     /// Model file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -26,17 +27,29 @@ pub struct ImportArgs {
 }
 
 pub fn run(args: ImportArgs, global: crate::Global) -> Result<()> {
-    let imported = onnx::import::load_network(&args.onnx)?;
-    let channels = imported.network.input_shape().channels;
-    let options = ImportOptions {
-        classes: args.classes.clone(),
-        preprocessing: args
-            .preprocessing
-            .as_deref()
-            .map(|spec| parse_preprocessing(spec, channels))
-            .transpose()?,
+    let model = if model_file::is_onnx(&args.model) {
+        let imported = onnx::import::load_network(&args.model)?;
+        let channels = imported.network.input_shape().channels;
+        let options = ImportOptions {
+            classes: args.classes.clone(),
+            preprocessing: args
+                .preprocessing
+                .as_deref()
+                .map(|spec| parse_preprocessing(spec, channels))
+                .transpose()?,
+        };
+        onnx::load(&args.model, &options)?
+    } else {
+        let mut model = model_file::load(&args.model)?;
+        if let Some(classes) = &args.classes {
+            model = cnn::Model::new(model.network, classes.clone(), model.preprocessing)?;
+        }
+        if let Some(spec) = &args.preprocessing {
+            let channels = model.network.input_shape().channels;
+            model.preprocessing = parse_preprocessing(spec, channels)?;
+        }
+        model
     };
-    let model = onnx::load(&args.onnx, &options)?;
     model_file::save(&model, &args.out)?;
     if !global.quiet {
         eprintln!(
