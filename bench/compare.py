@@ -50,6 +50,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--archs", default="lenet5,cnn4")
+    parser.add_argument("--onnx", metavar="FILES",
+                        help="comma-separated ONNX files: cnn bench --model FILE against ONNX "
+                             "Runtime on the same file (inference only), instead of --archs")
     parser.add_argument("--avx2-only", action="store_true",
                         help="hide AVX-512 from every side (see the module doc)")
     args = parser.parse_args()
@@ -70,6 +73,8 @@ def main():
                ("infer_latency_us_p99", "inference latency p99 us, batch 1", ["cnn", "torch", "ort"], "latency"),
                ("infer_images_per_s", "inference images/s, batch 256", ["cnn", "torch", "ort"], "throughput"),
                ("peak_rss_bytes", "peak RSS MiB while training", ["cnn", "torch"], "train")]
+    if args.onnx:
+        return compare_onnx_files(args, common, py, env)
     for arch in args.archs.split(","):
         values = {}
         for r in range(args.rounds):
@@ -96,6 +101,33 @@ def main():
             r_torch = f"{ratio('torch'):>12.2f}"
             r_ort = f"{ratio('ort'):>9.2f}" if "ort" in who else f"{'':>9}"
             print(f"{label:<38} {' '.join(cells)} {r_torch} {r_ort}")
+
+
+def compare_onnx_files(args, common, py, env):
+    """Inference on ONNX files as they are: `cnn bench --model FILE` and ONNX Runtime."""
+    metrics = [("infer_latency_us_p50", "inference latency p50 us, batch 1"),
+               ("infer_latency_us_p99", "inference latency p99 us, batch 1"),
+               ("infer_images_per_s", "inference images/s, batch 256")]
+    for path in args.onnx.split(","):
+        sides = {
+            "cnn": lambda: run([args.cnn, "bench", "--json", "--model", path,
+                                "--phases", "latency,throughput"] + common, env),
+            "ort": lambda: run(py + ["--engine", "onnxruntime", "--onnx", path,
+                                     "--phases", "latency,throughput"] + common, env),
+        }
+        values = {}
+        for r in range(args.rounds):
+            for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+                result = sides[side]()
+                for key, _ in metrics:
+                    values.setdefault((key, side), []).append(result[key])
+        print(f"\n{os.path.basename(path)}: {args.threads} threads, {args.rounds} alternating rounds,"
+              f" medians{' (AVX-512 hidden from every side)' if args.avx2_only else ''}")
+        print(f"{'figure':<38} {'cnn':>10} {'ORT':>10} {'cnn/ORT':>9}")
+        for key, label in metrics:
+            med = {s: statistics.median(values[(key, s)]) for s in sides}
+            ratio = statistics.median(a / b for a, b in zip(values[(key, "cnn")], values[(key, "ort")]))
+            print(f"{label:<38} {med['cnn']:>10.1f} {med['ort']:>10.1f} {ratio:>9.2f}")
 
 
 if __name__ == "__main__":

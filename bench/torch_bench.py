@@ -121,8 +121,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--phases", default="train,latency,throughput")
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="with --engine onnxruntime: run this ONNX file (its own input shape)")
     args = parser.parse_args()
     phases = set(args.phases.split(","))
+    if args.onnx:
+        return bench_onnx_file(args, phases)
 
     import numpy as np
     import torch
@@ -171,10 +175,7 @@ def main():
         torch.onnx.export(model, torch.from_numpy(single), path, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
                           dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, args.threads)
         report["version"] = ort.__version__
         run_single = lambda: session.run(None, {"x": single})
         run_large = lambda: session.run(None, {"x": large})
@@ -189,6 +190,39 @@ def main():
         report["infer_images_per_s"] = s["median"]
         report["infer_images_per_s_spread"] = s
     report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(report))
+
+
+def ort_session(path, threads):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def bench_onnx_file(args, phases):
+    """ONNX Runtime's inference figures for an ONNX file as it is (`--onnx`)."""
+    import numpy as np
+    import onnxruntime as ort
+    session = ort_session(args.onnx, args.threads)
+    first = session.get_inputs()[0]
+    shape = [d for d in first.shape[1:]]
+    single = np.random.rand(1, *shape).astype(np.float32) * 2 - 1
+    large = np.random.rand(args.infer_batch, *shape).astype(np.float32) * 2 - 1
+    report = {"engine": "onnxruntime", "model": args.onnx, "threads": args.threads,
+              "infer_batch": args.infer_batch, "version": ort.__version__}
+    run_single = lambda: session.run(None, {first.name: single})
+    run_large = lambda: session.run(None, {first.name: large})
+    if "latency" in phases:
+        p50, p99, s = latency(run_single, args.seconds, args.repeats)
+        report.update(infer_latency_us_p50=p50, infer_latency_us_p99=p99,
+                      infer_latency_us_p50_spread=s)
+    if "throughput" in phases:
+        run_large()
+        s = spread([rate(args.seconds, args.infer_batch, run_large) for _ in range(args.repeats)])
+        report["infer_images_per_s"] = s["median"]
+        report["infer_images_per_s_spread"] = s
     print(json.dumps(report))
 
 

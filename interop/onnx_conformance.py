@@ -21,7 +21,7 @@ matches within rtol 1e-3, atol 1e-5 (compared as float64, so a bool or int64 out
 cnn's float32 one); it is unsupported when cnn exits non-zero with "not supported" in its stderr;
 anything else (mismatch, crash, other error, timeout) fails.
 
-Exits 0 whatever the cases do, unless `--require-pass OP1,OP2` names an op with a failing case
+Exits 0 whatever the cases do, unless `--require-pass OP1,OP2` (or `all`) names an op with a failing case
 (a node case of that op, or a pytorch-converted case all of whose ops are named); 2 when the
 runner itself cannot run (no test data, bad arguments).
 
@@ -321,7 +321,8 @@ def main(argv):
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per cnn run")
     args = parser.parse_args(argv)
 
-    required = [op for op in args.require_pass.split(",") if op]
+    required = OPS if args.require_pass == "all" else [
+        op for op in args.require_pass.split(",") if op]
     unknown = [op for op in required if op not in OPS]
     suites = [s for s in args.suite.split(",") if s]
     if unknown:
