@@ -351,7 +351,12 @@ impl Converter {
                     nodes.join(", ")
                 ))
             }
-            Some(_) => return Err(format!("its output `{}` is a constant", output.name)),
+            Some(_) => {
+                return Err(format!(
+                    "a constant output (`{}`) is not supported: nothing in it is computed",
+                    output.name
+                ))
+            }
             None => return Err(format!("no node gives its output `{}`", output.name)),
         };
         let result = if result.name == INPUT {
