@@ -58,65 +58,94 @@ fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> us
     best
 }
 
-/// The value of one window: its largest value, or the mean of the pixels it covers.
-#[inline]
-fn pool_window(
-    kind: PoolKind,
-    plane: &[f32],
-    width: usize,
-    rows: WindowSpan,
-    cols: WindowSpan,
-) -> f32 {
-    match kind {
-        PoolKind::Max => plane[argmax(plane, width, rows, cols)],
-        PoolKind::Average => {
-            let mut sum = 0.0;
-            for y in rows.start..rows.end {
-                sum += plane[y * width + cols.start..y * width + cols.end]
-                    .iter()
-                    .sum::<f32>();
-            }
-            sum / (rows.len() * cols.len()) as f32
-        }
-    }
-}
-
-/// Pools one plane. The 2x2, stride-2 window without padding (nearly every CNN's pooling) has
-/// its interior unrolled; the border (partial windows in ceil mode) and every other window
-/// take the general walk.
-fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32]) {
-    let (width, out_width) = (g.input.width, g.output.width);
+/// Pools one plane. The 2x2, stride-2 window without padding (nearly every CNN's pooling) is
+/// unrolled; every other window takes two passes, first along each input row, giving for each
+/// output column the max (or sum) of the columns its window covers (`rows`, `H x OW`), then down
+/// the columns over each output row's window. A window's max (sum) is the max (sum) of its
+/// columns', so the result is the window's; both passes run over contiguous values and
+/// vectorise, where a walk window by window does not (a 3x3 stride-1 max pool: 0.4 GFLOP/s).
+fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32], rows: &mut [f32]) {
+    let (height, width) = (g.input.height, g.input.width);
+    let (out_height, out_width) = (g.output.height, g.output.width);
     let w = &g.window;
-    let (full_rows, full_cols) = if w.kernel == [2, 2] && w.stride == [2, 2] && w.padding == [0, 0]
-    {
-        (
-            (g.input.height / 2).min(g.output.height),
-            (width / 2).min(out_width),
-        )
-    } else {
-        (0, 0)
+    if w.kernel == [2, 2] && w.stride == [2, 2] && w.padding == [0, 0] && !w.ceil_mode {
+        for (oy, row) in out.chunks_exact_mut(out_width).enumerate() {
+            let top = &plane[2 * oy * width..][..2 * out_width];
+            let bottom = &plane[(2 * oy + 1) * width..][..2 * out_width];
+            for ((o, t), b) in row
+                .iter_mut()
+                .zip(top.chunks_exact(2))
+                .zip(bottom.chunks_exact(2))
+            {
+                *o = match kind {
+                    PoolKind::Max => t[0].max(t[1]).max(b[0].max(b[1])),
+                    PoolKind::Average => ((t[0] + t[1]) + (b[0] + b[1])) * 0.25,
+                };
+            }
+        }
+        return;
+    }
+    let combine = |a: f32, b: f32| match kind {
+        PoolKind::Max => a.max(b),
+        PoolKind::Average => a + b,
     };
-    for oy in 0..full_rows {
-        let top = &plane[2 * oy * width..][..2 * full_cols];
-        let bottom = &plane[(2 * oy + 1) * width..][..2 * full_cols];
-        let row = &mut out[oy * out_width..][..full_cols];
-        for ((o, t), b) in row
-            .iter_mut()
-            .zip(top.chunks_exact(2))
-            .zip(bottom.chunks_exact(2))
-        {
-            *o = match kind {
-                PoolKind::Max => t[0].max(t[1]).max(b[0].max(b[1])),
-                PoolKind::Average => ((t[0] + t[1]) + (b[0] + b[1])) * 0.25,
-            };
+    // The output columns whose windows lie wholly inside a row: `lo..hi`.
+    let (kernel, stride, pad) = (w.kernel[1], w.stride[1], w.padding[1]);
+    let lo = pad.div_ceil(stride).min(out_width);
+    let hi = if width + pad >= kernel {
+        ((width + pad - kernel) / stride + 1).min(out_width)
+    } else {
+        0
+    }
+    .max(lo);
+    for (y, acc) in rows.chunks_exact_mut(out_width).enumerate() {
+        let row = &plane[y * width..][..width];
+        for ox in (0..lo).chain(hi..out_width) {
+            let cols = w.span(1, ox, width);
+            acc[ox] = row[cols.start..cols.end]
+                .iter()
+                .copied()
+                .reduce(combine)
+                .unwrap_or(0.0);
+        }
+        if lo < hi {
+            let inner = &mut acc[lo..hi];
+            let first = lo * stride - pad;
+            let len = inner.len();
+            let taps = row[first..].iter().step_by(stride);
+            inner.iter_mut().zip(taps).for_each(|(a, &x)| *a = x);
+            for k in 1..kernel {
+                if stride == 1 {
+                    // Contiguous taps: the loop the compiler vectorises.
+                    let taps = &row[first + k..][..len];
+                    inner
+                        .iter_mut()
+                        .zip(taps)
+                        .for_each(|(a, &x)| *a = combine(*a, x));
+                } else {
+                    let taps = row[first + k..].iter().step_by(stride);
+                    inner
+                        .iter_mut()
+                        .zip(taps)
+                        .for_each(|(a, &x)| *a = combine(*a, x));
+                }
+            }
         }
     }
-    for oy in 0..g.output.height {
-        let rows = w.span(0, oy, g.input.height);
-        let first_col = if oy < full_rows { full_cols } else { 0 };
-        for ox in first_col..out_width {
-            let cols = w.span(1, ox, width);
-            out[oy * out_width + ox] = pool_window(kind, plane, width, rows, cols);
+    for (oy, out_row) in out.chunks_exact_mut(out_width).enumerate().take(out_height) {
+        let span = w.span(0, oy, height);
+        out_row.copy_from_slice(&rows[span.start * out_width..][..out_width]);
+        for y in span.start + 1..span.end {
+            let row = &rows[y * out_width..][..out_width];
+            out_row
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, &x)| *o = combine(*o, x));
+        }
+        if kind == PoolKind::Average {
+            for (ox, o) in out_row.iter_mut().enumerate() {
+                *o /= (span.len() * w.span(1, ox, width).len()) as f32;
+            }
         }
     }
 }
@@ -127,9 +156,10 @@ pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &m
     let [kh, kw] = g.window.kernel;
     let work = out_plane * kh * kw;
     for_each_item_run(output.data_mut(), out_plane, work, |first, out_run| {
+        let mut rows = vec![0.0; g.input.height * g.output.width];
         for (p, out) in out_run.chunks_mut(out_plane).enumerate() {
             let plane = &input.data()[(first + p) * in_plane..(first + p + 1) * in_plane];
-            pool_plane(kind, g, plane, out);
+            pool_plane(kind, g, plane, out, &mut rows);
         }
     });
 }
