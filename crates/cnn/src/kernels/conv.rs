@@ -916,8 +916,9 @@ fn im2col_forward(
 enum ColumnLayout {
     /// One column per output position, any stride: [`im2col`].
     Exact,
-    /// Stride 1, one column per output position, copied from a zero-padded copy of the image
-    /// (so no copy needs bounds logic): [`im2col_stride1`].
+    /// One column per output position, any stride, copied from a zero-padded copy of the image
+    /// whose rows are split into one part per phase of the stride (so that no copy needs bounds
+    /// logic, and each is contiguous): [`UnfoldFromPadded`].
     ExactFromPadded,
     /// Stride 1: one column per position of the *padded* width, `OH x (W + 2P)`. Each row of
     /// the column matrix is then a single contiguous copy of the padded image (offset by the
@@ -946,7 +947,7 @@ impl ColumnLayout {
     /// The fastest layout with one column per output position (the backward pass gathers the
     /// output gradient that way).
     fn exact(g: &ConvGeometry) -> Self {
-        if g.window.stride == [1, 1] && g.dilation == [1, 1] {
+        if g.dilation == [1, 1] {
             ColumnLayout::ExactFromPadded
         } else {
             ColumnLayout::Exact
@@ -968,8 +969,7 @@ impl ColumnLayout {
 
     /// The padded image, plus room for the copies to read past it.
     fn padded_len(self, g: &ConvGeometry) -> usize {
-        let padded_plane =
-            (g.input.height + 2 * g.window.padding[0]) * (g.input.width + 2 * g.window.padding[1]);
+        let padded_plane = (g.input.height + 2 * g.window.padding[0]) * PhasedRows::of(g).len;
         match self {
             ColumnLayout::Exact => 0,
             ColumnLayout::ExactFromPadded => g.input.channels * padded_plane + SHORT_ROW,
@@ -991,7 +991,7 @@ impl ColumnLayout {
     ) {
         match self {
             ColumnLayout::Exact => im2col(g, image, col, row_len, offset),
-            _ => isa.dispatch(UnfoldStride1 {
+            _ => isa.dispatch(UnfoldFromPadded {
                 g,
                 layout: self,
                 image,
@@ -1004,21 +1004,50 @@ impl ColumnLayout {
     }
 }
 
-/// Output rows up to this long are copied as one fixed-size block (see [`im2col_stride1`]).
+/// Output rows up to this long are copied as one fixed-size block (see [`UnfoldFromPadded`]).
 const SHORT_ROW: usize = 16;
 
-/// [`im2col`] for stride 1, from a zero-padded copy of the image: row `(c, i, j)` of the
-/// column matrix reads padded pixels `(c, oy + i, ox + j)`. Plain loops, compiled for the
-/// chosen instruction set so that the compiler can copy with wide registers.
+/// A padded image row split by the phase of the horizontal stride `sw`: padded pixel `x` is at
+/// `(x % sw) * part + x / sw`, so that the pixels one kernel tap reads along an output row,
+/// `ox * sw + j`, are the contiguous run from `(j % sw) * part + j / sw`. With stride 1 it is
+/// the padded row itself.
+#[derive(Clone, Copy, Debug)]
+struct PhasedRows {
+    /// Floats of one part: the padded width divided by the stride, rounded up.
+    part: usize,
+    /// Floats of one split row, `stride * part`.
+    len: usize,
+}
+
+impl PhasedRows {
+    fn of(g: &ConvGeometry) -> Self {
+        let stride = g.window.stride[1];
+        let part = (g.input.width + 2 * g.window.padding[1]).div_ceil(stride);
+        PhasedRows {
+            part,
+            len: stride * part,
+        }
+    }
+
+    /// Where the run of tap `j` starts in a split row.
+    fn tap(self, j: usize, stride: usize) -> usize {
+        (j % stride) * self.part + j / stride
+    }
+}
+
+/// [`im2col`] from a zero-padded copy of the image (its rows split by the phase of the
+/// stride, [`PhasedRows`]): row `(c, i, j)` of the column matrix reads padded pixels
+/// `(c, oy * sh + i, ox * sw + j)`, for each output row one contiguous run. Plain loops,
+/// compiled for the chosen instruction set so that the compiler can copy with wide registers.
 ///
-/// In [`ColumnLayout::PaddedRows`] each row is one copy. In
+/// In [`ColumnLayout::PaddedRows`] (stride 1) each row is one copy. In
 /// [`ColumnLayout::ExactFromPadded`] each output row is one copy; rows of at most
 /// [`SHORT_ROW`] values (LeNet-5's second layer has 10) are copied as a fixed block of that
 /// many that spills into the next output rows, which are written right after (the last rows
 /// of each image are copied exactly, so nothing spills past them): a plain copy of a
 /// length known only at run time is a call to `memcpy`, whose fixed cost was most of that
 /// layer's time.
-struct UnfoldStride1<'a> {
+struct UnfoldFromPadded<'a> {
     g: &'a ConvGeometry,
     layout: ColumnLayout,
     image: &'a [f32],
@@ -1028,12 +1057,12 @@ struct UnfoldStride1<'a> {
     offset: usize,
 }
 
-impl Kernel for UnfoldStride1<'_> {
+impl Kernel for UnfoldFromPadded<'_> {
     type Output = ();
 
     #[inline(always)]
     fn run<S: Simd>(self, _: S) {
-        let UnfoldStride1 {
+        let UnfoldFromPadded {
             g,
             layout,
             image,
@@ -1045,13 +1074,34 @@ impl Kernel for UnfoldStride1<'_> {
         let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
         let [pad_y, pad_x] = g.window.padding;
         let [kh, kw] = g.window.kernel;
-        let padded_width = width + 2 * pad_x;
-        let plane = (height + 2 * pad_y) * padded_width;
+        let [sh, sw] = g.window.stride;
+        let rows = PhasedRows::of(g);
+        let plane = (height + 2 * pad_y) * rows.len;
         padded.fill(0.0);
         for c in 0..channels {
             for y in 0..height {
-                padded[c * plane + (y + pad_y) * padded_width + pad_x..][..width]
-                    .copy_from_slice(&image[(c * height + y) * width..][..width]);
+                // A kernel shorter than the stride reads only some rows and phases (a strided
+                // 1x1 convolution one in four pixels): only those are copied.
+                if kh < sh && (y + pad_y) % sh >= kh {
+                    continue;
+                }
+                let source = &image[(c * height + y) * width..][..width];
+                let split = &mut padded[c * plane + (y + pad_y) * rows.len..][..rows.len];
+                if sw == 1 {
+                    split[pad_x..][..width].copy_from_slice(source);
+                    continue;
+                }
+                for phase in 0..sw.min(kw) {
+                    // The first pixel x with (x + pad_x) % sw == phase.
+                    let x0 = (phase + sw - pad_x % sw) % sw;
+                    if x0 >= width {
+                        continue;
+                    }
+                    let part = &mut split[phase * rows.part + (x0 + pad_x) / sw..];
+                    for (p, &v) in part.iter_mut().zip(source[x0..].iter().step_by(sw)) {
+                        *p = v;
+                    }
+                }
             }
         }
         let (out_rows, out_width) = (g.output.height, g.output.width);
@@ -1059,15 +1109,15 @@ impl Kernel for UnfoldStride1<'_> {
             for i in 0..kh {
                 for j in 0..kw {
                     let row = (c * kh + i) * kw + j;
-                    let source = c * plane + i * padded_width + j;
+                    let source = c * plane + i * rows.len + rows.tap(j, sw);
                     let dst = row * row_len + offset;
                     if let ColumnLayout::PaddedRows { .. } = layout {
-                        let n = out_rows * padded_width;
+                        let n = out_rows * rows.len;
                         col[dst..][..n].copy_from_slice(&padded[source..][..n]);
                         continue;
                     }
                     for oy in 0..out_rows {
-                        let from = source + oy * padded_width;
+                        let from = source + oy * sh * rows.len;
                         let to = dst + oy * out_width;
                         if out_width <= SHORT_ROW
                             && (oy * out_width + SHORT_ROW) <= out_rows * out_width
