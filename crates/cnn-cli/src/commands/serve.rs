@@ -572,6 +572,28 @@ mod tests {
         );
     }
 
+    /// A network exported by PyTorch as ONNX serves as a model file does, with the maps of
+    /// every node, its residual additions included.
+    #[tokio::test]
+    async fn an_onnx_file_serves_with_every_nodes_maps() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/onnx/resnet_style.onnx");
+        let model = cnn::model_file::load(&path).unwrap();
+        let app = router(AppState::new(Arc::new(model), 2, 1 << 20));
+        let (status, json) = call(
+            app,
+            "/api/predict?maps=true",
+            Some("image/png"),
+            png(28, 28),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!(json["classes"].as_array().unwrap().len(), 10);
+        let layers = json["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 22);
+        assert_eq!(layers.iter().filter(|l| l["kind"] == "add").count(), 2);
+    }
+
     #[tokio::test]
     async fn predict_answers_class_and_probabilities() {
         let (status, json) =
