@@ -180,6 +180,13 @@ def main():
         run_single = lambda: session.run(None, {"x": single})
         run_large = lambda: session.run(None, {"x": large})
 
+    measure_inference(report, run_single, run_large, args, phases)
+    report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(report))
+
+
+def measure_inference(report, run_single, run_large, args, phases):
+    """Batch-1 latency and batch-`--infer-batch` throughput, into `report`."""
     if "latency" in phases:
         p50, p99, s = latency(run_single, args.seconds, args.repeats)
         report.update(infer_latency_us_p50=p50, infer_latency_us_p99=p99,
@@ -189,8 +196,6 @@ def main():
         s = spread([rate(args.seconds, args.infer_batch, run_large) for _ in range(args.repeats)])
         report["infer_images_per_s"] = s["median"]
         report["infer_images_per_s_spread"] = s
-    report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(report))
 
 
 def ort_session(path, threads):
@@ -214,15 +219,7 @@ def bench_onnx_file(args, phases):
               "infer_batch": args.infer_batch, "version": ort.__version__}
     run_single = lambda: session.run(None, {first.name: single})
     run_large = lambda: session.run(None, {first.name: large})
-    if "latency" in phases:
-        p50, p99, s = latency(run_single, args.seconds, args.repeats)
-        report.update(infer_latency_us_p50=p50, infer_latency_us_p99=p99,
-                      infer_latency_us_p50_spread=s)
-    if "throughput" in phases:
-        run_large()
-        s = spread([rate(args.seconds, args.infer_batch, run_large) for _ in range(args.repeats)])
-        report["infer_images_per_s"] = s["median"]
-        report["infer_images_per_s_spread"] = s
+    measure_inference(report, run_single, run_large, args, phases)
     print(json.dumps(report))
 
 

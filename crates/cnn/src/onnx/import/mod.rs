@@ -171,6 +171,7 @@ struct Built {
 
 struct Converter {
     opset: i64,
+    input_shape: Shape,
     values: HashMap<String, Value>,
     /// How many node inputs and graph outputs read each value.
     readers: HashMap<String, usize>,
@@ -258,6 +259,7 @@ impl Converter {
         }
         Ok(Converter {
             opset,
+            input_shape: shape,
             values,
             readers,
             built: Vec::new(),
@@ -366,14 +368,7 @@ impl Converter {
             result
         };
         let architecture = self.architecture(&result.name);
-        let input_shape = match self.values.values().find_map(|v| match v {
-            Value::Dynamic(d) if d.name == INPUT => Some(d.shape),
-            _ => None,
-        }) {
-            Some(shape) => shape,
-            None => unreachable!("the input is always a value"),
-        };
-        let mut network = Network::new(&architecture, input_shape)
+        let mut network = Network::new(&architecture, self.input_shape)
             .map_err(|e| format!("its graph does not build: {e}"))?;
         let mut params: HashMap<&str, Vec<(&'static str, Vec<f32>)>> = self
             .built
