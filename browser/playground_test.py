@@ -112,6 +112,17 @@ LETTERS = {
 def check_letter(driver, url, letter, artifacts):
     driver.get(url)
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model-line").text != "")
+    # Count the requests to /api/predict in flight at once, as the page makes them.
+    driver.execute_script("""
+        window.inFlight = 0; window.mostInFlight = 0; window.requests = 0;
+        const original = window.fetch;
+        window.fetch = (...args) => {
+            window.requests += 1;
+            window.inFlight += 1;
+            window.mostInFlight = Math.max(window.mostInFlight, window.inFlight);
+            return original(...args).finally(() => { window.inFlight -= 1; });
+        };
+    """)
     draw(driver, LETTERS[letter])
     # The page sends a request per stroke event, one at a time, and the last answer is for the
     # finished drawing once nothing is in flight.
@@ -120,6 +131,15 @@ def check_letter(driver, url, letter, artifacts):
             "return document.body.dataset.state === 'idle' && !!document.body.dataset.predictions"
         )
     )
+    requests, most = driver.execute_script("return [window.requests, window.mostInFlight]")
+    shown = driver.execute_script("return document.body.dataset.probability")
+    # The answer for the finished drawing, asked for afresh.
+    final = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        document.getElementById("pad").toBlob((blob) =>
+            fetch("/api/predict", { method: "POST", headers: { "Content-Type": "image/png" }, body: blob })
+                .then((r) => r.json()).then((j) => done(String(j.probability))), "image/png");
+    """)
     top = driver.find_element(By.ID, "top").get_attribute("data-class")
     maps = driver.execute_script("return document.querySelectorAll('canvas.map').length")
     drawn = driver.execute_script(
@@ -129,11 +149,17 @@ def check_letter(driver, url, letter, artifacts):
     shot = artifacts / f"playground-{letter.lower()}.png"
     driver.save_screenshot(str(shot))
     failures = []
+    if most != 1:
+        failures.append(f"drew {letter}: {most} requests in flight at once (of {requests})")
+    if shown != final:
+        failures.append(f"drew {letter}: the page settled on probability {shown}, the finished "
+                        f"drawing gives {final}")
     if top != letter:
         failures.append(f"drew {letter}, the page's top class is {top!r} ({text})")
     if maps < 10 or drawn != maps:
         failures.append(f"drew {letter}: {maps} feature-map canvases, {drawn} with pixels")
-    print(f"{letter}: top class {text!r}, {maps} feature-map images, screenshot {shot}")
+    print(f"{letter}: top class {text!r}, {maps} feature-map images, {requests} requests, at most "
+          f"{most} in flight, screenshot {shot}")
     return failures
 
 

@@ -9,7 +9,7 @@ const ctx = pad.getContext("2d");
 let drawing = false;
 let last = null;
 let inFlight = false;
-let pending = false;
+let next = null;
 let predictions = 0;
 
 function clearPad() {
@@ -81,20 +81,29 @@ document.addEventListener("drop", (event) => {
     URL.revokeObjectURL(url);
   };
   picture.src = url;
-  send(file, file.type || "application/octet-stream");
+  request(() => Promise.resolve([file, file.type || "application/octet-stream"]));
 });
 
+// Sends the drawing as it is now, or, while a request is in flight, remembers that it must be
+// sent when that one returns. `inFlight` is set before the canvas is encoded (`toBlob` is
+// asynchronous): set after it, several strokes in a row each started a request, and their
+// answers came back in any order.
 function schedule() {
+  request(() => new Promise((resolve) => pad.toBlob((blob) => resolve([blob, "image/png"]), "image/png")));
+}
+
+// `make` gives the body and its type; only the latest one asked for while busy is kept.
+function request(make) {
   if (inFlight) {
-    pending = true;
+    next = make;
     return;
   }
-  pad.toBlob((blob) => send(blob, "image/png"), "image/png");
+  inFlight = true;
+  document.body.dataset.state = "busy";
+  make().then(([blob, type]) => send(blob, type));
 }
 
 function send(blob, type) {
-  inFlight = true;
-  document.body.dataset.state = "busy";
   fetch("/api/predict?maps=true", { method: "POST", headers: { "Content-Type": type }, body: blob })
     .then((response) => response.json().then((json) => ({ ok: response.ok, json })))
     .then(({ ok, json }) => {
@@ -108,9 +117,10 @@ function send(blob, type) {
     })
     .finally(() => {
       inFlight = false;
-      if (pending) {
-        pending = false;
-        schedule();
+      if (next) {
+        const make = next;
+        next = null;
+        request(make);
       } else {
         document.body.dataset.state = "idle";
       }
@@ -184,6 +194,7 @@ function layerSection(title, maps) {
 function show(result) {
   predictions += 1;
   document.body.dataset.predictions = String(predictions);
+  document.body.dataset.probability = String(result.probability);
   const top = document.getElementById("top");
   top.textContent = `${result.class} ${(100 * result.probability).toFixed(1)}%`;
   top.dataset.class = result.class;
