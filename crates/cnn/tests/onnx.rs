@@ -424,6 +424,27 @@ fn malformed_and_hostile_files_are_refused() {
     assert!(error.contains("no input"), "{error}");
     let error = edited(&|g| g.output[0].name = "nowhere".into());
     assert!(error.contains("nowhere"), "{error}");
+    // A few bytes asking for billions of values at load: `ConstantOfShape` and broadcasting.
+    let error = edited(&|g| {
+        g.initializer
+            .push(ints("huge_shape", vec![1 << 12, 1 << 13]));
+        g.node.insert(
+            0,
+            node("ConstantOfShape", "fill", &["huge_shape"], "filled", vec![]),
+        );
+        g.node[2].input.push("filled".into());
+    });
+    assert!(error.contains("computed at load"), "{error}");
+    let error = edited(&|g| {
+        g.initializer
+            .push(floats("column", &[1 << 13, 1], vec![1.0; 1 << 13]));
+        g.initializer
+            .push(floats("row", &[1, 1 << 13], vec![1.0; 1 << 13]));
+        g.node
+            .insert(0, node("Mul", "outer", &["column", "row"], "outer", vec![]));
+        g.node[2].input.push("outer".into());
+    });
+    assert!(error.contains("computed at load"), "{error}");
     let mut opset = good.clone();
     opset.opset_import[0].version = 99;
     assert!(refused(&opset).contains("opset 99"));

@@ -158,6 +158,21 @@ pub(super) fn checked_len(dims: &[usize]) -> std::result::Result<usize, Unsuppor
         .ok_or_else(|| Unsupported(format!(": a tensor of dims {dims:?} is too large")))
 }
 
+/// Values of one constant that an op creates at load from a few (`ConstantOfShape`, a
+/// broadcast): far more than any classifier's shapes need, far less than memory holds.
+const MAX_CREATED: usize = 1 << 24;
+
+/// [`checked_len`] of a constant created at load, at most [`MAX_CREATED`].
+pub(super) fn created_len(dims: &[usize]) -> std::result::Result<usize, Unsupported> {
+    let len = checked_len(dims)?;
+    if len > MAX_CREATED {
+        return unsupported(format!(
+            ": a constant of dims {dims:?} computed at load (at most {MAX_CREATED} values) is not"
+        ));
+    }
+    Ok(len)
+}
+
 pub(super) fn positive(value: i64, what: &str) -> std::result::Result<usize, Unsupported> {
     usize::try_from(value)
         .ok()
@@ -270,7 +285,7 @@ pub(super) fn broadcast_pairs(
             }
         });
     }
-    let len = checked_len(&dims)?;
+    let len = created_len(&dims)?;
     let strides = |d: &[usize]| {
         let mut s = vec![0; rank];
         let mut acc = 1;

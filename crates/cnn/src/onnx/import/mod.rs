@@ -172,6 +172,8 @@ struct Built {
 struct Converter {
     opset: i64,
     input_shape: Shape,
+    /// Values of the constants computed so far (see [`Converter::run`]).
+    computed: usize,
     values: HashMap<String, Value>,
     /// How many node inputs and graph outputs read each value.
     readers: HashMap<String, usize>,
@@ -260,6 +262,7 @@ impl Converter {
         Ok(Converter {
             opset,
             input_shape: shape,
+            computed: 0,
             values,
             readers,
             built: Vec::new(),
@@ -318,6 +321,18 @@ impl Converter {
             } else {
                 let last = node.output[0] == output.name;
                 match self.convert(node, &label, &inputs, last) {
+                    Ok(Value::Constant(c)) if node.op_type != "Constant" => {
+                        // Constants computed at load, copies included, within what the
+                        // file's own tensors may hold.
+                        self.computed = self.computed.saturating_add(c.len());
+                        if self.computed > MAX_PARAMETERS {
+                            return Err(format!(
+                                "node {label}: the constants computed at load exceed \
+                                 {MAX_PARAMETERS} values"
+                            ));
+                        }
+                        Value::Constant(c)
+                    }
                     Ok(value) => value,
                     Err(Unsupported(reason)) => {
                         self.unsupported

@@ -3,7 +3,7 @@
 use super::attributes::Attributes;
 use super::constant::positive;
 use super::constant::{
-    broadcast_vector, checked_len, concat_constants, flatten_dims, fold_arithmetic,
+    broadcast_vector, concat_constants, created_len, flatten_dims, fold_arithmetic,
     gather_constant, reshape_constant, resolve_reshape, squeeze_dims, to_dims, transpose_constant,
     Constant, Data, BATCH,
 };
@@ -466,7 +466,7 @@ impl Converter {
                         data: Data::Float(vec![0.0]),
                     },
                 };
-                let len = checked_len(&dims)?;
+                let len = created_len(&dims)?;
                 let data = match fill.data {
                     Data::Float(v) => Data::Float(vec![v.first().copied().unwrap_or(0.0); len]),
                     Data::Int(v) => Data::Int(vec![v.first().copied().unwrap_or(0); len]),
