@@ -38,7 +38,9 @@ pub fn run(args: ImportArgs, global: crate::Global) -> Result<()> {
                 .map(|spec| parse_preprocessing(spec, channels))
                 .transpose()?,
         };
-        onnx::load(&args.model, &options)?
+        imported
+            .into_model(&options)
+            .map_err(|message| cnn::Error::file(&args.model, message))?
     } else {
         let mut model = model_file::load(&args.model)?;
         if let Some(classes) = &args.classes {

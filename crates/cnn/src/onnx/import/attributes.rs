@@ -10,8 +10,8 @@ pub(super) struct Attributes<'a> {
 }
 
 impl<'a> Attributes<'a> {
-    pub fn new(node: &'a NodeProto) -> std::result::Result<Self, Unsupported> {
-        Ok(Attributes { node })
+    pub fn new(node: &'a NodeProto) -> Self {
+        Attributes { node }
     }
 
     pub fn get(&self, name: &str) -> Option<&'a AttributeProto> {

@@ -62,41 +62,48 @@ pub fn load_network(path: &Path) -> Result<Imported> {
 }
 
 pub fn from_bytes(bytes: &[u8], options: &ImportOptions) -> std::result::Result<Model, String> {
-    let imported = network_from_bytes(bytes)?;
-    let output = imported.network.output_shape();
-    if imported.output_is_maps {
-        return Err(format!(
-            "its output is feature maps ({output}), not one score per class"
-        ));
+    network_from_bytes(bytes)?.into_model(options)
+}
+
+impl Imported {
+    /// The network as a classifier, with class names and preprocessing from `options`, else
+    /// from the file's metadata, else `0, 1, 2...` and none.
+    pub fn into_model(self, options: &ImportOptions) -> std::result::Result<Model, String> {
+        let output = self.network.output_shape();
+        if self.output_is_maps {
+            return Err(format!(
+                "its output is feature maps ({output}), not one score per class"
+            ));
+        }
+        let metadata = &self.metadata;
+        let parse = |key: &str| -> std::result::Result<Option<serde_json::Value>, String> {
+            metadata
+                .get(key)
+                .map(|text| {
+                    serde_json::from_str(text)
+                        .map_err(|e| format!("metadata `{key}` is malformed: {e}"))
+                })
+                .transpose()
+        };
+        let classes = match (&options.classes, parse("classes")?) {
+            (Some(classes), _) => classes.clone(),
+            (None, Some(stored)) => serde_json::from_value(stored)
+                .map_err(|e| format!("metadata `classes` is malformed: {e}"))?,
+            (None, None) => (0..output.channels).map(|i| i.to_string()).collect(),
+        };
+        let channels = self.network.input_shape().channels;
+        let preprocessing = match (&options.preprocessing, parse("preprocessing")?) {
+            (Some(preprocessing), _) => preprocessing.clone(),
+            (None, Some(stored)) => serde_json::from_value(stored)
+                .map_err(|e| format!("metadata `preprocessing` is malformed: {e}"))?,
+            (None, None) => Preprocessing::identity(channels),
+        };
+        let mut model =
+            Model::new(self.network, classes, preprocessing).map_err(|e| e.to_string())?;
+        model.data = metadata.get("data").cloned();
+        model.training = parse("training")?;
+        Ok(model)
     }
-    let metadata = &imported.metadata;
-    let parse = |key: &str| -> std::result::Result<Option<serde_json::Value>, String> {
-        metadata
-            .get(key)
-            .map(|text| {
-                serde_json::from_str(text)
-                    .map_err(|e| format!("metadata `{key}` is malformed: {e}"))
-            })
-            .transpose()
-    };
-    let classes = match (&options.classes, parse("classes")?) {
-        (Some(classes), _) => classes.clone(),
-        (None, Some(stored)) => serde_json::from_value(stored)
-            .map_err(|e| format!("metadata `classes` is malformed: {e}"))?,
-        (None, None) => (0..output.channels).map(|i| i.to_string()).collect(),
-    };
-    let channels = imported.network.input_shape().channels;
-    let preprocessing = match (&options.preprocessing, parse("preprocessing")?) {
-        (Some(preprocessing), _) => preprocessing.clone(),
-        (None, Some(stored)) => serde_json::from_value(stored)
-            .map_err(|e| format!("metadata `preprocessing` is malformed: {e}"))?,
-        (None, None) => Preprocessing::identity(channels),
-    };
-    let mut model =
-        Model::new(imported.network, classes, preprocessing).map_err(|e| e.to_string())?;
-    model.data = metadata.get("data").cloned();
-    model.training = parse("training")?;
-    Ok(model)
 }
 
 /// Parses an ONNX file and builds its network; the error says what is wrong with the file.

@@ -61,7 +61,7 @@ impl Converter {
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             return unsupported(format!(": an op of domain `{}`", node.domain));
         }
-        let attributes = Attributes::new(node)?;
+        let attributes = Attributes::new(node);
         let name = module_name(node, &self.values);
         let input = |k: usize| -> std::result::Result<&Value, Unsupported> {
             inputs
