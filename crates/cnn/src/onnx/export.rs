@@ -43,10 +43,9 @@ pub fn to_bytes(model: &Model, options: ExportOptions) -> Result<Vec<u8>> {
 pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
     let network = &model.network;
     let mut graph = GraphBuilder::default();
-    // What each of the engine's values is in the ONNX graph: a name, and whether it is flat
-    // (`[N, F]`) rather than maps (`[N, C, H, W]`).
-    let mut values: HashMap<&str, (String, bool)> = HashMap::new();
-    values.insert(INPUT, (INPUT.to_string(), false));
+    // What each of the engine's values (0 the input, `k + 1` node `k`) is in the ONNX graph:
+    // a name, and whether it is flat (`[N, F]`) rather than maps (`[N, C, H, W]`).
+    let mut values: Vec<(String, bool)> = vec![(INPUT.to_string(), false)];
     let last = network.nodes().len() - 1;
     for (index, node) in network.nodes().iter().enumerate() {
         let name = node.name();
@@ -58,18 +57,8 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
             .chain(node.layer().buffers())
             .map(|p| (p.name, p))
             .collect();
-        let mut inputs: Vec<(String, bool)> = node
-            .inputs()
-            .iter()
-            .map(|&v| {
-                let key = if v == 0 {
-                    INPUT
-                } else {
-                    network.nodes()[v - 1].name()
-                };
-                values[key].clone()
-            })
-            .collect();
+        let mut inputs: Vec<(String, bool)> =
+            node.inputs().iter().map(|&v| values[v].clone()).collect();
         // An op over several values of which some are flat: PyTorch would flatten the others
         // (their maps are 1x1, or the engine's shape check had refused them).
         if inputs.len() > 1 && inputs.iter().any(|(_, flat)| *flat) {
@@ -174,7 +163,7 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
             LayerSpec::Gelu => graph.gelu(name, &x, &output),
             // Dropout does nothing at inference: it is left out, its readers read its input.
             LayerSpec::Dropout { .. } if index != last => {
-                values.insert(name, inputs.swap_remove(0));
+                values.push(inputs.swap_remove(0));
                 continue;
             }
             LayerSpec::Dropout { .. } | LayerSpec::Identity => {
@@ -190,7 +179,7 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 graph.node("Concat", name, args, &output, vec![int("axis", 1)]);
             }
         }
-        values.insert(name, (output, flat_out));
+        values.push((output, flat_out));
     }
     let classes = model.classes.len() as i64;
     let mut outputs = vec![value_info(LOGITS, &[None, Some(classes)])];
