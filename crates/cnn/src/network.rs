@@ -383,8 +383,51 @@ impl Network {
     /// through every node, adding each parameter's gradient to `grads`. Call after
     /// [`Network::forward`] with the same `input` and `workspace`.
     pub fn backward(&self, input: &Tensor, workspace: &mut Workspace, grads: &mut Gradients) {
+        self.backward_observed(input, workspace, grads, false, &mut |_, _| {});
+    }
+
+    /// [`Network::backward`] that also returns dL/d(input), and shows `observe` the gradient
+    /// of each node's output as soon as it is complete (before its buffer is reused), with the
+    /// value's number as in [`Node::inputs`]. What attributions need: the gradient of a class
+    /// score with respect to the picture (saliency, integrated gradients) or to a layer's maps
+    /// (Grad-CAM).
+    pub fn backward_to_input<'w>(
+        &self,
+        input: &Tensor,
+        workspace: &'w mut Workspace,
+        grads: &mut Gradients,
+        mut observe: impl FnMut(usize, &Tensor),
+    ) -> &'w Tensor {
+        self.backward_observed(input, workspace, grads, true, &mut observe);
+        let slot = self.gradient_buffers.1.len();
+        let gradient = &mut workspace.gradients[slot];
+        if !workspace.gradient_written[0] {
+            // No node reads the input: its gradient is zero.
+            gradient.reshape(input.batch(), self.input_shape);
+            gradient.data_mut().fill(0.0);
+        }
+        gradient
+    }
+
+    fn backward_observed(
+        &self,
+        input: &Tensor,
+        workspace: &mut Workspace,
+        grads: &mut Gradients,
+        input_gradient: bool,
+        observe: &mut dyn FnMut(usize, &Tensor),
+    ) {
         let batch = input.batch();
-        let (buffer_of, _) = &self.gradient_buffers;
+        // The input's gradient, when asked for, gets a buffer of its own after the planned ones.
+        let planned = self.gradient_buffers.1.len();
+        let input_buffer = input_gradient.then_some(planned);
+        let buffer_of = |v: Value| {
+            if v == 0 {
+                input_buffer
+            } else {
+                self.gradient_buffers.0[v]
+            }
+        };
         let Workspace {
             activations,
             grad_output,
@@ -394,27 +437,28 @@ impl Network {
             scratch,
             ..
         } = workspace;
-        gradients.resize_with(self.gradient_buffers.1.len(), Tensor::empty);
+        gradients.resize_with(planned + usize::from(input_gradient), Tensor::empty);
         gradient_written.clear();
         gradient_written.resize(self.nodes.len() + 1, false);
         for (i, node) in self.nodes.iter().enumerate().rev() {
             let value = i + 1;
             // This node's output gradient: the loss's for the last node, else its buffer (every
             // reader of the value came later, so its gradient is complete).
-            let output_gradient = match buffer_of[value] {
+            let output_gradient = match buffer_of(value) {
                 None => std::mem::take(grad_output),
                 Some(b) => std::mem::take(&mut gradients[b]),
             };
+            observe(value, &output_gradient);
             // Where each input's gradient goes: in place for the first gradient of a value,
             // else a part to add afterwards.
             gradient_parts.resize_with(node.inputs.len(), Tensor::empty);
             let mut targets: SmallVec<[Option<Tensor>; 4]> = SmallVec::new();
             let mut in_place: SmallVec<[bool; 4]> = SmallVec::new();
             for (k, &v) in node.inputs.iter().enumerate() {
-                let first = buffer_of[v].is_some()
+                let first = buffer_of(v).is_some()
                     && !gradient_written[v]
                     && !node.inputs[..k].contains(&v);
-                let target = match buffer_of[v] {
+                let target = match buffer_of(v) {
                     None => None,
                     Some(b) if first => Some(std::mem::take(&mut gradients[b])),
                     Some(_) => Some(std::mem::take(&mut gradient_parts[k])),
@@ -444,7 +488,7 @@ impl Network {
             );
             drop(grad_inputs);
             for (k, (&v, target)) in node.inputs.iter().zip(targets).enumerate() {
-                let (Some(b), Some(target)) = (buffer_of[v], target) else {
+                let (Some(b), Some(target)) = (buffer_of(v), target) else {
                     continue;
                 };
                 if in_place[k] {
@@ -455,7 +499,7 @@ impl Network {
                     gradient_parts[k] = target;
                 }
             }
-            match buffer_of[value] {
+            match buffer_of(value) {
                 None => *grad_output = output_gradient,
                 Some(b) => gradients[b] = output_gradient,
             }

@@ -1008,3 +1008,70 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
         }
     }
 }
+
+/// The gradient with respect to the network's input, in inference mode (batch normalisation
+/// with its running statistics, as attributions differentiate a trained model), matches
+/// central differences of `L = sum(logits * R)`. The input is read twice (by a convolution and
+/// by the residual addition), so its gradient is the sum of both; smooth activations and
+/// average pooling keep `L` differentiable everywhere. Every node's output gradient is shown
+/// to the observer once, the logits' being `R`.
+#[test]
+fn input_gradients_match_finite_differences() {
+    let shape = Shape::new(2, 6, 5);
+    let architecture = cnn::arch::parse(
+        "add(conv 2@3 pad=1, bn: batchnorm, tanh | ), conv 3@3 stride=2 pad=1, gelu, \
+         avgpool 2 ceil, dense classes",
+        3,
+    )
+    .unwrap();
+    let mut network = Network::new(&architecture, shape).unwrap();
+    network.init_kaiming(&mut rand_chacha::ChaCha8Rng::seed_from_u64(80));
+    let mut rng = rng(81);
+    for node in network.nodes_mut() {
+        for buffer in node.layer_mut().buffers_mut() {
+            if buffer.name != "num_batches_tracked" {
+                buffer.value = uniform(&mut rng, buffer.value.len(), 0.5, 1.5);
+            }
+        }
+    }
+    let input = tensor(2, shape, uniform(&mut rng, 2 * shape.len(), -1.0, 1.0));
+    let weights = uniform(&mut rng, 2 * 3, -1.0, 1.0);
+    let loss = |x: &Tensor| -> f64 {
+        let mut workspace = Workspace::new();
+        let logits = network.forward(x, &mut workspace, Mode::Infer).unwrap();
+        logits
+            .data()
+            .iter()
+            .zip(&weights)
+            .map(|(&y, &w)| f64::from(y) * f64::from(w))
+            .sum()
+    };
+    let mut workspace = Workspace::new();
+    network
+        .forward(&input, &mut workspace, Mode::Infer)
+        .unwrap();
+    workspace
+        .output_and_grad_mut()
+        .1
+        .data_mut()
+        .copy_from_slice(&weights);
+    let mut observed = Vec::new();
+    let last = network.nodes().len();
+    let mut grads = Gradients::new(&network);
+    let gradient =
+        network.backward_to_input(&input, &mut workspace, &mut grads, |value, gradient| {
+            if value == last {
+                assert_eq!(gradient.data(), &weights[..], "the logits' gradient");
+            }
+            observed.push(value);
+        });
+    assert_eq!(observed, (1..=last).rev().collect::<Vec<_>>());
+    let numeric = input_differences(&input, 1e-2, loss);
+    assert_close(
+        "input gradient",
+        &widen(gradient.data()),
+        &numeric,
+        FLOOR,
+        TOLERANCE,
+    );
+}

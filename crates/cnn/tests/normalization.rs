@@ -20,13 +20,13 @@ fn forward(layer: &dyn Layer, input: &Tensor, mode: Mode, scratch: &mut LayerScr
     output
 }
 
-/// `L` for a training forward pass with a fixed dropout seed.
-fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
+/// `L` for a forward pass in `mode` with a fixed dropout seed.
+fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32], mode: Mode) -> f64 {
     let mut scratch = LayerScratch {
         seed: 99,
         ..LayerScratch::default()
     };
-    forward(layer, input, Mode::Train, &mut scratch)
+    forward(layer, input, mode, &mut scratch)
         .data()
         .iter()
         .zip(weights)
@@ -34,15 +34,20 @@ fn objective(layer: &dyn Layer, input: &Tensor, weights: &[f32]) -> f64 {
         .sum()
 }
 
-/// Checks the input gradient and every parameter gradient of `spec` on a random batch; also
-/// that backward adds to parameter gradients (two calls double them).
-fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
+/// Checks the input gradient and every parameter gradient of `spec` on a random batch, for a
+/// forward pass in `mode` (inference: batch normalisation with random running statistics, as
+/// attributions differentiate it); also that backward adds to parameter gradients (two calls
+/// double them).
+fn check_in(mode: Mode, spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
     let mut rng = rng(SEED);
     let mut layer = spec
         .build("0", &[shape], cnn::kernels::simd::Isa::from_env().unwrap())
         .unwrap();
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), 0.5, 1.5);
+    }
+    for buffer in layer.buffers_mut() {
+        buffer.value = uniform(&mut rng, buffer.value.len(), 0.5, 1.5);
     }
     let input = tensor(
         batch,
@@ -63,7 +68,7 @@ fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
             seed: 99,
             ..LayerScratch::default()
         };
-        let output = forward(&*layer, &input, Mode::Train, &mut scratch);
+        let output = forward(&*layer, &input, mode, &mut scratch);
         grad_input.data_mut().fill(f32::NAN);
         layer.backward_one(
             &input,
@@ -75,7 +80,9 @@ fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
         );
     }
 
-    let numeric = input_differences(&input, eps, |nudged| objective(&*layer, nudged, &weights));
+    let numeric = input_differences(&input, eps, |nudged| {
+        objective(&*layer, nudged, &weights, mode)
+    });
     assert_close(
         &format!("{spec} on {batch} x {shape}: input gradient"),
         &widen(grad_input.data()),
@@ -87,7 +94,7 @@ fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
         let values = layer.params()[p].value.clone();
         let numeric = central_differences(&values, eps, |i, v| {
             layer.params_mut()[p].value[i] = v;
-            let loss = objective(&*layer, &input, &weights);
+            let loss = objective(&*layer, &input, &weights, mode);
             layer.params_mut()[p].value[i] = values[i];
             loss
         });
@@ -105,11 +112,33 @@ fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
     }
 }
 
+fn check(spec: LayerSpec, shape: Shape, batch: usize, eps: f32) {
+    check_in(Mode::Train, spec, shape, batch, eps);
+}
+
 #[test]
 fn batchnorm_gradients_match_finite_differences() {
     check(LayerSpec::BatchNorm2d, Shape::new(3, 4, 5), 4, 1e-2);
     // On flat features it is PyTorch's BatchNorm1d.
     check(LayerSpec::BatchNorm2d, Shape::flat(6), 5, 1e-2);
+}
+
+#[test]
+fn batchnorm_inference_gradients_match_finite_differences() {
+    check_in(
+        Mode::Infer,
+        LayerSpec::BatchNorm2d,
+        Shape::new(3, 4, 5),
+        2,
+        1e-2,
+    );
+    check_in(
+        Mode::Infer,
+        LayerSpec::Dropout { rate: 0.5 },
+        Shape::new(2, 3, 3),
+        2,
+        0.1,
+    );
 }
 
 #[test]

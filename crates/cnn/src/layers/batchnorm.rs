@@ -44,11 +44,14 @@ impl BatchNorm2d {
     }
 }
 
-/// Scratch layout after a training forward pass: `[mean C][inverse std C][unbiased var C]`.
-fn statistics(scratch: &LayerScratch, channels: usize) -> (&[f32], &[f32], &[f32]) {
+/// Scratch layout after a forward pass: `[mean C][inverse std C]`, then after a training pass
+/// `[unbiased var C]` (the statistics of the batch). An inference pass leaves only the first
+/// two, of the running statistics: its backward pass (for attributions) treats them as
+/// constants, and no running statistics are updated from it.
+fn statistics(scratch: &LayerScratch, channels: usize) -> (&[f32], &[f32], Option<&[f32]>) {
     let (mean, rest) = scratch.buffer.split_at(channels);
     let (inverse_std, rest) = rest.split_at(channels);
-    (mean, inverse_std, &rest[..channels])
+    (mean, inverse_std, rest.get(..channels))
 }
 
 impl Layer for BatchNorm2d {
@@ -93,7 +96,12 @@ impl Layer for BatchNorm2d {
         let (channels, plane) = (self.shape.channels, self.shape.plane());
         let batch = input.batch();
         let [weight, bias] = &self.params;
-        scratch.buffer.resize(3 * channels, 0.0);
+        let recorded = match mode {
+            Mode::Train => 3 * channels,
+            Mode::Infer => 2 * channels,
+        };
+        scratch.buffer.clear();
+        scratch.buffer.resize(recorded, 0.0);
         for c in 0..channels {
             let (mean, inverse_std) = match mode {
                 Mode::Train => {
@@ -114,10 +122,13 @@ impl Layer for BatchNorm2d {
                     scratch.buffer[2 * channels + c] = unbiased as f32;
                     (mean as f32, inverse_std)
                 }
-                Mode::Infer => (
-                    self.buffers[0].value[c],
-                    1.0 / (self.buffers[1].value[c] + EPSILON).sqrt(),
-                ),
+                Mode::Infer => {
+                    let mean = self.buffers[0].value[c];
+                    let inverse_std = 1.0 / (self.buffers[1].value[c] + EPSILON).sqrt();
+                    scratch.buffer[c] = mean;
+                    scratch.buffer[channels + c] = inverse_std;
+                    (mean, inverse_std)
+                }
             };
             let scale = weight.value[c] * inverse_std;
             let shift = bias.value[c] - mean * scale;
@@ -136,7 +147,8 @@ impl Layer for BatchNorm2d {
 
     /// With `x_hat = (x - mean) * inverse_std` and `M` values per channel:
     /// `dweight += sum(dy * x_hat)`, `dbias += sum(dy)`,
-    /// `dx = weight * inverse_std / M * (M * dy - sum(dy) - x_hat * sum(dy * x_hat))`.
+    /// `dx = weight * inverse_std / M * (M * dy - sum(dy) - x_hat * sum(dy * x_hat))` for the
+    /// batch's statistics, `dx = weight * inverse_std * dy` for the running ones.
     fn backward(
         &self,
         mut pass: BackwardPass<'_, '_>,
@@ -146,7 +158,7 @@ impl Layer for BatchNorm2d {
         let (input, grad_output) = (pass.input(), pass.grad_output);
         let (channels, plane) = (self.shape.channels, self.shape.plane());
         let batch = input.batch();
-        let (mean, inverse_std, _) = statistics(scratch, channels);
+        let (mean, inverse_std, batch_statistics) = statistics(scratch, channels);
         let count = self.count(batch) as f32;
         let mut grad_input = pass.grad_input();
         for c in 0..channels {
@@ -163,7 +175,19 @@ impl Layer for BatchNorm2d {
             param_grads[0][c] += sum_dy_xhat as f32;
             param_grads[1][c] += sum_dy as f32;
             if let Some(grad_input) = grad_input.as_deref_mut() {
-                let factor = self.params[0].value[c] * inverse_std[c] / count;
+                let scale = self.params[0].value[c] * inverse_std[c];
+                if batch_statistics.is_none() {
+                    for n in 0..batch {
+                        let start = (n * channels + c) * plane;
+                        let dys = grad_output.plane(n, c);
+                        let dxs = &mut grad_input.data_mut()[start..start + plane];
+                        for (dx, &dy) in dxs.iter_mut().zip(dys) {
+                            *dx = scale * dy;
+                        }
+                    }
+                    continue;
+                }
+                let factor = scale / count;
                 let (sum_dy, sum_dy_xhat) = (sum_dy as f32, sum_dy_xhat as f32);
                 for n in 0..batch {
                     let start = (n * channels + c) * plane;
@@ -184,7 +208,9 @@ impl Layer for BatchNorm2d {
         if scratch.buffer.len() < 3 * channels {
             return;
         }
-        let (mean, _, unbiased) = statistics(scratch, channels);
+        let (mean, _, Some(unbiased)) = statistics(scratch, channels) else {
+            return;
+        };
         let [running_mean, running_var, tracked] = &mut self.buffers;
         for c in 0..channels {
             running_mean.value[c] = (1.0 - MOMENTUM) * running_mean.value[c] + MOMENTUM * mean[c];
