@@ -171,35 +171,59 @@ impl MapGrid<'_> {
         let (width, _) = root.dim_in_pixel();
         draw_legend(
             root,
-            width as i32 - LEGEND_WIDTH + 16,
-            TITLE_HEIGHT,
-            self.range,
+            (width as i32 - LEGEND_WIDTH + 16, TITLE_HEIGHT),
+            Scale::Signed(self.range),
         )
     }
 }
 
-/// A vertical colour bar from `+range` (top, red) through 0 (white) to `-range` (bottom, blue)
-/// with its three values written beside it.
+/// The colour scale of a picture: signed values from `-range` (blue) through 0 (white) to
+/// `range` (red), or non-negative ones from 0 (dark blue) to `range` (dark red, "jet").
+#[derive(Clone, Copy)]
+pub enum Scale {
+    Signed(f32),
+    Heat(f32),
+}
+
+impl Scale {
+    fn colour(self, value: f32) -> image::Rgb<u8> {
+        match self {
+            Scale::Signed(range) => diverging_colour(value, range),
+            Scale::Heat(range) => cnn::viz::heat_colour(value, range),
+        }
+    }
+
+    /// The values at the top, the middle and the bottom of the legend.
+    fn ends(self) -> [f32; 3] {
+        match self {
+            Scale::Signed(range) => [range, 0.0, -range],
+            Scale::Heat(range) => [range, range / 2.0, 0.0],
+        }
+    }
+}
+
+/// A vertical colour bar of `scale`, from its largest value at the top to its smallest at the
+/// bottom, with three values written beside it.
 fn draw_legend<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    x: i32,
-    y: i32,
-    range: f32,
+    (x, y): (i32, i32),
+    scale: Scale,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     const HEIGHT: i32 = 150;
     const WIDTH: i32 = 18;
+    let [top, _, bottom] = scale.ends();
     for step in 0..HEIGHT {
-        let value = range * (1.0 - 2.0 * step as f32 / (HEIGHT - 1) as f32);
+        let value = top + (bottom - top) * step as f32 / (HEIGHT - 1) as f32;
         root.draw(&Rectangle::new(
             [(x, y + step), (x + WIDTH, y + step + 1)],
-            rgb(diverging_colour(value, range)).filled(),
+            rgb(scale.colour(value)).filled(),
         ))?;
     }
     root.draw(&Rectangle::new(
         [(x, y), (x + WIDTH, y + HEIGHT)],
         BLACK.stroke_width(1),
     ))?;
-    for (fraction, value) in [(0.0, range), (0.5, 0.0), (1.0, -range)] {
+    for (fraction, value) in [0.0, 0.5, 1.0].into_iter().zip(scale.ends()) {
         let ty = y + (fraction * (HEIGHT - 1) as f32) as i32;
         root.draw(&PathElement::new(
             vec![(x + WIDTH, ty), (x + WIDTH + 4, ty)],
@@ -219,8 +243,75 @@ fn format_value(value: f32) -> String {
         "0".into()
     } else if value.abs() >= 100.0 {
         format!("{value:.0}")
+    } else if value.abs() < 0.01 {
+        format!("{value:.1e}")
     } else {
         format!("{value:.2}")
+    }
+}
+
+/// An attribution map beside the picture it explains: the input in grey, then the map laid
+/// over it (opacity growing with the value), with a legend of the map's scale.
+pub struct AttributionPicture<'a> {
+    pub title: String,
+    /// The input as grey levels from 0 to 1, `height x width`.
+    pub grey: &'a [f32],
+    pub map: &'a [f32],
+    pub height: usize,
+    pub width: usize,
+    pub scale: Scale,
+}
+
+impl AttributionPicture<'_> {
+    /// Pixels per input pixel: pictures come out about 240 pixels wide.
+    fn cell(&self) -> i32 {
+        (240 / self.height.max(self.width).max(1)).clamp(1, 24) as i32
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let cell = self.cell();
+        let (w, h) = (self.width as i32 * cell, self.height as i32 * cell);
+        let size = (
+            (3 * GAP + 2 * w + LEGEND_WIDTH).max(360) as u32,
+            (TITLE_HEIGHT + LABEL_HEIGHT + h.max(160) + GAP) as u32,
+        );
+        save_png(path, size, |root| {
+            self.draw(root, cell).map_err(|e| anyhow!("{e}"))
+        })
+    }
+
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        cell: i32,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        root.draw(&Text::new(self.title.clone(), (GAP, 8), font(17)))?;
+        let top = TITLE_HEIGHT + LABEL_HEIGHT;
+        let w = self.width as i32 * cell;
+        let [range, _, _] = self.scale.ends();
+        for (tile, label) in ["input", "map over the input"].into_iter().enumerate() {
+            let x0 = GAP + tile as i32 * (w + GAP);
+            root.draw(&Text::new(label, (x0, TITLE_HEIGHT), font(12)))?;
+            for (k, (&g, &value)) in self.grey.iter().zip(self.map).enumerate() {
+                let level = (g.clamp(0.0, 1.0) * 255.0).round() as u8;
+                let mut colour = image::Rgb([level; 3]);
+                if tile == 1 {
+                    let strength = match self.scale {
+                        Scale::Signed(_) => value.abs() / range.max(f32::MIN_POSITIVE),
+                        Scale::Heat(_) => 0.25 + 0.5 * value / range.max(f32::MIN_POSITIVE),
+                    };
+                    colour = cnn::viz::blend(colour, self.scale.colour(value), strength);
+                }
+                let (row, col) = ((k / self.width) as i32, (k % self.width) as i32);
+                let corner = (x0 + col * cell, top + row * cell);
+                root.draw(&Rectangle::new(
+                    [corner, (corner.0 + cell, corner.1 + cell)],
+                    rgb(colour).filled(),
+                ))?;
+            }
+        }
+        let (width, _) = root.dim_in_pixel();
+        draw_legend(root, (width as i32 - LEGEND_WIDTH + 16, top), self.scale)
     }
 }
 

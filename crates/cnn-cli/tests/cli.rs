@@ -588,6 +588,120 @@ fn explain_a_model_json_and_one_layer() {
     assert!(stderr.contains("missing.png"), "{stderr}");
 }
 
+/// `--attribution all`: four heatmaps for the top class, as PNGs on the page and as 28x28 maps
+/// in the JSON; integrated gradients put most of the evidence for X on the strokes (the input
+/// pixels above the background), not on the page. `--class` explains the other class,
+/// `--target-layer` moves Grad-CAM; unknown names get one line.
+#[test]
+fn explain_attributions_show_which_pixels_decided() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let x = dir.path().join("x.png");
+    drawn_letter('x', 96, 2.0, -3.0, 0.1, 6.0).save(&x).unwrap();
+    let out = dir.path().join("why");
+    let output = cnn()
+        .args(["explain", "--attribution", "all", "--json", "--out"])
+        .arg(&out)
+        .arg("--model")
+        .arg(model)
+        .arg(&x)
+        .output()
+        .unwrap();
+    common::assert_success(&output);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let maps = json["attributions"].as_array().unwrap();
+    let methods: Vec<&str> = maps.iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        methods,
+        ["gradcam", "saliency", "integrated-gradients", "occlusion"]
+    );
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("<h2>why X?</h2>"), "{html}");
+    for map in maps {
+        assert_eq!(map["class"], "X");
+        let rows = map["map"].as_array().unwrap();
+        assert_eq!((rows.len(), rows[0].as_array().unwrap().len()), (28, 28));
+        let file = format!("attribution_{}.png", map["method"].as_str().unwrap());
+        assert!(html.contains(&file), "index.html does not show {file}");
+        let picture = image::open(out.join(&file)).unwrap().to_rgb8();
+        assert!(coloured_share(&picture) > 0.005, "{file} looks blank");
+    }
+    assert_eq!(maps[0]["detail"], "node 4");
+    let values = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let input = values(&json["input"][0]);
+    let integrated = values(&maps[2]["map"]);
+    let (mut on_strokes, mut total) = (0.0, 0.0);
+    for (&pixel, &evidence) in input.iter().zip(&integrated) {
+        if evidence > 0.0 {
+            total += evidence;
+            if pixel > -0.5 {
+                on_strokes += evidence;
+            }
+        }
+    }
+    assert!(
+        on_strokes > 0.8 * total,
+        "integrated gradients put {on_strokes} of {total} on the strokes"
+    );
+
+    let other = cnn()
+        .args(["explain", "--json", "--attribution", "gradcam,saliency"])
+        .args(["--class", "O", "--target-layer", "1", "--model"])
+        .arg(model)
+        .arg(&x)
+        .output()
+        .unwrap();
+    common::assert_success(&other);
+    let json: serde_json::Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(json["attributions"][0]["class"], "O");
+    assert_eq!(json["attributions"][0]["detail"], "node 1");
+    assert_eq!(json["attributions"].as_array().unwrap().len(), 2);
+    let model = model.to_str().unwrap();
+    let x = x.to_str().unwrap();
+    let stderr = fails(&[
+        "explain",
+        "--attribution",
+        "saliency",
+        "--class",
+        "Y",
+        "--model",
+        model,
+        x,
+    ]);
+    assert!(
+        stderr.contains("--class \"Y\": the model's classes are X, O"),
+        "{stderr}"
+    );
+    let stderr = fails(&[
+        "explain",
+        "--attribution",
+        "gradcam",
+        "--target-layer",
+        "nowhere",
+        "--model",
+        model,
+        x,
+    ]);
+    assert!(stderr.contains("no node \"nowhere\""), "{stderr}");
+    let stderr = fails(&[
+        "explain",
+        "--attribution",
+        "gradcam",
+        "--target-layer",
+        "7",
+        "--model",
+        model,
+        x,
+    ]);
+    assert!(stderr.contains("Grad-CAM needs feature maps"), "{stderr}");
+}
+
 #[test]
 fn train_draws_curves_and_eval_draws_the_confusion_matrix() {
     let dir = TempDir::new().unwrap();

@@ -7,17 +7,17 @@
 //!   the straight path from a baseline `x0` to `x`, summed over the channels; the map adds up
 //!   to `score(x) - score(x0)`.
 //! - Occlusion (Zeiler and Fergus 2014): a patch of baseline slid over the picture like the
-//!   article's feature; each pixel gets the mean drop of the class probability over the
-//!   patches that covered it.
+//!   article's feature; each pixel gets the mean drop of the class's log-probability `ln p`
+//!   over the patches that covered it (a drop of 0.69 halves the probability).
 //!
-//! The score is the class's logit (before softmax) for the gradient methods, its probability
-//! for occlusion. The baseline is the picture's background, not black: per channel, the median
+//! The score is the class's logit (before softmax) for the gradient methods, its
+//! log-probability for occlusion (the probability itself is 1 to f32's precision when a model
+//! is sure, and would show nothing). The baseline is the picture's background, not black: per channel, the median
 //! of the input's border pixels, so that a dark X on a light page is compared with the empty
 //! page (a black baseline would make the page itself the evidence).
 
 use crate::error::{Error, Result};
 use crate::layers::Mode;
-use crate::loss::softmax;
 use crate::network::{Gradients, Network, Workspace};
 use crate::tensor::{Shape, Tensor};
 use serde::Serialize;
@@ -142,10 +142,18 @@ pub fn attribute(
             let side = shape.height.min(shape.width);
             let patch = options.patch.unwrap_or((side / 7).max(3)).clamp(1, side);
             let stride = options.stride.unwrap_or(patch.div_ceil(2)).max(1);
-            (
-                occlusion(network, input, class, patch, stride, workspace)?,
-                format!("{patch}x{patch} patch, stride {stride}"),
-            )
+            let (map, worst) = occlusion(network, input, class, patch, stride, workspace)?;
+            let detail = format!(
+                "{patch}x{patch} patch, stride {stride}; covering rows {}-{}, columns {}-{} \
+                 leaves p = {:.2}% of {:.2}%",
+                worst.y,
+                worst.y + patch - 1,
+                worst.x,
+                worst.x + patch - 1,
+                100.0 * worst.covered.exp(),
+                100.0 * worst.original.exp(),
+            );
+            (map, detail)
         }
     };
     Ok(Attribution {
@@ -311,16 +319,11 @@ fn occlusion(
     patch: usize,
     stride: usize,
     workspace: &mut Workspace,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, WorstPatch)> {
     let shape = network.input_shape();
     let (height, width, plane) = (shape.height, shape.width, shape.plane());
     let baseline = background(input);
-    let probability = |logits: &[f32]| {
-        let mut p = vec![0.0; logits.len()];
-        softmax(logits, &mut p);
-        p[class]
-    };
-    let original = probability(network.infer(input, workspace)?.sample(0));
+    let original = log_probability(network.infer(input, workspace)?.sample(0), class);
     let starts = |len: usize| {
         let mut s: Vec<usize> = (0..=len - patch).step_by(stride).collect();
         if s.last() != Some(&(len - patch)) {
@@ -334,6 +337,12 @@ fn occlusion(
         .collect();
     let mut drop = vec![0.0f32; plane];
     let mut covered = vec![0u32; plane];
+    let mut worst = WorstPatch {
+        y: 0,
+        x: 0,
+        original,
+        covered: original,
+    };
     let mut batch = Tensor::empty();
     for chunk in positions.chunks(CHUNK) {
         batch.reshape(chunk.len(), shape);
@@ -348,7 +357,11 @@ fn occlusion(
         }
         let logits = network.infer(&batch, workspace)?;
         for (n, &(y0, x0)) in chunk.iter().enumerate() {
-            let fall = original - probability(logits.sample(n));
+            let after = log_probability(logits.sample(n), class);
+            if after < worst.covered {
+                (worst.y, worst.x, worst.covered) = (y0, x0, after);
+            }
+            let fall = (original - after) as f32;
             for y in y0..y0 + patch {
                 for x in x0..x0 + patch {
                     drop[y * width + x] += fall;
@@ -357,11 +370,28 @@ fn occlusion(
             }
         }
     }
-    Ok(drop
+    let map = drop
         .iter()
         .zip(&covered)
         .map(|(&d, &c)| d / c.max(1) as f32)
-        .collect())
+        .collect();
+    Ok((map, worst))
+}
+
+/// The patch whose covering lowers the class's probability most, and `ln p` before and after.
+struct WorstPatch {
+    y: usize,
+    x: usize,
+    original: f64,
+    covered: f64,
+}
+
+/// `ln p(class)` from the logits, in f64: a confident model's probability is 1 in f32, and
+/// the drops occlusion measures would all be 0.
+pub fn log_probability(logits: &[f32], class: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&z| f64::from(z - max).exp()).sum();
+    f64::from(logits[class] - max) - sum.ln()
 }
 
 /// The picture's background, as an input of the same shape: each channel filled with the

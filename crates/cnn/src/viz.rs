@@ -39,3 +39,20 @@ pub fn signed_map(values: &[f32], height: usize, width: usize, range: f32, cell:
 pub fn max_abs(values: &[f32]) -> f32 {
     values.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
+
+/// Colour of a non-negative value on the "jet" scale that Grad-CAM pictures use (OpenCV's
+/// `COLORMAP_JET`): dark blue at 0, through cyan, yellow, to dark red at `range`.
+pub fn heat_colour(value: f32, range: f32) -> Rgb<u8> {
+    let t = (value / range.max(f32::MIN_POSITIVE)).clamp(0.0, 1.0);
+    let channel =
+        |centre: f32| ((1.5 - (4.0 * t - centre).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
+    Rgb([channel(3.0), channel(2.0), channel(1.0)])
+}
+
+/// `colour` laid over `under` with opacity `alpha` (0 to 1).
+pub fn blend(under: Rgb<u8>, colour: Rgb<u8>, alpha: f32) -> Rgb<u8> {
+    let a = alpha.clamp(0.0, 1.0);
+    Rgb(std::array::from_fn(|i| {
+        (f32::from(under[i]) * (1.0 - a) + f32::from(colour[i]) * a).round() as u8
+    }))
+}

@@ -86,16 +86,19 @@ fn grad_cam_and_saliency_of_a_hand_built_network() {
         assert!((a - 1.0 / 9.0).abs() < 1e-6, "{:?}", saliency.map);
     }
     // Occlusion of this linear score: the one 3x3 patch of background (the median of the 8
-    // border pixels, 1) moves the probability by the picture's difference from it.
+    // border pixels, 1) moves the log-probability by the picture's difference from it.
     let occlusion = map_of(&network, &input, 0, Method::Occlusion);
-    assert_eq!(occlusion.detail, "3x3 patch, stride 2");
-    let p = |logits: [f32; 2]| {
-        let mut out = [0.0; 2];
-        softmax(&logits, &mut out);
-        out[0]
-    };
-    let mean: f32 = x.iter().sum::<f32>() / 9.0;
-    let fall = p([2.0 * mean, -mean]) - p([2.0 * 1.0, -1.0]);
+    assert!(
+        occlusion
+            .detail
+            .starts_with("3x3 patch, stride 2; covering rows 0-2, columns 0-2"),
+        "{}",
+        occlusion.detail
+    );
+    // ln p(class 0) = -ln(1 + e^(z1 - z0)), with z0 - z1 = 3 * mean.
+    let ln_p = |mean: f64| -(1.0 + (-3.0 * mean).exp()).ln();
+    let mean = f64::from(x.iter().sum::<f32>()) / 9.0;
+    let fall = (ln_p(mean) - ln_p(1.0)) as f32;
     for a in &occlusion.map {
         assert!(
             (a - fall).abs() < 1e-6,

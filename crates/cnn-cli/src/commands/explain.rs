@@ -2,6 +2,7 @@ use crate::grid::print_maps;
 use crate::usage::usage_error;
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
+use cnn::attribution::Method;
 use cnn::kernels::pool::PoolKind;
 use cnn::seed_example::{self, Letter, Map};
 use cnn::viz::signed_map;
@@ -17,6 +18,22 @@ pub enum ExampleName {
 pub enum PoolName {
     Max,
     Avg,
+}
+
+/// The attribution methods of `--attribution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttributionName {
+    /// Grad-CAM: a layer's maps weighted by the class score's gradient (coarse regions).
+    Gradcam,
+    /// The largest |gradient| of the class score at each pixel.
+    Saliency,
+    /// Integrated gradients from the picture's background; the map adds up to the score's
+    /// change.
+    IntegratedGradients,
+    /// The drop of the class's log-probability when a patch of background covers each place.
+    Occlusion,
+    /// All four.
+    All,
 }
 
 #[derive(Args)]
@@ -37,6 +54,17 @@ pub struct ExplainArgs {
     /// With --model: only this layer (its number in the summary, from 0).
     #[arg(long, requires = "model")]
     layer: Option<usize>,
+    /// With --model: which pixels made the decision, as heatmaps over the picture (PNGs, in
+    /// index.html and in --json). Several may be given, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', requires = "model")]
+    attribution: Vec<AttributionName>,
+    /// With --attribution: the class to explain, by name or index (default: the top class).
+    #[arg(long, requires = "attribution")]
+    class: Option<String>,
+    /// With --attribution gradcam: the node whose maps Grad-CAM weighs, by name or index
+    /// (default: the last convolution's block, before pooling).
+    #[arg(long, requires = "attribution")]
+    target_layer: Option<String>,
     /// With --example: convolution stride (the article uses 1; 2 halves the maps).
     #[arg(long, default_value_t = 1)]
     stride: usize,
@@ -56,9 +84,27 @@ pub struct ExplainArgs {
 
 pub fn run(args: ExplainArgs, global: crate::Global) -> Result<()> {
     if let (Some(model), Some(image)) = (&args.model, &args.image) {
+        let mut methods: Vec<Method> = Vec::new();
+        for name in &args.attribution {
+            let chosen: &[Method] = match name {
+                AttributionName::Gradcam => &[Method::GradCam],
+                AttributionName::Saliency => &[Method::Saliency],
+                AttributionName::IntegratedGradients => &[Method::IntegratedGradients],
+                AttributionName::Occlusion => &[Method::Occlusion],
+                AttributionName::All => &Method::ALL,
+            };
+            for &method in chosen {
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+        }
         let options = super::explain_model::Options {
             out: args.out.as_deref(),
             only_layer: args.layer,
+            attributions: &methods,
+            class: args.class.as_deref(),
+            target_layer: args.target_layer.as_deref(),
             json: args.json,
             quiet: global.quiet,
             picture: &args.picture,

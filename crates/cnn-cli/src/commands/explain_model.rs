@@ -3,8 +3,9 @@
 //! class probabilities) and an index.html that shows them in order with each layer's summary.
 
 use crate::inside::{look_inside, maps_of, ranked, summary_line, LayerView};
-use crate::plot::{probability_chart, MapGrid};
+use crate::plot::{probability_chart, AttributionPicture, MapGrid, Scale};
 use anyhow::{bail, Context, Result};
+use cnn::attribution::{self, Attribution, Method};
 use cnn::model_file;
 use cnn::network::Workspace;
 use cnn::preprocess::read_picture_within;
@@ -18,6 +19,10 @@ pub struct Options<'a> {
     /// The folder for the pictures (default `explain/`, none with `json` alone).
     pub out: Option<&'a Path>,
     pub only_layer: Option<usize>,
+    /// Attribution maps to compute, for `class` (a name or an index; default the top class).
+    pub attributions: &'a [Method],
+    pub class: Option<&'a str>,
+    pub target_layer: Option<&'a str>,
     pub json: bool,
     pub quiet: bool,
     pub picture: &'a super::PictureArgs,
@@ -27,6 +32,9 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
     let Options {
         out,
         only_layer,
+        attributions,
+        class,
+        target_layer,
         json,
         quiet,
         picture,
@@ -42,8 +50,32 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
             );
         }
     }
+    let target_node = target_layer
+        .map(|name| attribution::find_node(&model.network, name))
+        .transpose()?;
     let picture = read_picture_within(image_path, picture.max_pixels)?;
     let inside = look_inside(&model, &picture, &mut Workspace::new())?;
+    let class = match class {
+        None => inside.prediction.index,
+        Some(name) => class_index(&model.classes, name)?,
+    };
+    let attribution_options = attribution::Options {
+        target_node,
+        ..attribution::Options::default()
+    };
+    let maps = attributions
+        .iter()
+        .map(|&method| {
+            attribution::attribute(
+                &model.network,
+                &inside.input,
+                class,
+                method,
+                &attribution_options,
+                &mut Workspace::new(),
+            )
+        })
+        .collect::<cnn::Result<Vec<_>>>()?;
     let shown: Vec<&LayerView> = inside
         .layers
         .iter()
@@ -56,7 +88,7 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
         (None, true) => None,
     };
     if let Some(dir) = &out {
-        write_pictures(dir, &model, image_path, &inside, &shown, only_layer)
+        write_pictures(dir, &model, image_path, &inside, &shown, only_layer, &maps)
             .with_context(|| format!("cannot write the pictures to {}", dir.display()))?;
     }
     if json {
@@ -69,6 +101,15 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
             "probabilities": inside.prediction.probabilities,
             "input": maps_of(&inside.input),
             "layers": shown,
+            "attributions": maps.iter().map(|a| serde_json::json!({
+                "method": a.method.name(),
+                "class": model.classes[a.class],
+                "class_index": a.class,
+                "detail": a.detail,
+                "height": a.height,
+                "width": a.width,
+                "map": a.rows(),
+            })).collect::<Vec<_>>(),
         });
         println!("{object}");
         return Ok(());
@@ -87,10 +128,80 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
             100.0 * p
         );
     }
+    for map in &maps {
+        let (y, x) = peak(map);
+        let detail = match map.detail.as_str() {
+            "" => String::new(),
+            d => format!(", {d}"),
+        };
+        println!(
+            "{} for {}{detail}: strongest at row {y}, column {x}{}",
+            map.method.name(),
+            crate::printable::escaped(&model.classes[map.class]),
+            match &out {
+                Some(dir) => format!(" ({})", dir.join(attribution_file(map.method)).display()),
+                None => String::new(),
+            }
+        );
+    }
     if let (Some(dir), false) = (&out, quiet) {
         println!("pictures written to {}", dir.join("index.html").display());
     }
     Ok(())
+}
+
+/// A class given by name, or by its index.
+fn class_index(classes: &[String], name: &str) -> Result<usize> {
+    if let Some(i) = classes.iter().position(|c| c == name) {
+        return Ok(i);
+    }
+    match name.parse::<usize>() {
+        Ok(i) if i < classes.len() => Ok(i),
+        _ => bail!(
+            "--class {name:?}: the model's classes are {} (or an index from 0 to {})",
+            classes.join(", "),
+            classes.len().saturating_sub(1)
+        ),
+    }
+}
+
+/// Where a map is largest (for signed maps, the strongest evidence for the class).
+fn peak(map: &Attribution) -> (usize, usize) {
+    let best = (0..map.map.len()).fold(0, |b, i| if map.map[i] > map.map[b] { i } else { b });
+    (best / map.width.max(1), best % map.width.max(1))
+}
+
+fn attribution_file(method: Method) -> String {
+    format!("attribution_{}.png", method.name())
+}
+
+/// What each method's picture shows, for index.html.
+fn attribution_caption(method: Method) -> &'static str {
+    match method {
+        Method::GradCam => "Grad-CAM: the node's feature maps, each weighted by how much the class score grows with it, summed; only positive evidence is shown.",
+        Method::Saliency => "Saliency: how strongly the class score reacts to each pixel (the largest |gradient| over the channels).",
+        Method::IntegratedGradients => "Integrated gradients: each pixel's share of the score's change from the background to this picture; red pixels speak for the class, blue against it.",
+        Method::Occlusion => "Occlusion: how much the class's log-probability ln p drops when a patch of background covers each place, like the article's feature sliding over the image (a drop of 0.69 halves the probability); red: covering it hurts the class.",
+    }
+}
+
+/// The input as grey levels from 0 to 1: the mean over its channels, stretched to its range.
+fn grey_input(input: &cnn::Tensor) -> Vec<f32> {
+    let shape = input.shape();
+    let plane = shape.plane();
+    let mut grey = vec![0.0f32; plane];
+    for channel in input.sample(0).chunks(plane) {
+        for (g, &v) in grey.iter_mut().zip(channel) {
+            *g += v / shape.channels as f32;
+        }
+    }
+    let (low, high) = grey
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    let span = (high - low).max(f32::MIN_POSITIVE);
+    grey.iter().map(|&v| (v - low) / span).collect()
 }
 
 /// A layer's maps as a grid: image-shaped outputs one map per channel, flat outputs (dense,
@@ -131,6 +242,7 @@ fn write_pictures(
     inside: &crate::inside::Inside,
     shown: &[&LayerView],
     only_layer: Option<usize>,
+    maps: &[Attribution],
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut html = String::new();
@@ -198,6 +310,55 @@ fn write_pictures(
             let _ = writeln!(
                 html,
                 "<h2>filters of layer {index}</h2>\n<img src=\"filters.png\" alt=\"filters\">"
+            );
+        }
+    }
+
+    if let Some(first) = maps.first() {
+        let class = &model.classes[first.class];
+        let _ = writeln!(html, "<h2>why {}?</h2>", escape(class));
+        let grey = grey_input(&inside.input);
+        for map in maps {
+            // The 99th percentile of |value|: a few extreme pixels (integrated gradients has
+            // them) would leave the rest of the map invisible.
+            let mut magnitudes: Vec<f32> = map.map.iter().map(|v| v.abs()).collect();
+            magnitudes.sort_by(f32::total_cmp);
+            let range = magnitudes
+                .get(magnitudes.len() * 99 / 100)
+                .copied()
+                .unwrap_or(0.0)
+                .max(f32::MIN_POSITIVE);
+            let scale = if map.method.is_signed() {
+                Scale::Signed(range)
+            } else {
+                Scale::Heat(range)
+            };
+            let detail = match map.detail.as_str() {
+                "" => String::new(),
+                d => format!(" ({d})"),
+            };
+            let file = attribution_file(map.method);
+            // The picture's title keeps the settings, the page the whole detail.
+            let title = match map.detail.split(';').next().unwrap_or_default() {
+                "" => format!("{} for {class}", map.method.name()),
+                settings => format!("{} for {class} ({settings})", map.method.name()),
+            };
+            AttributionPicture {
+                title,
+                grey: &grey,
+                map: &map.map,
+                height: map.height,
+                width: map.width,
+                scale,
+            }
+            .save(&dir.join(&file))?;
+            let _ = writeln!(
+                html,
+                "<h3>{}{}</h3>\n<p>{}</p>\n<img src=\"{file}\" alt=\"{}\">",
+                map.method.name(),
+                escape(&detail),
+                attribution_caption(map.method),
+                map.method.name()
             );
         }
     }
