@@ -41,6 +41,7 @@
 //! classifies the batch on every core. `examples/train_and_predict.rs` runs the whole round.
 
 pub mod arch;
+pub mod arithmetic;
 pub mod attribution;
 pub mod checkpoint;
 pub mod data;

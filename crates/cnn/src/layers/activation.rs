@@ -3,6 +3,7 @@
 //! definitions (GELU is the exact one, with erf, PyTorch's default).
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::kernels::for_each_item_run;
 use crate::tensor::{Shape, Tensor};
 
@@ -124,6 +125,25 @@ impl Layer for Activation {
     }
 
     /// Any shape to the same shape.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let input = inputs[0].sample(0)[cell.offset(self.shape)];
+        let (name, formula) = match self.kind {
+            ActivationKind::Relu => ("relu", "max(0, x)"),
+            ActivationKind::LeakyRelu { .. } => ("leaky_relu", "x if x > 0, else slope * x"),
+            ActivationKind::Sigmoid => ("sigmoid", "1 / (1 + e^-x)"),
+            ActivationKind::Tanh => ("tanh", "tanh(x)"),
+            ActivationKind::Gelu => ("gelu", "x * Phi(x)"),
+            ActivationKind::Silu => ("silu", "x * sigmoid(x)"),
+            ActivationKind::Identity => ("identity", "x"),
+        };
+        Some(Arithmetic::Function {
+            name,
+            formula,
+            input,
+            result: self.kind.apply(input),
+        })
+    }
+
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let (input, out) = (inputs[0].data(), output.data_mut());
         // The function is chosen outside the loop, so that ReLU's loop is compiled for ReLU

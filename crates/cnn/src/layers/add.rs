@@ -2,6 +2,7 @@
 //! its output (PyTorch's `out = out + identity` in a ResNet block).
 
 use super::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::kernels::for_each_item_run;
 use crate::tensor::{Shape, Tensor};
 
@@ -64,6 +65,15 @@ impl Layer for Add {
 
     fn flops_per_image(&self) -> u64 {
         ((self.inputs - 1) * self.shape.len()) as u64
+    }
+
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let terms: Vec<f32> = inputs
+            .iter()
+            .map(|t| t.sample(0)[cell.offset(self.shape)])
+            .collect();
+        let result = terms.iter().map(|&t| f64::from(t)).sum::<f64>() as f32;
+        Some(Arithmetic::Sum { terms, result })
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {

@@ -5,6 +5,7 @@
 //! unbiased variance, as PyTorch does. Then `y = weight * x_hat + bias`.
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::tensor::{Param, Shape, Tensor};
 
 pub const EPSILON: f32 = 1e-5;
@@ -85,6 +86,24 @@ impl Layer for BatchNorm2d {
 
     /// `[N, C, H, W]` to the same shape. Training: batch statistics, left in `scratch` for
     /// backward and for the running statistics. Inference: the running statistics.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let c = cell.channel;
+        let input = inputs[0].sample(0)[cell.offset(self.shape)];
+        let (mean, variance) = (self.buffers[0].value[c], self.buffers[1].value[c]);
+        let (weight, bias) = (self.params[0].value[c], self.params[1].value[c]);
+        let normalized = (f64::from(input) - f64::from(mean))
+            / (f64::from(variance) + f64::from(EPSILON)).sqrt();
+        Some(Arithmetic::Normalize {
+            input,
+            mean,
+            variance,
+            epsilon: EPSILON,
+            weight,
+            bias,
+            result: (normalized * f64::from(weight) + f64::from(bias)) as f32,
+        })
+    }
+
     fn forward(
         &self,
         inputs: &[&Tensor],

@@ -2,6 +2,7 @@
 //! branches, DenseNet's growing features): PyTorch's `torch.cat(..., dim=1)`.
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::tensor::{Shape, Tensor};
 
 #[derive(Debug)]
@@ -43,6 +44,22 @@ impl Layer for Concat {
     }
 
     /// Per image, each input's channels after the previous input's.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let mut channel = cell.channel;
+        for (input, shape) in self.inputs.iter().enumerate() {
+            if channel < shape.channels {
+                let from = Cell { channel, ..cell };
+                return Some(Arithmetic::Copy {
+                    input,
+                    cell: from,
+                    result: inputs[input].sample(0)[from.offset(*shape)],
+                });
+            }
+            channel -= shape.channels;
+        }
+        None
+    }
+
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let out_len = self.output.len();
         for n in 0..output.batch() {

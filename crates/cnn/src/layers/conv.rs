@@ -1,6 +1,7 @@
 //! 2-D convolution: the seed's features sliding over the image.
 
 use super::{BackwardPass, Conv2dConfig, Fusion, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{weighted_sum, Arithmetic, Cell, Window};
 use crate::kernels::conv::{Conv2dKernel, ConvGeometry, ConvGrads};
 use crate::kernels::simd::Isa;
 use crate::kernels::Epilogue;
@@ -101,6 +102,38 @@ impl Conv2d {
         self.params.get(1).map(|p| &p.value[..])
     }
 
+    /// The windows of output `cell`: one per input channel of its group, each with the kernel
+    /// slice of output channel `cell.channel` for that input channel.
+    fn windows(&self, input: &Tensor, cell: Cell) -> Vec<Window> {
+        let shape = input.shape();
+        let c = &self.config;
+        let group_inputs = shape.channels / c.groups;
+        let group = cell.channel / (c.out_channels / c.groups);
+        let [kh, kw] = c.kernel;
+        let weights = &self.params[0].value;
+        let at = |out: usize, k: usize, axis: usize, len: usize| {
+            let i =
+                (out * c.stride[axis] + k * c.dilation[axis]) as isize - c.padding[axis] as isize;
+            (0..len as isize).contains(&i).then_some(i as usize)
+        };
+        (0..group_inputs)
+            .map(|k| {
+                let channel = group * group_inputs + k;
+                let mut cells = Vec::with_capacity(kh * kw);
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let y = at(cell.y, ky, 0, shape.height);
+                        let x = at(cell.x, kx, 1, shape.width);
+                        cells.push(y.zip(x).map(|(y, x)| Cell { channel, y, x }));
+                    }
+                }
+                let slice = (cell.channel * group_inputs + k) * kh * kw;
+                let kernel = weights[slice..slice + kh * kw].to_vec();
+                Window::gather((0, input), Some(channel), (kh, kw), cells, kernel)
+            })
+            .collect()
+    }
+
     fn forward_with(
         &self,
         input: &Tensor,
@@ -161,6 +194,12 @@ impl Layer for Conv2d {
     }
 
     /// `[N, C, H, W]` to `[N, OC, OH, OW]`.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let windows = self.windows(inputs[0], cell);
+        let bias = self.bias().map(|b| b[cell.channel]);
+        Some(weighted_sum(windows, bias))
+    }
+
     fn forward(
         &self,
         inputs: &[&Tensor],

@@ -1,6 +1,7 @@
 //! Fully connected layer: scores each class (or hidden unit) from every input value.
 
 use super::{BackwardPass, DenseConfig, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{weighted_sum, Arithmetic, Cell, Window};
 use crate::kernels::gemm::{matmul, MatRef, Threading};
 use crate::limits;
 use crate::tensor::{Param, Shape, Tensor};
@@ -73,6 +74,22 @@ impl Layer for Dense {
     }
 
     /// `[N, in]` to `[N, out]`: `y = x W^T + b`.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let features = self.input.len();
+        let row = cell.channel * features;
+        let window = Window::gather(
+            (0, inputs[0]),
+            None,
+            (1, features),
+            (0..features)
+                .map(|i| Some(Cell::at(i, self.input)))
+                .collect(),
+            self.params[0].value[row..row + features].to_vec(),
+        );
+        let bias = self.params.get(1).map(|b| b.value[cell.channel]);
+        Some(weighted_sum(vec![window], bias))
+    }
+
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let input = inputs[0];
         let (batch, features_in) = (input.batch(), self.input.len());

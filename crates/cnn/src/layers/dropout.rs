@@ -3,6 +3,7 @@
 //! from [`LayerScratch::seed`], one per step, so a run replays exactly.
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::tensor::{Shape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,15 @@ impl Layer for Dropout {
     }
 
     /// Any shape to the same shape. Training keeps the scaled mask in `scratch` for backward.
+    /// At inference dropout passes every value on.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        Some(Arithmetic::Copy {
+            input: 0,
+            cell,
+            result: inputs[0].sample(0)[cell.offset(inputs[0].shape())],
+        })
+    }
+
     fn forward(
         &self,
         inputs: &[&Tensor],

@@ -2,6 +2,7 @@
 //! so dense weights trained here load into PyTorch unchanged.
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::tensor::{Shape, Tensor};
 
 #[derive(Debug)]
@@ -26,6 +27,15 @@ impl Layer for Flatten {
 
     fn flops_per_image(&self) -> u64 {
         0
+    }
+
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let from = Cell::at(cell.channel, self.input);
+        Some(Arithmetic::Copy {
+            input: 0,
+            cell: from,
+            result: inputs[0].sample(0)[cell.channel],
+        })
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {

@@ -3,6 +3,7 @@
 //! parameters, so the module indices still match when a `flatten` follows).
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{pool, Arithmetic, Cell, Window};
 use crate::kernels::pool::PoolKind;
 use crate::tensor::{Shape, Tensor};
 
@@ -60,6 +61,27 @@ impl Layer for GlobalPool {
     }
 
     /// `[N, C, H, W]` to `[N, C]`: `y = sum(x) / (H * W)`, or `max(x)`.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let (height, width) = (self.input.height, self.input.width);
+        let cells = (0..height * width)
+            .map(|i| {
+                Some(Cell {
+                    channel: cell.channel,
+                    y: i / width,
+                    x: i % width,
+                })
+            })
+            .collect();
+        let window = Window::gather(
+            (0, inputs[0]),
+            Some(cell.channel),
+            (height, width),
+            cells,
+            vec![],
+        );
+        Some(pool(self.kind, window))
+    }
+
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let plane = self.input.plane();
         for (y, maps) in output

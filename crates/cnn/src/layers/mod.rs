@@ -41,6 +41,7 @@ pub use global_pool::GlobalPool;
 pub use pool::Pool2d;
 pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
 
+use crate::arithmetic::{Arithmetic, Cell};
 use crate::kernels::Scratch;
 use crate::tensor::{Param, Shape, Tensor};
 
@@ -136,6 +137,12 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
         mode: Mode,
         scratch: &mut LayerScratch,
     );
+    /// How the inference forward pass computes `cell` of the first sample's output from
+    /// `inputs` (what `forward` read), in plain loops: see [`crate::arithmetic`]. `None` for a
+    /// layer that cannot show it.
+    fn arithmetic(&self, _inputs: &[&Tensor], _cell: Cell) -> Option<Arithmetic> {
+        None
+    }
     /// This layer's inference forward pass followed by the nodes in `fused` (a residual
     /// addition, a ReLU, then a 2x2 max pooling), in one pass over the output, when the layer
     /// can fuse them (convolution: all; addition: the ReLU); `false`, with nothing written,

@@ -1,6 +1,7 @@
 //! Max and average pooling: shrink each feature map, keeping "the feature is somewhere here".
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::arithmetic::{pool, Arithmetic, Cell, Window};
 use crate::kernels::pool::{pool_backward, pool_forward, PoolGeometry, PoolKind};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
@@ -58,6 +59,29 @@ impl Layer for Pool2d {
     }
 
     /// `[N, C, H, W]` to `[N, C, OH, OW]`.
+    fn arithmetic(&self, inputs: &[&Tensor], cell: Cell) -> Option<Arithmetic> {
+        let PoolGeometry { input, window, .. } = self.geometry;
+        let at = |out: usize, k: usize, axis: usize, len: usize| {
+            let i = (out * window.stride[axis] + k) as isize - window.padding[axis] as isize;
+            (0..len as isize).contains(&i).then_some(i as usize)
+        };
+        let [kh, kw] = window.kernel;
+        let mut cells = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let y = at(cell.y, ky, 0, input.height);
+                let x = at(cell.x, kx, 1, input.width);
+                cells.push(y.zip(x).map(|(y, x)| Cell {
+                    channel: cell.channel,
+                    y,
+                    x,
+                }));
+            }
+        }
+        let window = Window::gather((0, inputs[0]), Some(cell.channel), (kh, kw), cells, vec![]);
+        Some(pool(self.kind, window))
+    }
+
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         pool_forward(self.kind, &self.geometry, inputs[0], output);
     }
