@@ -702,6 +702,148 @@ fn explain_attributions_show_which_pixels_decided() {
     assert!(stderr.contains("Grad-CAM needs feature maps"), "{stderr}");
 }
 
+/// A model small enough to compute by hand: a 4x4 grey picture, `conv 2@3x3 pad=1, relu,
+/// maxpool 2, dense 2` with chosen weights, pixels taken as they are (0 or 1).
+fn hand_model(dir: &Path) -> (PathBuf, PathBuf) {
+    use cnn::{arch, model_file, preprocess::Preprocessing, Model, Network, Shape};
+    let shape = Shape::new(1, 4, 4);
+    let architecture = arch::parse("conv 2@3x3 pad=1, relu, maxpool 2, dense classes", 2).unwrap();
+    let mut network = Network::new(&architecture, shape).unwrap();
+    let mut dense = vec![0.0f32; 16];
+    dense[8] = 2.0; // class b's weight on pooled channel 0, row 0, column 0
+    let values: [Vec<f32>; 4] = [
+        [[1.0, 0.0, -1.0, 0.0, 2.0, 0.0, -1.0, 0.0, 1.0], [0.5; 9]].concat(),
+        vec![0.5, -1.0],
+        dense,
+        vec![0.0, 0.25],
+    ];
+    for (param, value) in network.params_mut().zip(values) {
+        param.value = value;
+    }
+    let model = Model::new(
+        network,
+        vec!["a".into(), "b".into()],
+        Preprocessing::identity(1),
+    )
+    .unwrap();
+    let path = dir.join("hand.safetensors");
+    model_file::save(&model, &path).unwrap();
+    let picture = dir.join("hand.png");
+    let ones = [
+        [1, 1, 0, 0], //
+        [0, 1, 1, 0],
+        [0, 0, 1, 1],
+        [1, 0, 0, 1],
+    ];
+    image::GrayImage::from_fn(4, 4, |x, y| {
+        image::Luma([255 * ones[y as usize][x as usize]])
+    })
+    .save(&picture)
+    .unwrap();
+    (path, picture)
+}
+
+/// `--at` on the hand model, each figure computed by hand:
+/// - conv channel 0 at (1,1): the window [[1,1,0],[0,1,1],[0,0,1]] times [[1,0,-1],[0,2,0],
+///   [-1,0,1]]: products 1, 0, 0, 0, 2, 0, 0, 0, 1, sum 4, + bias 0.5 = 4.5; ReLU 4.5.
+/// - at (0,0) the window's top row and left column are padding: 1*2 + 1*0 + 0*0 + 1*1 = 3,
+///   + 0.5 = 3.5.
+/// - max pooling at (0,0) over the ReLU of conv channel 0 at (0,0), (0,1), (1,0), (1,1): 3.5,
+///   3.5, max(0, -1 + 0.5) = 0, 4.5: the fourth wins, 4.5.
+/// - class b's score: 2 * 4.5 (pooled channel 0 at (0,0), value 0 of the flattened maps) +
+///   0.25 = 9.25.
+#[test]
+fn explain_at_shows_a_cells_arithmetic_as_computed_by_hand() {
+    let dir = TempDir::new().unwrap();
+    let (model, picture) = hand_model(dir.path());
+    let at = |position: &str| {
+        let output = cnn()
+            .args(["explain", "--at", position, "--model"])
+            .arg(&model)
+            .arg(&picture)
+            .output()
+            .unwrap();
+        common::assert_success(&output);
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let conv = at("0:0,1,1");
+    assert!(
+        conv.starts_with(
+            "node 0 (conv 2@3x3 pad=1, reads the input), channel 0, row 1, column 1:\n"
+        ),
+        "{conv}"
+    );
+    assert!(
+        conv.contains("the input, channel 0, rows 0-2, columns 0-2"),
+        "{conv}"
+    );
+    assert!(conv.contains("     1.0000   1.0000   0.0000      1.0000   0.0000  -1.0000      1.0000   0.0000  -0.0000"), "{conv}");
+    assert!(
+        conv.contains(
+            "  sum of the products: 4.0000\n+ bias 0.5000\n= 4.5000\n(the engine computed 4.5000)"
+        ),
+        "{conv}"
+    );
+    assert!(conv.contains("then node 1 (relu, reads node 0), channel 0, row 1, column 1:\nrelu: max(0, x) with x = 4.5000: 4.5000"), "{conv}");
+    let corner = at("0:0,0,0");
+    assert!(corner.contains("        pad      pad      pad"), "{corner}");
+    assert!(corner.contains("= 3.5000\n"), "{corner}");
+    let pool = at("2:0,0,0");
+    assert!(
+        pool.contains("the largest value in a window of node 1, channel 0:"),
+        "{pool}"
+    );
+    assert!(
+        pool.contains("     3.5000   3.5000\n     0.0000 [4.5000]"),
+        "{pool}"
+    );
+    assert!(
+        pool.contains("= 4.5000 (row 1, column 1 of node 1; marked [ ])"),
+        "{pool}"
+    );
+    let dense = at("4:1");
+    assert!(
+        dense.starts_with("node 4 (dense 2, reads node 3), value 1 (the score of class b):"),
+        "{dense}"
+    );
+    assert!(
+        dense.contains(
+            "  value 0 (node 2, channel 0, row 0, column 0): 4.5000 x weight 2.0000 = 9.0000"
+        ),
+        "{dense}"
+    );
+    assert!(
+        dense.contains("  sum of the products: 9.0000\n+ bias 0.2500\n= 9.2500"),
+        "{dense}"
+    );
+    // The JSON carries the same numbers.
+    let output = cnn()
+        .args(["explain", "--json", "--at", "2:0,0,0", "--model"])
+        .arg(&model)
+        .arg(&picture)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["arithmetic"]["kind"], "pool");
+    assert_eq!(json["arithmetic"]["winner"], 3);
+    assert_eq!(json["arithmetic"]["result"], 4.5);
+    let model = model.to_str().unwrap();
+    let picture = picture.to_str().unwrap();
+    for (position, message) in [
+        (
+            "2:0,2,0",
+            "node 2 outputs 2x2x2: it has channels 0 to 1, rows 0 to 1, columns 0 to 1",
+        ),
+        ("9:0", "no node \"9\""),
+        ("2:a,b", "the position must be numbers"),
+        ("2", "give NODE:CHANNEL,ROW,COLUMN"),
+        ("2:1,2", "give one number (a flat output) or three"),
+    ] {
+        let stderr = fails(&["explain", "--at", position, "--model", model, picture]);
+        assert!(stderr.contains(message), "{position}: {stderr}");
+    }
+}
+
 #[test]
 fn train_draws_curves_and_eval_draws_the_confusion_matrix() {
     let dir = TempDir::new().unwrap();

@@ -185,21 +185,6 @@ pub fn default_gradcam_node(network: &Network) -> Option<usize> {
     Some(target)
 }
 
-/// Finds a node by name or by index, for `--target-layer`.
-pub fn find_node(network: &Network, name_or_index: &str) -> Result<usize> {
-    let nodes = network.nodes();
-    if let Some(i) = nodes.iter().position(|n| n.name() == name_or_index) {
-        return Ok(i);
-    }
-    match name_or_index.parse::<usize>() {
-        Ok(i) if i < nodes.len() => Ok(i),
-        _ => Err(Error::Invalid(format!(
-            "no node {name_or_index:?}: give a name or an index from 0 to {} (see `cnn info`)",
-            nodes.len().saturating_sub(1)
-        ))),
-    }
-}
-
 /// Runs forward then backward with the one-hot gradient of `class` for every image of
 /// `inputs`; returns the input gradient and calls `observe` with each node's output gradient.
 fn class_gradient<'w>(

@@ -175,6 +175,20 @@ impl Network {
         }
     }
 
+    /// The index of the node named `name_or_index`, or with that index.
+    pub fn find_node(&self, name_or_index: &str) -> Result<usize> {
+        if let Some(i) = self.nodes.iter().position(|n| n.name() == name_or_index) {
+            return Ok(i);
+        }
+        match name_or_index.parse::<usize>() {
+            Ok(i) if i < self.nodes.len() => Ok(i),
+            _ => Err(Error::Invalid(format!(
+                "no node {name_or_index:?}: give a name or an index from 0 to {} (see `cnn info`)",
+                self.nodes.len().saturating_sub(1)
+            ))),
+        }
+    }
+
     pub fn input_shape(&self) -> Shape {
         self.input_shape
     }

@@ -58,6 +58,12 @@ pub struct ExplainArgs {
     /// index.html and in --json). Several may be given, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', requires = "model")]
     attribution: Vec<AttributionName>,
+    /// With --model: how one output value was computed for IMAGE, as the article shows it:
+    /// NODE:CHANNEL,ROW,COLUMN (NODE a name or index from `cnn info`; NODE:INDEX for a flat
+    /// output, such as a class score). Prints the windows, kernel slices, products, sums, bias
+    /// and the activation after it; for pooling which value won.
+    #[arg(long, value_name = "NODE:C,Y,X", requires = "model", conflicts_with_all = ["attribution", "out", "layer"])]
+    at: Option<String>,
     /// With --attribution: the class to explain, by name or index (default: the top class).
     #[arg(long, requires = "attribution")]
     class: Option<String>,
@@ -83,6 +89,9 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs, global: crate::Global) -> Result<()> {
+    if let (Some(model), Some(image), Some(at)) = (&args.model, &args.image, &args.at) {
+        return super::explain_cell::run(model, image, at, args.json, &args.picture);
+    }
     if let (Some(model), Some(image)) = (&args.model, &args.image) {
         let mut methods: Vec<Method> = Vec::new();
         for name in &args.attribution {

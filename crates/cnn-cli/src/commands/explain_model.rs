@@ -51,7 +51,7 @@ pub fn run(model_path: &Path, image_path: &Path, options: &Options<'_>) -> Resul
         }
     }
     let target_node = target_layer
-        .map(|name| attribution::find_node(&model.network, name))
+        .map(|name| model.network.find_node(name))
         .transpose()?;
     let picture = read_picture_within(image_path, picture.max_pixels)?;
     let inside = look_inside(&model, &picture, &mut Workspace::new())?;

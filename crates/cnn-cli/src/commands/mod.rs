@@ -2,6 +2,7 @@ pub mod bench;
 pub mod completions;
 pub mod eval;
 pub mod explain;
+pub mod explain_cell;
 pub mod explain_model;
 pub mod export;
 pub mod import;
