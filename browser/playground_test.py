@@ -20,6 +20,7 @@ from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver import ActionChains
 from selenium.webdriver.common.actions import interaction
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.actions.pointer_input import PointerInput
@@ -163,6 +164,59 @@ def check_letter(driver, url, letter, artifacts):
     return failures
 
 
+def click_cell(driver, node, channel, y, x):
+    """Clicks value (y, x) of map `channel` of node `node` on the drawing page."""
+    canvas = driver.find_element(By.CSS_SELECTOR, f'canvas.map[data-node="{node}"][data-channel="{channel}"]')
+    box = driver.execute_script(
+        "const b = arguments[0].getBoundingClientRect();"
+        "return [b.width, b.height, arguments[0].width, arguments[0].height];",
+        canvas,
+    )
+    scale_x, scale_y = box[0] / box[2], box[1] / box[3]
+    dx = int((x + 0.5) * scale_x - box[0] / 2)
+    dy = int((y + 0.5) * scale_y - box[1] / 2)
+    driver.execute_script("document.querySelectorAll('pre.arithmetic').forEach(p => p.remove())")
+    ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).click().perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "arithmetic"))
+    return driver.find_element(By.ID, "arithmetic").text
+
+
+def marked(driver, node, channel):
+    return driver.execute_script(
+        f'return document.querySelector(\'canvas.map[data-node="{node}"][data-channel="{channel}"]\').dataset.marked'
+    )
+
+
+def check_cell_click(driver, url, artifacts):
+    """Clicking a feature-map cell shows how it was computed (the same arithmetic as
+    `cnn explain --at`) and marks its window on the maps it was computed from."""
+    driver.get(url)
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model-line").text != "")
+    draw(driver, LETTERS["X"])
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script(
+            "return document.body.dataset.state === 'idle' && !!document.body.dataset.predictions"
+        )
+    )
+    failures = []
+    conv = click_cell(driver, 0, 3, 10, 14)
+    for expected in ["node 0 (conv", "channel 3, row 10, column 14:", "the input, channel 0, rows 9-11, columns 13-15",
+                     "sum of the products", "(the engine computed", "then node 1 (relu"]:
+        if expected not in conv:
+            failures.append(f"clicked conv cell 3,10,14: no {expected!r} in {conv!r}")
+    if marked(driver, -1, 0) != "9":
+        failures.append(f"clicked conv cell 3,10,14: {marked(driver, -1, 0)} input pixels marked, not 9")
+    driver.save_screenshot(str(artifacts / "playground-cell.png"))
+    pool = click_cell(driver, 2, 0, 5, 7)
+    for expected in ["node 2 (maxpool 2", "the largest value in a window of node 1, channel 0", "marked [ ]"]:
+        if expected not in pool:
+            failures.append(f"clicked pool cell 0,5,7: no {expected!r} in {pool!r}")
+    if marked(driver, 1, 0) != "4" or marked(driver, -1, 0) != "0":
+        failures.append(f"clicked pool cell 0,5,7: {marked(driver, 1, 0)} cells of node 1 marked, not 4")
+    print(f"cell click: {conv.splitlines()[0]} / {pool.splitlines()[0]}")
+    return failures
+
+
 def check_example_page(driver, url, artifacts):
     driver.get(url + "example")
     WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.grid"))
@@ -193,6 +247,7 @@ def main():
             try:
                 for letter in ["X", "O"]:
                     results[f"draw {letter}"] = check_letter(driver, url, letter, artifacts)
+                results["cell click"] = check_cell_click(driver, url, artifacts)
                 results["example page"] = check_example_page(driver, url, artifacts)
             finally:
                 driver.quit()

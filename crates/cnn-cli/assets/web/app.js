@@ -11,6 +11,10 @@ let last = null;
 let inFlight = false;
 let next = null;
 let predictions = 0;
+// The picture whose maps are on the page, for explaining a clicked cell; and each shown map
+// canvas by node (-1: the input) and channel.
+let shownPicture = null;
+let mapCanvases = new Map();
 
 function clearPad() {
   ctx.fillStyle = "#fff";
@@ -108,6 +112,7 @@ function send(blob, type) {
     .then((response) => response.json().then((json) => ({ ok: response.ok, json })))
     .then(({ ok, json }) => {
       if (!ok) throw new Error(json.error || "request failed");
+      shownPicture = [blob, type];
       show(json);
       document.getElementById("status").textContent = "";
     })
@@ -144,17 +149,63 @@ function mapCanvas(rows, range, scale) {
   canvas.height = height;
   canvas.style.width = width * scale + "px";
   canvas.style.height = height * scale + "px";
+  canvas.paint = (marked) => paint(canvas, rows, range, marked);
+  canvas.paint(new Set());
+  return canvas;
+}
+
+// Draws a map; the values at the offsets in `marked` in yellow (the window of a clicked cell).
+function paint(canvas, rows, range, marked) {
+  const width = rows[0].length;
   const c = canvas.getContext("2d");
-  const pixels = c.createImageData(width, height);
+  const pixels = c.createImageData(width, rows.length);
   rows.forEach((row, y) =>
     row.forEach((value, x) => {
-      const [r, g, b] = colour(value, range);
-      const i = 4 * (y * width + x);
-      pixels.data.set([r, g, b, 255], i);
+      const [r, g, b] = marked.has(y * width + x) ? [255, 212, 0] : colour(value, range);
+      pixels.data.set([r, g, b, 255], 4 * (y * width + x));
     })
   );
   c.putImageData(pixels, 0, 0);
-  return canvas;
+  canvas.dataset.marked = String(marked.size);
+}
+
+function unmarkAll() {
+  for (const byChannel of mapCanvases.values())
+    for (const canvas of byChannel.values()) if (canvas.dataset.marked !== "0") canvas.paint(new Set());
+  document.querySelectorAll("pre.arithmetic").forEach((pre) => pre.remove());
+}
+
+// A click on a map asks the server how that value was computed, shows the arithmetic under
+// the layer and marks the window on the maps of the nodes it read.
+function explainCell(node, channel, flat, canvas, section, event) {
+  if (!shownPicture) return;
+  const box = canvas.getBoundingClientRect();
+  const x = Math.floor(((event.clientX - box.left) * canvas.width) / box.width);
+  const y = Math.floor(((event.clientY - box.top) * canvas.height) / box.height);
+  const position = flat ? { channel: y * canvas.width + x, y: 0, x: 0 } : { channel, y, x };
+  const query = `node=${node}&channel=${position.channel}&y=${position.y}&x=${position.x}`;
+  const [blob, type] = shownPicture;
+  fetch(`/api/cell?${query}`, { method: "POST", headers: { "Content-Type": type }, body: blob })
+    .then((response) => response.json().then((json) => ({ ok: response.ok, json })))
+    .then(({ ok, json }) => {
+      unmarkAll();
+      const pre = document.createElement("pre");
+      pre.className = "arithmetic";
+      pre.id = "arithmetic";
+      pre.textContent = ok ? json.text : "error: " + json.error;
+      section.after(pre);
+      if (!ok) return;
+      const windows = (json.cell.arithmetic.windows || []).concat(json.cell.arithmetic.window || []);
+      for (const window of windows) {
+        const read = json.reads[window.input];
+        const maps = mapCanvases.get(read);
+        if (window.channel === null || !maps || !maps.get(window.channel)) continue;
+        const target = maps.get(window.channel);
+        const marked = new Set();
+        for (const cell of window.cells) if (cell) marked.add(cell.y * target.width + cell.x);
+        target.paint(marked);
+      }
+    });
 }
 
 function maxAbs(maps) {
@@ -163,8 +214,9 @@ function maxAbs(maps) {
   return m || 1;
 }
 
-// A layer's maps as canvases; flat outputs (dense) as one map in rows of 16 values.
-function layerSection(title, maps) {
+// A layer's maps as canvases; flat outputs (dense) as one map in rows of 16 values. `node`:
+// the node's index (-1 for the input), whose cells a click explains.
+function layerSection(title, maps, node) {
   const section = document.createElement("section");
   const heading = document.createElement("h3");
   const range = maxAbs(maps);
@@ -186,7 +238,21 @@ function layerSection(title, maps) {
   }
   const size = Math.max(shown[0].length, shown[0][0].length);
   const scale = Math.max(2, Math.min(16, Math.floor(112 / size)));
-  for (const map of shown) holder.appendChild(mapCanvas(map, range, scale));
+  const byChannel = new Map();
+  shown.forEach((map, channel) => {
+    const canvas = mapCanvas(map, range, scale);
+    canvas.dataset.node = String(node);
+    canvas.dataset.channel = String(channel);
+    if (node >= 0) {
+      canvas.title = "click a cell to see how it was computed";
+      canvas.addEventListener("click", (event) =>
+        explainCell(node, channel, shown !== maps, canvas, section, event)
+      );
+    }
+    byChannel.set(channel, canvas);
+    holder.appendChild(canvas);
+  });
+  mapCanvases.set(node, byChannel);
   section.appendChild(holder);
   return section;
 }
@@ -214,10 +280,11 @@ function show(result) {
   });
   const layers = document.getElementById("layers");
   layers.textContent = "";
-  if (result.input) layers.appendChild(layerSection("input (as the model sees it)", result.input));
+  mapCanvases = new Map();
+  if (result.input) layers.appendChild(layerSection("input (as the model sees it)", result.input, -1));
   for (const layer of result.layers || []) {
     const line = `${layer.index} ${layer.layer}  ${shapeText(layer.input)} -> ${shapeText(layer.output)}  ${layer.params} params  ${layer.flops} FLOPs`;
-    layers.appendChild(layerSection(line, layer.maps));
+    layers.appendChild(layerSection(line, layer.maps, layer.index));
   }
 }
 

@@ -9,6 +9,7 @@ use cnn::arithmetic::{explain_cell, Arithmetic, Cell, CellExplanation, Window};
 use cnn::network::Workspace;
 use cnn::preprocess::read_picture_within;
 use cnn::{model_file, Mode, Model};
+use image::DynamicImage;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -26,16 +27,26 @@ pub fn run(
     picture.apply(&mut model);
     let (node, cell) = parse_at(&model, at)?;
     let picture = read_picture_within(image_path, picture.max_pixels)?;
-    let input = model.input_from_picture(&picture)?;
-    let mut workspace = Workspace::new();
-    model.network.forward(&input, &mut workspace, Mode::Infer)?;
-    let explained = explain_cell(&model.network, &input, &workspace, node, cell)?;
+    let explained = explain_picture_cell(&model, &picture, node, cell, &mut Workspace::new())?;
     if json {
         println!("{}", serde_json::to_string(&explained)?);
     } else {
         print!("{}", describe(&model, &explained));
     }
     Ok(())
+}
+
+/// `cell` of node `node` for `picture` through `model`.
+pub fn explain_picture_cell(
+    model: &Model,
+    picture: &DynamicImage,
+    node: usize,
+    cell: Cell,
+    workspace: &mut Workspace,
+) -> Result<CellExplanation> {
+    let input = model.input_from_picture(picture)?;
+    model.network.forward(&input, workspace, Mode::Infer)?;
+    Ok(explain_cell(&model.network, &input, workspace, node, cell)?)
 }
 
 /// `NODE:C,Y,X` for maps, `NODE:I` (or `NODE:I,0,0`) for flat outputs; NODE a name or index.

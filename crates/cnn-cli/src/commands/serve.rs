@@ -4,6 +4,7 @@
 //! the binary. One model is shared by every request; inference runs on blocking threads, at
 //! most one per core at a time, each with its own workspace.
 
+use super::explain_cell::{describe, explain_picture_cell};
 use crate::inside::{look_inside, maps_of, Inside, LayerView};
 use anyhow::{Context, Result};
 use axum::body::{to_bytes, Body};
@@ -19,6 +20,7 @@ use cnn::seed_example::{self, Letter};
 use cnn::{model_file, Model};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use image::DynamicImage;
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -241,6 +243,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/model", get(model_summary))
         .route("/api/predict", post(predict))
+        .route("/api/cell", post(cell))
         .route("/api/example", get(example))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page or API route") })
         .with_state(state)
@@ -307,6 +310,70 @@ async fn predict(
             )
         }
     };
+    on_picture(&state, &headers, body, move |model, picture| {
+        classify(model, &picture, with_maps)
+    })
+    .await
+}
+
+/// `POST /api/cell?node=NODE&channel=C&y=Y&x=X` with a picture: how that output value of that
+/// node was computed for it, as `cnn explain --at` shows it (`text`), and the numbers
+/// (`cell`), with the indices of the nodes it read (`-1` for the input) so that the page can
+/// mark the window on their maps.
+async fn cell(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let number = |name: &str| -> Result<usize, String> {
+        match query.get(name).map(|v| v.parse::<usize>()) {
+            None => Ok(0),
+            Some(Ok(n)) => Ok(n),
+            Some(Err(_)) => Err(format!("{name} must be a number, not {:?}", query[name])),
+        }
+    };
+    let (channel, y, x) = match (number("channel"), number("y"), number("x")) {
+        (Ok(channel), Ok(y), Ok(x)) => (channel, y, x),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error(StatusCode::BAD_REQUEST, e)
+        }
+    };
+    let Some(node) = query.get("node").cloned() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give the node: ?node=NAME_OR_INDEX",
+        );
+    };
+    on_picture(&state, &headers, body, move |model, picture| {
+        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}"));
+        let node = model.network.find_node(&node).map_err(|e| bad(e.into()))?;
+        let cell = cnn::arithmetic::Cell { channel, y, x };
+        let explained = WORKSPACE
+            .with(|workspace| {
+                explain_picture_cell(model, &picture, node, cell, &mut workspace.borrow_mut())
+            })
+            .map_err(bad)?;
+        let nodes = model.network.nodes();
+        let reads: Vec<i64> = nodes[node].inputs().iter().map(|&v| v as i64 - 1).collect();
+        Ok(serde_json::json!({
+            "text": describe(model, &explained),
+            "cell": explained,
+            "reads": reads,
+        }))
+    })
+    .await
+}
+
+/// Reads a request's picture (PNG or JPEG, within the size limits, admitted and read within
+/// the timeouts) and answers with `work`'s result on it, computed on a blocking thread under
+/// one of the inference permits.
+async fn on_picture<T: Serialize + Send + 'static>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    work: impl FnOnce(&Model, DynamicImage) -> Result<T, (StatusCode, String)> + Send + 'static,
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -390,8 +457,8 @@ async fn predict(
         return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
     };
     let model = state.model.clone();
-    let work = tokio::task::spawn_blocking(move || classify(&model, &bytes, with_maps));
-    match work.await {
+    let job = tokio::task::spawn_blocking(move || work(&model, decode(&bytes)?));
+    match job.await {
         Ok(Ok(response)) => Json(response).into_response(),
         Ok(Err((status, message))) => error(status, message),
         Err(_) => error(
@@ -401,12 +468,8 @@ async fn predict(
     }
 }
 
-/// Decodes and classifies one picture (PNG or JPEG only), on a blocking thread.
-fn classify(
-    model: &Model,
-    bytes: &[u8],
-    with_maps: bool,
-) -> Result<PredictResponse, (StatusCode, String)> {
+/// Decodes a PNG or JPEG picture of at most [`MAX_SIDE`] pixels a side.
+fn decode(bytes: &[u8]) -> Result<DynamicImage, (StatusCode, String)> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -433,7 +496,16 @@ fn classify(
             format!("the picture is {width}x{height}; at most {MAX_SIDE}x{MAX_SIDE} is accepted"),
         ));
     }
-    let picture = cnn::preprocess::decode_picture(bytes).map_err(bad)?;
+    cnn::preprocess::decode_picture(bytes).map_err(bad)
+}
+
+/// Classifies one picture, with every layer's maps if asked.
+fn classify(
+    model: &Model,
+    picture: &DynamicImage,
+    with_maps: bool,
+) -> Result<PredictResponse, (StatusCode, String)> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     // Only the traced forward pass keeps every layer's maps; without them the fused
     // inference path answers.
     let (prediction, maps) = WORKSPACE
@@ -444,10 +516,10 @@ fn classify(
                     input,
                     prediction,
                     layers,
-                } = look_inside(model, &picture, workspace)?;
+                } = look_inside(model, picture, workspace)?;
                 Ok((prediction, Some((maps_of(&input), layers))))
             } else {
-                Ok((model.classify_picture(&picture, workspace)?, None))
+                Ok((model.classify_picture(picture, workspace)?, None))
             }
         })
         .map_err(|e: anyhow::Error| bad(format!("{e:#}")))?;
@@ -570,6 +642,70 @@ mod tests {
             json["error"].as_str().is_some_and(|e| !e.is_empty()),
             "no error message: {json}"
         );
+    }
+
+    /// `/api/cell` explains one value for the posted picture: the same text as
+    /// `cnn explain --at`, the numbers, and which nodes it read; bad positions and nodes get
+    /// 400 and the picture checks of `/api/predict` apply.
+    #[tokio::test]
+    async fn cell_shows_one_values_arithmetic() {
+        let (status, json) = call(
+            app(1 << 20),
+            "/api/cell?node=0&channel=2&y=0&x=5",
+            Some("image/png"),
+            png(28, 28),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let text = json["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(
+                "node 0 (conv 4@3x3 pad=1, reads the input), channel 2, row 0, column 5:"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sum of the products"), "{text}");
+        assert!(text.contains("then node 1 (relu"), "{text}");
+        assert_eq!(json["cell"]["arithmetic"]["kind"], "weighted_sum");
+        assert_eq!(
+            json["cell"]["arithmetic"]["windows"][0]["cells"][0],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["reads"], serde_json::json!([-1]));
+        let (status, json) = call(
+            app(1 << 20),
+            "/api/cell?node=2&channel=0&y=1&x=1",
+            Some("image/png"),
+            png(28, 28),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!(json["reads"], serde_json::json!([1]));
+        assert_eq!(json["cell"]["arithmetic"]["kind"], "pool");
+        for (uri, message) in [
+            (
+                "/api/cell?node=0&channel=9&y=0&x=0",
+                "it has channels 0 to 3",
+            ),
+            ("/api/cell?node=nowhere", "no node \"nowhere\""),
+            ("/api/cell?node=0&channel=x", "channel must be a number"),
+            ("/api/cell?channel=0", "give the node"),
+        ] {
+            let (status, json) = call(app(1 << 20), uri, Some("image/png"), png(28, 28)).await;
+            assert_error(status, &json, StatusCode::BAD_REQUEST);
+            assert!(
+                json["error"].as_str().unwrap().contains(message),
+                "{uri}: {json}"
+            );
+        }
+        let (status, json) = call(
+            app(1 << 20),
+            "/api/cell?node=0",
+            Some("text/plain"),
+            png(28, 28),
+        )
+        .await;
+        assert_error(status, &json, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 
     /// A network exported by PyTorch as ONNX serves as a model file does, with the maps of
