@@ -25,7 +25,7 @@ from selenium.webdriver.common.actions import interaction
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.actions.pointer_input import PointerInput
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 PAD = 280  # the canvas's CSS size in pixels
 
@@ -231,7 +231,30 @@ def check_example_page(driver, url, artifacts):
     first = driver.find_element(By.ID, "explanation").text
     if "7/9 = 0.78" not in first:
         return [f"the first window of the example does not show 7/9 = 0.78: {first}"]
-    return []
+    # The last step is the verdict: the X is read as X, the O as O.
+    failures = []
+    for letter in ["x", "o"]:
+        Select(driver.find_element(By.ID, "letter")).select_by_value(letter)
+        WebDriverWait(driver, 10).until(
+            lambda d: d.execute_script("return document.getElementById('slider').max !== '0'")
+        )
+        driver.execute_script(
+            "const s = document.getElementById('slider'); s.value = s.max;"
+            "s.dispatchEvent(new Event('input'));"
+        )
+        # The page reloads the example when the letter changes: wait for this letter's verdict.
+        WebDriverWait(driver, 10).until(
+            lambda d: d.execute_script(
+                "const v = document.getElementById('verdict');"
+                f"return !!v && v.textContent.startsWith('{letter.upper()} is read');"
+            )
+        )
+        verdict = driver.find_element(By.ID, "verdict")
+        if verdict.get_attribute("data-class") != letter.upper():
+            failures.append(f"the example's verdict for {letter.upper()}: {verdict.text}")
+        print(f"example page, last step: {verdict.text}")
+    driver.save_screenshot(str(artifacts / "example-verdict.png"))
+    return failures
 
 
 def main():

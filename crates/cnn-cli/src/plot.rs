@@ -94,6 +94,8 @@ pub struct MapGrid<'a> {
     pub height: usize,
     pub width: usize,
     pub range: f32,
+    /// Each value written in its cell (for small maps, as the seed's example).
+    pub show_values: bool,
 }
 
 const LEGEND_WIDTH: i32 = 110;
@@ -104,6 +106,9 @@ const GAP: i32 = 12;
 impl MapGrid<'_> {
     /// Pixels per value: maps come out about 120 pixels wide, 2 to 24 pixels a value.
     fn cell(&self) -> i32 {
+        if self.show_values {
+            return 38;
+        }
         (120 / self.height.max(self.width).max(1)).clamp(2, 24) as i32
     }
 
@@ -122,7 +127,9 @@ impl MapGrid<'_> {
         );
         let columns = self.columns() as i32;
         let rows = self.maps.len().div_ceil(self.columns()).max(1) as i32;
-        let width = GAP + columns * tile_w + LEGEND_WIDTH;
+        // Wide enough for the title too (about 9 pixels a character at 17 points).
+        let title = 2 * GAP + 9 * self.title.chars().count() as i32;
+        let width = (GAP + columns * tile_w + LEGEND_WIDTH).max(title);
         let height = TITLE_HEIGHT + (rows * tile_h).max(190) + GAP;
         (width.max(360) as u32, height as u32)
     }
@@ -156,6 +163,21 @@ impl MapGrid<'_> {
                     [corner, (corner.0 + cell, corner.1 + cell)],
                     rgb(diverging_colour(value, self.range)).filled(),
                 ))?;
+                if self.show_values {
+                    // White on strong colours, black on pale ones.
+                    let colour = match value.abs() > 0.6 * self.range {
+                        true => WHITE,
+                        false => BLACK,
+                    };
+                    let text = format!("{value:.2}");
+                    let style = (FONT, 11).into_font().color(&colour);
+                    let (w, _) = root.estimate_text_size(&text, &style)?;
+                    root.draw(&Text::new(
+                        text,
+                        (corner.0 + (cell - w as i32) / 2, corner.1 + cell / 2 - 6),
+                        style,
+                    ))?;
+                }
             }
             root.draw(&Rectangle::new(
                 [

@@ -158,15 +158,27 @@ fn explain_prints_grids_and_writes_pngs() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("conv \\ (4x4)"), "{text}");
     assert!(text.contains("pool X (2x2)"), "{text}");
+    // The verdict after pooling: the O is read as O.
+    assert!(text.contains("the O is read as O"), "{text}");
     for name in [
         "image",
         "feature_x",
         "conv_backslash",
         "relu_slash",
         "pool_x",
+        "verdict_x",
+        "verdict_o",
     ] {
-        let picture = image::open(dir.path().join(format!("{name}.png"))).unwrap();
-        assert!(picture.width() > 9, "{name}");
+        // Labelled pictures with their values and a legend, not bare squares.
+        let picture = image::open(dir.path().join(format!("{name}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert!(picture.width() >= 360 && picture.height() >= 190, "{name}");
+        let dark = picture
+            .pixels()
+            .filter(|p| p.0.iter().all(|&c| c < 60))
+            .count();
+        assert!(dark > 200, "{name}: {dark} dark pixels, no text");
     }
 }
 

@@ -139,3 +139,62 @@ fn images_match_the_definition() {
     assert_eq!(o.iter().flatten().filter(|&&v| v == 1.0).count(), 16);
     assert_eq!(o[4][4], -1.0);
 }
+
+/// The verdict: the dense layer's weights for class c are the standard c's pooled maps (as
+/// computed above, independently of the engine) scaled to length 1, and its score is the
+/// picture's pooled values dotted with them. Each letter wins its own class, at stride 1 and
+/// 2, max and average pooling; for the article's settings the X scores |p_X| =
+/// sqrt(sum of squares) for X.
+#[test]
+fn the_verdict_is_the_dense_layer_of_the_standard_letters() {
+    let pooled = |letter: Letter, stride: usize, kind: PoolKind| -> Vec<f64> {
+        let picture: Vec<Vec<i32>> = image(letter)
+            .iter()
+            .map(|r| r.iter().map(|&v| v as i32).collect())
+            .collect();
+        FEATURES
+            .iter()
+            .flat_map(|(_, weights)| {
+                let feature = weights.map(|r| r.map(|v| v as i32));
+                expected_pool(&relu(&expected_conv(&picture, &feature, stride)), kind).concat()
+            })
+            .collect()
+    };
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for stride in [1, 2] {
+        for kind in [PoolKind::Max, PoolKind::Average] {
+            let standards = [
+                pooled(Letter::X, stride, kind),
+                pooled(Letter::O, stride, kind),
+            ];
+            for (letter, own) in [(Letter::X, "X"), (Letter::O, "O")] {
+                let result = run(letter, stride, kind).unwrap();
+                let verdict = &result.verdict;
+                assert_eq!(verdict.classes, ["X", "O"]);
+                assert_eq!(verdict.class, own, "{letter:?} stride {stride} {kind:?}");
+                let picture = pooled(letter, stride, kind);
+                for (c, standard) in standards.iter().enumerate() {
+                    let expected = dot(&picture, standard) / dot(standard, standard).sqrt();
+                    let score = f64::from(verdict.scores[c]);
+                    assert!(
+                        (score - expected).abs() <= 1e-5,
+                        "{letter:?} stride {stride} {kind:?} class {c}: {score} != {expected}"
+                    );
+                    let weights: Vec<f64> = verdict.weights[c]
+                        .concat()
+                        .concat()
+                        .iter()
+                        .map(|&w| f64::from(w))
+                        .collect();
+                    let length = dot(standard, standard).sqrt();
+                    for (w, s) in weights.iter().zip(standard) {
+                        assert!((w - s / length).abs() <= 1e-6);
+                    }
+                }
+            }
+        }
+    }
+    let x = run(Letter::X, 1, PoolKind::Max).unwrap().verdict;
+    let p = pooled(Letter::X, 1, PoolKind::Max);
+    assert!((f64::from(x.scores[0]) - dot(&p, &p).sqrt()).abs() <= 1e-5);
+}

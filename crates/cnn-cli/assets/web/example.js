@@ -60,6 +60,7 @@ function build() {
   });
   steps.push({ kind: "relu" });
   ex.features.forEach((_, f) => steps.push({ kind: "pool", f }));
+  steps.push({ kind: "verdict" });
   $("slider").max = String(steps.length - 1);
 }
 
@@ -113,6 +114,20 @@ function render() {
     text.textContent = `Pooling ${feature.name}: 2x2 windows, stride 2; each keeps the ${how} of its window (partial windows at the border are kept), so a ${ex.relu[step.f].length}x${ex.relu[step.f][0].length} map shrinks to ${ex.pool[step.f].length}x${ex.pool[step.f][0].length}. The feature is still found, only where is blurred, which is what makes the network tolerant of shifted and distorted letters.`;
     stage.appendChild(grid(`ReLU ${feature.name}`, ex.relu[step.f]));
     stage.appendChild(grid(`${data.pool} pool ${feature.name}`, ex.pool[step.f]));
+  } else if (step.kind === "verdict") {
+    const v = ex.verdict;
+    const scores = v.classes.map((c, i) => `${c} ${v.scores[i].toFixed(3)}`).join(", ");
+    text.textContent = `The verdict. A fully connected (dense) layer lets every pooled value vote: each class multiplies the pooled values by its weights and adds the products up. The weights here are set by hand (a trained network learns them from labels): each class's are the pooled maps of its standard letter, scaled to length 1, so pooled maps shaped like that letter's score high. Scores: ${scores}. The network says ${v.class}.`;
+    const verdict = document.createElement("div");
+    verdict.id = "verdict";
+    verdict.dataset.class = v.class;
+    verdict.className = "verdict";
+    verdict.textContent = `${data.letter} is read as ${v.class} (${scores})`;
+    stage.appendChild(verdict);
+    ex.features.forEach((feature, f) => stage.appendChild(grid(`${data.pool} pool ${feature.name}`, ex.pool[f])));
+    v.classes.forEach((c, k) =>
+      ex.features.forEach((feature, f) => stage.appendChild(grid(`weights for ${c} on ${feature.name}`, v.weights[k][f])))
+    );
   }
 }
 

@@ -1,11 +1,11 @@
 use crate::grid::print_maps;
+use crate::plot::MapGrid;
 use crate::usage::usage_error;
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
 use cnn::attribution::Method;
 use cnn::kernels::pool::PoolKind;
 use cnn::seed_example::{self, Letter, Map};
-use cnn::viz::signed_map;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -180,26 +180,88 @@ pub fn run(args: ExplainArgs, global: crate::Global) -> Result<()> {
         }
     );
     print_maps(&titled("pool", &result.pool), &result.pool);
+    let verdict = &result.verdict;
+    println!(
+        "verdict: a dense layer scores each class from the pooled values; its weights for a class \
+         are the standard letter's pooled maps, scaled to length 1 (set by hand here, learnt from \
+         labels in a trained network)"
+    );
+    for (class, score) in verdict.classes.iter().zip(&verdict.scores) {
+        println!("  {class}: {score:.4}");
+    }
+    println!("the {letter_name} is read as {}\n", verdict.class);
     if let (Some(dir), false) = (&args.png, global.quiet) {
         println!("images written to {}", dir.display());
     }
     Ok(())
 }
 
+/// Each stage as a labelled picture with its values, on the scale -1 to 1 (the seed's), with
+/// a legend: the image, and per feature its weights, conv, ReLU and pooled maps; then the
+/// verdict's weights.
 fn write_pngs(dir: &Path, result: &seed_example::SeedExample) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let save = |name: String, map: &Map| -> Result<()> {
-        let (h, w) = (map.len(), map.first().map_or(0, Vec::len));
-        let path = dir.join(name);
-        crate::plot::write_png(&path, &signed_map(&map.concat(), h, w, 1.0, 24))
+    let save = |name: &str, title: String, maps: Vec<(String, &Map)>| -> Result<()> {
+        let flat: Vec<(String, Vec<f32>)> =
+            maps.iter().map(|(l, m)| (l.clone(), m.concat())).collect();
+        let first = maps.first().map(|(_, m)| *m);
+        let (height, width) = first.map_or((0, 0), |m| (m.len(), m.first().map_or(0, Vec::len)));
+        MapGrid {
+            title,
+            maps: flat.iter().map(|(l, v)| (l.clone(), &v[..])).collect(),
+            height,
+            width,
+            range: 1.0,
+            show_values: true,
+        }
+        .save(&dir.join(format!("{name}.png")))
     };
-    save("image.png".into(), &result.image)?;
+    save(
+        "image",
+        "the image (+1 stroke, -1 background)".into(),
+        vec![("image".into(), &result.image)],
+    )?;
     let slugs = ["backslash", "x", "slash"];
     for (i, slug) in slugs.iter().enumerate().take(result.features.len()) {
-        save(format!("feature_{slug}.png"), &result.features[i].weights)?;
-        save(format!("conv_{slug}.png"), &result.conv[i])?;
-        save(format!("relu_{slug}.png"), &result.relu[i])?;
-        save(format!("pool_{slug}.png"), &result.pool[i])?;
+        let name = &result.features[i].name;
+        let stages: [(&str, &Map, &str); 4] = [
+            (
+                "feature",
+                &result.features[i].weights,
+                "the feature's weights",
+            ),
+            (
+                "conv",
+                &result.conv[i],
+                "convolution: the mean of the 9 window products",
+            ),
+            ("relu", &result.relu[i], "ReLU: negatives set to 0"),
+            ("pool", &result.pool[i], "pooling 2x2, stride 2"),
+        ];
+        for (stage, map, what) in stages {
+            save(
+                &format!("{stage}_{slug}"),
+                format!("{stage} {name}: {what}"),
+                vec![(format!("{stage} {name}"), map)],
+            )?;
+        }
+    }
+    let verdict = &result.verdict;
+    for (c, class) in verdict.classes.iter().enumerate() {
+        let maps = result
+            .features
+            .iter()
+            .zip(&verdict.weights[c])
+            .map(|(f, w)| (format!("votes for {class} from {}", f.name), w))
+            .collect();
+        save(
+            &format!("verdict_{}", class.to_lowercase()),
+            format!(
+                "the dense layer's weights for {class}: score {:.3}",
+                verdict.scores[c]
+            ),
+            maps,
+        )?;
     }
     Ok(())
 }

@@ -219,6 +219,7 @@ fn layer_grid<'a>(title: String, values: &'a [f32], shape: cnn::Shape) -> MapGri
             height: shape.channels.div_ceil(width),
             width,
             range,
+            show_values: false,
         }
     } else {
         MapGrid {
@@ -231,6 +232,7 @@ fn layer_grid<'a>(title: String, values: &'a [f32], shape: cnn::Shape) -> MapGri
             height: shape.height,
             width: shape.width,
             range,
+            show_values: false,
         }
     }
 }
@@ -305,6 +307,7 @@ fn write_pictures(
                 height: kh,
                 width: kw,
                 range: max_abs(&weights.value).max(f32::MIN_POSITIVE),
+                show_values: false,
             };
             grid.save(&dir.join("filters.png"))?;
             let _ = writeln!(
