@@ -6,6 +6,7 @@
 
 mod arch_arg;
 mod commands;
+mod gallery;
 mod grid;
 mod inside;
 mod npy;

@@ -41,6 +41,14 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     Cow::Owned(escaped(&spaced).into_owned())
 }
 
+/// `text` for HTML, element content or a quoted attribute.
+pub fn html_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

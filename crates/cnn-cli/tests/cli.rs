@@ -856,6 +856,80 @@ fn explain_at_shows_a_cells_arithmetic_as_computed_by_hand() {
     }
 }
 
+/// `eval --gallery`: the confusion matrix as the first page, with the counts of `eval --json`;
+/// every link and picture of every page exists; a cell's images come highest loss first.
+#[test]
+fn eval_gallery_links_every_cell_to_its_images() {
+    let model = trained_model();
+    let dir = TempDir::new().unwrap();
+    let gallery = dir.path().join("gallery");
+    let output = cnn()
+        .args(["eval", "--json", "--gallery"])
+        .arg(&gallery)
+        .arg("--model")
+        .arg(model)
+        .output()
+        .unwrap();
+    common::assert_success(&output);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let confusion = json["confusion"].as_array().unwrap();
+    let index = std::fs::read_to_string(gallery.join("index.html")).unwrap();
+    let mut pages = 0;
+    for entry in std::fs::read_dir(&gallery).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "html") {
+            continue;
+        }
+        pages += 1;
+        let html = std::fs::read_to_string(&path).unwrap();
+        for attribute in ["href=\"", "src=\""] {
+            for target in html.split(attribute).skip(1) {
+                let target = &target[..target.find('"').unwrap()];
+                assert!(
+                    gallery.join(target).is_file(),
+                    "{}: {target} is missing",
+                    path.display()
+                );
+            }
+        }
+        // Each image's card: `<br>#INDEX loss LOSS<br>`.
+        let losses: Vec<f64> = html
+            .split("<br>#")
+            .skip(1)
+            .map(|card| {
+                let loss = card.split(" loss ").nth(1).unwrap();
+                loss.split('<').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if name.starts_with("cell-") {
+            assert!(
+                losses.windows(2).all(|w| w[0] >= w[1]),
+                "{name}: {losses:?}"
+            );
+            let (t, p) = name
+                .trim_start_matches("cell-")
+                .trim_end_matches(".html")
+                .split_once('-')
+                .unwrap();
+            let (t, p): (usize, usize) = (t.parse().unwrap(), p.parse().unwrap());
+            let count = confusion[t][p].as_u64().unwrap();
+            assert!(
+                index.contains(&format!("<a href=\"{name}\">{count}</a>")),
+                "{name}"
+            );
+            assert_eq!(losses.len() as u64, count.min(40), "{name}");
+        }
+    }
+    let cells = confusion
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .filter(|c| c.as_u64().unwrap() > 0)
+        .count();
+    assert_eq!(pages, cells + 1, "a page per non-empty cell and the index");
+    assert!(gallery.join("images").read_dir().unwrap().count() > 40);
+}
+
 #[test]
 fn train_draws_curves_and_eval_draws_the_confusion_matrix() {
     let dir = TempDir::new().unwrap();

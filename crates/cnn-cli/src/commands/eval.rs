@@ -3,7 +3,7 @@ use clap::Args;
 use cnn::data::DataSpec;
 use cnn::model_file;
 use cnn::train::evaluate;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -22,6 +22,11 @@ pub struct EvalArgs {
     /// Also draw the confusion matrix with class names into FILE (.svg for SVG, else PNG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Also write the model's mistakes into DIR as web pages: the confusion matrix, each cell
+    /// a link to its images sorted by loss with their probabilities and a Grad-CAM overlay,
+    /// and the most confident mistakes (open DIR/index.html).
+    #[arg(long, value_name = "DIR")]
+    gallery: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs, global: crate::Global) -> Result<()> {
@@ -47,6 +52,15 @@ pub fn run(args: EvalArgs, global: crate::Global) -> Result<()> {
         crate::plot::confusion_matrix(path, &model.classes, &result.confusion)
             .context("cannot draw the confusion matrix")?;
     }
+    if let Some(dir) = &args.gallery {
+        let files = crate::gallery::build(
+            &model,
+            &test,
+            &format!("{} on the test split of {spec}", args.model.display()),
+        )?;
+        write_gallery(dir, &files)
+            .with_context(|| format!("cannot write the gallery to {}", dir.display()))?;
+    }
     if args.json {
         let json = serde_json::json!({
             "model": args.model,
@@ -65,6 +79,17 @@ pub fn run(args: EvalArgs, global: crate::Global) -> Result<()> {
     super::train::print_evaluation(&result, &model.classes, &format!("test split of {spec}"));
     if let (Some(path), false) = (&args.plot, global.quiet) {
         println!("confusion matrix drawn in {}", path.display());
+    }
+    if let (Some(dir), false) = (&args.gallery, global.quiet) {
+        println!("the mistakes are in {}", dir.join("index.html").display());
+    }
+    Ok(())
+}
+
+fn write_gallery(dir: &Path, files: &[crate::gallery::File]) -> Result<()> {
+    std::fs::create_dir_all(dir.join("images"))?;
+    for file in files {
+        cnn::fsutil::write_atomically(&dir.join(&file.path), &file.bytes)?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use crate::inside::{look_inside, maps_of, ranked, summary_line, LayerView};
 use crate::plot::{probability_chart, AttributionPicture, MapGrid, Scale};
+use crate::printable::html_escaped;
 use anyhow::{bail, Context, Result};
 use cnn::attribution::{self, Attribution, Method};
 use cnn::model_file;
@@ -261,8 +262,8 @@ fn write_pictures(
          pre{{background:#f4f4f4;padding:.4em}}img{{max-width:100%;border:1px solid #ddd}}</style>\
          </head><body>\n<h1>{}</h1>\n<p>Colours: red positive, white 0, blue negative; each \
          picture's legend gives its scale.</p>\n",
-        escape(&title),
-        escape(&title)
+        html_escaped(&title),
+        html_escaped(&title)
     );
 
     let input_shape = model.network.input_shape();
@@ -319,7 +320,7 @@ fn write_pictures(
 
     if let Some(first) = maps.first() {
         let class = &model.classes[first.class];
-        let _ = writeln!(html, "<h2>why {}?</h2>", escape(class));
+        let _ = writeln!(html, "<h2>why {}?</h2>", html_escaped(class));
         let grey = grey_input(&inside.input);
         for map in maps {
             // The 99th percentile of |value|: a few extreme pixels (integrated gradients has
@@ -359,7 +360,7 @@ fn write_pictures(
                 html,
                 "<h3>{}{}</h3>\n<p>{}</p>\n<img src=\"{file}\" alt=\"{}\">",
                 map.method.name(),
-                escape(&detail),
+                html_escaped(&detail),
                 attribution_caption(map.method),
                 map.method.name()
             );
@@ -383,8 +384,8 @@ fn write_pictures(
             html,
             "<h2>layer {}: {}</h2>\n<pre>{}</pre>\n<img src=\"{file}\" alt=\"layer {}\">",
             summary.index,
-            escape(&summary.layer),
-            escape(&summary_line(summary)),
+            html_escaped(&summary.layer),
+            html_escaped(&summary_line(summary)),
             summary.index
         );
     }
@@ -401,10 +402,4 @@ fn write_pictures(
     let index = dir.join("index.html");
     cnn::fsutil::write_atomically(&index, html.as_bytes())
         .with_context(|| format!("cannot write {}", index.display()))
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

@@ -83,7 +83,12 @@ pub struct AppState {
     admitted: Arc<Semaphore>,
     max_body: usize,
     body_timeout: Duration,
+    /// The model's mistakes on its data set's test split, made on the first visit.
+    gallery: Arc<tokio::sync::OnceCell<Result<Arc<Gallery>, String>>>,
 }
+
+/// The gallery's files by path.
+type Gallery = HashMap<String, Vec<u8>>;
 
 impl AppState {
     pub fn new(model: Arc<Model>, threads: usize, max_body: usize) -> Self {
@@ -94,6 +99,7 @@ impl AppState {
             admitted: Arc::new(Semaphore::new(threads * ADMITTED_PER_THREAD)),
             max_body,
             body_timeout: Duration::from_secs_f64(DEFAULT_BODY_TIMEOUT),
+            gallery: Arc::default(),
         }
     }
 
@@ -245,6 +251,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/predict", post(predict))
         .route("/api/cell", post(cell))
         .route("/api/example", get(example))
+        .route(
+            "/gallery",
+            get(|| async { axum::response::Redirect::permanent("/gallery/") }),
+        )
+        .route("/gallery/", get(|state| gallery_file(state, None)))
+        .route(
+            "/gallery/{*path}",
+            get(
+                |state, axum::extract::Path(path): axum::extract::Path<String>| {
+                    gallery_file(state, Some(path))
+                },
+            ),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page or API route") })
         .with_state(state)
 }
@@ -535,6 +554,51 @@ fn classify(
     })
 }
 
+/// `GET /gallery/PATH`: a page or picture of `cnn eval --gallery` for the served model on its
+/// data set's test split (made on the first visit, then kept).
+async fn gallery_file(State(state): State<AppState>, path: Option<String>) -> Response {
+    let model = state.model.clone();
+    let gallery = state
+        .gallery
+        .get_or_init(|| async move {
+            let made = tokio::task::spawn_blocking(move || make_gallery(&model)).await;
+            match made {
+                Ok(Ok(files)) => Ok(Arc::new(files)),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err("the gallery could not be made".into()),
+            }
+        })
+        .await;
+    let files = match gallery {
+        Ok(files) => files,
+        Err(message) => return error(StatusCode::NOT_FOUND, format!("no gallery: {message}")),
+    };
+    let path = path.unwrap_or_else(|| "index.html".into());
+    let Some(bytes) = files.get(&path) else {
+        return error(StatusCode::NOT_FOUND, format!("the gallery has no {path}"));
+    };
+    let content_type = match path.ends_with(".png") {
+        true => "image/png",
+        false => "text/html; charset=utf-8",
+    };
+    ([(header::CONTENT_TYPE, content_type)], bytes.clone()).into_response()
+}
+
+fn make_gallery(model: &Model) -> Result<Gallery> {
+    let Some(spec) = &model.data else {
+        anyhow::bail!("the model does not say what data it was trained on");
+    };
+    let data = cnn::data::DataSpec::parse(spec)?;
+    let test = data.load_test_as(1, Some(model.network.input_shape()))?;
+    super::check_same_classes(&model.classes, test.classes())?;
+    let files = crate::gallery::build(
+        model,
+        &test,
+        &format!("the served model on the test split of {spec}"),
+    )?;
+    Ok(files.into_iter().map(|f| (f.path, f.bytes)).collect())
+}
+
 /// `GET /api/example?letter=x|o&stride=1|2|3&pool=max|avg`: the seed's worked example.
 async fn example(Query(query): Query<HashMap<String, String>>) -> Response {
     let letter = match query
@@ -706,6 +770,59 @@ mod tests {
         )
         .await;
         assert_error(status, &json, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    /// `/gallery/` shows the served model's mistakes on its data set's test split, the pages
+    /// of `cnn eval --gallery`, with their pictures; a model that does not say what it was
+    /// trained on has none (404 with the reason).
+    #[tokio::test]
+    async fn the_gallery_serves_the_models_mistakes() {
+        let get = |app: Router, uri: &str| {
+            let request = Request::get(uri).body(Body::empty()).unwrap();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let kind = response.headers()[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                (status, kind, bytes)
+            }
+        };
+        let (status, _, body) = get(app(1 << 20), "/gallery/").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(String::from_utf8_lossy(&body).contains("does not say what data"));
+
+        let layers =
+            cnn::arch::parse("conv 4@3x3 pad=1, relu, maxpool 2, dense classes", 2).unwrap();
+        let mut network = Network::new(&layers, cnn::Shape::new(1, 16, 16)).unwrap();
+        network.init_kaiming(&mut cnn::rng::seeded(1, cnn::rng::Stream::WeightInit));
+        let mut model = Model::new(
+            network,
+            vec!["X".into(), "O".into()],
+            Preprocessing::seed_convention(),
+        )
+        .unwrap();
+        model.data = Some("xo:16".into());
+        let app = router(AppState::new(Arc::new(model), 2, 1 << 20));
+        let (status, kind, body) = get(app.clone(), "/gallery/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(kind.starts_with("text/html"));
+        let index = String::from_utf8(body.to_vec()).unwrap();
+        assert!(index.contains("the most confident mistakes"), "{index}");
+        let picture = index
+            .split("src=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let (status, kind, body) = get(app.clone(), &format!("/gallery/{picture}")).await;
+        assert_eq!((status, kind.as_str()), (StatusCode::OK, "image/png"));
+        assert!(image::load_from_memory(&body).is_ok());
+        let (status, _, _) = get(app, "/gallery/nothing.html").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     /// A network exported by PyTorch as ONNX serves as a model file does, with the maps of
