@@ -15,6 +15,7 @@ pub enum Stream {
     ValidationSplit = 6,
     Augment = 7,
     Dropout = 8,
+    XoDrawn = 9,
 }
 
 pub fn seeded(seed: u64, stream: Stream) -> ChaCha8Rng {
