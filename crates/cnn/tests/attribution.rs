@@ -244,15 +244,11 @@ fn maps_of_randomised_weights_differ_from_the_trained_models() {
 /// The deletion test: replacing with background the pixels a map ranks highest lowers the
 /// probability of the true class faster than replacing pixels chosen at random. Measured as
 /// the mean probability over deleting 5%, 10%, ... 50% of the pixels (the area under the
-/// deletion curve), over 24 pictures, at least 0.02 below the mean of 3 random orders
-/// (measured: saliency 0.897 against 0.934, integrated gradients 0.625 and occlusion 0.571
-/// against 0.929).
-///
-/// Grad-CAM is not held to it: on this network its maps of the last convolution's block mark
-/// where the maps respond, and much of that is the page around the strokes (the background
-/// is -1 in the seed's convention, and the filters respond to it). Deleting "background" there
-/// changes nothing: measured 0.950 by the map against 0.923 at random after 2 epochs, 0.985
-/// against 0.975 after 6. Its maps of the first block pass (0.813 against 0.921).
+/// deletion curve), over 24 pictures, against the mean of 3 random orders; it must be lower by
+/// at least 0.02 (Grad-CAM, whose maps are 14x14 here and blur into the page around the
+/// strokes, by 0.01). Measured with AVX-512 kernels: Grad-CAM 0.862, saliency 0.825,
+/// integrated gradients 0.581, occlusion 0.502, against 0.88 to 0.90 at random (the same with
+/// the AVX2 and portable kernels).
 #[test]
 fn deleting_the_top_ranked_pixels_drops_the_probability_faster_than_random_ones() {
     let Trained { network, images } = trained();
@@ -272,11 +268,7 @@ fn deleting_the_top_ranked_pixels_drops_the_probability_faster_than_random_ones(
         }
         total
     };
-    for method in [
-        Method::Saliency,
-        Method::IntegratedGradients,
-        Method::Occlusion,
-    ] {
+    for method in Method::ALL {
         let (mut by_map, mut by_chance) = (0.0, 0.0);
         for (input, label) in images {
             let plane = input.shape().plane();
@@ -295,8 +287,12 @@ fn deleting_the_top_ranked_pixels_drops_the_probability_faster_than_random_ones(
             "{}: mean probability while deleting {by_map:.3} by the map, {by_chance:.3} at random",
             method.name()
         );
+        let margin = match method {
+            Method::GradCam => 0.01,
+            _ => 0.02,
+        };
         assert!(
-            by_map < by_chance - 0.02,
+            by_map < by_chance - margin,
             "{}: deleting by the map left {by_map:.3}, at random {by_chance:.3}",
             method.name()
         );
