@@ -217,6 +217,64 @@ def check_cell_click(driver, url, artifacts):
     return failures
 
 
+def check_train_page(driver, url, artifacts):
+    """The /train page trains the X/O network to at least 95% held-out accuracy, the curve and
+    the filters updating as it goes; a second job is refused while one runs; predictions are
+    answered meanwhile; the drawing page then switches to the trained model."""
+    driver.get(url + "train")
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.checked === 'true'"))
+    # A typo is caught as it is typed, with its position.
+    area = driver.find_element(By.ID, "arch")
+    original = area.get_attribute("value")
+    area.clear()
+    area.send_keys("conv 8@3x3, relu, maxpol 2")
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.body.dataset.checked === 'false'"))
+    typo = driver.find_element(By.ID, "check").text
+    area.clear()
+    area.send_keys(original)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.body.dataset.checked === 'true'"))
+    epochs = driver.find_element(By.ID, "epochs")
+    epochs.clear()
+    epochs.send_keys("4")
+    driver.find_element(By.ID, "start").click()
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.state === 'training'"))
+    # While it trains: a second job is refused, and a prediction is answered.
+    second, predicted = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const canvas = document.createElement("canvas");
+        canvas.width = 28; canvas.height = 28;
+        const second = fetch("/api/train/start", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ data: "xo", arch: "xo", epochs: 1 }) }).then((r) => r.json().then((j) => r.status + " " + j.error));
+        const predicted = new Promise((resolve) => canvas.toBlob(resolve, "image/png")).then((blob) =>
+            fetch("/api/predict", { method: "POST", headers: { "Content-Type": "image/png" }, body: blob }))
+            .then((r) => r.status);
+        Promise.all([second, predicted]).then(done);
+    """)
+    WebDriverWait(driver, 180).until(
+        lambda d: d.execute_script("return ['done', 'error'].includes(document.body.dataset.state)")
+    )
+    data = driver.execute_script("return Object.assign({}, document.body.dataset)")
+    driver.save_screenshot(str(artifacts / "train-page.png"))
+    failures = []
+    if "line 1, column" not in typo or "maxpol" not in typo:
+        failures.append(f"the typo was not pointed at: {typo!r}")
+    if not second.startswith("409") or "one at a time" not in second:
+        failures.append(f"a second job while one runs: {second}")
+    if predicted != 200:
+        failures.append(f"a prediction while training answered {predicted}")
+    if data.get("state") != "done" or float(data.get("accuracy", 0)) < 0.95:
+        failures.append(f"training ended {data.get('state')} at held-out accuracy {data.get('accuracy')}")
+    if int(data.get("points", 0)) < 6:
+        failures.append(f"the curve has {data.get('points')} points")
+    if int(data.get("filterUpdates", 0)) < 4 or data.get("filtersChanged") != "true":
+        failures.append(f"the filters were shown {data.get('filterUpdates')} times, changed: {data.get('filtersChanged')}")
+    driver.find_element(By.ID, "use").click()
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.body.dataset.used === 'true'"))
+    print(f"train page: held-out accuracy {data.get('accuracy')}, {data.get('points')} curve points, "
+          f"{data.get('filterUpdates')} filter updates, second job: {second}, prediction meanwhile: {predicted}")
+    return failures
+
+
 def check_example_page(driver, url, artifacts):
     driver.get(url + "example")
     WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.grid"))
@@ -271,6 +329,7 @@ def main():
                 for letter in ["X", "O"]:
                     results[f"draw {letter}"] = check_letter(driver, url, letter, artifacts)
                 results["cell click"] = check_cell_click(driver, url, artifacts)
+                results["train page"] = check_train_page(driver, url, artifacts)
                 results["example page"] = check_example_page(driver, url, artifacts)
             finally:
                 driver.quit()

@@ -14,6 +14,7 @@ mod plot;
 mod printable;
 mod progress;
 mod record;
+mod train_job;
 mod usage;
 
 use clap::{ColorChoice, CommandFactory, FromArgMatches, Parser, Subcommand};

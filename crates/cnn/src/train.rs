@@ -317,6 +317,11 @@ pub trait TrainObserver {
     fn epoch_started(&mut self, _epoch: usize, _images: usize) {}
     /// After each step: images done so far this epoch, the running mean loss and accuracy.
     fn batch_done(&mut self, _images_done: usize, _mean_loss: f64, _accuracy: f64) {}
+    /// Asked after every step: `true` ends training there (the network keeps the weights of
+    /// that step; the epoch under way gets no report, `save_best` restores nothing).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
     fn epoch_done(&mut self, _report: &EpochReport) {}
     /// Training stops before epoch `next_epoch` because the held-out result has not improved
     /// since `best_epoch` ([`TrainConfig::patience`]).
@@ -460,6 +465,9 @@ pub fn train_from(
             correct += stats.correct;
             seen += indices.len();
             observer.batch_done(seen, total_loss / seen as f64, correct as f64 / seen as f64);
+            if observer.should_stop() {
+                return Ok(reports);
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
         let train_loss = total_loss / seen as f64;

@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request's body; slower ones get 408.
     #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT, value_name = "SECONDS")]
     body_timeout: f64,
+    /// Offer this data set on the /train page too (a `--data` spec, e.g. folder:DIR), besides
+    /// the built-in X/O letters and Fashion-MNIST when it is installed.
+    #[arg(long, value_name = "SPEC")]
+    train_data: Option<String>,
+    /// Where /train's "use this model" saves the model it trained (default: not saved).
+    #[arg(long, value_name = "FILE")]
+    train_out: Option<PathBuf>,
 }
 
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
@@ -72,10 +79,13 @@ const APP_JS: &str = include_str!("../../assets/web/app.js");
 const EXAMPLE_HTML: &str = include_str!("../../assets/web/example.html");
 const EXAMPLE_JS: &str = include_str!("../../assets/web/example.js");
 const STYLE_CSS: &str = include_str!("../../assets/web/style.css");
+const TRAIN_HTML: &str = include_str!("../../assets/web/train.html");
+const TRAIN_JS: &str = include_str!("../../assets/web/train.js");
 
 #[derive(Clone)]
 pub struct AppState {
-    model: Arc<Model>,
+    /// The model the drawing page uses; /train can replace it with the one it trained.
+    model: Arc<std::sync::RwLock<Arc<Model>>>,
     /// One permit per core: inference is CPU-bound, so more at once only adds latency.
     permits: Arc<Semaphore>,
     /// Admission, taken before a body is read: [`ADMITTED_PER_THREAD`] per inference
@@ -83,8 +93,26 @@ pub struct AppState {
     admitted: Arc<Semaphore>,
     max_body: usize,
     body_timeout: Duration,
-    /// The model's mistakes on its data set's test split, made on the first visit.
-    gallery: Arc<tokio::sync::OnceCell<Result<Arc<Gallery>, String>>>,
+    /// The model's mistakes on its data set's test split, made on the first visit (anew for
+    /// a model /train put in place).
+    gallery: Arc<std::sync::RwLock<Arc<GalleryCell>>>,
+    training: Arc<Training>,
+}
+
+type GalleryCell = tokio::sync::OnceCell<Result<Arc<Gallery>, String>>;
+
+/// A data set's input shape and classes, or why it cannot be read.
+type DataInfo = Result<(cnn::Shape, Vec<String>), String>;
+
+/// /train's state: the data sets it offers (each spec with its input shape and classes once
+/// loaded, or why it cannot be), the job of the moment, and where a trained model is saved.
+#[derive(Default)]
+struct Training {
+    offered: Vec<String>,
+    data: std::sync::Mutex<HashMap<String, DataInfo>>,
+    job: std::sync::Mutex<Option<Arc<crate::train_job::Job>>>,
+    threads: usize,
+    out: Option<PathBuf>,
 }
 
 /// The gallery's files by path.
@@ -94,13 +122,35 @@ impl AppState {
     pub fn new(model: Arc<Model>, threads: usize, max_body: usize) -> Self {
         let threads = threads.max(1);
         AppState {
-            model,
+            model: Arc::new(std::sync::RwLock::new(model)),
             permits: Arc::new(Semaphore::new(threads)),
             admitted: Arc::new(Semaphore::new(threads * ADMITTED_PER_THREAD)),
             max_body,
             body_timeout: Duration::from_secs_f64(DEFAULT_BODY_TIMEOUT),
             gallery: Arc::default(),
+            training: Arc::new(Training {
+                offered: vec!["xo".into(), "fashion-mnist".into()],
+                threads,
+                ..Training::default()
+            }),
         }
+    }
+
+    /// The state with /train also offering `spec` and saving what it trains at `out`.
+    pub fn with_training(mut self, spec: Option<String>, out: Option<PathBuf>) -> Self {
+        let mut offered = self.training.offered.clone();
+        offered.extend(spec.filter(|s| !offered.contains(s)));
+        self.training = Arc::new(Training {
+            offered,
+            threads: self.training.threads,
+            out,
+            ..Training::default()
+        });
+        self
+    }
+
+    fn model(&self) -> Arc<Model> {
+        self.model.read().expect("not poisoned").clone()
     }
 
     /// The state with bodies read within `timeout`.
@@ -128,7 +178,9 @@ pub fn run(args: ServeArgs, global: crate::Global) -> Result<()> {
         );
     }
     let model = Arc::new(model_file::load(&args.model)?);
-    let state = AppState::new(model, global.threads, args.max_body).with_body_timeout(body_timeout);
+    let state = AppState::new(model, global.threads, args.max_body)
+        .with_body_timeout(body_timeout)
+        .with_training(args.train_data.clone(), args.train_out.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -238,6 +290,22 @@ pub fn router(state: AppState) -> Router {
         .route("/example", get(|| async { Html(EXAMPLE_HTML) }))
         .route("/app.js", get(|| async { javascript(APP_JS) }))
         .route("/example.js", get(|| async { javascript(EXAMPLE_JS) }))
+        .route("/train", get(|| async { Html(TRAIN_HTML) }))
+        .route("/train.js", get(|| async { javascript(TRAIN_JS) }))
+        .route("/api/train/data", get(train_data))
+        .route("/api/train/check", post(train_check))
+        .route("/api/train/start", post(train_start))
+        .route(
+            "/api/train/pause",
+            post(|s| train_control(s, Control::Pause)),
+        )
+        .route(
+            "/api/train/resume",
+            post(|s| train_control(s, Control::Resume)),
+        )
+        .route("/api/train/stop", post(|s| train_control(s, Control::Stop)))
+        .route("/api/train/use", post(train_use))
+        .route("/api/train/events", get(train_events))
         .route(
             "/style.css",
             get(|| async {
@@ -281,7 +349,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn model_summary(State(state): State<AppState>) -> Response {
-    let model = &state.model;
+    let model = &state.model();
     Json(serde_json::json!({
         "classes": model.classes,
         "input": model.network.input_shape(),
@@ -475,7 +543,7 @@ async fn on_picture<T: Serialize + Send + 'static>(
     let Ok(_permit) = state.permits.clone().acquire_owned().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
     };
-    let model = state.model.clone();
+    let model = state.model();
     let job = tokio::task::spawn_blocking(move || work(&model, decode(&bytes)?));
     match job.await {
         Ok(Ok(response)) => Json(response).into_response(),
@@ -554,12 +622,199 @@ fn classify(
     })
 }
 
+/// The input shape and classes of an offered data set, loaded once (on a blocking thread).
+async fn data_info(state: &AppState, spec: &str) -> DataInfo {
+    if !state.training.offered.iter().any(|s| s == spec) {
+        return Err(format!(
+            "{spec:?} is not offered here (offered: {})",
+            state.training.offered.join(", ")
+        ));
+    }
+    if let Some(known) = state.training.data.lock().expect("not poisoned").get(spec) {
+        return known.clone();
+    }
+    let owned = spec.to_string();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let data = cnn::data::DataSpec::parse(&owned)?;
+        let test = data.load_test(1)?;
+        Ok::<_, anyhow::Error>((test.shape(), test.classes().to_vec()))
+    })
+    .await
+    .map_err(|_| "the data could not be read".to_string())
+    .and_then(|r| r.map_err(|e| format!("{e:#}")));
+    state
+        .training
+        .data
+        .lock()
+        .expect("not poisoned")
+        .insert(spec.to_string(), loaded.clone());
+    loaded
+}
+
+/// `GET /api/train/data`: the data sets /train offers, with their shapes and classes, and
+/// those that are not there with the reason.
+async fn train_data(State(state): State<AppState>) -> Response {
+    let (mut choices, mut missing) = (Vec::new(), serde_json::Map::new());
+    for spec in &state.training.offered {
+        match data_info(&state, spec).await {
+            Ok((shape, classes)) => choices
+                .push(serde_json::json!({ "spec": spec, "shape": shape, "classes": classes })),
+            Err(e) => {
+                missing.insert(spec.clone(), e.into());
+            }
+        }
+    }
+    Json(serde_json::json!({ "choices": choices, "missing": missing })).into_response()
+}
+
+/// A JSON body read as `T`, or what is wrong with it.
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("the body is not the JSON expected: {e}"))
+}
+
+/// `POST /api/train/check` `{"data", "arch"}`: the architecture's layers on that data, or
+/// where it is wrong: the page checks as the user types.
+async fn train_check(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Check {
+        data: String,
+        arch: String,
+    }
+    let check: Check = match json_body(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (shape, classes) = match data_info(&state, &check.data).await {
+        Ok(info) => info,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let answer = match crate::train_job::check(&check.arch, shape, classes.len()) {
+        Ok(layers) => serde_json::json!({ "ok": true, "layers": layers }),
+        Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
+    };
+    Json(answer).into_response()
+}
+
+/// `POST /api/train/start` `{"data", "arch", "epochs"}`: starts training, unless a job runs
+/// (409).
+async fn train_start(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let request: crate::train_job::Request = match json_body(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (shape, classes) = match data_info(&state, &request.data).await {
+        Ok(info) => info,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = crate::train_job::check(&request.arch, shape, classes.len()) {
+        return error(StatusCode::BAD_REQUEST, format!("{e:#}"));
+    }
+    let mut job = state.training.job.lock().expect("not poisoned");
+    if job.as_ref().is_some_and(|j| !j.is_finished()) {
+        return error(
+            StatusCode::CONFLICT,
+            "a training job is running: one at a time; stop it or wait for it to end",
+        );
+    }
+    match crate::train_job::Job::start(request, state.training.threads) {
+        Ok(started) => {
+            *job = Some(started);
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "started": true })),
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Control {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// The job of the moment, if any.
+fn current_job(state: &AppState) -> Option<Arc<crate::train_job::Job>> {
+    state.training.job.lock().expect("not poisoned").clone()
+}
+
+fn no_job() -> Response {
+    error(StatusCode::CONFLICT, "no training job: start one first")
+}
+
+async fn train_control(State(state): State<AppState>, control: Control) -> Response {
+    let Some(job) = current_job(&state) else {
+        return no_job();
+    };
+    if job.is_finished() {
+        return error(StatusCode::CONFLICT, "the training job has ended");
+    }
+    match control {
+        Control::Pause => job.pause(true),
+        Control::Resume => job.pause(false),
+        Control::Stop => job.stop(),
+    }
+    Json(serde_json::json!({ "ok": true })).into_response()
+}
+
+/// `POST /api/train/use`: the drawing page (and the gallery) switch to the model just trained;
+/// it is saved at `--train-out` when given.
+async fn train_use(State(state): State<AppState>) -> Response {
+    let Some(job) = current_job(&state) else {
+        return no_job();
+    };
+    let Some(model) = job.model() else {
+        return error(StatusCode::CONFLICT, "the training job has not finished");
+    };
+    let saved = match &state.training.out {
+        Some(path) => {
+            let (model, path) = (model.clone(), path.clone());
+            let written =
+                tokio::task::spawn_blocking(move || model_file::save(&model, &path).map(|()| path))
+                    .await;
+            match written {
+                Ok(Ok(path)) => Some(path),
+                Ok(Err(e)) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot save the model: {e}"),
+                    )
+                }
+                Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot save the model"),
+            }
+        }
+        None => None,
+    };
+    *state.model.write().expect("not poisoned") = model;
+    *state.gallery.write().expect("not poisoned") = Arc::default();
+    Json(serde_json::json!({ "ok": true, "saved": saved })).into_response()
+}
+
+/// `GET /api/train/events`: the job's events from its start, as server-sent events, until it
+/// ends.
+async fn train_events(State(state): State<AppState>) -> Response {
+    let Some(job) = current_job(&state) else {
+        return no_job();
+    };
+    let events = futures_util::stream::unfold((job, 0usize), |(job, index)| async move {
+        let event = job.next_event(index).await?;
+        let sse = axum::response::sse::Event::default().data(event);
+        Some((Ok::<_, std::convert::Infallible>(sse), (job, index + 1)))
+    });
+    axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response()
+}
+
 /// `GET /gallery/PATH`: a page or picture of `cnn eval --gallery` for the served model on its
 /// data set's test split (made on the first visit, then kept).
 async fn gallery_file(State(state): State<AppState>, path: Option<String>) -> Response {
-    let model = state.model.clone();
-    let gallery = state
-        .gallery
+    let model = state.model();
+    let cell = state.gallery.read().expect("not poisoned").clone();
+    let gallery = cell
         .get_or_init(|| async move {
             let made = tokio::task::spawn_blocking(move || make_gallery(&model)).await;
             match made {
@@ -654,18 +909,21 @@ mod tests {
     use tower::ServiceExt;
 
     /// An untrained X/O-shaped model: enough to exercise the API.
-    fn app(max_body: usize) -> Router {
+    fn xo_model() -> Model {
         let layers =
             cnn::arch::parse("conv 4@3x3 pad=1, relu, maxpool 2, dense classes", 2).unwrap();
         let mut network = Network::new(&layers, cnn::Shape::new(1, 28, 28)).unwrap();
         network.init_kaiming(&mut cnn::rng::seeded(1, cnn::rng::Stream::WeightInit));
-        let model = Model::new(
+        Model::new(
             network,
             vec!["O".into(), "X".into()],
             Preprocessing::seed_convention(),
         )
-        .unwrap();
-        router(AppState::new(Arc::new(model), 2, max_body))
+        .unwrap()
+    }
+
+    fn app(max_body: usize) -> Router {
+        router(AppState::new(Arc::new(xo_model()), 2, max_body))
     }
 
     fn png(width: u32, height: u32) -> Vec<u8> {
@@ -823,6 +1081,109 @@ mod tests {
         assert!(image::load_from_memory(&body).is_ok());
         let (status, _, _) = get(app, "/gallery/nothing.html").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// /train's API: the architecture checked with its position when wrong, a job started,
+    /// a second refused while it runs (409), its events streamed to the end, its model put in
+    /// place for the drawing page; control without a job and data not offered refused.
+    #[tokio::test]
+    async fn the_train_api_trains_one_job_at_a_time() {
+        let app = router(
+            AppState::new(Arc::new(xo_model()), 2, 1 << 20)
+                .with_training(Some("xo:16".into()), None),
+        );
+        let send = |uri: &str, body: serde_json::Value| {
+            let request = Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8(bytes.to_vec()).unwrap())
+            }
+        };
+        let (status, text) = send(
+            "/api/train/check",
+            serde_json::json!({"data": "xo:16", "arch": "conv 4@3 pad=1, relu, dense classes"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains("\"ok\":true") && text.contains("conv 4@3x3 pad=1  1x16x16 -> 4x16x16"),
+            "{text}"
+        );
+        let (_, text) = send(
+            "/api/train/check",
+            serde_json::json!({"data": "xo:16", "arch": "conv 4@3, rleu"}),
+        )
+        .await;
+        assert!(
+            text.contains("\"ok\":false") && text.contains("column 11: `rleu`"),
+            "{text}"
+        );
+        let (status, text) = send(
+            "/api/train/check",
+            serde_json::json!({"data": "/etc", "arch": "xo"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains("not offered"), "{text}");
+        let (status, _) = send("/api/train/stop", serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, text) = send(
+            "/api/train/start",
+            serde_json::json!({"data": "xo:16", "arch": "xo", "epochs": 0}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let start = serde_json::json!({"data": "xo:16", "arch": "conv 4@3 pad=1, relu, maxpool 2, dense classes", "epochs": 2});
+        let (status, text) = send("/api/train/start", start.clone()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+        let (status, text) = send("/api/train/start", start).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{text}");
+        let request = Request::get("/api/train/events")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert!(response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let stream = response.into_body().collect().await.unwrap().to_bytes();
+        let events: Vec<serde_json::Value> = String::from_utf8(stream.to_vec())
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds.first(), Some(&"start"), "{kinds:?}");
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "epoch").count(),
+            2,
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "filters").count(),
+            2,
+            "{kinds:?}"
+        );
+        assert_eq!(&kinds[kinds.len() - 2..], ["done", "end"], "{kinds:?}");
+        assert_eq!(events[kinds.len() - 2]["stopped"], false);
+        let (status, text) = send("/api/train/use", serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let request = Request::get("/api/model").body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let model: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            model["input"]["height"], 16,
+            "the drawing page uses the trained model"
+        );
+        assert_eq!(model["data"], "xo:16");
     }
 
     /// A network exported by PyTorch as ONNX serves as a model file does, with the maps of
