@@ -51,6 +51,19 @@ const FEATURE_1: [f32; 9] = [1.0, 0.0, -1.0, 0.0, 2.0, 0.0, -1.0, 0.0, 1.0];
 const BIASES: [f32; 2] = [-1.0, 0.5];
 const CONV: &str = "conv 2@3x3 pad=1, relu, maxpool 2";
 
+/// `cell` of node `node` of [`CONV`] with the two features and biases on the picture.
+fn explain_conv(node: usize, cell: Cell) -> CellExplanation {
+    let weights = [FEATURE_0, FEATURE_1].concat();
+    explain(
+        CONV,
+        Shape::new(1, 4, 4),
+        &PICTURE,
+        &[&weights, &BIASES],
+        node,
+        cell,
+    )
+}
+
 /// Feature 1 at the top-left corner: the window's first row and column lie in the padding.
 /// Inside: picture (0,0)=1, (0,1)=2, (1,0)=0, (1,1)=1 times weights 2, 0, 0, 1: products
 /// 2, 0, 0, 1, sum 3, plus the bias 0.5: 3.5; the ReLU after it keeps 3.5.
@@ -61,14 +74,7 @@ fn a_convolution_cell_at_the_border() {
         y: 0,
         x: 0,
     };
-    let e = explain(
-        CONV,
-        Shape::new(1, 4, 4),
-        &PICTURE,
-        &[&[FEATURE_0, FEATURE_1].concat(), &BIASES],
-        0,
-        cell,
-    );
+    let e = explain_conv(0, cell);
     let Arithmetic::WeightedSum {
         windows,
         bias,
@@ -123,14 +129,7 @@ fn a_max_pooling_cell_and_its_winner() {
         y: 0,
         x: 0,
     };
-    let e = explain(
-        CONV,
-        Shape::new(1, 4, 4),
-        &PICTURE,
-        &[&[FEATURE_0, FEATURE_1].concat(), &BIASES],
-        2,
-        cell,
-    );
+    let e = explain_conv(2, cell);
     let Arithmetic::Pool {
         max,
         window,
