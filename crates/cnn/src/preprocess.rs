@@ -220,12 +220,14 @@ impl Preprocessing {
         let mut planes: Vec<GrayImage> = match shape.channels {
             1 => vec![grey.clone()],
             3 => {
+                // Each channel taken out of the interleaved bytes in one pass (a pixel-by-pixel
+                // copy of a 16-megapixel picture took seconds under the fuzzer).
                 let rgb = picture.to_rgb8();
+                let (width, height) = rgb.dimensions();
                 (0..3)
                     .map(|c| {
-                        GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
-                            image::Luma([rgb.get_pixel(x, y)[c]])
-                        })
+                        let plane = rgb.as_raw().iter().skip(c).step_by(3).copied().collect();
+                        GrayImage::from_raw(width, height, plane).expect("one byte a pixel")
                     })
                     .collect()
             }
