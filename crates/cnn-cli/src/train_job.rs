@@ -47,7 +47,8 @@ pub fn architecture(text: &str, classes: usize) -> Result<Architecture> {
     Ok(arch::parse(&notation, classes)?)
 }
 
-/// The input shape and classes of a data set, and its training and held-out images.
+/// A data set's training images and held-out images (the X/O data's own validation split, a
+/// tenth of the training images for the others).
 pub fn load(spec: &str) -> Result<(Dataset, Dataset)> {
     let data = DataSpec::parse(spec)?;
     let split = match data {
