@@ -7,6 +7,7 @@
 use anyhow::{anyhow, bail, Result};
 use cnn::data::{DataSpec, Dataset};
 use cnn::network::Workspace;
+use cnn::preprocess::Preprocessing;
 use cnn::rng::{seeded, Stream};
 use cnn::train::{evaluate, train, EpochReport, TrainConfig, TrainObserver, TrainState};
 use cnn::{arch, Architecture, Mode, Model, Network, Shape, Tensor};
@@ -47,9 +48,9 @@ pub fn architecture(text: &str, classes: usize) -> Result<Architecture> {
     Ok(arch::parse(&notation, classes)?)
 }
 
-/// A data set's training images and held-out images (the X/O data's own validation split, a
-/// tenth of the training images for the others).
-pub fn load(spec: &str) -> Result<(Dataset, Dataset)> {
+/// A data set's training images, held-out images (the X/O data's own validation split, a
+/// tenth of the training images for the others) and the preprocessing a model of it uses.
+fn load(spec: &str) -> Result<(Dataset, Dataset, Preprocessing)> {
     let data = DataSpec::parse(spec)?;
     let split = match data {
         DataSpec::Xo { .. } => 0.0,
@@ -57,7 +58,8 @@ pub fn load(spec: &str) -> Result<(Dataset, Dataset)> {
     };
     let (train, validation) = data.load_training(1, split, None)?;
     let validation = validation.ok_or_else(|| anyhow!("{spec} has no held-out images"))?;
-    Ok((train, validation))
+    let preprocessing = data.preprocessing(&train);
+    Ok((train, validation, preprocessing))
 }
 
 /// The summary lines of `text` on images of `shape` with `classes` classes, or the problem.
@@ -106,13 +108,11 @@ impl Job {
     }
 
     fn run(&self, request: &Request) -> Result<()> {
-        let (train_set, validation) = load(&request.data)?;
+        let (train_set, validation, preprocessing) = load(&request.data)?;
         let classes = train_set.classes().to_vec();
         let architecture = architecture(&request.arch, classes.len())?;
         let mut network = Network::new(&architecture, train_set.shape())?;
         network.init_kaiming(&mut seeded(1, Stream::WeightInit));
-        let spec = DataSpec::parse(&request.data)?;
-        let preprocessing = spec.preprocessing(&train_set);
         let (mut probe, mut labels) = (Tensor::empty(), Vec::new());
         validation.fill_batch(&[0], &preprocessing, &mut probe, &mut labels);
         self.publish(json!({
