@@ -10,6 +10,7 @@ Usage: python interop/check_torch.py PATH/TO/cnn MODEL.safetensors...
 """
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,15 @@ class Add(nn.Module):
 class Concat(nn.Module):
     def forward(self, *xs):
         return torch.cat(xs, dim=1)
+
+
+class Lambda(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
 
 
 def module(op, channels):
@@ -70,6 +80,14 @@ def module(op, channels):
     }
     if kind == "leaky_relu":
         return nn.LeakyReLU(op["slope"]), channels
+    if kind == "clip":
+        low = -math.inf if op["min"] is None else op["min"]
+        high = math.inf if op["max"] is None else op["max"]
+        return nn.Hardtanh(low, high), channels
+    if kind == "hardsigmoid":
+        return Lambda(lambda x: torch.clamp(op["alpha"] * x + op["beta"], 0, 1)), channels
+    if kind == "hardswish":
+        return nn.Hardswish(), channels
     if kind == "dropout":
         return nn.Dropout(op["rate"]), channels
     if kind not in simple:

@@ -684,6 +684,25 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         }
         Ok(value)
     };
+    // Two numbers, for `clip` and `hardsigmoid`.
+    let numbers = |usage: &str| -> std::result::Result<[f32; 2], String> {
+        if !options.is_empty() {
+            return Err(format!("unexpected `{}`", options[0]));
+        }
+        match positional.as_slice() {
+            [a, b] => {
+                let number = |v: &str| {
+                    v.parse::<f32>()
+                        .ok()
+                        .filter(|v| !v.is_nan())
+                        .ok_or_else(|| format!("`{v}` is not a number"))
+                };
+                Ok([number(a)?, number(b)?])
+            }
+            [_, _, extra, ..] => Err(format!("unexpected `{extra}`")),
+            _ => Err(format!("write {usage}")),
+        }
+    };
     match kind.as_str() {
         "conv" | "conv2d" => {
             let spec = only("`OUT@KxK`, e.g. `conv 8@3x3`")?;
@@ -716,6 +735,34 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "gelu" => none(false).map(|_| LayerSpec::Gelu),
         "silu" | "swish" => none(false).map(|_| LayerSpec::Silu),
         "identity" => none(false).map(|_| LayerSpec::Identity),
+        "relu6" => none(false).map(|_| LayerSpec::Clip {
+            min: Some(0.0),
+            max: Some(6.0),
+        }),
+        "clip" | "hardtanh" => {
+            let [low, high] = numbers("`clip LOW HIGH`, e.g. `clip 0 6` (`-inf`, `inf`: no bound)")?;
+            if !(low <= high) || low == f32::INFINITY || high == f32::NEG_INFINITY {
+                return Err(format!("`clip {low} {high}`: the bounds are the wrong way round"));
+            }
+            let bound = |b: f32| Some(b).filter(|b| b.is_finite());
+            Ok(LayerSpec::Clip {
+                min: bound(low),
+                max: bound(high),
+            })
+        }
+        "hardsigmoid" => {
+            let [alpha, beta] = if positional.is_empty() {
+                none(false)?;
+                [1.0 / 6.0, 0.5]
+            } else {
+                numbers("`hardsigmoid ALPHA BETA`, or `hardsigmoid` for PyTorch's 1/6 and 1/2")?
+            };
+            if !alpha.is_finite() || !beta.is_finite() {
+                return Err("`hardsigmoid`: alpha and beta must be finite".into());
+            }
+            Ok(LayerSpec::HardSigmoid { alpha, beta })
+        }
+        "hardswish" => none(false).map(|_| LayerSpec::HardSwish),
         "add" => none(false).map(|_| LayerSpec::Add),
         "concat" => none(false).map(|_| LayerSpec::Concat),
         "batchnorm" | "batchnorm2d" | "bn" => none(false).map(|_| LayerSpec::BatchNorm2d),
@@ -742,7 +789,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "" => Err("empty layer".into()),
         other => Err(format!(
             "unknown layer `{other}` (layers: conv, relu, leakyrelu, sigmoid, tanh, gelu, silu, \
-             maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
+             relu6, clip, hardsigmoid, hardswish, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
              concat(...), or a block defined with `let`)"
         )),
     }

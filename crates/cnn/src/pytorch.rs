@@ -115,6 +115,26 @@ pub fn to_source(model: &Model) -> Result<String> {
             LayerSpec::Tanh => format!("torch.tanh({x})"),
             LayerSpec::Gelu => format!("F.gelu({x})"),
             LayerSpec::Silu => format!("F.silu({x})"),
+            LayerSpec::Clip {
+                min: Some(0.0),
+                max: Some(6.0),
+            } => format!("F.relu6({x})"),
+            LayerSpec::Clip {
+                min: Some(min),
+                max: Some(max),
+            } => format!("F.hardtanh({x}, {min:?}, {max:?})"),
+            LayerSpec::Clip { min, max } => format!(
+                "torch.clamp({x}, min={}, max={})",
+                min.map_or("None".into(), |v| format!("{v:?}")),
+                max.map_or("None".into(), |v| format!("{v:?}"))
+            ),
+            LayerSpec::HardSigmoid { alpha, beta } if alpha == 1.0 / 6.0 && beta == 0.5 => {
+                format!("F.hardsigmoid({x})")
+            }
+            LayerSpec::HardSigmoid { alpha, beta } => {
+                format!("torch.clamp({alpha:?} * {x} + {beta:?}, 0.0, 1.0)")
+            }
+            LayerSpec::HardSwish => format!("F.hardswish({x})"),
             LayerSpec::Identity => x.clone(),
             LayerSpec::Dropout { rate } => format!("F.dropout({x}, {rate:?}, self.training)"),
             LayerSpec::Add => args.join(" + "),

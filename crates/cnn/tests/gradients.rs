@@ -136,6 +136,10 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
         | LayerSpec::MaxPool2d(_)
         | LayerSpec::GlobalMaxPool => Inputs::Distinct,
         LayerSpec::Sigmoid | LayerSpec::Tanh | LayerSpec::Gelu | LayerSpec::Silu => Inputs::Smooth,
+        // Kinks at the bounds: inputs kept away from them (see `activations`).
+        LayerSpec::Clip { .. } | LayerSpec::HardSigmoid { .. } | LayerSpec::HardSwish => {
+            Inputs::Distinct
+        }
         _ => Inputs::Uniform,
     };
     let mut rng = rng(SEED);
@@ -464,6 +468,20 @@ fn activations() {
         LayerSpec::Silu,
         LayerSpec::Identity,
         LayerSpec::LeakyRelu { slope: 0.1 },
+        LayerSpec::Clip {
+            min: Some(-0.5),
+            max: Some(0.5),
+        },
+        LayerSpec::Clip {
+            min: None,
+            max: Some(0.25),
+        },
+        // Kinks at -1 and 1.
+        LayerSpec::HardSigmoid {
+            alpha: 0.5,
+            beta: 0.5,
+        },
+        LayerSpec::HardSwish,
     ] {
         let (layer, _) = check_layer(spec, Shape::new(2, 3, 4), 3);
         assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));

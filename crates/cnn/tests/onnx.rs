@@ -18,7 +18,7 @@ use rand::Rng;
 const EVERY_OP: &str = "stem: conv 8@3 pad=1, gelu, \
     b: (add(conv 8@3 pad=1 nobias, batchnorm, leakyrelu 0.1, conv 8@3 pad=1 nobias, batchnorm | ), relu), \
     avgpool 3 stride=2 pad=1 ceil, \
-    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh), \
+    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh | conv 4@1, hardswish, clip -inf 0.5 | conv 2@1, relu6, hardsigmoid 0.2 0.5), \
     identity, gmp, dense 16, dropout 0.3, dense classes";
 
 /// A model of `notation` with random weights and batch-norm statistics.

@@ -26,6 +26,20 @@ pub enum ActivationKind {
     Silu,
     /// `x`: a named place in the graph, nothing more.
     Identity,
+    /// `x` held within `[min, max]` (PyTorch's `hardtanh`; ReLU6 is `[0, 6]`); a missing bound
+    /// is no bound.
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
+    /// `alpha * x + beta` held within `[0, 1]` (PyTorch's `hardsigmoid` is alpha 1/6, beta
+    /// 1/2; ONNX's default alpha is 0.2).
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x * hardsigmoid(x)` with alpha 1/6, beta 1/2 (MobileNetV3's activation).
+    HardSwish,
 }
 
 impl ActivationKind {
@@ -45,6 +59,13 @@ impl ActivationKind {
             ActivationKind::Gelu => x * normal_cdf(x),
             ActivationKind::Silu => x * sigmoid(x),
             ActivationKind::Identity => x,
+            ActivationKind::Clip { min, max } => clip(
+                x,
+                min.unwrap_or(f32::NEG_INFINITY),
+                max.unwrap_or(f32::INFINITY),
+            ),
+            ActivationKind::HardSigmoid { alpha, beta } => clip(alpha * x + beta, 0.0, 1.0),
+            ActivationKind::HardSwish => x * clip(x * HARD_SWISH_ALPHA + 0.5, 0.0, 1.0),
         }
     }
 
@@ -72,7 +93,44 @@ impl ActivationKind {
                 s * (1.0 + x * (1.0 - s))
             }
             ActivationKind::Identity => 1.0,
+            // At the bounds the gradient is 0, as for PyTorch's `hardtanh` and `hardsigmoid`.
+            ActivationKind::Clip { min, max } => f32::from(u8::from(
+                min.is_none_or(|m| x > m) && max.is_none_or(|m| x < m),
+            )),
+            ActivationKind::HardSigmoid { alpha, beta } => {
+                let z = alpha * x + beta;
+                if z > 0.0 && z < 1.0 {
+                    alpha
+                } else {
+                    0.0
+                }
+            }
+            // PyTorch's: 0 below -3, 1 above 3, x / 3 + 1/2 between (both ends included).
+            ActivationKind::HardSwish => {
+                if x < -3.0 {
+                    0.0
+                } else if x <= 3.0 {
+                    x / 3.0 + 0.5
+                } else {
+                    1.0
+                }
+            }
         }
+    }
+}
+
+/// PyTorch's `hardswish` and `hardsigmoid` slope.
+const HARD_SWISH_ALPHA: f32 = 1.0 / 6.0;
+
+/// `x` held within `[low, high]`; NaN stays NaN.
+#[inline]
+fn clip(x: f32, low: f32, high: f32) -> f32 {
+    if x < low {
+        low
+    } else if x > high {
+        high
+    } else {
+        x
     }
 }
 
@@ -110,6 +168,9 @@ impl Layer for Activation {
             ActivationKind::Gelu => LayerSpec::Gelu,
             ActivationKind::Silu => LayerSpec::Silu,
             ActivationKind::Identity => LayerSpec::Identity,
+            ActivationKind::Clip { min, max } => LayerSpec::Clip { min, max },
+            ActivationKind::HardSigmoid { alpha, beta } => LayerSpec::HardSigmoid { alpha, beta },
+            ActivationKind::HardSwish => LayerSpec::HardSwish,
         }
     }
 
@@ -135,6 +196,11 @@ impl Layer for Activation {
             ActivationKind::Gelu => ("gelu", "x * Phi(x)"),
             ActivationKind::Silu => ("silu", "x * sigmoid(x)"),
             ActivationKind::Identity => ("identity", "x"),
+            ActivationKind::Clip { .. } => ("clip", "x held within [min, max]"),
+            ActivationKind::HardSigmoid { .. } => {
+                ("hardsigmoid", "alpha * x + beta held within [0, 1]")
+            }
+            ActivationKind::HardSwish => ("hardswish", "x * (x / 6 + 1/2 held within [0, 1])"),
         };
         Some(Arithmetic::Function {
             name,

@@ -104,6 +104,20 @@ pub enum LayerSpec {
     Silu,
     /// `x` (a named place in a graph).
     Identity,
+    /// `x` held within `[min, max]` (`hardtanh`; ReLU6 is `[0, 6]`); `None` is no bound.
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
+    /// `alpha * x + beta` held within `[0, 1]`.
+    #[serde(rename = "hardsigmoid")]
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x * hardsigmoid(x)` (alpha 1/6, beta 1/2).
+    #[serde(rename = "hardswish")]
+    HardSwish,
     /// The sum of two or more inputs of one shape (a residual connection).
     Add,
     /// The inputs' channels one after another (same height and width).
@@ -130,6 +144,9 @@ impl LayerSpec {
             LayerSpec::Gelu => "gelu",
             LayerSpec::Silu => "silu",
             LayerSpec::Identity => "identity",
+            LayerSpec::Clip { .. } => "clip",
+            LayerSpec::HardSigmoid { .. } => "hardsigmoid",
+            LayerSpec::HardSwish => "hardswish",
             LayerSpec::Add => "add",
             LayerSpec::Concat => "concat",
         }
@@ -197,6 +214,16 @@ impl LayerSpec {
             LayerSpec::Gelu => activation(ActivationKind::Gelu),
             LayerSpec::Silu => activation(ActivationKind::Silu),
             LayerSpec::Identity => activation(ActivationKind::Identity),
+            LayerSpec::Clip { min, max } => {
+                if min.zip(max).is_some_and(|(low, high)| !(low <= high)) {
+                    return Err(misfit("its bounds are the wrong way round".into()));
+                }
+                activation(ActivationKind::Clip { min, max })
+            }
+            LayerSpec::HardSigmoid { alpha, beta } => {
+                activation(ActivationKind::HardSigmoid { alpha, beta })
+            }
+            LayerSpec::HardSwish => activation(ActivationKind::HardSwish),
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
             }
@@ -289,6 +316,14 @@ impl fmt::Display for LayerSpec {
             LayerSpec::Gelu => write!(f, "gelu"),
             LayerSpec::Silu => write!(f, "silu"),
             LayerSpec::Identity => write!(f, "identity"),
+            LayerSpec::Clip { min, max } => write!(
+                f,
+                "clip {} {}",
+                min.unwrap_or(f32::NEG_INFINITY),
+                max.unwrap_or(f32::INFINITY)
+            ),
+            LayerSpec::HardSigmoid { alpha, beta } => write!(f, "hardsigmoid {alpha} {beta}"),
+            LayerSpec::HardSwish => write!(f, "hardswish"),
             LayerSpec::Add => write!(f, "add"),
             LayerSpec::Concat => write!(f, "concat"),
         }

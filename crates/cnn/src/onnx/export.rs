@@ -161,6 +161,28 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 graph.node("Mul", name, vec![x, sigmoid], &output, vec![]);
             }
             LayerSpec::Gelu => graph.gelu(name, &x, &output),
+            LayerSpec::Clip { min, max } => {
+                // Since opset 11 the bounds are inputs; an empty name is no bound.
+                let bound = |graph: &mut GraphBuilder, which: &str, value: Option<f32>| {
+                    value.map_or(String::new(), |v| {
+                        graph.scalar(&format!("{name}.{which}"), v)
+                    })
+                };
+                let args = vec![
+                    x,
+                    bound(&mut graph, "min", min),
+                    bound(&mut graph, "max", max),
+                ];
+                graph.node("Clip", name, args, &output, vec![]);
+            }
+            LayerSpec::HardSigmoid { alpha, beta } => graph.node(
+                "HardSigmoid",
+                name,
+                vec![x],
+                &output,
+                vec![float("alpha", alpha), float("beta", beta)],
+            ),
+            LayerSpec::HardSwish => graph.node("HardSwish", name, vec![x], &output, vec![]),
             // Dropout does nothing at inference: it is left out, its readers read its input.
             LayerSpec::Dropout { .. } if index != last => {
                 values.push(inputs.swap_remove(0));

@@ -40,6 +40,8 @@ pub(super) const READ_OPS: &[&str] = &[
     "Tanh",
     "Gelu",
     "Clip",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
     "Dropout",
     "Softmax",
@@ -413,24 +415,44 @@ impl Converter {
                 simple(self, LayerSpec::Gelu)
             }
             "Clip" => {
-                let low = match (attributes.float_opt("min")?, inputs.get(1)) {
-                    (Some(v), _) => v,
-                    (None, Some(Some(_))) => constant(1)?.floats().first().copied().unwrap_or(0.0),
-                    _ => f32::NEG_INFINITY,
-                };
-                let high = match (attributes.float_opt("max")?, inputs.get(2)) {
-                    (Some(v), _) => v,
-                    (None, Some(Some(_))) => constant(2)?.floats().first().copied().unwrap_or(0.0),
-                    _ => f32::INFINITY,
-                };
-                if low == 0.0 && high == f32::INFINITY {
-                    simple(self, LayerSpec::Relu)
-                } else {
-                    unsupported(format!(
-                        ": clipping to [{low}, {high}] is not (only ReLU's [0, inf])"
-                    ))
+                // Bounds: attributes before opset 11, optional inputs since.
+                let bound =
+                    |attribute: &str, k: usize| -> std::result::Result<Option<f32>, Unsupported> {
+                        if let Some(v) = attributes.float_opt(attribute)? {
+                            return Ok(Some(v));
+                        }
+                        match inputs.get(k) {
+                            Some(Some(_)) => match constant(k)?.floats().as_slice() {
+                                [v] => Ok(Some(*v)),
+                                _ => unsupported(format!(": its {attribute} is not one value")),
+                            },
+                            _ => Ok(None),
+                        }
+                    };
+                let (min, max) = (bound("min", 1)?, bound("max", 2)?);
+                if min.is_some_and(f32::is_nan) || max.is_some_and(f32::is_nan) {
+                    return unsupported(": a NaN bound is not");
+                }
+                if min == Some(f32::INFINITY) || max == Some(f32::NEG_INFINITY) {
+                    return unsupported(": an infinite bound on the wrong side is not");
+                }
+                // An infinite bound is no bound.
+                let finite = |b: Option<f32>| b.filter(|v| v.is_finite());
+                let (min, max) = (finite(min), finite(max));
+                match (min, max) {
+                    (Some(0.0), None) => simple(self, LayerSpec::Relu),
+                    (Some(low), Some(high)) if low > high => unsupported(": min above max is not"),
+                    _ => simple(self, LayerSpec::Clip { min, max }),
                 }
             }
+            "HardSigmoid" => simple(
+                self,
+                LayerSpec::HardSigmoid {
+                    alpha: attributes.float("alpha", 0.2)?,
+                    beta: attributes.float("beta", 0.5)?,
+                },
+            ),
+            "HardSwish" => simple(self, LayerSpec::HardSwish),
             "Identity" | "Dropout" => match input(0)? {
                 Value::Constant(c) => Ok(Value::Constant(c.clone())),
                 _ => {
