@@ -93,6 +93,9 @@ def apply(op, inputs, t):
         shape = (-1, 1, 1) if x.ndim == 3 else (-1,)
         scale = t("weight") / np.sqrt(t("running_var") + EPSILON)
         return (x - t("running_mean").reshape(shape)) * scale.reshape(shape) + t("bias").reshape(shape)
+    if kind == "prelu":
+        slope = t("weight").reshape((-1, 1, 1) if x.ndim == 3 else (-1,))
+        return np.where(x > 0, x, slope * x)
     # The average's divisor is the number of pixels a window covers, padding not counted.
     assert kind != "avg_pool2d" or op.get("count_include_pad", False) is False, op
     simple = {
@@ -149,6 +152,8 @@ def expected_tensors(nodes, values):
             for t in ("weight", "bias", "running_mean", "running_var"):
                 expected[f"{name}.{t}"] = ((shape_in[0],), "float32")
             expected[f"{name}.num_batches_tracked"] = ((), "int64")
+        elif op["type"] == "prelu":
+            expected[f"{name}.weight"] = ((1 if op["shared"] else shape_in[0],), "float32")
     return expected
 
 

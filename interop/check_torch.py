@@ -86,6 +86,8 @@ def module(op, channels):
         return nn.Hardtanh(low, high), channels
     if kind == "hardsigmoid":
         return Lambda(lambda x: torch.clamp(op["alpha"] * x + op["beta"], 0, 1)), channels
+    if kind == "prelu":
+        return nn.PReLU(1 if op["shared"] else channels), channels
     if kind == "hardswish":
         return nn.Hardswish(), channels
     if kind == "dropout":

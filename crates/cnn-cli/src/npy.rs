@@ -9,7 +9,9 @@ use std::path::Path;
 
 /// Reads a float32 `.npy` batch for a network taking `shape`, checking its header against the
 /// file's size before reading the values.
-pub fn read(path: &Path, shape: Shape) -> Result<Tensor> {
+/// A float32 tensor `[N, ...]` whose dimensions after the batch are one of `accepted`, as a
+/// batch of `shape` (which holds as many values).
+pub fn read(path: &Path, shape: Shape, accepted: &[Vec<usize>]) -> Result<Tensor> {
     let bytes = read_file(path, 4 * MAX_BATCH_VALUES as u64 + 4096)?;
     let fail = |message: String| cnn::Error::file(path, message);
     let file =
@@ -22,24 +24,22 @@ pub fn read(path: &Path, shape: Shape) -> Result<Tensor> {
         return Err(fail("it is stored in Fortran order; save it in C order".into()).into());
     }
     let dims = file.shape().to_vec();
-    let expected: Vec<u64> = if shape.is_flat() && dims.len() == 2 {
-        vec![shape.channels as u64]
-    } else {
-        vec![
-            shape.channels as u64,
-            shape.height as u64,
-            shape.width as u64,
-        ]
+    let fits = |expected: &Vec<usize>| {
+        dims.len() == expected.len() + 1
+            && dims[1..].iter().zip(expected).all(|(&d, &e)| d == e as u64)
     };
-    if dims.len() != expected.len() + 1 || dims[1..] != expected[..] || dims[0] == 0 {
+    if !accepted.iter().any(fits) || dims[0] == 0 {
+        let shapes: Vec<String> = accepted
+            .iter()
+            .map(|e| {
+                let rest: Vec<String> = e.iter().map(usize::to_string).collect();
+                format!("[N, {}]", rest.join(", "))
+            })
+            .collect();
         bail!(
-            "{}: its shape is {dims:?}, the model takes [N, {}]",
+            "{}: its shape is {dims:?}, the model takes {}",
             path.display(),
-            expected
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            shapes.join(" or ")
         );
     }
     let len = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));

@@ -741,7 +741,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         }),
         "clip" | "hardtanh" => {
             let [low, high] = numbers("`clip LOW HIGH`, e.g. `clip 0 6` (`-inf`, `inf`: no bound)")?;
-            if !(low <= high) || low == f32::INFINITY || high == f32::NEG_INFINITY {
+            if low > high || low == f32::INFINITY || high == f32::NEG_INFINITY {
                 return Err(format!("`clip {low} {high}`: the bounds are the wrong way round"));
             }
             let bound = |b: f32| Some(b).filter(|b| b.is_finite());
@@ -763,6 +763,13 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
             Ok(LayerSpec::HardSigmoid { alpha, beta })
         }
         "hardswish" => none(false).map(|_| LayerSpec::HardSwish),
+        "prelu" => match positional.as_slice() {
+            [] => none(false).map(|_| LayerSpec::Prelu { shared: false }),
+            ["shared"] if options.is_empty() => Ok(LayerSpec::Prelu { shared: true }),
+            [other, ..] => Err(format!(
+                "unexpected `{other}` (`prelu`: a slope per channel, `prelu shared`: one)"
+            )),
+        },
         "add" => none(false).map(|_| LayerSpec::Add),
         "concat" => none(false).map(|_| LayerSpec::Concat),
         "batchnorm" | "batchnorm2d" | "bn" => none(false).map(|_| LayerSpec::BatchNorm2d),
@@ -789,7 +796,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "" => Err("empty layer".into()),
         other => Err(format!(
             "unknown layer `{other}` (layers: conv, relu, leakyrelu, sigmoid, tanh, gelu, silu, \
-             relu6, clip, hardsigmoid, hardswish, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
+             relu6, clip, hardsigmoid, hardswish, prelu, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
              concat(...), or a block defined with `let`)"
         )),
     }
@@ -951,6 +958,39 @@ mod tests {
     }
 
     #[test]
+    fn bounded_and_parametric_activations_round_trip() {
+        let parsed = parse(
+            "relu6, clip -inf 2.5, clip -1 inf, hardtanh -1 1, hardsigmoid, hardsigmoid 0.2 0.5, \
+             hardswish, prelu, prelu shared",
+            2,
+        )
+        .unwrap();
+        let ops: Vec<LayerSpec> = parsed.nodes.iter().map(|n| n.op).collect();
+        let clip = |min, max| LayerSpec::Clip { min, max };
+        assert_eq!(
+            ops,
+            [
+                clip(Some(0.0), Some(6.0)),
+                clip(None, Some(2.5)),
+                clip(Some(-1.0), None),
+                clip(Some(-1.0), Some(1.0)),
+                LayerSpec::HardSigmoid {
+                    alpha: 1.0 / 6.0,
+                    beta: 0.5
+                },
+                LayerSpec::HardSigmoid {
+                    alpha: 0.2,
+                    beta: 0.5
+                },
+                LayerSpec::HardSwish,
+                LayerSpec::Prelu { shared: false },
+                LayerSpec::Prelu { shared: true },
+            ]
+        );
+        assert_eq!(parse(&to_notation(&parsed), 2).unwrap(), parsed);
+    }
+
+    #[test]
     fn malformed_architectures_say_where() {
         for (text, expected) in [
             ("conv 8", "OUT@KxK"),
@@ -967,6 +1007,11 @@ mod tests {
             ("a: relu, a: relu", "two nodes are named `a`"),
             ("let b = relu\nlet b = relu\nb", "defined twice"),
             ("relu )", "unexpected `)`"),
+            ("clip 6 0", "wrong way round"),
+            ("clip 0", "write `clip LOW HIGH`"),
+            ("clip 0 nan", "`nan` is not a number"),
+            ("hardsigmoid 0.2", "write `hardsigmoid ALPHA BETA`"),
+            ("prelu 3", "unexpected `3`"),
         ] {
             let error = parse(text, 2).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");

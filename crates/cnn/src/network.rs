@@ -249,23 +249,18 @@ impl Network {
     }
 
     /// He (Kaiming) initialisation, suited to ReLU: weights drawn from N(0, 2 / fan_in), where
-    /// fan_in is the number of inputs feeding one output; biases zero.
+    /// fan_in is the number of inputs feeding one output; biases zero; a parameter its layer
+    /// gives an initial value (PReLU's slopes), that value.
     pub fn init_kaiming(&mut self, rng: &mut impl Rng) {
-        for param in self.params_mut() {
-            if param.name == "bias" {
-                param.value.fill(0.0);
-                continue;
-            }
-            // A one-dimensional weight scales features (batch normalisation): start at 1.
-            if param.dims.len() < 2 {
-                param.value.fill(1.0);
-                continue;
-            }
-            let fan_in: usize = param.dims[1..].iter().product();
-            let normal = Normal::new(0.0, (2.0 / fan_in.max(1) as f32).sqrt())
-                .expect("a positive standard deviation");
-            for w in &mut param.value {
-                *w = normal.sample(rng);
+        let nodes = self.nodes_mut().iter_mut();
+        for layer in nodes.map(|n| &mut n.layer) {
+            let initial: Vec<Option<f32>> = layer
+                .params()
+                .iter()
+                .map(|p| layer.initial_value(p.name))
+                .collect();
+            for (param, initial) in layer.params_mut().iter_mut().zip(initial) {
+                init_param(param, initial, rng);
             }
         }
     }
@@ -666,5 +661,28 @@ impl Gradients {
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
         self.nodes.iter_mut().flatten()
+    }
+}
+
+/// One parameter's initial values (see [`Network::init_kaiming`]).
+fn init_param(param: &mut Param, initial: Option<f32>, rng: &mut impl Rng) {
+    if let Some(value) = initial {
+        param.value.fill(value);
+        return;
+    }
+    if param.name == "bias" {
+        param.value.fill(0.0);
+        return;
+    }
+    // A one-dimensional weight scales features (batch normalisation): start at 1.
+    if param.dims.len() < 2 {
+        param.value.fill(1.0);
+        return;
+    }
+    let fan_in: usize = param.dims[1..].iter().product();
+    let normal = Normal::new(0.0, (2.0 / fan_in.max(1) as f32).sqrt())
+        .expect("a positive standard deviation");
+    for w in &mut param.value {
+        *w = normal.sample(rng);
     }
 }

@@ -135,6 +135,11 @@ pub fn to_source(model: &Model) -> Result<String> {
                 format!("torch.clamp({alpha:?} * {x} + {beta:?}, 0.0, 1.0)")
             }
             LayerSpec::HardSwish => format!("F.hardswish({x})"),
+            LayerSpec::Prelu { shared } => {
+                let slopes = if shared { 1 } else { input_shape.channels };
+                insert(&mut tree, path, format!("nn.PReLU({slopes})"))?;
+                call(&x)
+            }
             LayerSpec::Identity => x.clone(),
             LayerSpec::Dropout { rate } => format!("F.dropout({x}, {rate:?}, self.training)"),
             LayerSpec::Add => args.join(" + "),

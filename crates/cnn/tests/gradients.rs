@@ -137,9 +137,10 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
         | LayerSpec::GlobalMaxPool => Inputs::Distinct,
         LayerSpec::Sigmoid | LayerSpec::Tanh | LayerSpec::Gelu | LayerSpec::Silu => Inputs::Smooth,
         // Kinks at the bounds: inputs kept away from them (see `activations`).
-        LayerSpec::Clip { .. } | LayerSpec::HardSigmoid { .. } | LayerSpec::HardSwish => {
-            Inputs::Distinct
-        }
+        LayerSpec::Clip { .. }
+        | LayerSpec::HardSigmoid { .. }
+        | LayerSpec::HardSwish
+        | LayerSpec::Prelu { .. } => Inputs::Distinct,
         _ => Inputs::Uniform,
     };
     let mut rng = rng(SEED);
@@ -485,6 +486,19 @@ fn activations() {
     ] {
         let (layer, _) = check_layer(spec, Shape::new(2, 3, 4), 3);
         assert_eq!(layer.output_shape(), Shape::new(2, 3, 4));
+    }
+}
+
+/// PReLU's slopes, one per channel or one for all, of maps and of features: their gradients
+/// and the input's.
+#[test]
+fn prelu() {
+    for shared in [false, true] {
+        for shape in [Shape::new(3, 2, 4), Shape::flat(5)] {
+            let (layer, _) = check_layer(LayerSpec::Prelu { shared }, shape, 3);
+            let slopes = if shared { 1 } else { shape.channels };
+            assert_eq!(layer.params()[0].value.len(), slopes);
+        }
     }
 }
 

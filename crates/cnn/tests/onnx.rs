@@ -18,8 +18,8 @@ use rand::Rng;
 const EVERY_OP: &str = "stem: conv 8@3 pad=1, gelu, \
     b: (add(conv 8@3 pad=1 nobias, batchnorm, leakyrelu 0.1, conv 8@3 pad=1 nobias, batchnorm | ), relu), \
     avgpool 3 stride=2 pad=1 ceil, \
-    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh | conv 4@1, hardswish, clip -inf 0.5 | conv 2@1, relu6, hardsigmoid 0.2 0.5), \
-    identity, gmp, dense 16, dropout 0.3, dense classes";
+    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh | conv 4@1, hardswish, clip -inf 0.5 | conv 2@1, relu6, hardsigmoid 0.2 0.5), prelu, \
+    identity, gmp, dense 16, prelu shared, dropout 0.3, dense classes";
 
 /// A model of `notation` with random weights and batch-norm statistics.
 fn random_model(notation: &str, shape: Shape, classes: usize, seed: u64) -> Model {
@@ -467,7 +467,115 @@ fn maps_out_are_a_network_but_not_a_model() {
     );
     let bytes = model.encode_to_vec();
     let imported = onnx::import::network_from_bytes(&bytes).unwrap();
-    assert!(imported.output_is_maps);
+    assert_eq!(imported.output_layout, cnn::onnx::import::Layout::Maps);
     assert_eq!(imported.network.output_shape(), Shape::new(2, 3, 3));
     assert!(refused(&model).contains("feature maps"));
+}
+
+fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: values.to_vec(),
+        ..AttributeProto::default()
+    }
+}
+
+/// A `[N, C, L]` input through a 1-D convolution (stride 2, padding 1) and a 1-D max pool, then
+/// `Unsqueeze` and `Squeeze` of the spatial axis (no node: the values are held alike): the
+/// network computes what the loops below do, and its output is `[N, C, L]` again.
+#[test]
+fn one_dimensional_ops_on_sequences() {
+    let (channels, length, out_channels) = (2usize, 9usize, 3usize);
+    let weights: Vec<f32> = (0..out_channels * channels * 3)
+        .map(|i| (i as f32 * 0.61).cos())
+        .collect();
+    let bias = vec![0.25, -0.5, 0.125];
+    let mut model = file(
+        vec![
+            node(
+                "Conv",
+                "/conv/Conv",
+                &["x", "conv.weight", "conv.bias"],
+                "c",
+                vec![
+                    ints_attribute("kernel_shape", &[3]),
+                    ints_attribute("strides", &[2]),
+                    ints_attribute("pads", &[1, 1]),
+                ],
+            ),
+            node(
+                "MaxPool",
+                "/pool/MaxPool",
+                &["c"],
+                "p",
+                vec![
+                    ints_attribute("kernel_shape", &[2]),
+                    ints_attribute("strides", &[2]),
+                ],
+            ),
+            node("Unsqueeze", "/Unsqueeze", &["p", "axes"], "u", vec![]),
+            node("Squeeze", "/Squeeze", &["u", "axes"], "y", vec![]),
+        ],
+        vec![
+            floats(
+                "conv.weight",
+                &[out_channels as i64, channels as i64, 3],
+                weights.clone(),
+            ),
+            floats("conv.bias", &[3], bias.clone()),
+            ints("axes", vec![2]),
+        ],
+        [0, 0, 0],
+        "y",
+    );
+    let graph = model.graph.as_mut().unwrap();
+    graph.input = vec![value("x", &[None, Some(2), Some(9)])];
+    graph.output = vec![value("y", &[None, Some(3), Some(2)])];
+    let imported = onnx::import::network_from_bytes(&model.encode_to_vec()).unwrap();
+    assert_eq!(imported.input_layout, onnx::import::Layout::Sequence);
+    assert_eq!(imported.output_layout, onnx::import::Layout::Sequence);
+    let kinds: Vec<&str> = imported
+        .network
+        .nodes()
+        .iter()
+        .map(|n| n.layer().spec().kind())
+        .collect();
+    assert_eq!(kinds, ["conv2d", "maxpool2d"]);
+    let network = &imported.network;
+    assert_eq!(network.input_shape(), Shape::new(2, 1, 9));
+    // Convolution: 9 + 2 - 3 = 8, stride 2: 5 values; pooling by 2: 2.
+    assert_eq!(network.output_shape(), Shape::new(3, 1, 2));
+    let input = random_batch(2, network.input_shape(), 3);
+    let mut workspace = Workspace::new();
+    let output = network.infer(&input, &mut workspace).unwrap();
+    for n in 0..2 {
+        let x = input.sample(n);
+        let at = |c: usize, i: isize| {
+            if (0..length as isize).contains(&i) {
+                x[c * length + i as usize]
+            } else {
+                0.0
+            }
+        };
+        for o in 0..out_channels {
+            let conv: Vec<f32> = (0..5)
+                .map(|j| {
+                    bias[o]
+                        + (0..channels)
+                            .flat_map(|c| (0..3).map(move |k| (c, k)))
+                            .map(|(c, k)| {
+                                weights[(o * channels + c) * 3 + k]
+                                    * at(c, 2 * j as isize + k as isize - 1)
+                            })
+                            .sum::<f32>()
+                })
+                .collect();
+            for j in 0..2 {
+                let expected = conv[2 * j].max(conv[2 * j + 1]);
+                let got = output.sample(n)[o * 2 + j];
+                assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+            }
+        }
+    }
 }

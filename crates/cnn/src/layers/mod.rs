@@ -27,6 +27,7 @@ mod dropout;
 mod flatten;
 mod global_pool;
 mod pool;
+mod prelu;
 mod spec;
 
 pub use activation::{Activation, ActivationKind};
@@ -39,6 +40,7 @@ pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use global_pool::GlobalPool;
 pub use pool::Pool2d;
+pub use prelu::Prelu;
 pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
 
 use crate::arithmetic::{Arithmetic, Cell};
@@ -119,6 +121,12 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     }
     fn buffers_mut(&mut self) -> &mut [Param] {
         &mut []
+    }
+    /// The value every entry of parameter `param` starts at, when it is not drawn at random
+    /// (PReLU's slopes: PyTorch's 0.25); `None` for the usual rule (see
+    /// [`crate::Network::init_kaiming`]).
+    fn initial_value(&self, _param: &str) -> Option<f32> {
+        None
     }
     /// Called by the trainer after each training forward pass, with that pass's scratch.
     fn update_running_statistics(&mut self, _scratch: &LayerScratch) {}

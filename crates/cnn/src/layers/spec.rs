@@ -3,7 +3,7 @@
 
 use super::{
     Activation, ActivationKind, Add, BatchNorm2d, Concat, Conv2d, Dense, Dropout, Flatten,
-    GlobalPool, Layer, Pool2d,
+    GlobalPool, Layer, Pool2d, Prelu,
 };
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
@@ -118,6 +118,10 @@ pub enum LayerSpec {
     /// `x * hardsigmoid(x)` (alpha 1/6, beta 1/2).
     #[serde(rename = "hardswish")]
     HardSwish,
+    /// `x` for `x > 0`, else `a * x` with `a` learnt: one per channel, or one shared by all.
+    Prelu {
+        shared: bool,
+    },
     /// The sum of two or more inputs of one shape (a residual connection).
     Add,
     /// The inputs' channels one after another (same height and width).
@@ -147,6 +151,7 @@ impl LayerSpec {
             LayerSpec::Clip { .. } => "clip",
             LayerSpec::HardSigmoid { .. } => "hardsigmoid",
             LayerSpec::HardSwish => "hardswish",
+            LayerSpec::Prelu { .. } => "prelu",
             LayerSpec::Add => "add",
             LayerSpec::Concat => "concat",
         }
@@ -215,7 +220,10 @@ impl LayerSpec {
             LayerSpec::Silu => activation(ActivationKind::Silu),
             LayerSpec::Identity => activation(ActivationKind::Identity),
             LayerSpec::Clip { min, max } => {
-                if min.zip(max).is_some_and(|(low, high)| !(low <= high)) {
+                if min
+                    .zip(max)
+                    .is_some_and(|(low, high)| low.is_nan() || high.is_nan() || low > high)
+                {
                     return Err(misfit("its bounds are the wrong way round".into()));
                 }
                 activation(ActivationKind::Clip { min, max })
@@ -224,6 +232,7 @@ impl LayerSpec {
                 activation(ActivationKind::HardSigmoid { alpha, beta })
             }
             LayerSpec::HardSwish => activation(ActivationKind::HardSwish),
+            LayerSpec::Prelu { shared } => Box::new(Prelu::new(shared, input)),
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
             }
@@ -324,6 +333,8 @@ impl fmt::Display for LayerSpec {
             ),
             LayerSpec::HardSigmoid { alpha, beta } => write!(f, "hardsigmoid {alpha} {beta}"),
             LayerSpec::HardSwish => write!(f, "hardswish"),
+            LayerSpec::Prelu { shared: false } => write!(f, "prelu"),
+            LayerSpec::Prelu { shared: true } => write!(f, "prelu shared"),
             LayerSpec::Add => write!(f, "add"),
             LayerSpec::Concat => write!(f, "concat"),
         }

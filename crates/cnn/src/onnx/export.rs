@@ -183,6 +183,25 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 vec![float("alpha", alpha), float("beta", beta)],
             ),
             LayerSpec::HardSwish => graph.node("HardSwish", name, vec![x], &output, vec![]),
+            LayerSpec::Prelu { shared } => {
+                // ONNX broadcasts from the last axis: slopes per channel of maps are `[C, 1, 1]`.
+                let weight = tensors["weight"];
+                let dims = if shared || flat_in {
+                    weight.dims.clone()
+                } else {
+                    vec![weight.dims[0], 1, 1]
+                };
+                let slope = format!("{name}.weight");
+                graph.initializer(
+                    &slope,
+                    &Param {
+                        name: "weight",
+                        dims,
+                        value: weight.value.clone(),
+                    },
+                );
+                graph.node("PRelu", name, vec![x, slope], &output, vec![]);
+            }
             // Dropout does nothing at inference: it is left out, its readers read its input.
             LayerSpec::Dropout { .. } if index != last => {
                 values.push(inputs.swap_remove(0));

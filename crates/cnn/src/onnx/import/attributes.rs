@@ -7,11 +7,34 @@ use crate::tensor::Shape;
 
 pub(super) struct Attributes<'a> {
     node: &'a NodeProto,
+    /// The op's spatial axes are one (a 1-D op on `[N, C, L]`, held as `C x 1 x L`), not two:
+    /// its sizes, strides and pads are for the width, the height's are 1, 1 and 0.
+    one_dimensional: bool,
 }
 
 impl<'a> Attributes<'a> {
     pub fn new(node: &'a NodeProto) -> Self {
-        Attributes { node }
+        Attributes {
+            node,
+            one_dimensional: false,
+        }
+    }
+
+    /// The same attributes, read for a 1-D op when `yes`.
+    pub fn one_dimensional(self, yes: bool) -> Self {
+        Attributes {
+            one_dimensional: yes,
+            ..self
+        }
+    }
+
+    /// The spatial axes, 1 or 2.
+    fn axes(&self) -> usize {
+        if self.one_dimensional {
+            1
+        } else {
+            2
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&'a AttributeProto> {
@@ -77,12 +100,25 @@ impl<'a> Attributes<'a> {
         }
     }
 
-    /// Two values of a 2-D op, one per spatial axis.
+    /// Two values of a 2-D op, one per spatial axis (of a 1-D op, the height's is 1).
     pub fn pair(&self, name: &str, default: usize) -> std::result::Result<[usize; 2], Unsupported> {
         match self.ints_opt(name)? {
+            None if self.one_dimensional => Ok([1, default]),
             None => Ok([default, default]),
-            Some(v) if v.len() == 2 => Ok([positive(v[0], name)?, positive(v[1], name)?]),
-            Some(v) => unsupported(format!(": {name} {v:?} (only 2-D ops are)")),
+            Some(v) if v.len() == self.axes() => {
+                let v = v
+                    .iter()
+                    .map(|&x| positive(x, name))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(if self.one_dimensional {
+                    [1, v[0]]
+                } else {
+                    [v[0], v[1]]
+                })
+            }
+            Some(v) => unsupported(format!(
+                ": {name} {v:?} (only 1-D ops on [N, C, L] and 2-D ops on [N, C, H, W] are)"
+            )),
         }
     }
 
@@ -105,7 +141,7 @@ impl<'a> Attributes<'a> {
         let (begin, end) = match auto.as_str() {
             "NOTSET" => match self.ints_opt("pads")? {
                 None => ([0, 0], [0, 0]),
-                Some(p) if p.len() == 4 => {
+                Some(p) if p.len() == 2 * self.axes() => {
                     let p = p
                         .iter()
                         .map(|&x| {
@@ -115,7 +151,11 @@ impl<'a> Attributes<'a> {
                         })
                         .collect::<Option<Vec<usize>>>()
                         .ok_or_else(|| Unsupported(format!(": pads {p:?} are out of range")))?;
-                    ([p[0], p[1]], [p[2], p[3]])
+                    if self.one_dimensional {
+                        ([0, p[0]], [0, p[1]])
+                    } else {
+                        ([p[0], p[1]], [p[2], p[3]])
+                    }
                 }
                 Some(p) => return unsupported(format!(": pads {p:?} (only 2-D ops are)")),
             },

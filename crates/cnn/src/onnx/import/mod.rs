@@ -36,12 +36,45 @@ pub struct ImportOptions {
     pub preprocessing: Option<Preprocessing>,
 }
 
+/// How a value of the ONNX graph, `[N, ...]`, is held in the engine's `C x H x W` shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[N, F]`, features: `F x 1 x 1`.
+    Features,
+    /// `[N, C, L]`, what 1-D convolutions and pools read: `C x 1 x L`.
+    Sequence,
+    /// `[N, C, H, W]`, feature maps.
+    Maps,
+}
+
+impl Layout {
+    /// The value's ONNX dimensions after the batch.
+    pub fn dims(self, shape: Shape) -> Vec<usize> {
+        match self {
+            Layout::Features => vec![shape.len()],
+            Layout::Sequence => vec![shape.channels, shape.width],
+            Layout::Maps => vec![shape.channels, shape.height, shape.width],
+        }
+    }
+
+    /// Its rank, the batch included.
+    pub fn rank(self) -> i64 {
+        match self {
+            Layout::Features => 2,
+            Layout::Sequence => 3,
+            Layout::Maps => 4,
+        }
+    }
+}
+
 /// A network read from an ONNX file, with what the file says about it.
 #[derive(Debug)]
 pub struct Imported {
     pub network: Network,
-    /// Whether the output is feature maps (`[N, C, H, W]`) rather than features (`[N, F]`).
-    pub output_is_maps: bool,
+    /// How the file's input is held in the network's input shape.
+    pub input_layout: Layout,
+    /// How the network's output is the file's.
+    pub output_layout: Layout,
     /// Whether the file's graph ended in a softmax, which the network leaves out (a model's
     /// predictions apply it): [`Model::predict`] gives the file's output as probabilities.
     pub ends_in_softmax: bool,
@@ -70,7 +103,7 @@ impl Imported {
     /// from the file's metadata, else `0, 1, 2...` and none.
     pub fn into_model(self, options: &ImportOptions) -> std::result::Result<Model, String> {
         let output = self.network.output_shape();
-        if self.output_is_maps {
+        if self.output_layout != Layout::Features {
             return Err(format!(
                 "its output is feature maps ({output}), not one score per class"
             ));
@@ -131,10 +164,13 @@ pub fn network_from_bytes(bytes: &[u8]) -> std::result::Result<Imported, String>
         .iter()
         .map(|e| (e.key.clone(), e.value.clone()))
         .collect();
-    let converted = Converter::new(graph, opset)?.run(graph)?;
+    let converter = Converter::new(graph, opset)?;
+    let input_layout = converter.input_layout;
+    let converted = converter.run(graph)?;
     Ok(Imported {
         network: converted.network,
-        output_is_maps: converted.output_is_maps,
+        input_layout,
+        output_layout: converted.output_layout,
         ends_in_softmax: converted.ends_in_softmax,
         metadata,
     })
@@ -150,8 +186,24 @@ struct Dynamic {
     /// The engine's name for it: a node's name, or [`INPUT`].
     name: String,
     shape: Shape,
-    /// `[N, F]` rather than `[N, C, H, W]`.
-    flat: bool,
+    layout: Layout,
+}
+
+/// Stands for the batch among a computed value's ONNX dimensions (see [`Dynamic::onnx_dims`]).
+const BATCH_DIM: usize = usize::MAX;
+
+impl Dynamic {
+    /// `[N, F]` features.
+    fn flat(&self) -> bool {
+        self.layout == Layout::Features
+    }
+
+    /// Its ONNX dimensions, [`BATCH_DIM`] first.
+    fn onnx_dims(&self) -> Vec<usize> {
+        std::iter::once(BATCH_DIM)
+            .chain(self.layout.dims(self.shape))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +231,7 @@ struct Built {
 struct Converter {
     opset: i64,
     input_shape: Shape,
+    input_layout: Layout,
     /// Values of the constants computed so far (see [`Converter::run`]).
     computed: usize,
     values: HashMap<String, Value>,
@@ -193,7 +246,7 @@ struct Converter {
 
 struct Converted {
     network: Network,
-    output_is_maps: bool,
+    output_layout: Layout,
     ends_in_softmax: bool,
 }
 
@@ -246,7 +299,7 @@ impl Converter {
                     .join(", ")
             ));
         };
-        let (shape, flat) = input_shape(input)?;
+        let (shape, layout) = input_shape(input)?;
         let budget =
             NetworkBudget::new(graph.node.len().max(1), shape).map_err(|e| e.to_string())?;
         values.insert(
@@ -254,7 +307,7 @@ impl Converter {
             Value::Dynamic(Dynamic {
                 name: INPUT.into(),
                 shape,
-                flat,
+                layout,
             }),
         );
         let mut readers = HashMap::new();
@@ -269,6 +322,7 @@ impl Converter {
         Ok(Converter {
             opset,
             input_shape: shape,
+            input_layout: layout,
             computed: 0,
             values,
             readers,
@@ -418,7 +472,7 @@ impl Converter {
         }
         Ok(Converted {
             network,
-            output_is_maps: !result.flat,
+            output_layout: result.layout,
             ends_in_softmax: self.ends_in_softmax,
         })
     }
@@ -469,7 +523,11 @@ impl Converter {
             }
         }
         let output = layer.output_shape();
-        let flat = op.flattens() || inputs.iter().any(|d| d.flat);
+        let layout = if op.flattens() || inputs.iter().any(Dynamic::flat) {
+            Layout::Features
+        } else {
+            inputs[0].layout
+        };
         self.built.push(Built {
             spec: NodeSpec {
                 name: name.clone(),
@@ -482,7 +540,7 @@ impl Converter {
         Ok(Dynamic {
             name,
             shape: output,
-            flat,
+            layout,
         })
     }
 
@@ -606,7 +664,7 @@ fn is_path(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn input_shape(input: &ValueInfoProto) -> std::result::Result<(Shape, bool), String> {
+fn input_shape(input: &ValueInfoProto) -> std::result::Result<(Shape, Layout), String> {
     let tensor = input
         .r#type
         .as_ref()
@@ -633,12 +691,13 @@ fn input_shape(input: &ValueInfoProto) -> std::result::Result<(Shape, bool), Str
         }
     };
     let shape = match dims.len() {
-        4 => (Shape::new(size(1)?, size(2)?, size(3)?), false),
-        2 => (Shape::flat(size(1)?), true),
+        4 => (Shape::new(size(1)?, size(2)?, size(3)?), Layout::Maps),
+        3 => (Shape::new(size(1)?, 1, size(2)?), Layout::Sequence),
+        2 => (Shape::flat(size(1)?), Layout::Features),
         rank => {
             return Err(format!(
-                "its input `{}` has rank {rank}; this engine reads [N, C, H, W] images or [N, F] \
-                 features",
+                "its input `{}` has rank {rank}; this engine reads [N, C, H, W] images, [N, C, L] \
+                 sequences or [N, F] features",
                 input.name
             ))
         }

@@ -7,9 +7,12 @@ use super::constant::{
     gather_constant, reshape_constant, resolve_reshape, squeeze_dims, to_dims, transpose_constant,
     Constant, Data, BATCH,
 };
-use super::{module_name, unsupported, Converter, Dynamic, Outcome, Unsupported, Value};
+use super::{
+    module_name, unsupported, Converter, Dynamic, Layout, Outcome, Unsupported, Value, BATCH_DIM,
+};
 use crate::layers::{Conv2dConfig, DenseConfig, LayerSpec, BATCH_NORM_EPSILON};
 use crate::onnx::proto::{data_type, NodeProto};
+use crate::tensor::Shape;
 use crate::window::Window2d;
 
 /// The ops [`Converter::convert`] reads (some only in the settings a classifier uses).
@@ -42,6 +45,7 @@ pub(super) const READ_OPS: &[&str] = &[
     "Clip",
     "HardSigmoid",
     "HardSwish",
+    "PRelu",
     "Identity",
     "Dropout",
     "Softmax",
@@ -103,15 +107,17 @@ impl Converter {
             "Conv" => {
                 let x = dynamic(0)?;
                 let w = constant(1)?;
-                if x.flat || w.dims.len() != 4 {
-                    return unsupported(": only 2-D convolutions are");
-                }
+                let kernel = match (x.layout, w.dims.as_slice()) {
+                    (Layout::Maps, &[_, _, h, w]) => [h, w],
+                    (Layout::Sequence, &[_, _, l]) => [1, l],
+                    _ => return unsupported(": only 1-D and 2-D convolutions are"),
+                };
+                let attributes = attributes.one_dimensional(x.layout == Layout::Sequence);
                 let groups = attributes.int("group", 1)?;
-                let kernel = [w.dims[2], w.dims[3]];
-                if let Some(k) = attributes.ints_opt("kernel_shape")? {
-                    if k != [kernel[0] as i64, kernel[1] as i64] {
-                        return unsupported(": kernel_shape does not match the weights");
-                    }
+                if attributes.get("kernel_shape").is_some()
+                    && attributes.pair("kernel_shape", 1)? != kernel
+                {
+                    return unsupported(": kernel_shape does not match the weights");
                 }
                 let stride = attributes.pair("strides", 1)?;
                 let dilation = attributes.pair("dilations", 1)?;
@@ -142,9 +148,10 @@ impl Converter {
             }
             "MaxPool" | "AveragePool" => {
                 let x = dynamic(0)?;
-                if x.flat {
-                    return unsupported(": only 2-D pooling is");
+                if x.flat() {
+                    return unsupported(": only 1-D and 2-D pooling is");
                 }
+                let attributes = attributes.one_dimensional(x.layout == Layout::Sequence);
                 let kernel = attributes.pair_required("kernel_shape")?;
                 let stride = attributes.pair("strides", 1)?;
                 let dilation = attributes.pair("dilations", 1)?;
@@ -174,7 +181,7 @@ impl Converter {
             }
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = dynamic(0)?;
-                if x.flat {
+                if x.flat() {
                     return unsupported(": its input is not feature maps");
                 }
                 let op = if node.op_type == "GlobalAveragePool" {
@@ -182,13 +189,14 @@ impl Converter {
                 } else {
                     LayerSpec::GlobalMaxPool
                 };
+                let layout = x.layout;
                 let out = self.add(&name, op, vec![x], Vec::new())?;
-                // ONNX keeps the maps, 1x1: `[N, C, 1, 1]`.
-                Ok(Value::Dynamic(Dynamic { flat: false, ..out }))
+                // ONNX keeps the spatial axes, of size 1: `[N, C, 1, 1]` (`[N, C, 1]`).
+                Ok(Value::Dynamic(Dynamic { layout, ..out }))
             }
             "BatchNormalization" => {
                 let x = dynamic(0)?;
-                if x.flat {
+                if x.flat() {
                     return unsupported(": batch normalisation of flat features is not");
                 }
                 if attributes.int("training_mode", 0)? != 0 {
@@ -221,7 +229,7 @@ impl Converter {
             "Gemm" | "MatMul" => {
                 let x = dynamic(0)?;
                 let w = constant(1)?;
-                if !x.flat || w.dims.len() != 2 {
+                if !x.flat() || w.dims.len() != 2 {
                     return unsupported(": only a product of [N, F] features and a matrix is");
                 }
                 let (alpha, beta, trans_a, trans_b) = if node.op_type == "Gemm" {
@@ -321,11 +329,11 @@ impl Converter {
                 let values = (0..inputs.len())
                     .map(dynamic)
                     .collect::<std::result::Result<Vec<_>, _>>()?;
-                let rank = if values[0].flat { 2 } else { 4 };
+                let rank = values[0].layout.rank();
                 if axis != 1 && axis != 1 - rank {
                     return unsupported(": only concatenation along channels (axis 1) is");
                 }
-                if values.iter().any(|v| v.flat != values[0].flat) {
+                if values.iter().any(|v| v.layout != values[0].layout) {
                     return unsupported(": its inputs have different ranks");
                 }
                 Ok(Value::Dynamic(self.add(
@@ -342,7 +350,7 @@ impl Converter {
                 _ => {
                     let x = dynamic(0)?;
                     let axis = attributes.int("axis", 1)?;
-                    if axis != 1 && !(x.flat && axis == -1) {
+                    if axis != 1 && !(x.flat() && axis == -1) {
                         return unsupported(": only axis=1 is");
                     }
                     self.flatten(&name, x)
@@ -377,21 +385,21 @@ impl Converter {
                     }
                     _ => {
                         let x = dynamic(0)?;
-                        let rank = if x.flat { 2 } else { 4 };
-                        let axes: Vec<i64> = axes
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|&a| if a < 0 { a + rank } else { a })
-                            .collect();
-                        let squeezes_maps = node.op_type == "Squeeze"
-                            && !x.flat
-                            && x.shape.is_flat()
-                            && (axes == [2, 3] || axes == [3, 2]);
-                        if squeezes_maps {
-                            self.flatten(&name, x)
-                        } else {
-                            unsupported(": only squeezing 1x1 maps into features is")
+                        let dims = squeeze_dims(&node.op_type, &x.onnx_dims(), axes.as_deref())?;
+                        let squeezed = x.onnx_dims().len().saturating_sub(dims.len());
+                        let ones = |d: &[usize]| d.iter().filter(|&&d| d == 1).count();
+                        // Squeezing drops axes of size 1 only, and never the batch.
+                        if node.op_type == "Squeeze"
+                            && ones(&x.onnx_dims()) - ones(&dims) != squeezed
+                            || dims.first() != Some(&BATCH_DIM)
+                        {
+                            return unsupported(format!(
+                                ": the axes {:?} of a value of rank {}",
+                                axes.unwrap_or_default(),
+                                x.layout.rank()
+                            ));
                         }
+                        self.restructure(&name, x, &dims[1..])
                     }
                 }
             }
@@ -453,6 +461,36 @@ impl Converter {
                 },
             ),
             "HardSwish" => simple(self, LayerSpec::HardSwish),
+            "PRelu" => {
+                let x = dynamic(0)?;
+                let slope = constant(1)?;
+                // One slope, or one per channel: `[C, 1, 1]` or `[1, C, 1, 1]` for maps
+                // (broadcast from the last axis), `[C]` for features.
+                let ones_after = |k: usize| slope.dims[k + 1..].iter().all(|&d| d == 1);
+                let leading = |k: usize| slope.dims[..k].iter().all(|&d| d == 1);
+                let channels = x.shape.channels;
+                let per_channel = (0..slope.dims.len()).any(|k| {
+                    slope.dims[k] == channels
+                        && leading(k)
+                        && ones_after(k)
+                        && slope.dims.len() as i64 - k as i64 == x.layout.rank() - 1
+                });
+                // Before opset 7 (no broadcasting yet) `[C]` meant one slope per channel.
+                let per_channel = per_channel || (self.opset < 7 && slope.dims == [channels]);
+                let shared = slope.len() == 1;
+                if !shared && !per_channel {
+                    return unsupported(format!(
+                        ": slopes of shape {:?} are not (one, or one per channel)",
+                        slope.dims
+                    ));
+                }
+                Ok(Value::Dynamic(self.add(
+                    &name,
+                    LayerSpec::Prelu { shared },
+                    vec![x],
+                    vec![("weight", slope.floats())],
+                )?))
+            }
             "Identity" | "Dropout" => match input(0)? {
                 Value::Constant(c) => Ok(Value::Constant(c.clone())),
                 _ => {
@@ -467,7 +505,7 @@ impl Converter {
             "Softmax" => {
                 let x = dynamic(0)?;
                 let axis = attributes.int("axis", if self.opset >= 13 { -1 } else { 1 })?;
-                if last && x.flat && (axis == 1 || axis == -1) {
+                if last && x.flat() && (axis == 1 || axis == -1) {
                     self.ends_in_softmax = true;
                     Ok(Value::Dynamic(x))
                 } else {
@@ -500,12 +538,8 @@ impl Converter {
                     Value::Constant(c) => c.dims.iter().map(|&d| d as i64).collect(),
                     _ => {
                         let x = dynamic(0)?;
-                        let s = x.shape;
-                        if x.flat {
-                            vec![BATCH, s.channels as i64]
-                        } else {
-                            vec![BATCH, s.channels as i64, s.height as i64, s.width as i64]
-                        }
+                        let dims = x.layout.dims(x.shape).into_iter().map(|d| d as i64);
+                        std::iter::once(BATCH).chain(dims).collect()
                     }
                 };
                 let rank = dims.len() as i64;
@@ -541,7 +575,7 @@ impl Converter {
     }
 
     fn flatten(&mut self, name: &str, x: Dynamic) -> Outcome {
-        if x.flat {
+        if x.flat() {
             return Ok(Value::Dynamic(x));
         }
         Ok(Value::Dynamic(self.add(
@@ -552,14 +586,11 @@ impl Converter {
         )?))
     }
 
-    /// A reshape of a computed value: to `[N, F]` it is a flatten, to the same shape nothing.
+    /// A reshape of a computed value (see [`Converter::restructure`]): the batch stays first.
     fn reshape(&mut self, name: &str, x: Dynamic, target: &[i64], allow_zero: bool) -> Outcome {
-        let s = x.shape;
-        let current: Vec<i64> = if x.flat {
-            vec![BATCH, s.channels as i64]
-        } else {
-            vec![BATCH, s.channels as i64, s.height as i64, s.width as i64]
-        };
+        let current: Vec<i64> = std::iter::once(BATCH)
+            .chain(x.layout.dims(x.shape).into_iter().map(|d| d as i64))
+            .collect();
         // Zero copies the dimension from the input (unless `allowzero`), -1 takes the rest.
         let resolved: Vec<i64> = target
             .iter()
@@ -572,21 +603,59 @@ impl Converter {
                 }
             })
             .collect();
-        let features = s.len() as i64;
-        let batch_first = matches!(resolved.first(), Some(&BATCH) | Some(&-1));
-        let is_flatten = resolved.len() == 2
-            && ((resolved[0] == BATCH && (resolved[1] == -1 || resolved[1] == features))
-                || (resolved[0] == -1 && resolved[1] == features));
-        if is_flatten {
+        let refused = || {
+            unsupported(format!(
+                ": reshaping {} values to {target:?} is not (the batch must stay first)",
+                x.shape
+            ))
+        };
+        let len = x.shape.len() as i64;
+        let rest = match resolved.split_first() {
+            Some((&BATCH, rest)) => rest.to_vec(),
+            // A -1 first is the batch when the rest is known.
+            Some((-1, rest)) if rest.iter().all(|&d| d > 0) => rest.to_vec(),
+            _ => return refused(),
+        };
+        let known: i64 = rest.iter().filter(|&&d| d != -1).product();
+        let dims: Option<Vec<usize>> = rest
+            .iter()
+            .map(|&d| match d {
+                -1 if known > 0 && len % known == 0 => Some((len / known) as usize),
+                d if d > 0 => usize::try_from(d).ok(),
+                _ => None,
+            })
+            .collect();
+        match dims {
+            Some(dims) if rest.iter().filter(|&&d| d == -1).count() <= 1 => {
+                self.restructure(name, x, &dims)
+            }
+            _ => refused(),
+        }
+    }
+
+    /// `x` as a value of ONNX dimensions `[N, dims...]`: the same values in the same order,
+    /// held in the same shape (a new layout, no node) or flattened to features.
+    fn restructure(&mut self, name: &str, x: Dynamic, dims: &[usize]) -> Outcome {
+        let (layout, shape) = match *dims {
+            [features] => (Layout::Features, Shape::flat(features)),
+            [channels, length] => (Layout::Sequence, Shape::new(channels, 1, length)),
+            [channels, height, width] => (Layout::Maps, Shape::new(channels, height, width)),
+            _ => {
+                return unsupported(format!(
+                    ": values of rank {} are not (2, 3 and 4 are)",
+                    dims.len() + 1
+                ))
+            }
+        };
+        if shape == x.shape {
+            return Ok(Value::Dynamic(Dynamic { layout, ..x }));
+        }
+        if layout == Layout::Features && shape.len() == x.shape.len() {
             return self.flatten(name, x);
         }
-        let same = resolved.len() == current.len() && batch_first && resolved[1..] == current[1..];
-        if same {
-            return Ok(Value::Dynamic(x));
-        }
         unsupported(format!(
-            ": reshaping {} maps to {target:?} is not (only flattening is)",
-            s
+            ": reshaping {} values to {dims:?} is not (only flattening is)",
+            x.shape
         ))
     }
 
@@ -596,7 +665,7 @@ impl Converter {
         }
         if values
             .iter()
-            .any(|v| v.flat != values[0].flat || v.shape != values[0].shape)
+            .any(|v| v.layout != values[0].layout || v.shape != values[0].shape)
         {
             return unsupported(": adding values of different shapes (broadcasting) is not");
         }
@@ -640,7 +709,7 @@ impl Converter {
         let bias = broadcast_vector(constant, channels)
             .map_err(|_| Unsupported(": its constant is not one value per channel".into()))?;
         match &mut built.spec.op {
-            LayerSpec::Conv2d(c) if !c.bias && !computed.flat => c.bias = true,
+            LayerSpec::Conv2d(c) if !c.bias && !computed.flat() => c.bias = true,
             LayerSpec::Dense(d) if !d.bias => d.bias = true,
             _ => {
                 return unsupported(
