@@ -93,6 +93,11 @@ def apply(op, inputs, t):
         shape = (-1, 1, 1) if x.ndim == 3 else (-1,)
         scale = t("weight") / np.sqrt(t("running_var") + EPSILON)
         return (x - t("running_mean").reshape(shape)) * scale.reshape(shape) + t("bias").reshape(shape)
+    if kind == "constant_op":
+        c = t("constant")
+        return {"add": lambda: x + c, "sub": lambda: x - c, "mul": lambda: x * c,
+                "div": lambda: x / c, "reverse_sub": lambda: c - x,
+                "reverse_div": lambda: c / x}[op["op"]]()
     if kind == "prelu":
         slope = t("weight").reshape((-1, 1, 1) if x.ndim == 3 else (-1,))
         return np.where(x > 0, x, slope * x)
@@ -152,6 +157,9 @@ def expected_tensors(nodes, values):
             for t in ("weight", "bias", "running_mean", "running_var"):
                 expected[f"{name}.{t}"] = ((shape_in[0],), "float32")
             expected[f"{name}.num_batches_tracked"] = ((), "int64")
+        elif op["type"] == "constant_op":
+            c, h, w = op["operand"]
+            expected[f"{name}.constant"] = (((c,) if len(shape_in) == 1 else (c, h, w)), "float32")
         elif op["type"] == "prelu":
             expected[f"{name}.weight"] = ((1 if op["shared"] else shape_in[0],), "float32")
     return expected

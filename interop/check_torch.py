@@ -40,6 +40,25 @@ class Concat(nn.Module):
         return torch.cat(xs, dim=1)
 
 
+# The ops whose output is `[N, F]`.
+FLATTENING = ("flatten", "dense", "global_avg_pool", "global_max_pool")
+
+
+class ConstantOp(nn.Module):
+    """`x op c` with the constant a buffer named `constant`, as `cnn` saves it."""
+
+    def __init__(self, op, shape):
+        super().__init__()
+        self.op = op
+        self.register_buffer("constant", torch.zeros(shape))
+
+    def forward(self, x):
+        c = self.constant
+        return {"add": lambda: x + c, "sub": lambda: x - c, "mul": lambda: x * c,
+                "div": lambda: x / c, "reverse_sub": lambda: c - x,
+                "reverse_div": lambda: c / x}[self.op]()
+
+
 class Lambda(nn.Module):
     def __init__(self, f):
         super().__init__()
@@ -49,8 +68,8 @@ class Lambda(nn.Module):
         return self.f(x)
 
 
-def module(op, channels):
-    """The PyTorch module of one node, and its output channels."""
+def module(op, channels, flat=False):
+    """The PyTorch module of one node (reading features when `flat`), and its output channels."""
     kind = op["type"]
     # Built from the settings the file records (files from before they were recorded lack
     # the fixed ones: `cnn`'s values are the defaults here).
@@ -86,6 +105,9 @@ def module(op, channels):
         return nn.Hardtanh(low, high), channels
     if kind == "hardsigmoid":
         return Lambda(lambda x: torch.clamp(op["alpha"] * x + op["beta"], 0, 1)), channels
+    if kind == "constant_op":
+        c, h, w = op["operand"]
+        return ConstantOp(op["op"], (c,) if flat else (c, h, w)), channels
     if kind == "prelu":
         return nn.PReLU(1 if op["shared"] else channels), channels
     if kind == "hardswish":
@@ -105,13 +127,15 @@ class Graph(nn.Module):
         super().__init__()
         self.order = []
         width = {"input": channels}
+        flat = {"input": False}
         for node in nodes:
             inputs = node["inputs"]
             if node["op"]["type"] == "concat":
                 c = sum(width[i] for i in inputs)
             else:
                 c = width[inputs[0]]
-            m, width[node["name"]] = module(node["op"], c)
+            m, width[node["name"]] = module(node["op"], c, flat[inputs[0]])
+            flat[node["name"]] = node["op"]["type"] in FLATTENING or any(flat[i] for i in inputs)
             *parents, leaf = node["name"].split(".")
             owner = self
             for part in parents:

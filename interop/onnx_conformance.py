@@ -13,9 +13,9 @@ running cnn, when it uses ops outside OPS. A pytorch-converted case runs when al
 OPS; the others are counted apart, as outside the op list.
 
 `cnn` takes one float32 input: `CNN run --model M.onnx --input X.npy --output Y.npy` (rank 4 NCHW,
-rank 3 [N, C, L] or rank 2 [N, F]; with several model outputs `--output` is a folder and cnn writes
+rank 3 [N, C, L], rank 2 [N, F] or rank 1 [N]; with several model outputs `--output` is a folder and cnn writes
 `<output name>.npy` there). So every input after the first is baked into a copy of the model as
-an initializer. A case whose first input is not a float32 tensor of rank 2, 3 or 4 is unsupported
+an initializer. A case whose first input is not a float32 tensor of rank 1 to 4 is unsupported
 (cnn is not called). A case passes when cnn exits 0 and every output has the expected shape and
 matches within rtol 1e-3, atol 1e-5 (compared as float64, so a bool or int64 output can match
 cnn's float32 one); it is unsupported when cnn exits non-zero with "not supported" in its stderr;
@@ -56,7 +56,7 @@ OPS = [
 SUITES = ["node", "pytorch-converted"]
 RTOL, ATOL = 1e-3, 1e-5
 PASS, FAIL, UNSUPPORTED = "pass", "fail", "unsupported"
-BAD_INPUT = "input is not a float32 tensor of rank 2, 3 or 4"
+BAD_INPUT = "input is not a float32 tensor of rank 1 to 4"
 EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
 
 
@@ -179,7 +179,7 @@ def run_data_set(cnn, case, model, data_set, work, timeout):
     if not is_tensor(inputs[0]):
         return UNSUPPORTED, BAD_INPUT, inputs[0].type.WhichOneof("value"), False
     x = load_tensor(input_files[0])
-    if x.dtype != np.float32 or x.ndim not in (2, 3, 4):
+    if x.dtype != np.float32 or x.ndim not in (1, 2, 3, 4):
         return UNSUPPORTED, BAD_INPUT, describe(x), False
     if not all(is_tensor(v) for v in graph.output):
         return UNSUPPORTED, "an output is not a tensor", "", False

@@ -45,7 +45,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Architecture, NodeSpec, INPUT};
-use crate::layers::{Conv2dConfig, DenseConfig, LayerSpec};
+use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec};
 use crate::window::Window2d;
 use std::collections::HashMap;
 
@@ -763,6 +763,31 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
             Ok(LayerSpec::HardSigmoid { alpha, beta })
         }
         "hardswish" => none(false).map(|_| LayerSpec::HardSwish),
+        "constant" => {
+            let [op, size] = positional.as_slice() else {
+                return Err("write `constant OP CxHxW`, e.g. `constant sub 3x1x1` (OP: add, sub, \
+                            mul, div, rsub, rdiv; the values are the model's)"
+                    .into());
+            };
+            let op = BinaryOp::ALL
+                .into_iter()
+                .find(|o| o.name() == *op)
+                .ok_or_else(|| format!("`{op}` is not add, sub, mul, div, rsub or rdiv"))?;
+            let sizes = size
+                .split('x')
+                .map(|t| t.parse::<usize>().ok().filter(|&n| n > 0))
+                .collect::<Option<Vec<usize>>>();
+            let Some(&[c, h, w]) = sizes.as_deref() else {
+                return Err(format!("`{size}` is not a size CxHxW"));
+            };
+            if !options.is_empty() {
+                return Err(format!("unexpected `{}`", options[0]));
+            }
+            Ok(LayerSpec::ConstantOp {
+                op,
+                operand: [c, h, w],
+            })
+        }
         "prelu" => match positional.as_slice() {
             [] => none(false).map(|_| LayerSpec::Prelu { shared: false }),
             ["shared"] if options.is_empty() => Ok(LayerSpec::Prelu { shared: true }),
@@ -796,7 +821,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "" => Err("empty layer".into()),
         other => Err(format!(
             "unknown layer `{other}` (layers: conv, relu, leakyrelu, sigmoid, tanh, gelu, silu, \
-             relu6, clip, hardsigmoid, hardswish, prelu, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
+             relu6, clip, hardsigmoid, hardswish, prelu, constant, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
              concat(...), or a block defined with `let`)"
         )),
     }

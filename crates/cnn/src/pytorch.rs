@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
-use crate::layers::{LayerSpec, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
+use crate::layers::{BinaryOp, LayerSpec, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
 use crate::model::Model;
 use crate::model_file;
 use std::collections::{BTreeMap, HashSet};
@@ -35,6 +35,7 @@ pub fn to_source(model: &Model) -> Result<String> {
     let mut taken: HashSet<String> = HashSet::from(["x".to_string(), "self".to_string()]);
     // Whether each value (0 the input, `k + 1` node `k`) is `[N, F]` in PyTorch.
     let mut flat = vec![false];
+    let mut uses_constant = false;
     for (index, node) in network.nodes().iter().enumerate() {
         let spec = node.layer().spec();
         let input_shape = summary[index].input;
@@ -122,7 +123,7 @@ pub fn to_source(model: &Model) -> Result<String> {
             LayerSpec::Clip {
                 min: Some(min),
                 max: Some(max),
-            } => format!("F.hardtanh({x}, {min:?}, {max:?})"),
+            } if min <= max => format!("F.hardtanh({x}, {min:?}, {max:?})"),
             LayerSpec::Clip { min, max } => format!(
                 "torch.clamp({x}, min={}, max={})",
                 min.map_or("None".into(), |v| format!("{v:?}")),
@@ -135,6 +136,21 @@ pub fn to_source(model: &Model) -> Result<String> {
                 format!("torch.clamp({alpha:?} * {x} + {beta:?}, 0.0, 1.0)")
             }
             LayerSpec::HardSwish => format!("F.hardswish({x})"),
+            LayerSpec::ConstantOp { op, .. } => {
+                let dims = &node.layer().buffers()[0].dims;
+                let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
+                insert(&mut tree, path, format!("Constant({})", dims.join(", ")))?;
+                uses_constant = true;
+                let c = format!("self.get_submodule({path:?}).constant");
+                match op {
+                    BinaryOp::Add => format!("{x} + {c}"),
+                    BinaryOp::Sub => format!("{x} - {c}"),
+                    BinaryOp::Mul => format!("{x} * {c}"),
+                    BinaryOp::Div => format!("{x} / {c}"),
+                    BinaryOp::ReverseSub => format!("{c} - {x}"),
+                    BinaryOp::ReverseDiv => format!("{c} / {x}"),
+                }
+            }
             LayerSpec::Prelu { shared } => {
                 let slopes = if shared { 1 } else { input_shape.channels };
                 insert(&mut tree, path, format!("nn.PReLU({slopes})"))?;
@@ -194,12 +210,13 @@ MEAN = {mean}
 STD = {std}
 # The model file's metadata, written back by save_for_cnn.
 METADATA = json.loads({metadata})
-
+{helpers}
 
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
 "#,
+        helpers = if uses_constant { CONSTANT_CLASS } else { "" },
         c = shape.channels,
         h = shape.height,
         w = shape.width,
@@ -233,6 +250,17 @@ class Net(nn.Module):
     );
     Ok(source)
 }
+
+/// The module of a `constant` node: its tensor, saved with the weights and not learnt.
+const CONSTANT_CLASS: &str = r#"
+
+class Constant(nn.Module):
+    """A tensor saved with the weights but not learnt (`cnn`'s `constant` op)."""
+
+    def __init__(self, *shape):
+        super().__init__()
+        self.register_buffer("constant", torch.zeros(shape))
+"#;
 
 fn insert(tree: &mut Vec<(String, Module)>, path: &str, layer: String) -> Result<()> {
     let conflict = || {

@@ -16,7 +16,7 @@ mod common;
 use cnn::kernels::conv::ConvGeometry;
 use cnn::kernels::pool::{PoolGeometry, PoolKind};
 use cnn::kernels::reference;
-use cnn::layers::{Conv2dConfig, DenseConfig, Layer, LayerScratch, SingleInput};
+use cnn::layers::{BinaryOp, Conv2dConfig, DenseConfig, Layer, LayerScratch, SingleInput};
 use cnn::loss::softmax_cross_entropy;
 use cnn::window::Window2d;
 use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
@@ -48,6 +48,8 @@ enum Inputs {
     /// Uniform in `[-1, 1)`, step 0.01: for the smooth activations, whose curvature a large
     /// step would turn into error.
     Smooth,
+    /// Uniform in `[0.5, 1.5)`, step 0.01: for `c / x`, away from its pole.
+    Positive,
 }
 
 impl Inputs {
@@ -55,13 +57,14 @@ impl Inputs {
         match self {
             Inputs::Uniform | Inputs::Smooth => uniform(rng, len, -1.0, 1.0),
             Inputs::Distinct => distinct(rng, len, 0.05),
+            Inputs::Positive => uniform(rng, len, 0.5, 1.5),
         }
     }
 
     fn eps(self) -> f32 {
         match self {
             Inputs::Uniform => 0.1,
-            Inputs::Distinct | Inputs::Smooth => 0.01,
+            Inputs::Distinct | Inputs::Smooth | Inputs::Positive => 0.01,
         }
     }
 }
@@ -141,6 +144,10 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
         | LayerSpec::HardSigmoid { .. }
         | LayerSpec::HardSwish
         | LayerSpec::Prelu { .. } => Inputs::Distinct,
+        LayerSpec::ConstantOp {
+            op: BinaryOp::ReverseDiv,
+            ..
+        } => Inputs::Positive,
         _ => Inputs::Uniform,
     };
     let mut rng = rng(SEED);
@@ -153,6 +160,12 @@ fn check_layer(spec: LayerSpec, input_shape: Shape, batch: usize) -> (Box<dyn La
         .expect("the layer fits its input");
     for param in layer.params_mut() {
         param.value = uniform(&mut rng, param.value.len(), -1.0, 1.0);
+    }
+    // Constants away from 0, which `x / c` divides by.
+    for buffer in layer.buffers_mut() {
+        if buffer.name == "constant" {
+            buffer.value = uniform(&mut rng, buffer.value.len(), 0.5, 1.5);
+        }
     }
     let input = tensor(
         batch,
@@ -498,6 +511,28 @@ fn prelu() {
             let (layer, _) = check_layer(LayerSpec::Prelu { shared }, shape, 3);
             let slopes = if shared { 1 } else { shape.channels };
             assert_eq!(layer.params()[0].value.len(), slopes);
+        }
+    }
+}
+
+/// Arithmetic with a constant broadcast over maps and features, every op and both orders.
+#[test]
+fn constant_operands() {
+    for op in BinaryOp::ALL {
+        for (operand, shape) in [
+            ([3, 1, 1], Shape::new(3, 2, 4)),
+            ([1, 2, 4], Shape::new(3, 2, 4)),
+            ([3, 2, 1], Shape::new(3, 2, 4)),
+            ([1, 1, 1], Shape::new(3, 2, 4)),
+            ([5, 1, 1], Shape::flat(5)),
+        ] {
+            let spec = LayerSpec::ConstantOp { op, operand };
+            let (layer, _) = check_layer(spec, shape, 2);
+            assert!(layer.params().is_empty(), "the constant is not learnt");
+            assert_eq!(
+                layer.buffers()[0].value.len(),
+                operand.iter().product::<usize>()
+            );
         }
     }
 }

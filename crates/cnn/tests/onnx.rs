@@ -18,8 +18,8 @@ use rand::Rng;
 const EVERY_OP: &str = "stem: conv 8@3 pad=1, gelu, \
     b: (add(conv 8@3 pad=1 nobias, batchnorm, leakyrelu 0.1, conv 8@3 pad=1 nobias, batchnorm | ), relu), \
     avgpool 3 stride=2 pad=1 ceil, \
-    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh | conv 4@1, hardswish, clip -inf 0.5 | conv 2@1, relu6, hardsigmoid 0.2 0.5), prelu, \
-    identity, gmp, dense 16, prelu shared, dropout 0.3, dense classes";
+    m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh | conv 4@1, hardswish, clip -inf 0.5 | conv 2@1, relu6, hardsigmoid 0.2 0.5), prelu, constant sub 22x1x1, constant div 1x1x1, \
+    identity, gmp, dense 16, prelu shared, constant rsub 16x1x1, dropout 0.3, dense classes";
 
 /// A model of `notation` with random weights and batch-norm statistics.
 fn random_model(notation: &str, shape: Shape, classes: usize, seed: u64) -> Model {
@@ -43,7 +43,7 @@ fn random_model(notation: &str, shape: Shape, classes: usize, seed: u64) -> Mode
                     .value
                     .iter_mut()
                     .for_each(|v| *v = rng.random_range(-0.5..0.5)),
-                "running_var" => buffer
+                "running_var" | "constant" => buffer
                     .value
                     .iter_mut()
                     .for_each(|v| *v = rng.random_range(0.5..2.0)),
@@ -577,5 +577,77 @@ fn one_dimensional_ops_on_sequences() {
                 assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
             }
         }
+    }
+}
+
+/// Arithmetic with constants broadcast as NumPy broadcasts them: `(x - mean) / std` per channel
+/// (`[1, C, 1, 1]` and `[C, 1, 1]`), a scale per column (`[W]`), `1 - x`, and a constant added
+/// after a ReLU (no bias to fold it into). Checked against the same arithmetic in loops.
+#[test]
+fn constants_broadcast_over_computed_values() {
+    let (c, h, w) = (2usize, 3usize, 4usize);
+    let mean = vec![0.5, -0.25];
+    let std = vec![2.0, 0.5];
+    let column: Vec<f32> = (0..w).map(|i| 1.0 + i as f32 * 0.5).collect();
+    let model = file(
+        vec![
+            node("Sub", "/norm/Sub", &["x", "mean"], "a", vec![]),
+            node("Div", "/norm/Div", &["a", "std"], "b", vec![]),
+            node("Mul", "/scale/Mul", &["b", "column"], "d", vec![]),
+            node("Sub", "/flip/Sub", &["one", "d"], "e", vec![]),
+            node("Relu", "/act/Relu", &["e"], "f", vec![]),
+            node("Add", "/shift/Add", &["f", "shift"], "y", vec![]),
+        ],
+        vec![
+            floats("mean", &[1, 2, 1, 1], mean.clone()),
+            floats("std", &[2, 1, 1], std.clone()),
+            floats("column", &[4], column.clone()),
+            floats("one", &[], vec![1.0]),
+            floats("shift", &[1], vec![0.75]),
+        ],
+        [2, 3, 4],
+        "y",
+    );
+    let imported = onnx::import::network_from_bytes(&model.encode_to_vec()).unwrap();
+    let ops: Vec<String> = imported
+        .network
+        .nodes()
+        .iter()
+        .map(|n| n.layer().spec().to_string())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "constant sub 2x1x1",
+            "constant div 2x1x1",
+            "constant mul 1x1x4",
+            "constant rsub 1x1x1",
+            "relu",
+            "constant add 1x1x1"
+        ]
+    );
+    let shape = Shape::new(c, h, w);
+    let input = random_batch(2, shape, 9);
+    let mut workspace = Workspace::new();
+    let output = imported.network.infer(&input, &mut workspace).unwrap();
+    for n in 0..2 {
+        for (i, (&x, &y)) in input.sample(n).iter().zip(output.sample(n)).enumerate() {
+            let (channel, column_index) = (i / (h * w), i % w);
+            let scaled = (x - mean[channel]) / std[channel] * column[column_index];
+            let expected = (1.0 - scaled).max(0.0) + 0.75;
+            assert_eq!(y, expected, "value {i} of image {n}");
+        }
+    }
+    // A constant that varies along the batch, or would grow the value, is refused.
+    for dims in [vec![2, 1, 1, 1], vec![2, 3, 5]] {
+        let len = dims.iter().product::<i64>() as usize;
+        let model = file(
+            vec![node("Mul", "m", &["x", "k"], "y", vec![])],
+            vec![floats("k", &dims, vec![1.0; len])],
+            [2, 3, 4],
+            "y",
+        );
+        let error = refused(&model);
+        assert!(error.contains("does not broadcast"), "{dims:?}: {error}");
     }
 }

@@ -95,7 +95,7 @@ impl ActivationKind {
             ActivationKind::Identity => 1.0,
             // At the bounds the gradient is 0, as for PyTorch's `hardtanh` and `hardsigmoid`.
             ActivationKind::Clip { min, max } => f32::from(u8::from(
-                min.is_none_or(|m| x > m) && max.is_none_or(|m| x < m),
+                min.is_none_or(|m| x > m) && max.is_none_or(|m| x < m && m >= min.unwrap_or(m)),
             )),
             ActivationKind::HardSigmoid { alpha, beta } => {
                 let z = alpha * x + beta;
@@ -122,15 +122,15 @@ impl ActivationKind {
 /// PyTorch's `hardswish` and `hardsigmoid` slope.
 const HARD_SWISH_ALPHA: f32 = 1.0 / 6.0;
 
-/// `x` held within `[low, high]`; NaN stays NaN.
+/// `min(max(x, low), high)`, as ONNX defines it (with `low > high`, `high` everywhere); NaN
+/// stays NaN.
 #[inline]
 fn clip(x: f32, low: f32, high: f32) -> f32 {
-    if x < low {
-        low
-    } else if x > high {
+    let y = if x < low { low } else { x };
+    if y > high {
         high
     } else {
-        x
+        y
     }
 }
 

@@ -2,8 +2,8 @@
 //! model files (key `architecture`), so a model file rebuilds its own network.
 
 use super::{
-    Activation, ActivationKind, Add, BatchNorm2d, Concat, Conv2d, Dense, Dropout, Flatten,
-    GlobalPool, Layer, Pool2d, Prelu,
+    Activation, ActivationKind, Add, BatchNorm2d, BinaryOp, Concat, ConstantOp, Conv2d, Dense,
+    Dropout, Flatten, GlobalPool, Layer, Pool2d, Prelu,
 };
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
@@ -122,6 +122,12 @@ pub enum LayerSpec {
     Prelu {
         shared: bool,
     },
+    /// `x op c` with a constant `c` (the buffer `constant`, not learnt) of `operand` sizes
+    /// (`C x H x W`, each the input's or 1), broadcast over the input.
+    ConstantOp {
+        op: BinaryOp,
+        operand: [usize; 3],
+    },
     /// The sum of two or more inputs of one shape (a residual connection).
     Add,
     /// The inputs' channels one after another (same height and width).
@@ -152,6 +158,7 @@ impl LayerSpec {
             LayerSpec::HardSigmoid { .. } => "hardsigmoid",
             LayerSpec::HardSwish => "hardswish",
             LayerSpec::Prelu { .. } => "prelu",
+            LayerSpec::ConstantOp { .. } => "constant",
             LayerSpec::Add => "add",
             LayerSpec::Concat => "concat",
         }
@@ -233,6 +240,9 @@ impl LayerSpec {
             }
             LayerSpec::HardSwish => activation(ActivationKind::HardSwish),
             LayerSpec::Prelu { shared } => Box::new(Prelu::new(shared, input)),
+            LayerSpec::ConstantOp { op, operand } => {
+                Box::new(ConstantOp::new(op, operand, input).map_err(misfit)?)
+            }
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
             }
@@ -335,6 +345,10 @@ impl fmt::Display for LayerSpec {
             LayerSpec::HardSwish => write!(f, "hardswish"),
             LayerSpec::Prelu { shared: false } => write!(f, "prelu"),
             LayerSpec::Prelu { shared: true } => write!(f, "prelu shared"),
+            LayerSpec::ConstantOp { op, operand } => {
+                let [c, h, w] = operand;
+                write!(f, "constant {} {c}x{h}x{w}", op.name())
+            }
             LayerSpec::Add => write!(f, "add"),
             LayerSpec::Concat => write!(f, "concat"),
         }

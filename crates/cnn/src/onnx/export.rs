@@ -183,6 +183,16 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 vec![float("alpha", alpha), float("beta", beta)],
             ),
             LayerSpec::HardSwish => graph.node("HardSwish", name, vec![x], &output, vec![]),
+            LayerSpec::ConstantOp { op, .. } => {
+                let constant = param(&mut graph, "constant");
+                let (op, constant_first) = op.onnx();
+                let args = if constant_first {
+                    vec![constant, x]
+                } else {
+                    vec![x, constant]
+                };
+                graph.node(op, name, args, &output, vec![]);
+            }
             LayerSpec::Prelu { shared } => {
                 // ONNX broadcasts from the last axis: slopes per channel of maps are `[C, 1, 1]`.
                 let weight = tensors["weight"];

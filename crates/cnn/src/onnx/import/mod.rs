@@ -39,6 +39,8 @@ pub struct ImportOptions {
 /// How a value of the ONNX graph, `[N, ...]`, is held in the engine's `C x H x W` shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
+    /// `[N]`, one value per sample: `1 x 1 x 1`.
+    Scalar,
     /// `[N, F]`, features: `F x 1 x 1`.
     Features,
     /// `[N, C, L]`, what 1-D convolutions and pools read: `C x 1 x L`.
@@ -51,6 +53,7 @@ impl Layout {
     /// The value's ONNX dimensions after the batch.
     pub fn dims(self, shape: Shape) -> Vec<usize> {
         match self {
+            Layout::Scalar => vec![],
             Layout::Features => vec![shape.len()],
             Layout::Sequence => vec![shape.channels, shape.width],
             Layout::Maps => vec![shape.channels, shape.height, shape.width],
@@ -60,6 +63,7 @@ impl Layout {
     /// Its rank, the batch included.
     pub fn rank(self) -> i64 {
         match self {
+            Layout::Scalar => 1,
             Layout::Features => 2,
             Layout::Sequence => 3,
             Layout::Maps => 4,
@@ -198,6 +202,11 @@ impl Dynamic {
         self.layout == Layout::Features
     }
 
+    /// `[N, C, L]` or `[N, C, H, W]`: what convolutions, pools and batch norm read.
+    fn spatial(&self) -> bool {
+        matches!(self.layout, Layout::Sequence | Layout::Maps)
+    }
+
     /// Its ONNX dimensions, [`BATCH_DIM`] first.
     fn onnx_dims(&self) -> Vec<usize> {
         std::iter::once(BATCH_DIM)
@@ -225,7 +234,6 @@ enum Value {
 struct Built {
     spec: NodeSpec,
     params: Vec<(&'static str, Vec<f32>)>,
-    output: Shape,
 }
 
 struct Converter {
@@ -535,7 +543,6 @@ impl Converter {
                 inputs: inputs.into_iter().map(|d| d.name).collect(),
             },
             params,
-            output,
         });
         Ok(Dynamic {
             name,
@@ -693,11 +700,12 @@ fn input_shape(input: &ValueInfoProto) -> std::result::Result<(Shape, Layout), S
     let shape = match dims.len() {
         4 => (Shape::new(size(1)?, size(2)?, size(3)?), Layout::Maps),
         3 => (Shape::new(size(1)?, 1, size(2)?), Layout::Sequence),
+        1 => (Shape::flat(1), Layout::Scalar),
         2 => (Shape::flat(size(1)?), Layout::Features),
         rank => {
             return Err(format!(
                 "its input `{}` has rank {rank}; this engine reads [N, C, H, W] images, [N, C, L] \
-                 sequences or [N, F] features",
+                 sequences, [N, F] features or [N] values",
                 input.name
             ))
         }

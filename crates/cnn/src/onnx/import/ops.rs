@@ -10,7 +10,7 @@ use super::constant::{
 use super::{
     module_name, unsupported, Converter, Dynamic, Layout, Outcome, Unsupported, Value, BATCH_DIM,
 };
-use crate::layers::{Conv2dConfig, DenseConfig, LayerSpec, BATCH_NORM_EPSILON};
+use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, BATCH_NORM_EPSILON};
 use crate::onnx::proto::{data_type, NodeProto};
 use crate::tensor::Shape;
 use crate::window::Window2d;
@@ -148,7 +148,7 @@ impl Converter {
             }
             "MaxPool" | "AveragePool" => {
                 let x = dynamic(0)?;
-                if x.flat() {
+                if !x.spatial() {
                     return unsupported(": only 1-D and 2-D pooling is");
                 }
                 let attributes = attributes.one_dimensional(x.layout == Layout::Sequence);
@@ -181,7 +181,7 @@ impl Converter {
             }
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = dynamic(0)?;
-                if x.flat() {
+                if !x.spatial() {
                     return unsupported(": its input is not feature maps");
                 }
                 let op = if node.op_type == "GlobalAveragePool" {
@@ -196,7 +196,7 @@ impl Converter {
             }
             "BatchNormalization" => {
                 let x = dynamic(0)?;
-                if x.flat() {
+                if !x.spatial() {
                     return unsupported(": batch normalisation of flat features is not");
                 }
                 if attributes.int("training_mode", 0)? != 0 {
@@ -308,8 +308,9 @@ impl Converter {
                         nodes: vec![format!("Div ({label})")],
                     })
                 }
-                _ => unsupported(": only division by constants, as in GELU, is"),
+                _ => self.constant_operand(&name, BinaryOp::Div, inputs),
             },
+            "Sub" => self.constant_operand(&name, BinaryOp::Sub, inputs),
             "Erf" => match input(0)? {
                 Value::Gelu { x, step: 1, nodes } => Ok(Value::Gelu {
                     x: x.clone(),
@@ -637,6 +638,7 @@ impl Converter {
     /// held in the same shape (a new layout, no node) or flattened to features.
     fn restructure(&mut self, name: &str, x: Dynamic, dims: &[usize]) -> Outcome {
         let (layout, shape) = match *dims {
+            [] => (Layout::Scalar, Shape::flat(1)),
             [features] => (Layout::Features, Shape::flat(features)),
             [channels, length] => (Layout::Sequence, Shape::new(channels, 1, length)),
             [channels, height, width] => (Layout::Maps, Shape::new(channels, height, width)),
@@ -701,24 +703,28 @@ impl Converter {
             (Value::Constant(c), Value::Dynamic(x)) => (x, c, &node.input[1]),
             _ => return unsupported(": of these operands"),
         };
-        let Some(producer) = self.sole_producer(computed_name, computed) else {
-            return unsupported(": adding a constant is, only as the bias of the node before");
-        };
-        let built = &mut self.built[producer];
-        let channels = built.output.channels;
-        let bias = broadcast_vector(constant, channels)
-            .map_err(|_| Unsupported(": its constant is not one value per channel".into()))?;
-        match &mut built.spec.op {
-            LayerSpec::Conv2d(c) if !c.bias && !computed.flat() => c.bias = true,
-            LayerSpec::Dense(d) if !d.bias => d.bias = true,
-            _ => {
-                return unsupported(
-                    ": adding a constant is, only as the bias of a convolution or product",
-                )
+        // The bias of the convolution or product before, when nothing else reads its output.
+        if let Some(producer) = self.sole_producer(computed_name, computed) {
+            // One value per channel, or one for all, as NumPy broadcasts it.
+            let values = constant.floats();
+            let bias = match broadcast_operand(computed, constant) {
+                Ok([1, 1, 1]) => Some(vec![values[0]; computed.shape.channels]),
+                Ok([c, 1, 1]) if c == computed.shape.channels => Some(values),
+                _ => None,
+            };
+            let built = &mut self.built[producer];
+            let takes_bias = match &mut built.spec.op {
+                LayerSpec::Conv2d(c) if !c.bias && !computed.flat() => Some(&mut c.bias),
+                LayerSpec::Dense(d) if !d.bias => Some(&mut d.bias),
+                _ => None,
+            };
+            if let (Some(flag), Some(bias)) = (takes_bias, bias) {
+                *flag = true;
+                built.params.push(("bias", bias));
+                return Ok(Value::Dynamic(computed.clone()));
             }
         }
-        built.params.push(("bias", bias));
-        Ok(Value::Dynamic(computed.clone()))
+        self.constant_operand(name, BinaryOp::Add, inputs)
     }
 
     /// `Mul`: `x * sigmoid(x)` (SiLU), or a step of GELU.
@@ -766,7 +772,64 @@ impl Converter {
                 }
                 unsupported(": multiplying computed values is, only as x * sigmoid(x)")
             }
-            _ => unsupported(": multiplying by a constant is not"),
+            _ => self.constant_operand(name, BinaryOp::Mul, inputs),
         }
+    }
+
+    /// `x op c` or `c op x` with a constant `c` broadcast over the computed `x`.
+    fn constant_operand(&mut self, name: &str, op: BinaryOp, inputs: &[Option<Value>]) -> Outcome {
+        let (x, c, constant_first) = match (inputs.first(), inputs.get(1)) {
+            (Some(Some(Value::Dynamic(x))), Some(Some(Value::Constant(c)))) => (x, c, false),
+            (Some(Some(Value::Constant(c))), Some(Some(Value::Dynamic(x)))) => (x, c, true),
+            (Some(Some(Value::Dynamic(_))), Some(Some(Value::Dynamic(_)))) => {
+                return unsupported(": of two computed values, only adding (same shapes) is")
+            }
+            _ => return unsupported(": of these operands"),
+        };
+        let op = match (op, constant_first) {
+            (BinaryOp::Sub, true) => BinaryOp::ReverseSub,
+            (BinaryOp::Div, true) => BinaryOp::ReverseDiv,
+            (op, _) => op,
+        };
+        let operand = broadcast_operand(x, c)?;
+        Ok(Value::Dynamic(self.add(
+            name,
+            LayerSpec::ConstantOp { op, operand },
+            vec![x.clone()],
+            vec![("constant", c.floats())],
+        )?))
+    }
+}
+
+/// The sizes, `C x H x W`, of a constant `c` broadcast over `x` as NumPy broadcasts (from the
+/// last axis), when that leaves `x`'s shape as it is and does not vary along the batch.
+fn broadcast_operand(x: &Dynamic, c: &Constant) -> std::result::Result<[usize; 3], Unsupported> {
+    let dims = x.layout.dims(x.shape);
+    let misfit = || {
+        unsupported(format!(
+            ": a constant of shape {:?} does not broadcast over [N, {}] without changing its \
+             shape",
+            c.dims,
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    };
+    let (batch, rest) = c.dims.split_at(c.dims.len().saturating_sub(dims.len()));
+    if batch.iter().any(|&d| d != 1) {
+        return misfit();
+    }
+    let mut operand = vec![1; dims.len() - rest.len()];
+    operand.extend_from_slice(rest);
+    if operand.iter().zip(&dims).any(|(&o, &d)| o != 1 && o != d) {
+        return misfit();
+    }
+    match (x.layout, operand.as_slice()) {
+        (Layout::Scalar, &[]) => Ok([1, 1, 1]),
+        (Layout::Features, &[f]) => Ok([f, 1, 1]),
+        (Layout::Sequence, &[c, l]) => Ok([c, 1, l]),
+        (Layout::Maps, &[c, h, w]) => Ok([c, h, w]),
+        _ => misfit(),
     }
 }
