@@ -93,6 +93,14 @@ def apply(op, inputs, t):
         shape = (-1, 1, 1) if x.ndim == 3 else (-1,)
         scale = t("weight") / np.sqrt(t("running_var") + EPSILON)
         return (x - t("running_mean").reshape(shape)) * scale.reshape(shape) + t("bias").reshape(shape)
+    if kind == "pad":
+        top, left, bottom, right = op["pads"]
+        widths = ((0, 0), (top, bottom), (left, right))
+        if op["mode"] == "constant":
+            return np.pad(x, widths, mode="constant", constant_values=op["value"])
+        return np.pad(x, widths, mode={"edge": "edge", "reflect": "reflect"}[op["mode"]])
+    if kind == "reshape":
+        return x.reshape(op["shape"])
     if kind == "constant_op":
         c = t("constant")
         return {"add": lambda: x + c, "sub": lambda: x - c, "mul": lambda: x * c,

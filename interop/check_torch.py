@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -42,6 +43,8 @@ class Concat(nn.Module):
 
 # The ops whose output is `[N, F]`.
 FLATTENING = ("flatten", "dense", "global_avg_pool", "global_max_pool")
+# Ops whose output is maps even from features.
+UNFLATTENING = ("reshape",)
 
 
 class ConstantOp(nn.Module):
@@ -105,6 +108,13 @@ def module(op, channels, flat=False):
         return nn.Hardtanh(low, high), channels
     if kind == "hardsigmoid":
         return Lambda(lambda x: torch.clamp(op["alpha"] * x + op["beta"], 0, 1)), channels
+    if kind == "pad":
+        top, left, bottom, right = op["pads"]
+        mode = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}[op["mode"]]
+        value = op.get("value") if mode == "constant" else None
+        return Lambda(lambda x: F.pad(x, (left, right, top, bottom), mode=mode, value=value)), channels
+    if kind == "reshape":
+        return Lambda(lambda x: x.reshape(-1, *op["shape"])), op["shape"][0]
     if kind == "constant_op":
         c, h, w = op["operand"]
         return ConstantOp(op["op"], (c,) if flat else (c, h, w)), channels
@@ -135,7 +145,9 @@ class Graph(nn.Module):
             else:
                 c = width[inputs[0]]
             m, width[node["name"]] = module(node["op"], c, flat[inputs[0]])
-            flat[node["name"]] = node["op"]["type"] in FLATTENING or any(flat[i] for i in inputs)
+            kind = node["op"]["type"]
+            flat[node["name"]] = kind in FLATTENING or (kind not in UNFLATTENING
+                                                        and any(flat[i] for i in inputs))
             *parents, leaf = node["name"].split(".")
             owner = self
             for part in parents:

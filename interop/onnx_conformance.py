@@ -51,7 +51,7 @@ OPS = [
     "Gemm", "MatMul", "Add", "Sum", "Sub", "Mul", "Div", "Concat", "Reshape", "Flatten",
     "Transpose", "Squeeze", "Unsqueeze", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip",
     "HardSigmoid", "HardSwish", "Softmax", "Dropout", "LRN", "Constant", "ConstantOfShape",
-    "Identity", "Shape", "Gather",
+    "Identity", "Shape", "Gather", "Pad",
 ]
 SUITES = ["node", "pytorch-converted"]
 RTOL, ATOL = 1e-3, 1e-5

@@ -45,7 +45,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Architecture, NodeSpec, INPUT};
-use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec};
+use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, PadMode};
 use crate::window::Window2d;
 use std::collections::HashMap;
 
@@ -617,6 +617,18 @@ fn parse_size(text: &str) -> std::result::Result<[usize; 2], String> {
     }
 }
 
+/// `CxHxW`, each at least 1.
+fn parse_maps_size(text: &str) -> std::result::Result<[usize; 3], String> {
+    let sizes = text
+        .split('x')
+        .map(|t| t.parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<Vec<usize>>>();
+    match sizes.as_deref() {
+        Some(&[c, h, w]) => Ok([c, h, w]),
+        _ => Err(format!("`{text}` is not a size CxHxW")),
+    }
+}
+
 fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, String> {
     let mut words = item.split_whitespace();
     let kind = words.next().unwrap_or_default().to_ascii_lowercase();
@@ -629,8 +641,16 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
     let mut groups = 1;
     let mut ceil_mode = false;
     let mut bias = true;
+    let mut pad_value = 0.0f32;
     for option in &options {
         match option.split_once('=') {
+            Some(("value", v)) if kind == "pad" => {
+                pad_value = v
+                    .parse()
+                    .ok()
+                    .filter(|v: &f32| v.is_finite())
+                    .ok_or_else(|| format!("`{v}` is not a finite number"))?
+            }
             Some(("stride", v)) => stride = Some(parse_size(v)?),
             Some(("pad" | "padding", v)) => padding = parse_size(v)?,
             Some(("dilation", v)) if kind.starts_with("conv") => dilation = parse_size(v)?,
@@ -773,20 +793,44 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
                 .into_iter()
                 .find(|o| o.name() == *op)
                 .ok_or_else(|| format!("`{op}` is not add, sub, mul, div, rsub or rdiv"))?;
-            let sizes = size
-                .split('x')
-                .map(|t| t.parse::<usize>().ok().filter(|&n| n > 0))
-                .collect::<Option<Vec<usize>>>();
-            let Some(&[c, h, w]) = sizes.as_deref() else {
-                return Err(format!("`{size}` is not a size CxHxW"));
-            };
             if !options.is_empty() {
                 return Err(format!("unexpected `{}`", options[0]));
             }
             Ok(LayerSpec::ConstantOp {
                 op,
-                operand: [c, h, w],
+                operand: parse_maps_size(size)?,
             })
+        }
+        "reshape" => {
+            let size = only("a size CxHxW, e.g. `reshape 8x4x4`")?;
+            if !options.is_empty() {
+                return Err(format!("unexpected `{}`", options[0]));
+            }
+            Ok(LayerSpec::Reshape {
+                shape: parse_maps_size(size)?,
+            })
+        }
+        "pad" => {
+            let usage = "write `pad P` or `pad TOP LEFT BOTTOM RIGHT`, then `edge`, `reflect` \
+                         or `value=V` (default: zeros)";
+            let (sizes, mode) = match positional.split_last() {
+                Some((&"edge" | &"replicate", sizes)) => (sizes, PadMode::Edge),
+                Some((&"reflect", sizes)) => (sizes, PadMode::Reflect),
+                _ => (&positional[..], PadMode::Constant { value: pad_value }),
+            };
+            if mode != (PadMode::Constant { value: pad_value }) && pad_value != 0.0 {
+                return Err("`value=` goes with constant padding only".into());
+            }
+            let sizes = sizes
+                .iter()
+                .map(|t| t.parse::<usize>().map_err(|_| format!("`{t}` is not a whole number")))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let pads = match *sizes.as_slice() {
+                [p] => [p; 4],
+                [top, left, bottom, right] => [top, left, bottom, right],
+                _ => return Err(usage.into()),
+            };
+            Ok(LayerSpec::Pad { pads, mode })
         }
         "prelu" => match positional.as_slice() {
             [] => none(false).map(|_| LayerSpec::Prelu { shared: false }),
@@ -821,7 +865,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "" => Err("empty layer".into()),
         other => Err(format!(
             "unknown layer `{other}` (layers: conv, relu, leakyrelu, sigmoid, tanh, gelu, silu, \
-             relu6, clip, hardsigmoid, hardswish, prelu, constant, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
+             relu6, clip, hardsigmoid, hardswish, prelu, constant, pad, reshape, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
              concat(...), or a block defined with `let`)"
         )),
     }
@@ -983,10 +1027,11 @@ mod tests {
     }
 
     #[test]
-    fn bounded_and_parametric_activations_round_trip() {
+    fn activations_padding_and_constants_round_trip() {
         let parsed = parse(
             "relu6, clip -inf 2.5, clip -1 inf, hardtanh -1 1, hardsigmoid, hardsigmoid 0.2 0.5, \
-             hardswish, prelu, prelu shared",
+             hardswish, prelu, prelu shared, pad 1, pad 0 1 2 3 edge, pad 2 reflect, \
+             pad 1 value=-0.5, constant rdiv 3x1x1, reshape 3x1x2",
             2,
         )
         .unwrap();
@@ -1010,7 +1055,35 @@ mod tests {
                 LayerSpec::HardSwish,
                 LayerSpec::Prelu { shared: false },
                 LayerSpec::Prelu { shared: true },
+                LayerSpec::Pad {
+                    pads: [1; 4],
+                    mode: PadMode::Constant { value: 0.0 }
+                },
+                LayerSpec::Pad {
+                    pads: [0, 1, 2, 3],
+                    mode: PadMode::Edge
+                },
+                LayerSpec::Pad {
+                    pads: [2; 4],
+                    mode: PadMode::Reflect
+                },
+                LayerSpec::Pad {
+                    pads: [1; 4],
+                    mode: PadMode::Constant { value: -0.5 }
+                },
+                LayerSpec::ConstantOp {
+                    op: BinaryOp::ReverseDiv,
+                    operand: [3, 1, 1]
+                },
+                LayerSpec::Reshape { shape: [3, 1, 2] },
             ]
+        );
+        // As a model file stores it, and back.
+        let json = serde_json::to_string(&parsed).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Architecture>(&json).unwrap(),
+            parsed,
+            "{json}"
         );
         assert_eq!(parse(&to_notation(&parsed), 2).unwrap(), parsed);
     }
@@ -1037,6 +1110,9 @@ mod tests {
             ("clip 0 nan", "`nan` is not a number"),
             ("hardsigmoid 0.2", "write `hardsigmoid ALPHA BETA`"),
             ("prelu 3", "unexpected `3`"),
+            ("pad 1 2", "write `pad P`"),
+            ("pad 1 edge value=2", "constant padding only"),
+            ("constant pow 1x1x1", "`pow` is not add"),
         ] {
             let error = parse(text, 2).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");

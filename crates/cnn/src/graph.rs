@@ -131,7 +131,8 @@ impl Architecture {
                     self.nodes[flat].name
                 ));
             }
-            flattened_by.push(flat_input.or(node.op.flattens().then_some(i)));
+            let flat = node.op.output_flat(flat_input.is_some());
+            flattened_by.push(flat.then(|| flat_input.unwrap_or(i)));
         }
         if let Some(i) = read[..self.nodes.len() - 1].iter().position(|r| !r) {
             return fail(format!(

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomically;
-use crate::layers::{BinaryOp, LayerSpec, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
+use crate::layers::{BinaryOp, LayerSpec, PadMode, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
 use crate::model::Model;
 use crate::model_file;
 use std::collections::{BTreeMap, HashSet};
@@ -136,6 +136,16 @@ pub fn to_source(model: &Model) -> Result<String> {
                 format!("torch.clamp({alpha:?} * {x} + {beta:?}, 0.0, 1.0)")
             }
             LayerSpec::HardSwish => format!("F.hardswish({x})"),
+            LayerSpec::Reshape { shape: [c, h, w] } => format!("{x}.reshape(-1, {c}, {h}, {w})"),
+            LayerSpec::Pad { pads, mode } => {
+                let [top, left, bottom, right] = pads;
+                let sides = format!("({left}, {right}, {top}, {bottom})");
+                match mode {
+                    PadMode::Constant { value } => format!("F.pad({x}, {sides}, value={value:?})"),
+                    PadMode::Edge => format!("F.pad({x}, {sides}, mode=\"replicate\")"),
+                    PadMode::Reflect => format!("F.pad({x}, {sides}, mode=\"reflect\")"),
+                }
+            }
             LayerSpec::ConstantOp { op, .. } => {
                 let dims = &node.layer().buffers()[0].dims;
                 let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
@@ -164,7 +174,7 @@ pub fn to_source(model: &Model) -> Result<String> {
         let variable = identifier(path, &mut taken);
         writeln!(body, "        {variable} = {expression}  # {path}: {spec}").expect("a String");
         variables.push(variable);
-        flat.push(spec.flattens() || node.inputs().iter().any(|&v| flat[v]));
+        flat.push(spec.output_flat(node.inputs().iter().any(|&v| flat[v])));
     }
     let output = variables.last().expect("a network has nodes");
 

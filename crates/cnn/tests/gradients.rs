@@ -16,7 +16,7 @@ mod common;
 use cnn::kernels::conv::ConvGeometry;
 use cnn::kernels::pool::{PoolGeometry, PoolKind};
 use cnn::kernels::reference;
-use cnn::layers::{BinaryOp, Conv2dConfig, DenseConfig, Layer, LayerScratch, SingleInput};
+use cnn::layers::{BinaryOp, Conv2dConfig, DenseConfig, Layer, LayerScratch, PadMode, SingleInput};
 use cnn::loss::softmax_cross_entropy;
 use cnn::window::Window2d;
 use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
@@ -511,6 +511,26 @@ fn prelu() {
             let (layer, _) = check_layer(LayerSpec::Prelu { shared }, shape, 3);
             let slopes = if shared { 1 } else { shape.channels };
             assert_eq!(layer.params()[0].value.len(), slopes);
+        }
+    }
+}
+
+/// Padding with a constant, the edge and the mirror image, on sides of different widths: an
+/// edge or mirrored pixel gets the gradients of its copies too.
+#[test]
+fn padding() {
+    for mode in [
+        PadMode::Constant { value: 0.5 },
+        PadMode::Edge,
+        PadMode::Reflect,
+    ] {
+        for pads in [[1, 2, 0, 3], [2, 0, 1, 1]] {
+            let (layer, _) = check_layer(LayerSpec::Pad { pads, mode }, Shape::new(2, 3, 4), 2);
+            let out = layer.output_shape();
+            assert_eq!(
+                (out.height, out.width),
+                (3 + pads[0] + pads[2], 4 + pads[1] + pads[3])
+            );
         }
     }
 }

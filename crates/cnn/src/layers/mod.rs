@@ -27,8 +27,10 @@ mod dense;
 mod dropout;
 mod flatten;
 mod global_pool;
+mod pad;
 mod pool;
 mod prelu;
+mod reshape;
 mod spec;
 
 pub use activation::{Activation, ActivationKind};
@@ -41,8 +43,10 @@ pub use dense::Dense;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use global_pool::GlobalPool;
+pub use pad::{Pad, PadMode, Pads};
 pub use pool::Pool2d;
 pub use prelu::Prelu;
+pub use reshape::Reshape;
 pub use spec::{Conv2dConfig, DenseConfig, LayerSpec};
 
 use crate::arithmetic::{Arithmetic, Cell};

@@ -3,7 +3,7 @@
 
 use super::{
     Activation, ActivationKind, Add, BatchNorm2d, BinaryOp, Concat, ConstantOp, Conv2d, Dense,
-    Dropout, Flatten, GlobalPool, Layer, Pool2d, Prelu,
+    Dropout, Flatten, GlobalPool, Layer, Pad, PadMode, Pads, Pool2d, Prelu, Reshape,
 };
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
@@ -122,6 +122,16 @@ pub enum LayerSpec {
     Prelu {
         shared: bool,
     },
+    /// The same values as `C x H x W` maps of `shape`.
+    Reshape {
+        shape: [usize; 3],
+    },
+    /// Each map padded by `pads` pixels `[top, left, bottom, right]`, filled as `mode` says.
+    Pad {
+        pads: Pads,
+        #[serde(flatten)]
+        mode: PadMode,
+    },
     /// `x op c` with a constant `c` (the buffer `constant`, not learnt) of `operand` sizes
     /// (`C x H x W`, each the input's or 1), broadcast over the input.
     ConstantOp {
@@ -159,6 +169,8 @@ impl LayerSpec {
             LayerSpec::HardSwish => "hardswish",
             LayerSpec::Prelu { .. } => "prelu",
             LayerSpec::ConstantOp { .. } => "constant",
+            LayerSpec::Pad { .. } => "pad",
+            LayerSpec::Reshape { .. } => "reshape",
             LayerSpec::Add => "add",
             LayerSpec::Concat => "concat",
         }
@@ -170,6 +182,7 @@ impl LayerSpec {
         matches!(
             self,
             LayerSpec::Conv2d(_)
+                | LayerSpec::Pad { .. }
                 | LayerSpec::MaxPool2d(_)
                 | LayerSpec::AvgPool2d(_)
                 | LayerSpec::BatchNorm2d
@@ -187,6 +200,15 @@ impl LayerSpec {
                 | LayerSpec::GlobalAvgPool
                 | LayerSpec::GlobalMaxPool
         )
+    }
+
+    /// Whether the op's output is flat features when its input is (`flat_input`) or is not:
+    /// after a flatten, features stay features until a reshape makes maps of them.
+    pub fn output_flat(&self, flat_input: bool) -> bool {
+        match self {
+            LayerSpec::Reshape { .. } => false,
+            _ => self.flattens() || flat_input,
+        }
     }
 
     /// How many inputs the op takes: exactly one, or (`add`, `concat`) several.
@@ -243,6 +265,8 @@ impl LayerSpec {
             LayerSpec::ConstantOp { op, operand } => {
                 Box::new(ConstantOp::new(op, operand, input).map_err(misfit)?)
             }
+            LayerSpec::Pad { pads, mode } => Box::new(Pad::new(pads, mode, input).map_err(misfit)?),
+            LayerSpec::Reshape { shape } => Box::new(Reshape::new(shape, input).map_err(misfit)?),
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
             }
@@ -348,6 +372,17 @@ impl fmt::Display for LayerSpec {
             LayerSpec::ConstantOp { op, operand } => {
                 let [c, h, w] = operand;
                 write!(f, "constant {} {c}x{h}x{w}", op.name())
+            }
+            LayerSpec::Reshape { shape: [c, h, w] } => write!(f, "reshape {c}x{h}x{w}"),
+            LayerSpec::Pad { pads, mode } => {
+                let [top, left, bottom, right] = pads;
+                write!(f, "pad {top} {left} {bottom} {right}")?;
+                match *mode {
+                    PadMode::Constant { value: 0.0 } => Ok(()),
+                    PadMode::Constant { value } => write!(f, " value={value}"),
+                    PadMode::Edge => write!(f, " edge"),
+                    PadMode::Reflect => write!(f, " reflect"),
+                }
             }
             LayerSpec::Add => write!(f, "add"),
             LayerSpec::Concat => write!(f, "concat"),

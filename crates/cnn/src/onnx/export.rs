@@ -11,7 +11,7 @@ use super::{metadata, IR_VERSION, OPSET};
 use crate::error::Result;
 use crate::fsutil::write_atomically;
 use crate::graph::INPUT;
-use crate::layers::{LayerSpec, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
+use crate::layers::{LayerSpec, PadMode, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM};
 use crate::model::Model;
 use crate::tensor::Param;
 use crate::window::Window2d;
@@ -80,7 +80,7 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
             graph.initializer(&full, tensors[param]);
             full
         };
-        let flat_out = spec.flattens() || flat_in;
+        let flat_out = spec.output_flat(flat_in);
         match spec {
             LayerSpec::Conv2d(c) => {
                 let mut args = vec![x, param(&mut graph, "weight")];
@@ -183,6 +183,29 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 vec![float("alpha", alpha), float("beta", beta)],
             ),
             LayerSpec::HardSwish => graph.node("HardSwish", name, vec![x], &output, vec![]),
+            LayerSpec::Reshape { shape } => {
+                // 0: the batch, as it is.
+                let dims = [0, shape[0] as i64, shape[1] as i64, shape[2] as i64];
+                let target = graph.int64s(&format!("{name}.shape"), &dims);
+                graph.node("Reshape", name, vec![x, target], &output, vec![]);
+            }
+            LayerSpec::Pad { pads, mode } => {
+                // `pads`: the start of every axis, then the end (N and C are not padded).
+                let [top, left, bottom, right] = pads.map(|p| p as i64);
+                let sizes = graph.int64s(
+                    &format!("{name}.pads"),
+                    &[0, 0, top, left, 0, 0, bottom, right],
+                );
+                let (mode, args) = match mode {
+                    PadMode::Constant { value } => {
+                        let value = graph.scalar(&format!("{name}.value"), value);
+                        ("constant", vec![x, sizes, value])
+                    }
+                    PadMode::Edge => ("edge", vec![x, sizes]),
+                    PadMode::Reflect => ("reflect", vec![x, sizes]),
+                };
+                graph.node("Pad", name, args, &output, vec![string("mode", mode)]);
+            }
             LayerSpec::ConstantOp { op, .. } => {
                 let constant = param(&mut graph, "constant");
                 let (op, constant_first) = op.onnx();
@@ -327,6 +350,17 @@ impl GraphBuilder {
         });
     }
 
+    fn int64s(&mut self, name: &str, values: &[i64]) -> String {
+        self.initializers.push(TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: data_type::INT64,
+            name: name.to_string(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..TensorProto::default()
+        });
+        name.to_string()
+    }
+
     fn scalar(&mut self, name: &str, value: f32) -> String {
         self.initializers.push(TensorProto {
             data_type: data_type::FLOAT,
@@ -385,6 +419,15 @@ fn ints(name: &str, values: &[usize]) -> AttributeProto {
         name: name.into(),
         r#type: attribute_type::INTS,
         ints: values.iter().map(|&v| v as i64).collect(),
+        ..AttributeProto::default()
+    }
+}
+
+fn string(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::STRING,
+        s: value.as_bytes().to_vec(),
         ..AttributeProto::default()
     }
 }

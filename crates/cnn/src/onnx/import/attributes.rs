@@ -129,14 +129,14 @@ impl<'a> Attributes<'a> {
         self.pair(name, 1)
     }
 
-    /// The padding, from `pads` or `auto_pad`; the engine pads both ends of an axis alike.
+    /// The padding before and after each spatial axis, from `pads` or `auto_pad`.
     pub fn padding(
         &self,
         input: Shape,
         kernel: [usize; 2],
         stride: [usize; 2],
         dilation: [usize; 2],
-    ) -> std::result::Result<[usize; 2], Unsupported> {
+    ) -> std::result::Result<([usize; 2], [usize; 2]), Unsupported> {
         let auto = self.string("auto_pad", "NOTSET")?;
         let (begin, end) = match auto.as_str() {
             "NOTSET" => match self.ints_opt("pads")? {
@@ -179,12 +179,7 @@ impl<'a> Attributes<'a> {
             }
             other => return unsupported(format!(": auto_pad {other}")),
         };
-        if begin != end {
-            return unsupported(format!(
-                ": asymmetric padding {begin:?} before, {end:?} after, is not"
-            ));
-        }
-        Ok(begin)
+        Ok((begin, end))
     }
 
     pub fn constant(&self) -> std::result::Result<Constant, Unsupported> {

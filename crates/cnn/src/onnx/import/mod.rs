@@ -531,8 +531,10 @@ impl Converter {
             }
         }
         let output = layer.output_shape();
-        let layout = if op.flattens() || inputs.iter().any(Dynamic::flat) {
+        let layout = if op.output_flat(inputs.iter().any(Dynamic::flat)) {
             Layout::Features
+        } else if matches!(op, LayerSpec::Reshape { .. }) {
+            Layout::Maps
         } else {
             inputs[0].layout
         };

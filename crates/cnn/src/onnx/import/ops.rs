@@ -10,7 +10,9 @@ use super::constant::{
 use super::{
     module_name, unsupported, Converter, Dynamic, Layout, Outcome, Unsupported, Value, BATCH_DIM,
 };
-use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, BATCH_NORM_EPSILON};
+use crate::layers::{
+    BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, PadMode, Pads, BATCH_NORM_EPSILON,
+};
 use crate::onnx::proto::{data_type, NodeProto};
 use crate::tensor::Shape;
 use crate::window::Window2d;
@@ -46,6 +48,7 @@ pub(super) const READ_OPS: &[&str] = &[
     "HardSigmoid",
     "HardSwish",
     "PRelu",
+    "Pad",
     "Identity",
     "Dropout",
     "Softmax",
@@ -121,7 +124,10 @@ impl Converter {
                 }
                 let stride = attributes.pair("strides", 1)?;
                 let dilation = attributes.pair("dilations", 1)?;
-                let padding = attributes.padding(x.shape, kernel, stride, dilation)?;
+                // Padding that differs before and after an axis goes to a node before.
+                let (begin, end) = attributes.padding(x.shape, kernel, stride, dilation)?;
+                let (padding, extra) = split_padding(begin, end, [usize::MAX; 2]);
+                let x = self.pad(&name, x, extra, PadMode::Constant { value: 0.0 })?;
                 let mut config = Conv2dConfig::new(w.dims[0], kernel);
                 config.stride = stride;
                 config.dilation = dilation;
@@ -161,23 +167,49 @@ impl Converter {
                 if attributes.int("storage_order", 0)? != 0 {
                     return unsupported(": storage_order 1 is not");
                 }
-                let padding = attributes.padding(x.shape, kernel, stride, [1, 1])?;
+                let (begin, end) = attributes.padding(x.shape, kernel, stride, [1, 1])?;
+                let ceil_mode = attributes.int("ceil_mode", 0)? != 0;
+                let max = node.op_type == "MaxPool";
+                let include_pad = !max && attributes.int("count_include_pad", 0)? != 0;
+                // The engine pads both ends of an axis alike, by at most half the window (as
+                // PyTorch); the rest of the padding goes to a node before. For a maximum that
+                // node copies the edge pixels, which every window over them also covers when
+                // no side is padded by a whole window; for an average that counts the padding
+                // it pads with zeros.
+                let most = if include_pad {
+                    [0, 0]
+                } else {
+                    [kernel[0] / 2, kernel[1] / 2]
+                };
+                let (padding, extra) = split_padding(begin, end, most);
+                let mode = if max {
+                    let covered = (0..2).all(|a| begin[a] < kernel[a] && end[a] < kernel[a]);
+                    if extra != [0; 4] && !covered {
+                        return unsupported(": padding by a whole window or more is not");
+                    }
+                    PadMode::Edge
+                } else if include_pad {
+                    PadMode::Constant { value: 0.0 }
+                } else if extra != [0; 4] {
+                    if ceil_mode {
+                        return unsupported(": ceil_mode with this padding is not");
+                    }
+                    return self.average_without_padding(&name, x, kernel, stride, begin, end);
+                } else {
+                    PadMode::Edge
+                };
+                if ceil_mode && (extra != [0; 4] || include_pad) {
+                    return unsupported(": ceil_mode with this padding is not");
+                }
+                let x = self.pad(&name, x, extra, mode)?;
                 let mut window = Window2d::new(kernel, stride, padding);
-                window.ceil_mode = attributes.int("ceil_mode", 0)? != 0;
-                let op = if node.op_type == "MaxPool" {
+                window.ceil_mode = ceil_mode;
+                let op = if max {
                     LayerSpec::MaxPool2d(window)
                 } else {
-                    // Counting the padding in the divisor differs only where there is padding.
-                    let include_pad = attributes.int("count_include_pad", 0)? != 0;
-                    if include_pad && (padding != [0, 0] || window.ceil_mode) {
-                        return unsupported(
-                            ": count_include_pad=1 with padding is not (the engine divides by \
-                             the pixels a window covers)",
-                        );
-                    }
                     LayerSpec::AvgPool2d(window)
                 };
-                simple(self, op)
+                Ok(Value::Dynamic(self.add(&name, op, vec![x], Vec::new())?))
             }
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = dynamic(0)?;
@@ -462,6 +494,74 @@ impl Converter {
                 },
             ),
             "HardSwish" => simple(self, LayerSpec::HardSwish),
+            "Pad" => {
+                let x = dynamic(0)?;
+                if !x.spatial() {
+                    return unsupported(": only padding of [N, C, L] and [N, C, H, W] values is");
+                }
+                let rank = x.layout.rank() as usize;
+                // Attributes before opset 11, inputs since (`axes` since 18).
+                let (given, value) = if self.opset < 11 {
+                    let pads = attributes.ints_opt("pads")?.unwrap_or_default();
+                    (pads, attributes.float("value", 0.0)?)
+                } else {
+                    let pads = constant(1)?
+                        .ints()
+                        .map_err(|e| Unsupported(format!(": pads {e}")))?;
+                    let value = match inputs.get(2) {
+                        Some(Some(_)) => match constant(2)?.floats().as_slice() {
+                            [v] if v.is_finite() => *v,
+                            _ => {
+                                return unsupported(": its constant_value is not one finite value")
+                            }
+                        },
+                        _ => 0.0,
+                    };
+                    (pads, value)
+                };
+                let axes: Vec<usize> = match inputs.get(3) {
+                    Some(Some(_)) => constant(3)?
+                        .ints()
+                        .map_err(|e| Unsupported(format!(": axes {e}")))?
+                        .iter()
+                        .map(|&a| if a < 0 { a + rank as i64 } else { a })
+                        .map(|a| usize::try_from(a).ok().filter(|&a| a < rank))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| Unsupported(": an axis is out of range".into()))?,
+                    _ => (0..rank).collect(),
+                };
+                if given.len() != 2 * axes.len() {
+                    return unsupported(format!(": pads {given:?} for {} axes", axes.len()));
+                }
+                let mut full = vec![0i64; 2 * rank];
+                for (k, &axis) in axes.iter().enumerate() {
+                    full[axis] = given[k];
+                    full[rank + axis] = given[axes.len() + k];
+                }
+                let side = |k: usize| -> std::result::Result<usize, Unsupported> {
+                    usize::try_from(full[k])
+                        .map_err(|_| Unsupported(": negative pads (cropping) are not".into()))
+                };
+                // Nothing added to the batch or the channels; the height of `[N, C, L]` is 1.
+                if [0, 1, rank, rank + 1].iter().any(|&k| full[k] != 0) {
+                    return unsupported(": padding the batch or the channels is not");
+                }
+                let pads = if rank == 3 {
+                    [0, side(2)?, 0, side(5)?]
+                } else {
+                    [side(2)?, side(3)?, side(6)?, side(7)?]
+                };
+                let mode = match attributes.string("mode", "constant")?.as_str() {
+                    "constant" => PadMode::Constant { value },
+                    "edge" => PadMode::Edge,
+                    "reflect" => PadMode::Reflect,
+                    other => return unsupported(format!(": mode {other} is not")),
+                };
+                if pads == [0; 4] {
+                    return Ok(Value::Dynamic(x));
+                }
+                simple(self, LayerSpec::Pad { pads, mode })
+            }
             "PRelu" => {
                 let x = dynamic(0)?;
                 let slope = constant(1)?;
@@ -575,6 +675,76 @@ impl Converter {
         }
     }
 
+    /// An average pool whose padding (`begin`, `end`) differs before and after an axis or is
+    /// over half the window, not counted in the divisor: zeros padded by a node before, the
+    /// average over the whole window, then multiplied by the window's size over the pixels it
+    /// covers of the input (a constant for each output position).
+    fn average_without_padding(
+        &mut self,
+        name: &str,
+        x: Dynamic,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        begin: [usize; 2],
+        end: [usize; 2],
+    ) -> Outcome {
+        let input = x.shape;
+        let pads = [begin[0], begin[1], end[0], end[1]];
+        let x = self.pad(name, x, pads, PadMode::Constant { value: 0.0 })?;
+        let window = Window2d::new(kernel, stride, [0, 0]);
+        let pooled = self.add(name, LayerSpec::AvgPool2d(window), vec![x], Vec::new())?;
+        let out = pooled.shape;
+        // Pixels of the input along one axis in the window starting at `i * stride - before`.
+        let covered = |i: usize, a: usize, size: usize| {
+            let start = (i * stride[a]) as isize - begin[a] as isize;
+            let end = (start + kernel[a] as isize).min(size as isize);
+            (end - start.max(0)).max(0) as f32
+        };
+        let whole = (kernel[0] * kernel[1]) as f32;
+        let scale: Vec<f32> = (0..out.height)
+            .flat_map(|y| (0..out.width).map(move |x| (y, x)))
+            .map(|(y, x)| {
+                let n = covered(y, 0, input.height) * covered(x, 1, input.width);
+                if n > 0.0 {
+                    whole / n
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let op = LayerSpec::ConstantOp {
+            op: BinaryOp::Mul,
+            operand: [1, out.height, out.width],
+        };
+        let scaled = self.add(
+            &format!("{name}.count"),
+            op,
+            vec![pooled],
+            vec![("constant", scale)],
+        )?;
+        Ok(Value::Dynamic(scaled))
+    }
+
+    /// `x` padded by `pads` (`[top, left, bottom, right]`) in a node of its own, or `x` when
+    /// there is nothing to pad.
+    fn pad(
+        &mut self,
+        name: &str,
+        x: Dynamic,
+        pads: Pads,
+        mode: PadMode,
+    ) -> std::result::Result<Dynamic, Unsupported> {
+        if pads == [0; 4] {
+            return Ok(x);
+        }
+        self.add(
+            &format!("{name}.pad"),
+            LayerSpec::Pad { pads, mode },
+            vec![x],
+            Vec::new(),
+        )
+    }
+
     fn flatten(&mut self, name: &str, x: Dynamic) -> Outcome {
         if x.flat() {
             return Ok(Value::Dynamic(x));
@@ -635,7 +805,7 @@ impl Converter {
     }
 
     /// `x` as a value of ONNX dimensions `[N, dims...]`: the same values in the same order,
-    /// held in the same shape (a new layout, no node) or flattened to features.
+    /// held in the same shape (a new layout, no node), flattened to features or reshaped.
     fn restructure(&mut self, name: &str, x: Dynamic, dims: &[usize]) -> Outcome {
         let (layout, shape) = match *dims {
             [] => (Layout::Scalar, Shape::flat(1)),
@@ -652,13 +822,18 @@ impl Converter {
         if shape == x.shape {
             return Ok(Value::Dynamic(Dynamic { layout, ..x }));
         }
-        if layout == Layout::Features && shape.len() == x.shape.len() {
+        if shape.len() != x.shape.len() {
+            return unsupported(format!(": {} values do not fit {dims:?}", x.shape));
+        }
+        if layout == Layout::Features {
             return self.flatten(name, x);
         }
-        unsupported(format!(
-            ": reshaping {} values to {dims:?} is not (only flattening is)",
-            x.shape
-        ))
+        let [channels, height, width] = [shape.channels, shape.height, shape.width];
+        let op = LayerSpec::Reshape {
+            shape: [channels, height, width],
+        };
+        let out = self.add(name, op, vec![x], Vec::new())?;
+        Ok(Value::Dynamic(Dynamic { layout, ..out }))
     }
 
     fn sum(&mut self, name: &str, values: Vec<Dynamic>) -> Outcome {
@@ -832,4 +1007,17 @@ fn broadcast_operand(x: &Dynamic, c: &Constant) -> std::result::Result<[usize; 3
         (Layout::Maps, &[c, h, w]) => Ok([c, h, w]),
         _ => misfit(),
     }
+}
+
+/// Padding `begin` and `end` per axis as what the op pads on both ends (at most `most`) and
+/// what is left for a node before it, `[top, left, bottom, right]`.
+fn split_padding(begin: [usize; 2], end: [usize; 2], most: [usize; 2]) -> ([usize; 2], Pads) {
+    let both = [0, 1].map(|a| begin[a].min(end[a]).min(most[a]));
+    let extra = [
+        begin[0] - both[0],
+        begin[1] - both[1],
+        end[0] - both[0],
+        end[1] - both[1],
+    ];
+    (both, extra)
 }
