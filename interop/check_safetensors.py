@@ -99,6 +99,11 @@ def apply(op, inputs, t):
         if op["mode"] == "constant":
             return np.pad(x, widths, mode="constant", constant_values=op["value"])
         return np.pad(x, widths, mode={"edge": "edge", "reflect": "reflect"}[op["mode"]])
+    if kind == "lrn":
+        size, before, after = op["size"], (op["size"] - 1) // 2, op["size"] // 2
+        squares = np.stack([(x[max(0, c - before):c + after + 1] ** 2).sum(axis=0)
+                            for c in range(x.shape[0])])
+        return x / (op["bias"] + op["alpha"] / size * squares) ** op["beta"]
     if kind == "reshape":
         return x.reshape(op["shape"])
     if kind == "constant_op":

@@ -113,6 +113,10 @@ def module(op, channels, flat=False):
         mode = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}[op["mode"]]
         value = op.get("value") if mode == "constant" else None
         return Lambda(lambda x: F.pad(x, (left, right, top, bottom), mode=mode, value=value)), channels
+    if kind == "lrn":
+        # PyTorch's window is ONNX's (and cnn's) for odd sizes.
+        assert op["size"] % 2 == 1, op
+        return nn.LocalResponseNorm(op["size"], op["alpha"], op["beta"], op["bias"]), channels
     if kind == "reshape":
         return Lambda(lambda x: x.reshape(-1, *op["shape"])), op["shape"][0]
     if kind == "constant_op":

@@ -45,7 +45,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Architecture, NodeSpec, INPUT};
-use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, PadMode};
+use crate::layers::{BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, LrnConfig, PadMode};
 use crate::window::Window2d;
 use std::collections::HashMap;
 
@@ -801,6 +801,35 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
                 operand: parse_maps_size(size)?,
             })
         }
+        "lrn" => {
+            if !options.is_empty() {
+                return Err(format!("unexpected `{}`", options[0]));
+            }
+            let usage = "write `lrn SIZE` (PyTorch's alpha 1e-4, beta 0.75, k 1) or \
+                         `lrn SIZE ALPHA BETA K`";
+            let number = |t: &str| {
+                t.parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| format!("`{t}` is not a finite number"))
+            };
+            let size = |t: &str| {
+                t.parse::<usize>()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| format!("`{t}` is not a channel count"))
+            };
+            match positional.as_slice() {
+                [s] => Ok(LayerSpec::Lrn(LrnConfig::new(size(s)?))),
+                [s, alpha, beta, k] => Ok(LayerSpec::Lrn(LrnConfig {
+                    size: size(s)?,
+                    alpha: number(alpha)?,
+                    beta: number(beta)?,
+                    bias: number(k)?,
+                })),
+                _ => Err(usage.into()),
+            }
+        }
         "reshape" => {
             let size = only("a size CxHxW, e.g. `reshape 8x4x4`")?;
             if !options.is_empty() {
@@ -865,7 +894,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         "" => Err("empty layer".into()),
         other => Err(format!(
             "unknown layer `{other}` (layers: conv, relu, leakyrelu, sigmoid, tanh, gelu, silu, \
-             relu6, clip, hardsigmoid, hardswish, prelu, constant, pad, reshape, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
+             relu6, clip, hardsigmoid, hardswish, prelu, constant, pad, reshape, lrn, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
              concat(...), or a block defined with `let`)"
         )),
     }
@@ -1031,7 +1060,7 @@ mod tests {
         let parsed = parse(
             "relu6, clip -inf 2.5, clip -1 inf, hardtanh -1 1, hardsigmoid, hardsigmoid 0.2 0.5, \
              hardswish, prelu, prelu shared, pad 1, pad 0 1 2 3 edge, pad 2 reflect, \
-             pad 1 value=-0.5, constant rdiv 3x1x1, reshape 3x1x2",
+             pad 1 value=-0.5, constant rdiv 3x1x1, reshape 3x1x2, lrn 5, lrn 4 0.001 0.5 2",
             2,
         )
         .unwrap();
@@ -1076,6 +1105,13 @@ mod tests {
                     operand: [3, 1, 1]
                 },
                 LayerSpec::Reshape { shape: [3, 1, 2] },
+                LayerSpec::Lrn(LrnConfig::new(5)),
+                LayerSpec::Lrn(LrnConfig {
+                    size: 4,
+                    alpha: 0.001,
+                    beta: 0.5,
+                    bias: 2.0
+                }),
             ]
         );
         // As a model file stores it, and back.

@@ -136,6 +136,19 @@ pub fn to_source(model: &Model) -> Result<String> {
                 format!("torch.clamp({alpha:?} * {x} + {beta:?}, 0.0, 1.0)")
             }
             LayerSpec::HardSwish => format!("F.hardswish({x})"),
+            LayerSpec::Lrn(c) => {
+                // PyTorch's own computation, with ONNX's window (the same for odd sizes).
+                let (before, after) = c.reach();
+                format!(
+                    "{x} / ({k:?} + {alpha:?} * F.avg_pool3d(F.pad({x}.pow(2).unsqueeze(1), \
+                     (0, 0, 0, 0, {before}, {after})), ({size}, 1, 1), stride=1).squeeze(1))\
+                     .pow({beta:?})",
+                    k = c.bias,
+                    alpha = c.alpha,
+                    size = c.size,
+                    beta = c.beta
+                )
+            }
             LayerSpec::Reshape { shape: [c, h, w] } => format!("{x}.reshape(-1, {c}, {h}, {w})"),
             LayerSpec::Pad { pads, mode } => {
                 let [top, left, bottom, right] = pads;

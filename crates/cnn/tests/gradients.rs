@@ -16,7 +16,9 @@ mod common;
 use cnn::kernels::conv::ConvGeometry;
 use cnn::kernels::pool::{PoolGeometry, PoolKind};
 use cnn::kernels::reference;
-use cnn::layers::{BinaryOp, Conv2dConfig, DenseConfig, Layer, LayerScratch, PadMode, SingleInput};
+use cnn::layers::{
+    BinaryOp, Conv2dConfig, DenseConfig, Layer, LayerScratch, LrnConfig, PadMode, SingleInput,
+};
 use cnn::loss::softmax_cross_entropy;
 use cnn::window::Window2d;
 use cnn::{Gradients, LayerSpec, Mode, Network, Shape, Tensor, Workspace};
@@ -532,6 +534,21 @@ fn padding() {
                 (3 + pads[0] + pads[2], 4 + pads[1] + pads[3])
             );
         }
+    }
+}
+
+/// Local response normalisation, odd and even windows, with a strong enough alpha that the
+/// cross-channel terms matter.
+#[test]
+fn local_response_normalisation() {
+    for size in [3, 4, 1] {
+        let spec = LayerSpec::Lrn(LrnConfig {
+            size,
+            alpha: 0.9,
+            beta: 0.75,
+            bias: 1.5,
+        });
+        check_layer(spec, Shape::new(5, 2, 3), 2);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{
     Activation, ActivationKind, Add, BatchNorm2d, BinaryOp, Concat, ConstantOp, Conv2d, Dense,
-    Dropout, Flatten, GlobalPool, Layer, Pad, PadMode, Pads, Pool2d, Prelu, Reshape,
+    Dropout, Flatten, GlobalPool, Layer, Lrn, LrnConfig, Pad, PadMode, Pads, Pool2d, Prelu, Reshape,
 };
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
@@ -122,6 +122,8 @@ pub enum LayerSpec {
     Prelu {
         shared: bool,
     },
+    /// Local response normalisation across channels.
+    Lrn(LrnConfig),
     /// The same values as `C x H x W` maps of `shape`.
     Reshape {
         shape: [usize; 3],
@@ -171,6 +173,7 @@ impl LayerSpec {
             LayerSpec::ConstantOp { .. } => "constant",
             LayerSpec::Pad { .. } => "pad",
             LayerSpec::Reshape { .. } => "reshape",
+            LayerSpec::Lrn(_) => "lrn",
             LayerSpec::Add => "add",
             LayerSpec::Concat => "concat",
         }
@@ -183,6 +186,7 @@ impl LayerSpec {
             self,
             LayerSpec::Conv2d(_)
                 | LayerSpec::Pad { .. }
+                | LayerSpec::Lrn(_)
                 | LayerSpec::MaxPool2d(_)
                 | LayerSpec::AvgPool2d(_)
                 | LayerSpec::BatchNorm2d
@@ -267,6 +271,7 @@ impl LayerSpec {
             }
             LayerSpec::Pad { pads, mode } => Box::new(Pad::new(pads, mode, input).map_err(misfit)?),
             LayerSpec::Reshape { shape } => Box::new(Reshape::new(shape, input).map_err(misfit)?),
+            LayerSpec::Lrn(config) => Box::new(Lrn::new(config, input).map_err(misfit)?),
             LayerSpec::MaxPool2d(window) => {
                 Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
             }
@@ -374,6 +379,12 @@ impl fmt::Display for LayerSpec {
                 write!(f, "constant {} {c}x{h}x{w}", op.name())
             }
             LayerSpec::Reshape { shape: [c, h, w] } => write!(f, "reshape {c}x{h}x{w}"),
+            LayerSpec::Lrn(LrnConfig {
+                size,
+                alpha,
+                beta,
+                bias,
+            }) => write!(f, "lrn {size} {alpha} {beta} {bias}"),
             LayerSpec::Pad { pads, mode } => {
                 let [top, left, bottom, right] = pads;
                 write!(f, "pad {top} {left} {bottom} {right}")?;

@@ -183,6 +183,18 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 vec![float("alpha", alpha), float("beta", beta)],
             ),
             LayerSpec::HardSwish => graph.node("HardSwish", name, vec![x], &output, vec![]),
+            LayerSpec::Lrn(c) => graph.node(
+                "LRN",
+                name,
+                vec![x],
+                &output,
+                vec![
+                    int("size", c.size as i64),
+                    float("alpha", c.alpha),
+                    float("beta", c.beta),
+                    float("bias", c.bias),
+                ],
+            ),
             LayerSpec::Reshape { shape } => {
                 // 0: the batch, as it is.
                 let dims = [0, shape[0] as i64, shape[1] as i64, shape[2] as i64];

@@ -11,7 +11,7 @@ use super::{
     module_name, unsupported, Converter, Dynamic, Layout, Outcome, Unsupported, Value, BATCH_DIM,
 };
 use crate::layers::{
-    BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, PadMode, Pads, BATCH_NORM_EPSILON,
+    BinaryOp, Conv2dConfig, DenseConfig, LayerSpec, LrnConfig, PadMode, Pads, BATCH_NORM_EPSILON,
 };
 use crate::onnx::proto::{data_type, NodeProto};
 use crate::tensor::Shape;
@@ -49,6 +49,7 @@ pub(super) const READ_OPS: &[&str] = &[
     "HardSwish",
     "PRelu",
     "Pad",
+    "LRN",
     "Identity",
     "Dropout",
     "Softmax",
@@ -494,6 +495,20 @@ impl Converter {
                 },
             ),
             "HardSwish" => simple(self, LayerSpec::HardSwish),
+            "LRN" => {
+                let x = dynamic(0)?;
+                if !x.spatial() {
+                    return unsupported(": only normalisation of [N, C, ...] maps is");
+                }
+                let size = attributes.int("size", 0)?;
+                let config = LrnConfig {
+                    size: positive(size, "size")?,
+                    alpha: attributes.float("alpha", 1e-4)?,
+                    beta: attributes.float("beta", 0.75)?,
+                    bias: attributes.float("bias", 1.0)?,
+                };
+                simple(self, LayerSpec::Lrn(config))
+            }
             "Pad" => {
                 let x = dynamic(0)?;
                 if !x.spatial() {
