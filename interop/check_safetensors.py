@@ -136,6 +136,9 @@ def apply(op, inputs, t):
         "avg_pool2d": lambda: pool2d(x, op, "avg"),
         "add": lambda: sum(inputs),
         "concat": lambda: np.concatenate(inputs, axis=0),
+        # Features broadcast over maps as one value per channel.
+        "mul": lambda: np.multiply(*[i.reshape(-1, 1, 1) if i.ndim == 1 and x.ndim + inputs[1].ndim > 2
+                                     else i for i in inputs]),
     }
     if kind not in simple:
         raise SystemExit(f"unknown layer type {kind}")

@@ -43,6 +43,8 @@ class Concat(nn.Module):
 
 # The ops whose output is `[N, F]`.
 FLATTENING = ("flatten", "dense", "global_avg_pool", "global_max_pool")
+# Ops whose output is features only when every input is.
+PRODUCTS = ("mul",)
 # Ops whose output is maps even from features.
 UNFLATTENING = ("reshape",)
 
@@ -60,6 +62,15 @@ class ConstantOp(nn.Module):
         return {"add": lambda: x + c, "sub": lambda: x - c, "mul": lambda: x * c,
                 "div": lambda: x / c, "reverse_sub": lambda: c - x,
                 "reverse_div": lambda: c / x}[self.op]()
+
+
+class Mul(nn.Module):
+    """The product, features broadcast over maps as one value per channel."""
+
+    def forward(self, a, b):
+        if a.dim() != b.dim():
+            a, b = (x.reshape(x.shape[0], -1, 1, 1) if x.dim() == 2 else x for x in (a, b))
+        return a * b
 
 
 class Lambda(nn.Module):
@@ -98,7 +109,7 @@ def module(op, channels, flat=False):
         "silu": nn.SiLU(), "identity": nn.Identity(), "flatten": nn.Flatten(),
         "global_avg_pool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
         "global_max_pool": nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten()),
-        "add": Add(), "concat": Concat(),
+        "add": Add(), "concat": Concat(), "mul": Mul(),
     }
     if kind == "leaky_relu":
         return nn.LeakyReLU(op["slope"]), channels
@@ -150,8 +161,11 @@ class Graph(nn.Module):
                 c = width[inputs[0]]
             m, width[node["name"]] = module(node["op"], c, flat[inputs[0]])
             kind = node["op"]["type"]
-            flat[node["name"]] = kind in FLATTENING or (kind not in UNFLATTENING
-                                                        and any(flat[i] for i in inputs))
+            if kind in PRODUCTS:
+                flat[node["name"]] = all(flat[i] for i in inputs)
+            else:
+                flat[node["name"]] = kind in FLATTENING or (kind not in UNFLATTENING
+                                                            and any(flat[i] for i in inputs))
             *parents, leaf = node["name"].split(".")
             owner = self
             for part in parents:

@@ -2,9 +2,9 @@
 //!
 //! A network is a list of items separated by commas, semicolons or new lines; `#` starts a
 //! comment. Input channels are never written: they come from the images. An item is a layer,
-//! a group of items in parentheses, a block defined with `let`, or `add(...)` / `concat(...)`
-//! of branches separated by `|` (an empty branch is the identity: the value entering the
-//! `add`). An item may be labelled (`conv1: conv 16@3 pad=1`).
+//! a group of items in parentheses, a block defined with `let`, or `add(...)` / `concat(...)` /
+//! `mul(...)` of branches separated by `|` (an empty branch is the identity: the value entering
+//! the `add`; `mul( | gap, dense 4, relu, dense 16, sigmoid)` is a squeeze-and-excitation gate). An item may be labelled (`conv1: conv 16@3 pad=1`).
 //!
 //! | layer | meaning |
 //! |---|---|
@@ -18,6 +18,12 @@
 //! | `dropout 0.5` | zeroes values with probability 0.5 while training (default 0.5) |
 //! | `gap`, `gmp` | global average (max) pooling: `C x H x W` to `C` |
 //! | `identity` | the value unchanged |
+//! | `relu6`, `clip LOW HIGH`, `hardsigmoid [ALPHA BETA]`, `hardswish` | bounded activations (`-inf`, `inf`: no bound; PyTorch's 1/6 and 1/2) |
+//! | `prelu [shared]` | leaky ReLU whose slope is learnt, one per channel (or one) |
+//! | `lrn 5 [ALPHA BETA K]` | local response normalisation over 5 channels (PyTorch's defaults) |
+//! | `pad P`, `pad T L B R [edge\|reflect\|value=V]` | padding of each map (zeros by default) |
+//! | `reshape CxHxW` | the same values as maps of another shape |
+//! | `constant OP CxHxW` | `x OP c`, OP add, sub, mul, div, rsub (`c - x`) or rdiv, with a constant the model file holds (from ONNX files) |
 //!
 //! Names: the nodes of an unlabelled list are numbered `0, 1, 2...` (PyTorch's
 //! `nn.Sequential`); a label names the node (`conv1`); a group's items are named below the
@@ -404,12 +410,12 @@ impl Parser<'_> {
             Some(Token::Word(w)) => {
                 let w = w.to_ascii_lowercase();
                 let next = self.tokens.get(self.at + 1).map(|t| &t.token);
-                if (w == "add" || w == "concat") && next == Some(&Token::Open) {
+                if matches!(w.as_str(), "add" | "concat" | "mul") && next == Some(&Token::Open) {
                     self.at += 2;
-                    let op = if w == "add" {
-                        LayerSpec::Add
-                    } else {
-                        LayerSpec::Concat
+                    let op = match w.as_str() {
+                        "add" => LayerSpec::Add,
+                        "mul" => LayerSpec::Mul,
+                        _ => LayerSpec::Concat,
                     };
                     let mut branches = vec![self.items()?];
                     while self.peek() == Some(&Token::Bar) {
@@ -870,6 +876,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         },
         "add" => none(false).map(|_| LayerSpec::Add),
         "concat" => none(false).map(|_| LayerSpec::Concat),
+        "mul" => none(false).map(|_| LayerSpec::Mul),
         "batchnorm" | "batchnorm2d" | "bn" => none(false).map(|_| LayerSpec::BatchNorm2d),
         "gap" | "globalavgpool" => none(false).map(|_| LayerSpec::GlobalAvgPool),
         "gmp" | "globalmaxpool" => none(false).map(|_| LayerSpec::GlobalMaxPool),
@@ -895,7 +902,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
         other => Err(format!(
             "unknown layer `{other}` (layers: conv, relu, leakyrelu, sigmoid, tanh, gelu, silu, \
              relu6, clip, hardsigmoid, hardswish, prelu, constant, pad, reshape, lrn, maxpool, avgpool, gap, gmp, batchnorm, dropout, flatten, dense, identity, add(...), \
-             concat(...), or a block defined with `let`)"
+             concat(...), mul(...), or a block defined with `let`)"
         )),
     }
 }

@@ -115,11 +115,15 @@ impl Architecture {
                     }
                 }
             }
-            let flat_input = node
+            let flat_inputs: Vec<Option<usize>> = node
                 .inputs
                 .iter()
-                .filter(|input| *input != INPUT)
-                .find_map(|input| flattened_by[position[input.as_str()]]);
+                .map(|input| match input.as_str() {
+                    INPUT => None,
+                    name => flattened_by[position[name]],
+                })
+                .collect();
+            let flat_input = flat_inputs.iter().flatten().next().copied();
             if let (Some(flat), true) = (flat_input, node.op.needs_maps()) {
                 return fail(format!(
                     "node `{}` ({}) needs C x H x W feature maps, but node `{}` ({}) has \
@@ -131,7 +135,8 @@ impl Architecture {
                     self.nodes[flat].name
                 ));
             }
-            let flat = node.op.output_flat(flat_input.is_some());
+            let flags: Vec<bool> = flat_inputs.iter().map(Option::is_some).collect();
+            let flat = node.op.output_flat(&flags);
             flattened_by.push(flat.then(|| flat_input.unwrap_or(i)));
         }
         if let Some(i) = read[..self.nodes.len() - 1].iter().position(|r| !r) {

@@ -168,7 +168,7 @@ impl Network {
         }
     }
 
-    fn value_shape(&self, value: Value) -> Shape {
+    pub(crate) fn value_shape(&self, value: Value) -> Shape {
         match value {
             0 => self.input_shape,
             v => self.nodes[v - 1].layer.output_shape(),

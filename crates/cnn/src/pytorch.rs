@@ -183,11 +183,28 @@ pub fn to_source(model: &Model) -> Result<String> {
             LayerSpec::Dropout { rate } => format!("F.dropout({x}, {rate:?}, self.training)"),
             LayerSpec::Add => args.join(" + "),
             LayerSpec::Concat => format!("torch.cat([{}], 1)", args.join(", ")),
+            // Features broadcast over maps as `[N, F, 1, 1]`.
+            LayerSpec::Mul => {
+                let operands: Vec<String> = node
+                    .inputs()
+                    .iter()
+                    .zip(&args)
+                    .map(|(&v, a)| {
+                        if flat[v] {
+                            format!("{a}.reshape({a}.shape[0], -1, 1, 1)")
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                operands.join(" * ")
+            }
         };
         let variable = identifier(path, &mut taken);
         writeln!(body, "        {variable} = {expression}  # {path}: {spec}").expect("a String");
         variables.push(variable);
-        flat.push(spec.output_flat(node.inputs().iter().any(|&v| flat[v])));
+        let flags: Vec<bool> = node.inputs().iter().map(|&v| flat[v]).collect();
+        flat.push(spec.output_flat(&flags));
     }
     let output = variables.last().expect("a network has nodes");
 

@@ -537,6 +537,19 @@ fn padding() {
     }
 }
 
+/// Products of two values: a squeeze-and-excitation gate (`[C, 1, 1]` features over the
+/// maps), a one-channel map broadcast over four, and a value times itself (read twice by one
+/// node): each input's gradient sums over what was broadcast.
+#[test]
+fn products_of_two_values() {
+    check_network(
+        "stem: conv 4@3 pad=1, relu, se: mul( | gap, dense 2, relu, dense 4, sigmoid), \
+         x: mul(conv 4@1 | conv 1@1), square: mul( | ), gap, head: dense classes",
+        Shape::new(2, 5, 4),
+        12,
+    );
+}
+
 /// Local response normalisation, odd and even windows, with a strong enough alpha that the
 /// cross-channel terms matter.
 #[test]

@@ -16,7 +16,7 @@ use rand::Rng;
 
 /// Every op of the engine, in a graph with a residual addition and a concatenation.
 const EVERY_OP: &str = "pad 2 1 0 1 reflect, stem: conv 8@3 pad=1, gelu, pad 1 0 0 1 edge, conv 8@2, lrn 3 0.5 0.75 2, \
-    b: (add(conv 8@3 pad=1 nobias, batchnorm, leakyrelu 0.1, conv 8@3 pad=1 nobias, batchnorm | ), relu), \
+    b: (add(conv 8@3 pad=1 nobias, batchnorm, leakyrelu 0.1, conv 8@3 pad=1 nobias, batchnorm | ), relu), se: mul( | gap, dense 4, relu, dense 8, sigmoid), \
     avgpool 3 stride=2 pad=1 ceil, \
     m: concat(conv 4@1, sigmoid | conv 4@3 pad=2 dilation=2 groups=2, silu | maxpool 3 stride=1 pad=1, tanh | conv 4@1, hardswish, clip -inf 0.5 | conv 2@1, relu6, hardsigmoid 0.2 0.5), prelu, constant sub 22x1x1, constant div 1x1x1, \
     identity, gmp, flatten, reshape 11x2x1, pad 1 value=0.5, flatten, dense 16, prelu shared, constant rsub 16x1x1, dropout 0.3, dense classes";

@@ -3,7 +3,8 @@
 
 use super::{
     Activation, ActivationKind, Add, BatchNorm2d, BinaryOp, Concat, ConstantOp, Conv2d, Dense,
-    Dropout, Flatten, GlobalPool, Layer, Lrn, LrnConfig, Pad, PadMode, Pads, Pool2d, Prelu, Reshape,
+    Dropout, Flatten, GlobalPool, Layer, Lrn, LrnConfig, Multiply, Pad, PadMode, Pads, Pool2d,
+    Prelu, Reshape,
 };
 use crate::error::{Error, Result};
 use crate::kernels::pool::PoolKind;
@@ -144,6 +145,8 @@ pub enum LayerSpec {
     Add,
     /// The inputs' channels one after another (same height and width).
     Concat,
+    /// The product of two inputs, broadcast (a channel gate `[C, 1, 1]` over `[C, H, W]` maps).
+    Mul,
 }
 
 impl LayerSpec {
@@ -176,6 +179,7 @@ impl LayerSpec {
             LayerSpec::Lrn(_) => "lrn",
             LayerSpec::Add => "add",
             LayerSpec::Concat => "concat",
+            LayerSpec::Mul => "mul",
         }
     }
 
@@ -206,18 +210,20 @@ impl LayerSpec {
         )
     }
 
-    /// Whether the op's output is flat features when its input is (`flat_input`) or is not:
-    /// after a flatten, features stay features until a reshape makes maps of them.
-    pub fn output_flat(&self, flat_input: bool) -> bool {
+    /// Whether the op's output is flat features, given which of its inputs are: after a
+    /// flatten, features stay features until a reshape makes maps of them (or a product with
+    /// maps broadcasts them).
+    pub fn output_flat(&self, flat_inputs: &[bool]) -> bool {
         match self {
             LayerSpec::Reshape { .. } => false,
-            _ => self.flattens() || flat_input,
+            LayerSpec::Mul => flat_inputs.iter().all(|&f| f),
+            _ => self.flattens() || flat_inputs.iter().any(|&f| f),
         }
     }
 
     /// How many inputs the op takes: exactly one, or (`add`, `concat`) several.
     pub fn takes_several_inputs(&self) -> bool {
-        matches!(self, LayerSpec::Add | LayerSpec::Concat)
+        matches!(self, LayerSpec::Add | LayerSpec::Concat | LayerSpec::Mul)
     }
 
     /// Builds the layer for inputs of `inputs` shapes, with zeroed parameters, its kernels to
@@ -286,6 +292,7 @@ impl LayerSpec {
             LayerSpec::GlobalMaxPool => Box::new(GlobalPool::new(PoolKind::Max, input)),
             LayerSpec::Add => Box::new(Add::new(inputs).map_err(misfit)?),
             LayerSpec::Concat => Box::new(Concat::new(inputs).map_err(misfit)?),
+            LayerSpec::Mul => Box::new(Multiply::new(inputs).map_err(misfit)?),
         };
         Ok(layer)
     }
@@ -397,6 +404,7 @@ impl fmt::Display for LayerSpec {
             }
             LayerSpec::Add => write!(f, "add"),
             LayerSpec::Concat => write!(f, "concat"),
+            LayerSpec::Mul => write!(f, "mul"),
         }
     }
 }

@@ -61,7 +61,25 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
             node.inputs().iter().map(|&v| values[v].clone()).collect();
         // An op over several values of which some are flat: PyTorch would flatten the others
         // (their maps are 1x1, or the engine's shape check had refused them).
-        if inputs.len() > 1 && inputs.iter().any(|(_, flat)| *flat) {
+        if spec == LayerSpec::Mul {
+            // A product broadcasts: flat features become `[N, F, 1, 1]` maps.
+            for (k, input) in inputs.iter_mut().enumerate() {
+                if input.1 {
+                    let shape = network.value_shape(node.inputs()[k]);
+                    let dims = [0, shape.len() as i64, 1, 1];
+                    let target = graph.int64s(&format!("{name}.shape{k}"), &dims);
+                    let maps = format!("{name}.maps{k}");
+                    graph.node(
+                        "Reshape",
+                        &maps,
+                        vec![input.0.clone(), target],
+                        &maps,
+                        vec![],
+                    );
+                    *input = (maps, false);
+                }
+            }
+        } else if inputs.len() > 1 && inputs.iter().any(|(_, flat)| *flat) {
             for (k, input) in inputs.iter_mut().enumerate() {
                 if !input.1 {
                     *input = (graph.flatten(&format!("{name}.flatten{k}"), &input.0), true);
@@ -69,6 +87,7 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
             }
         }
         let flat_in = inputs[0].1;
+        let flags: Vec<bool> = inputs.iter().map(|(_, flat)| *flat).collect();
         let output = if index == last {
             LOGITS.to_string()
         } else {
@@ -80,7 +99,7 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
             graph.initializer(&full, tensors[param]);
             full
         };
-        let flat_out = spec.output_flat(flat_in);
+        let flat_out = spec.output_flat(&flags);
         match spec {
             LayerSpec::Conv2d(c) => {
                 let mut args = vec![x, param(&mut graph, "weight")];
@@ -259,6 +278,10 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
                 let op = if inputs.len() == 2 { "Add" } else { "Sum" };
                 let args = inputs.into_iter().map(|(n, _)| n).collect();
                 graph.node(op, name, args, &output, vec![]);
+            }
+            LayerSpec::Mul => {
+                let args = inputs.into_iter().map(|(n, _)| n).collect();
+                graph.node("Mul", name, args, &output, vec![]);
             }
             LayerSpec::Concat => {
                 let args = inputs.into_iter().map(|(n, _)| n).collect();

@@ -531,7 +531,8 @@ impl Converter {
             }
         }
         let output = layer.output_shape();
-        let layout = if op.output_flat(inputs.iter().any(Dynamic::flat)) {
+        let flags: Vec<bool> = inputs.iter().map(Dynamic::flat).collect();
+        let layout = if op.output_flat(&flags) {
             Layout::Features
         } else if matches!(op, LayerSpec::Reshape { .. }) {
             Layout::Maps

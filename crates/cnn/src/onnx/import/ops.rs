@@ -960,7 +960,17 @@ impl Converter {
                         return Ok(Value::Dynamic(s.clone()));
                     }
                 }
-                unsupported(": multiplying computed values is, only as x * sigmoid(x)")
+                // Broadcast as ONNX broadcasts: from the last axis, so only values of one rank.
+                if first.layout != second.layout {
+                    return unsupported(": multiplying values of different ranks is not");
+                }
+                let (a, b) = (first.clone(), second.clone());
+                Ok(Value::Dynamic(self.add(
+                    name,
+                    LayerSpec::Mul,
+                    vec![a, b],
+                    Vec::new(),
+                )?))
             }
             _ => self.constant_operand(name, BinaryOp::Mul, inputs),
         }
