@@ -39,13 +39,10 @@ impl Layer for Flatten {
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        output.data_mut().copy_from_slice(inputs[0].data());
+        super::reshape::copy_values(inputs, output);
     }
 
-    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        let grad_output = pass.grad_output;
-        if let Some(grad_input) = pass.grad_input() {
-            grad_input.data_mut().copy_from_slice(grad_output.data());
-        }
+    fn backward(&self, pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        super::reshape::copy_gradient(pass);
     }
 }

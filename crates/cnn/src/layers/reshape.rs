@@ -55,13 +55,23 @@ impl Layer for Reshape {
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        output.data_mut().copy_from_slice(inputs[0].data());
+        copy_values(inputs, output);
     }
 
-    fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
-        let grad_output = pass.grad_output;
-        if let Some(grad_input) = pass.grad_input() {
-            grad_input.data_mut().copy_from_slice(grad_output.data());
-        }
+    fn backward(&self, pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        copy_gradient(pass);
+    }
+}
+
+/// The forward pass of an op that keeps the values as they are (in another shape).
+pub(super) fn copy_values(inputs: &[&Tensor], output: &mut Tensor) {
+    output.data_mut().copy_from_slice(inputs[0].data());
+}
+
+/// Its backward pass: the gradient as it is.
+pub(super) fn copy_gradient(mut pass: BackwardPass<'_, '_>) {
+    let grad_output = pass.grad_output;
+    if let Some(grad_input) = pass.grad_input() {
+        grad_input.data_mut().copy_from_slice(grad_output.data());
     }
 }
