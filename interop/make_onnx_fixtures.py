@@ -9,7 +9,14 @@ dynamic on both), and writes into crates/cnn-cli/tests/fixtures/onnx/:
                           stride 2 and a 1x1 conv+BN downsample), global average pool, Linear
     inception_style.onnx  3x32x32 -> 10: stem conv+ReLU+MaxPool, one four-branch Inception
                           block concatenated on channels, global average pool, Linear
-    NAME_input.npy        float32 [3, C, H, W], from a fixed seed
+    mobile_style.onnx     3x32x32 -> 10: MobileNetV3's pieces: TensorFlow-style "same" padding
+                          of a stride-2 conv (ZeroPad2d, one more pixel after than before),
+                          Hardswish, a depthwise conv with ReLU6, a squeeze-and-excitation gate
+                          (Hardsigmoid, Mul), PReLU, an average pool counting its padding,
+                          input normalisation inside the network (Sub, Div by constants)
+    sequence_style.onnx   4x50 -> 10: 1-D: Conv1d+BatchNorm1d+ReLU, MaxPool1d, a dilated
+                          Conv1d, LeakyReLU, global average pool, Linear
+    NAME_input.npy        float32 [3, C, H, W] ([3, C, L]), from a fixed seed
     NAME_expected.npy     float32 [3, 10], ONNX Runtime's logits on that input (checked against
                           PyTorch's to 1e-4)
 
@@ -114,11 +121,70 @@ class InceptionStyle(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels, squeezed):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
+
+
+class MobileStyle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25, 0.5, 2.0]).reshape(1, 3, 1, 1))
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.act1 = nn.Hardswish()
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.act2 = nn.ReLU6()
+        self.se = SqueezeExcitation(16, 4)
+        self.project = nn.Conv2d(16, 24, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(24)
+        self.prelu = nn.PReLU(24)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=True)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(24 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std
+        x = self.act1(self.bn1(self.stem(self.pad(x))))
+        x = self.se(self.act2(self.bn2(self.depthwise(x))))
+        x = self.prelu(self.bn3(self.project(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+class SequenceStyle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(4, 8, 5, padding=2)
+        self.bn1 = nn.BatchNorm1d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool1d(2)
+        self.conv2 = nn.Conv1d(8, 8, 3, padding=2, dilation=2)
+        self.act = nn.LeakyReLU(0.2)
+        self.avgpool = nn.AdaptiveAvgPool1d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(self.flatten(self.avgpool(self.act(self.conv2(x)))))
+
+
 def randomise_batch_norms(model, generator):
     """Running statistics and affine parameters far from PyTorch's 0/1 defaults."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 n = module.num_features
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
                 module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.25)
@@ -178,6 +244,8 @@ def main():
     print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
     make("resnet_style", ResNetStyle, (1, 28, 28), seed=1)
     make("inception_style", InceptionStyle, (3, 32, 32), seed=2)
+    make("mobile_style", MobileStyle, (3, 32, 32), seed=3)
+    make("sequence_style", SequenceStyle, (4, 50), seed=4)
     return 0
 
 

@@ -26,11 +26,19 @@ fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
     (shape, file.into_vec().unwrap())
 }
 
-/// The fixtures' outputs in `cnn`, against ONNX Runtime's on the same inputs.
+/// The fixtures' outputs in `cnn`, against ONNX Runtime's on the same inputs: a ResNet-style,
+/// an Inception-style and a MobileNetV3-style network (TensorFlow-style padding, Hardswish,
+/// ReLU6, a squeeze-and-excitation gate, PReLU, normalisation inside the network), and a 1-D
+/// network on `[N, C, L]` sequences.
 #[test]
 fn pytorch_exported_networks_give_onnx_runtimes_outputs() {
     let dir = TempDir::new().unwrap();
-    for name in ["resnet_style", "inception_style"] {
+    for name in [
+        "resnet_style",
+        "inception_style",
+        "mobile_style",
+        "sequence_style",
+    ] {
         let out = dir.path().join(format!("{name}.npy"));
         let output = cnn()
             .args(["run", "--model"])

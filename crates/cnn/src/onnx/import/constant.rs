@@ -504,3 +504,84 @@ pub(super) fn gather_constant(
     };
     Ok(Value::Constant(Constant { dims, data }))
 }
+
+/// ONNX's `Slice` of a constant: along each of `axes` (all, in order, by default) the indices
+/// from `starts` towards `ends` by `steps` (1 by default; negative steps go backwards),
+/// clamped to the axis as ONNX clamps them.
+pub(super) fn slice_constant(
+    c: &Constant,
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> Outcome {
+    let rank = c.dims.len();
+    let all: Vec<i64> = (0..rank as i64).collect();
+    let axes = axes.unwrap_or(&all);
+    let ones = vec![1; axes.len()];
+    let steps = steps.unwrap_or(&ones);
+    if starts.len() != axes.len() || ends.len() != axes.len() || steps.len() != axes.len() {
+        return unsupported(": starts, ends, axes and steps of different lengths");
+    }
+    // The indices kept along every axis.
+    let mut kept: Vec<Vec<usize>> = c.dims.iter().map(|&d| (0..d).collect()).collect();
+    for (k, &axis) in axes.iter().enumerate() {
+        let axis = if axis < 0 { axis + rank as i64 } else { axis };
+        let Some(axis) = usize::try_from(axis).ok().filter(|&a| a < rank) else {
+            return unsupported(format!(": axis {axis} out of range"));
+        };
+        let size = c.dims[axis] as i128;
+        let (step, start, end) = (
+            i128::from(steps[k]),
+            i128::from(starts[k]),
+            i128::from(ends[k]),
+        );
+        if step == 0 {
+            return unsupported(": a step of 0");
+        }
+        let resolve = |i: i128| if i < 0 { i + size } else { i };
+        let (start, end) = (resolve(start), resolve(end));
+        let mut picks = Vec::new();
+        if step > 0 {
+            let (mut i, end) = (start.clamp(0, size), end.clamp(0, size));
+            while i < end {
+                picks.push(i as usize);
+                i += step;
+            }
+        } else {
+            let (mut i, end) = (start.clamp(0, size - 1), end.clamp(-1, size - 1));
+            while i > end {
+                picks.push(i as usize);
+                i += step;
+            }
+        }
+        kept[axis] = picks;
+    }
+    let dims: Vec<usize> = kept.iter().map(Vec::len).collect();
+    let mut strides = vec![1usize; rank];
+    for k in (0..rank.saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * c.dims[k + 1];
+    }
+    let len: usize = dims.iter().product();
+    let mut sources = Vec::with_capacity(len);
+    let mut index = vec![0usize; rank];
+    for _ in 0..len {
+        sources.push(
+            (0..rank)
+                .map(|k| kept[k][index[k]] * strides[k])
+                .sum::<usize>(),
+        );
+        for k in (0..rank).rev() {
+            index[k] += 1;
+            if index[k] < dims[k] {
+                break;
+            }
+            index[k] = 0;
+        }
+    }
+    let data = match &c.data {
+        Data::Float(v) => Data::Float(sources.iter().map(|&s| v[s]).collect()),
+        Data::Int(v) => Data::Int(sources.iter().map(|&s| v[s]).collect()),
+    };
+    Ok(Value::Constant(Constant { dims, data }))
+}

@@ -247,6 +247,9 @@ struct Converter {
     readers: HashMap<String, usize>,
     built: Vec<Built>,
     names: HashSet<String>,
+    /// The engine's nodes whose output it holds as flattened features (after `gap`, `dense`...),
+    /// which ops that need maps cannot read without a reshape.
+    flattened: HashSet<String>,
     unsupported: Vec<String>,
     budget: NetworkBudget,
     ends_in_softmax: bool,
@@ -336,6 +339,7 @@ impl Converter {
             readers,
             built: Vec::new(),
             names: HashSet::from([INPUT.to_string()]),
+            flattened: HashSet::new(),
             unsupported: Vec::new(),
             budget,
             ends_in_softmax: false,
@@ -511,6 +515,29 @@ impl Converter {
         inputs: Vec<Dynamic>,
         params: Vec<(&'static str, Vec<f32>)>,
     ) -> std::result::Result<Dynamic, Unsupported> {
+        // ONNX's global pools keep `[N, C, 1, 1]` maps, which a convolution may read (the
+        // excitation of a squeeze-and-excitation block); the engine's flatten them.
+        let mut inputs = inputs;
+        if op.needs_maps() {
+            for input in &mut inputs {
+                if self.flattened.contains(&input.name) {
+                    let s = input.shape;
+                    let reshape = LayerSpec::Reshape {
+                        shape: [s.channels, s.height, s.width],
+                    };
+                    let maps = self.add(
+                        &format!("{}.maps", input.name),
+                        reshape,
+                        vec![input.clone()],
+                        Vec::new(),
+                    )?;
+                    *input = Dynamic {
+                        layout: input.layout,
+                        ..maps
+                    };
+                }
+            }
+        }
         let name = self.unique(name);
         let shapes: Vec<Shape> = inputs.iter().map(|d| d.shape).collect();
         let layer = op
@@ -531,6 +558,13 @@ impl Converter {
             }
         }
         let output = layer.output_shape();
+        let held_flat: Vec<bool> = inputs
+            .iter()
+            .map(|d| self.flattened.contains(&d.name))
+            .collect();
+        if op.output_flat(&held_flat) {
+            self.flattened.insert(name.clone());
+        }
         let flags: Vec<bool> = inputs.iter().map(Dynamic::flat).collect();
         let layout = if op.output_flat(&flags) {
             Layout::Features

@@ -4,8 +4,8 @@ use super::attributes::Attributes;
 use super::constant::positive;
 use super::constant::{
     broadcast_vector, concat_constants, created_len, flatten_dims, fold_arithmetic,
-    gather_constant, reshape_constant, resolve_reshape, squeeze_dims, to_dims, transpose_constant,
-    Constant, Data, BATCH,
+    gather_constant, reshape_constant, resolve_reshape, slice_constant, squeeze_dims, to_dims,
+    transpose_constant, Constant, Data, BATCH,
 };
 use super::{
     module_name, unsupported, Converter, Dynamic, Layout, Outcome, Unsupported, Value, BATCH_DIM,
@@ -57,6 +57,7 @@ pub(super) const READ_OPS: &[&str] = &[
     "ConstantOfShape",
     "Shape",
     "Gather",
+    "Slice",
     "Cast",
 ];
 
@@ -436,6 +437,36 @@ impl Converter {
                         self.restructure(&name, x, &dims[1..])
                     }
                 }
+            }
+            "Slice" => {
+                let c = constant(0)?;
+                let ints =
+                    |k: usize, what: &str| -> std::result::Result<Option<Vec<i64>>, Unsupported> {
+                        match inputs.get(k) {
+                            Some(Some(_)) => constant(k)?
+                                .ints()
+                                .map(Some)
+                                .map_err(|e| Unsupported(format!(": {what} {e}"))),
+                            _ => Ok(None),
+                        }
+                    };
+                // Attributes before opset 10, inputs since.
+                let (starts, ends, axes, steps) = if self.opset < 10 {
+                    (
+                        attributes.ints_opt("starts")?.unwrap_or_default(),
+                        attributes.ints_opt("ends")?.unwrap_or_default(),
+                        attributes.ints_opt("axes")?,
+                        None,
+                    )
+                } else {
+                    (
+                        ints(1, "starts")?.unwrap_or_default(),
+                        ints(2, "ends")?.unwrap_or_default(),
+                        ints(3, "axes")?,
+                        ints(4, "steps")?,
+                    )
+                };
+                slice_constant(c, &starts, &ends, axes.as_deref(), steps.as_deref())
             }
             "Transpose" => match input(0)? {
                 Value::Constant(c) => transpose_constant(c, attributes.ints_opt("perm")?),
