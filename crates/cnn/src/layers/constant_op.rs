@@ -5,6 +5,7 @@
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
+use crate::kernels::for_each_item_run;
 use crate::tensor::{Param, Shape, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -192,11 +193,13 @@ impl Layer for ConstantOp {
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        let input = inputs[0];
-        for n in 0..input.batch() {
-            let (x, y) = (input.sample(n), output.sample_mut(n));
-            self.each(|i, c| y[i] = self.op.apply(x[i], c));
-        }
+        let (input, len) = (inputs[0], self.input.len());
+        for_each_item_run(output.data_mut(), len, len, |first, out| {
+            for (k, y) in out.chunks_mut(len).enumerate() {
+                let x = input.sample(first + k);
+                self.each(|i, c| y[i] = self.op.apply(x[i], c));
+            }
+        });
     }
 
     fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {

@@ -3,6 +3,7 @@
 //! computed from them (`x * sigmoid(fc(gap(x)))`, `[C, H, W]` times `[C, 1, 1]`).
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use crate::kernels::for_each_item_run;
 use crate::tensor::{Shape, Tensor};
 
 #[derive(Debug)]
@@ -74,11 +75,13 @@ impl Layer for Multiply {
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        for n in 0..output.batch() {
-            let (a, b) = (inputs[0].sample(n), inputs[1].sample(n));
-            let y = output.sample_mut(n);
-            self.each(|i, j, k| y[i] = a[j] * b[k]);
-        }
+        let len = self.output.len();
+        for_each_item_run(output.data_mut(), len, len, |first, out| {
+            for (n, y) in out.chunks_mut(len).enumerate() {
+                let (a, b) = (inputs[0].sample(first + n), inputs[1].sample(first + n));
+                self.each(|i, j, k| y[i] = a[j] * b[k]);
+            }
+        });
     }
 
     fn backward(&self, pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {

@@ -5,6 +5,7 @@
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
+use crate::kernels::for_each_item_run;
 use crate::tensor::{Shape, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -143,21 +144,23 @@ impl Layer for Pad {
             _ => 0.0,
         };
         let (in_plane, out) = (self.input.plane(), self.output_shape());
-        for n in 0..input.batch() {
-            let (x, y) = (input.sample(n), output.sample_mut(n));
-            for (x, y) in x.chunks(in_plane).zip(y.chunks_mut(out.plane())) {
-                for (row, y) in rows.iter().zip(y.chunks_mut(out.width)) {
-                    let Some(row) = row else {
-                        y.fill(fill);
-                        continue;
-                    };
-                    let x = &x[row * self.input.width..(row + 1) * self.input.width];
-                    for (column, y) in columns.iter().zip(y) {
-                        *y = column.map_or(fill, |c| x[c]);
+        for_each_item_run(output.data_mut(), out.len(), out.len(), |first, samples| {
+            for (k, y) in samples.chunks_mut(out.len()).enumerate() {
+                let x = input.sample(first + k);
+                for (x, y) in x.chunks(in_plane).zip(y.chunks_mut(out.plane())) {
+                    for (row, y) in rows.iter().zip(y.chunks_mut(out.width)) {
+                        let Some(row) = row else {
+                            y.fill(fill);
+                            continue;
+                        };
+                        let x = &x[row * self.input.width..(row + 1) * self.input.width];
+                        for (column, y) in columns.iter().zip(y) {
+                            *y = column.map_or(fill, |c| x[c]);
+                        }
                     }
                 }
             }
-        }
+        });
     }
 
     /// Each input pixel gets the gradient of every output pixel that copies it.

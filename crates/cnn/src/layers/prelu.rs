@@ -4,6 +4,7 @@
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
+use crate::kernels::for_each_item_run;
 use crate::tensor::{Param, Shape, Tensor};
 
 /// PyTorch's initial slope.
@@ -80,15 +81,16 @@ impl Layer for Prelu {
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let input = inputs[0];
-        let plane = self.shape.height * self.shape.width;
-        for n in 0..input.batch() {
-            let out = output.sample_mut(n);
-            for (c, (slope, xs)) in self.channels(input.sample(n)).enumerate() {
-                for (y, &x) in out[c * plane..(c + 1) * plane].iter_mut().zip(xs) {
-                    *y = if x > 0.0 { x } else { slope * x };
+        let (plane, len) = (self.shape.plane(), self.shape.len());
+        for_each_item_run(output.data_mut(), len, len, |first, samples| {
+            for (n, out) in samples.chunks_mut(len).enumerate() {
+                for (c, (slope, xs)) in self.channels(input.sample(first + n)).enumerate() {
+                    for (y, &x) in out[c * plane..(c + 1) * plane].iter_mut().zip(xs) {
+                        *y = if x > 0.0 { x } else { slope * x };
+                    }
                 }
             }
-        }
+        });
     }
 
     fn backward(
