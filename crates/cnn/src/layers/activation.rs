@@ -213,9 +213,21 @@ impl Layer for Activation {
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let (input, out) = (inputs[0].data(), output.data_mut());
         // The function is chosen outside the loop, so that ReLU's loop is compiled for ReLU
-        // alone (and vectorised).
+        // alone (and vectorised); the cheap piecewise-linear ones likewise.
         match self.kind {
             ActivationKind::Relu => map(input, out, |x| x.max(0.0)),
+            // Each variant rebuilt inside its own closure, so that the match folds away and the
+            // loop is compiled for that function alone.
+            ActivationKind::Clip { min, max } => map(input, out, move |x| {
+                ActivationKind::Clip { min, max }.apply(x)
+            }),
+            ActivationKind::HardSigmoid { alpha, beta } => map(input, out, move |x| {
+                ActivationKind::HardSigmoid { alpha, beta }.apply(x)
+            }),
+            ActivationKind::HardSwish => map(input, out, |x| ActivationKind::HardSwish.apply(x)),
+            ActivationKind::LeakyRelu { slope } => map(input, out, move |x| {
+                ActivationKind::LeakyRelu { slope }.apply(x)
+            }),
             kind => map(input, out, move |x| kind.apply(x)),
         }
     }

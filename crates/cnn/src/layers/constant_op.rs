@@ -194,10 +194,26 @@ impl Layer for ConstantOp {
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
         let (input, len) = (inputs[0], self.input.len());
+        let constant = &self.buffers[0].value;
+        let (height, width) = (self.input.height, self.input.width);
         for_each_item_run(output.data_mut(), len, len, |first, out| {
             for (k, y) in out.chunks_mut(len).enumerate() {
                 let x = input.sample(first + k);
-                self.each(|i, c| y[i] = self.op.apply(x[i], c));
+                // Row by row: the constant's row, or one value for the whole row.
+                for (r, (y, x)) in y.chunks_mut(width).zip(x.chunks(width)).enumerate() {
+                    let (start, step) = self.row(r / height, r % height);
+                    if step == 1 {
+                        let c = &constant[start..start + width];
+                        for ((y, &x), &c) in y.iter_mut().zip(x).zip(c) {
+                            *y = self.op.apply(x, c);
+                        }
+                    } else {
+                        let c = constant[start];
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            *y = self.op.apply(x, c);
+                        }
+                    }
+                }
             }
         });
     }

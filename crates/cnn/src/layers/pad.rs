@@ -154,8 +154,12 @@ impl Layer for Pad {
                             continue;
                         };
                         let x = &x[row * self.input.width..(row + 1) * self.input.width];
-                        for (column, y) in columns.iter().zip(y) {
-                            *y = column.map_or(fill, |c| x[c]);
+                        // The row itself in one copy, then the padding on either side.
+                        let (left, width) = (self.pads[1], self.input.width);
+                        y[left..left + width].copy_from_slice(x);
+                        let sides = (0..left).chain(left + width..y.len());
+                        for i in sides {
+                            y[i] = columns[i].map_or(fill, |c| x[c]);
                         }
                     }
                 }
