@@ -447,22 +447,30 @@ pub(super) fn transpose_constant(c: &Constant, perm: Option<Vec<i64>>) -> Outcom
         return unsupported(": perm is not a permutation");
     }
     let dims: Vec<usize> = perm.iter().map(|&p| c.dims[p]).collect();
-    let mut strides = vec![1usize; rank];
-    for k in (0..rank.saturating_sub(1)).rev() {
-        strides[k] = strides[k + 1] * c.dims[k + 1];
+    let strides = strides(&c.dims);
+    Ok(Value::Constant(picked(c, dims, |index| {
+        index.iter().zip(&perm).map(|(&i, &p)| i * strides[p]).sum()
+    })))
+}
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1usize; dims.len()];
+    for k in (0..dims.len().saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * dims[k + 1];
     }
-    let len = c.len();
-    let mut index = vec![0usize; rank];
+    strides
+}
+
+/// The constant of `dims` whose value at each index (in row-major order) is `c`'s value at
+/// `source(index)`.
+fn picked(c: &Constant, dims: Vec<usize>, source: impl Fn(&[usize]) -> usize) -> Constant {
+    let len: usize = dims.iter().product();
+    let mut index = vec![0usize; dims.len()];
     let mut sources = Vec::with_capacity(len);
     for _ in 0..len {
-        sources.push(
-            index
-                .iter()
-                .zip(&perm)
-                .map(|(&i, &p)| i * strides[p])
-                .sum::<usize>(),
-        );
-        for k in (0..rank).rev() {
+        sources.push(source(&index));
+        for k in (0..dims.len()).rev() {
             index[k] += 1;
             if index[k] < dims[k] {
                 break;
@@ -474,7 +482,7 @@ pub(super) fn transpose_constant(c: &Constant, perm: Option<Vec<i64>>) -> Outcom
         Data::Float(v) => Data::Float(sources.iter().map(|&s| v[s]).collect()),
         Data::Int(v) => Data::Int(sources.iter().map(|&s| v[s]).collect()),
     };
-    Ok(Value::Constant(Constant { dims, data }))
+    Constant { dims, data }
 }
 
 pub(super) fn gather_constant(
@@ -558,30 +566,8 @@ pub(super) fn slice_constant(
         kept[axis] = picks;
     }
     let dims: Vec<usize> = kept.iter().map(Vec::len).collect();
-    let mut strides = vec![1usize; rank];
-    for k in (0..rank.saturating_sub(1)).rev() {
-        strides[k] = strides[k + 1] * c.dims[k + 1];
-    }
-    let len: usize = dims.iter().product();
-    let mut sources = Vec::with_capacity(len);
-    let mut index = vec![0usize; rank];
-    for _ in 0..len {
-        sources.push(
-            (0..rank)
-                .map(|k| kept[k][index[k]] * strides[k])
-                .sum::<usize>(),
-        );
-        for k in (0..rank).rev() {
-            index[k] += 1;
-            if index[k] < dims[k] {
-                break;
-            }
-            index[k] = 0;
-        }
-    }
-    let data = match &c.data {
-        Data::Float(v) => Data::Float(sources.iter().map(|&s| v[s]).collect()),
-        Data::Int(v) => Data::Int(sources.iter().map(|&s| v[s]).collect()),
-    };
-    Ok(Value::Constant(Constant { dims, data }))
+    let strides = strides(&c.dims);
+    Ok(Value::Constant(picked(c, dims, |index| {
+        (0..rank).map(|k| kept[k][index[k]] * strides[k]).sum()
+    })))
 }
