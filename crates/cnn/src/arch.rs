@@ -623,6 +623,14 @@ fn parse_size(text: &str) -> std::result::Result<[usize; 2], String> {
     }
 }
 
+/// A number that is neither infinite nor NaN.
+fn parse_finite(text: &str) -> std::result::Result<f32, String> {
+    text.parse::<f32>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("`{text}` is not a finite number"))
+}
+
 /// `CxHxW`, each at least 1.
 fn parse_maps_size(text: &str) -> std::result::Result<[usize; 3], String> {
     let sizes = text
@@ -650,13 +658,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
     let mut pad_value = 0.0f32;
     for option in &options {
         match option.split_once('=') {
-            Some(("value", v)) if kind == "pad" => {
-                pad_value = v
-                    .parse()
-                    .ok()
-                    .filter(|v: &f32| v.is_finite())
-                    .ok_or_else(|| format!("`{v}` is not a finite number"))?
-            }
+            Some(("value", v)) if kind == "pad" => pad_value = parse_finite(v)?,
             Some(("stride", v)) => stride = Some(parse_size(v)?),
             Some(("pad" | "padding", v)) => padding = parse_size(v)?,
             Some(("dilation", v)) if kind.starts_with("conv") => dilation = parse_size(v)?,
@@ -813,12 +815,7 @@ fn parse_layer(item: &str, classes: usize) -> std::result::Result<LayerSpec, Str
             }
             let usage = "write `lrn SIZE` (PyTorch's alpha 1e-4, beta 0.75, k 1) or \
                          `lrn SIZE ALPHA BETA K`";
-            let number = |t: &str| {
-                t.parse::<f32>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| format!("`{t}` is not a finite number"))
-            };
+            let number = parse_finite;
             let size = |t: &str| {
                 t.parse::<usize>()
                     .ok()

@@ -300,12 +300,7 @@ fn shape_arithmetic_and_matmul_with_add_fold_into_flatten_and_dense() {
         "y",
     );
     let imported = import(&model).unwrap();
-    let kinds: Vec<&str> = imported
-        .network
-        .nodes()
-        .iter()
-        .map(|n| n.layer().spec().kind())
-        .collect();
+    let kinds = kinds(&imported.network);
     assert_eq!(kinds, ["relu", "flatten", "dense"]);
     let input = random_batch(2, Shape::new(3, 2, 2), 5);
     let out = logits(&imported, &input);
@@ -322,6 +317,15 @@ fn shape_arithmetic_and_matmul_with_add_fold_into_flatten_and_dense() {
             );
         }
     }
+}
+
+/// The kind of each of the network's nodes, in order.
+fn kinds(network: &Network) -> Vec<&'static str> {
+    network
+        .nodes()
+        .iter()
+        .map(|n| n.layer().spec().kind())
+        .collect()
 }
 
 fn refused(model: &ModelProto) -> String {
@@ -535,12 +539,7 @@ fn one_dimensional_ops_on_sequences() {
     let imported = onnx::import::network_from_bytes(&model.encode_to_vec()).unwrap();
     assert_eq!(imported.input_layout, onnx::import::Layout::Sequence);
     assert_eq!(imported.output_layout, onnx::import::Layout::Sequence);
-    let kinds: Vec<&str> = imported
-        .network
-        .nodes()
-        .iter()
-        .map(|n| n.layer().spec().kind())
-        .collect();
+    let kinds = kinds(&imported.network);
     assert_eq!(kinds, ["conv2d", "maxpool2d"]);
     let network = &imported.network;
     assert_eq!(network.input_shape(), Shape::new(2, 1, 9));
