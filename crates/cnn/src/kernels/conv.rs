@@ -139,7 +139,7 @@ impl ConvAlgorithm {
         match self {
             ConvAlgorithm::Direct => g.is_plain() && direct::supports(g),
             ConvAlgorithm::Winograd => g.is_plain() && winograd::supports(g),
-            ConvAlgorithm::ImplicitGemm => g.is_plain() && g.window.stride == [1, 1],
+            ConvAlgorithm::ImplicitGemm => g.is_plain(),
             ConvAlgorithm::Depthwise => depthwise::supports(g),
             ConvAlgorithm::Grouped => g.groups > 1,
             ConvAlgorithm::Im2col => g.groups == 1,
@@ -717,62 +717,160 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
         .map(move |start| (first + start, group.min(count - start)))
 }
 
-/// Whether a layer built for `isa` computes `g` (stride 1) by implicit GEMM rather than
-/// im2col: with AVX-512, as long as the padded width wastes at most half again the output
-/// width. Measured on one core against im2col in the same process: LeNet-5's second layer
-/// (6 to 16 channels, 5x5, 14x14, padded width 1.4x the output width) 0.61-0.65x its time, a
-/// 1x1 layer (32 to 64 channels, 14x14) 0.76x, `cnn4`'s first layer 0.87-0.91x (the direct
-/// kernel does better there: 0.70x). With AVX2 `gemm`'s own kernels run as fast as the
-/// packed product, and then the padded width's waste decides: 1.0-1.3x im2col's time.
+/// Whether a layer built for `isa` computes `g` by implicit GEMM rather than im2col: with
+/// AVX-512, as long as the rows of a stride phase ([`ImplicitGemm`]) waste at most half again
+/// the output width. Measured on one core against im2col in the same process: LeNet-5's
+/// second layer (6 to 16 channels, 5x5, 14x14, padded width 1.4x the output width) 0.61-0.65x
+/// its time, a 1x1 layer (32 to 64 channels, 14x14) 0.76x, `cnn4`'s first layer 0.87-0.91x
+/// (the direct kernel does better there: 0.70x). With AVX2 `gemm`'s own kernels run as fast
+/// as the packed product, and then the padded width's waste decides: 1.0-1.3x im2col's time.
 pub fn implicit_gemm_preferred(isa: Isa, g: &ConvGeometry) -> bool {
-    let padded_width = g.input.width + 2 * g.window.padding[1];
     isa == Isa::Avx512
         && ConvAlgorithm::ImplicitGemm.supports_forward(g)
-        && 2 * padded_width <= 3 * g.output.width
+        && 2 * ImplicitGemm::phase_width(g) <= 3 * g.output.width
 }
 
-/// The geometry of [`implicit_gemm_forward`] for `g`: the padded image's row width and plane,
-/// the columns of the product per image (the output rows at the padded width, rounded up to
-/// whole registers), the floats of the padded image with what the product reads past it, and
-/// where each kernel tap's row of `B` starts in it.
+/// The layout of [`implicit_gemm_forward`] for `g`. The zero-padded image is split by the
+/// phase of the stride: padded pixel `(y, x)` of a channel goes to phase plane
+/// `(y % SH, x % SW)`, at `(y / SH, x / SW)`. The pixels that tap `(i, j)` reads for the
+/// output positions, `(oy * SH + i, ox * SW + j)`, are then the rows of one phase plane from
+/// `(i / SH, j / SW)` on: one contiguous row of `B` per tap, whatever the stride (with stride 1
+/// the single phase is the padded image). The product has a column per position of a phase
+/// row, `OH x phase_width` rounded up to whole registers, and the epilogue drops the columns
+/// past the output width.
 #[derive(Debug)]
 struct ImplicitGemm {
-    padded_width: usize,
-    padded_plane: usize,
+    /// Floats of one phase row, the padded width divided by the stride, rounded up.
+    phase_width: usize,
+    /// Floats of one phase plane.
+    phase_plane: usize,
+    /// Floats of one channel's phase planes.
+    channel_len: usize,
     columns: usize,
+    /// Floats of the split image, with what the product reads past it.
     padded_len: usize,
+    /// Where each tap's row of `B` starts.
     starts: Vec<usize>,
 }
 
 impl ImplicitGemm {
+    fn phase_width(g: &ConvGeometry) -> usize {
+        (g.input.width + 2 * g.window.padding[1]).div_ceil(g.window.stride[1])
+    }
+
     fn of(g: &ConvGeometry) -> Self {
         let [kh, kw] = g.window.kernel;
-        let [pad_y, pad_x] = g.window.padding;
-        let padded_width = g.input.width + 2 * pad_x;
-        let padded_plane = (g.input.height + 2 * pad_y) * padded_width;
-        let columns = (g.output.height * padded_width).next_multiple_of(COLUMN_ALIGN);
+        let [sh, sw] = g.window.stride;
+        let phase_width = Self::phase_width(g);
+        let phase_plane = (g.input.height + 2 * g.window.padding[0]).div_ceil(sh) * phase_width;
+        let channel_len = sh * sw * phase_plane;
+        let columns = (g.output.height * phase_width).next_multiple_of(COLUMN_ALIGN);
         let mut starts = Vec::with_capacity(g.patch_len());
         for c in 0..g.input.channels {
             for i in 0..kh {
                 for j in 0..kw {
-                    starts.push(c * padded_plane + i * padded_width + j);
+                    let phase = (i % sh) * sw + j % sw;
+                    starts.push(
+                        c * channel_len + phase * phase_plane + (i / sh) * phase_width + j / sw,
+                    );
                 }
             }
         }
-        let padded_len = starts.last().copied().unwrap_or(0) + columns;
+        let read = starts.iter().max().copied().unwrap_or(0) + columns;
+        let padded_len = read.max(g.input.channels * channel_len);
         ImplicitGemm {
-            padded_width,
-            padded_plane,
+            phase_width,
+            phase_plane,
+            channel_len,
             columns,
             padded_len,
             starts,
         }
     }
+
+    /// Copies `image` into the zeroed split image `padded`, skipping the rows and phases that
+    /// no tap reads (a strided 1x1 convolution reads one phase in four).
+    #[inline(always)]
+    fn split(&self, g: &ConvGeometry, image: &[f32], padded: &mut [f32]) {
+        let (height, width) = (g.input.height, g.input.width);
+        let [kh, kw] = g.window.kernel;
+        let [sh, sw] = g.window.stride;
+        let [pad_y, pad_x] = g.window.padding;
+        for (c, plane) in image.chunks_exact(height * width).enumerate() {
+            for (y, source) in plane.chunks_exact(width).enumerate() {
+                let (phase_y, row) = ((y + pad_y) % sh, (y + pad_y) / sh);
+                if phase_y >= kh {
+                    continue;
+                }
+                let split_row = c * self.channel_len + row * self.phase_width;
+                if sw == 1 {
+                    padded[split_row + phase_y * self.phase_plane + pad_x..][..width]
+                        .copy_from_slice(source);
+                    continue;
+                }
+                for phase_x in 0..sw.min(kw) {
+                    // The first pixel x with (x + pad_x) % sw == phase_x.
+                    let x0 = (phase_x + sw - pad_x % sw) % sw;
+                    if x0 >= width {
+                        continue;
+                    }
+                    let phase = phase_y * sw + phase_x;
+                    let to = split_row + phase * self.phase_plane + (x0 + pad_x) / sw;
+                    copy_every(sw, &source[x0..], &mut padded[to..]);
+                }
+            }
+        }
+    }
+}
+
+/// [`ImplicitGemm::split`], compiled for the chosen instruction set.
+struct SplitImage<'a> {
+    layout: &'a ImplicitGemm,
+    g: &'a ConvGeometry,
+    image: &'a [f32],
+    padded: &'a mut [f32],
+}
+
+impl Kernel for SplitImage<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        self.layout.split(self.g, self.image, self.padded);
+    }
+}
+
+/// `to[i] = from[i * step]` for every such value of `from` (`to` may be longer). A step of 2,
+/// the common stride, is a constant, which the compiler turns into vector shuffles instead of
+/// one load and store per value.
+#[inline(always)]
+fn copy_every(step: usize, from: &[f32], to: &mut [f32]) {
+    #[inline(always)]
+    fn fixed<const STEP: usize>(from: &[f32], to: &mut [f32]) {
+        let chunks = from.chunks_exact(STEP);
+        let last = chunks.remainder().first().copied();
+        let count = chunks.len();
+        for (t, chunk) in to.iter_mut().zip(chunks) {
+            *t = chunk[0];
+        }
+        if let Some(v) = last {
+            to[count] = v;
+        }
+    }
+    match step {
+        2 => fixed::<2>(from, to),
+        _ => {
+            for (t, &v) in to.iter_mut().zip(from.iter().step_by(step)) {
+                *t = v;
+            }
+        }
+    }
 }
 
 /// [`Conv2dKernel::forward`] by implicit GEMM ([`ConvAlgorithm::ImplicitGemm`]): per image,
-/// the zero-padded copy of the image, its product with the packed weights (`[OC, columns]`),
-/// then the epilogue, which drops the columns past the output width.
+/// the image split by stride phase and zero-padded ([`ImplicitGemm`]), its product with the
+/// packed weights (`[OC, columns]`), then the epilogue, which drops the columns past the
+/// output width.
 fn implicit_gemm_forward(
     isa: Isa,
     (g, layout): (&ConvGeometry, &ImplicitGemm),
@@ -784,13 +882,11 @@ fn implicit_gemm_forward(
 ) {
     let batch = input.batch();
     let (chunks, per_chunk) = batch_chunks(batch);
-    let (channels, height, width) = (g.input.channels, g.input.height, g.input.width);
-    let [pad_y, pad_x] = g.window.padding;
     let channels_out = g.output.channels;
     let per_chunk_scratch = layout.padded_len + channels_out * layout.columns;
     let scratch = scratch_prefix(scratch, chunks * per_chunk_scratch);
     let (in_len, out_len) = (g.input.len(), epilogue.output_shape(g.output).len());
-    let rows = (g.output.height, g.output.width, layout.padded_width);
+    let rows = (g.output.height, g.output.width, layout.phase_width);
     for_each_chunk_pair_mut(
         (output.data_mut(), per_chunk * out_len),
         (scratch, per_chunk_scratch),
@@ -800,13 +896,12 @@ fn implicit_gemm_forward(
             padded.fill(0.0);
             for (n, out) in out_chunk.chunks_exact_mut(out_len).enumerate() {
                 let image = &input.data()[(chunk * per_chunk + n) * in_len..][..in_len];
-                for c in 0..channels {
-                    for y in 0..height {
-                        let at = c * layout.padded_plane + (y + pad_y) * layout.padded_width;
-                        padded[at + pad_x..][..width]
-                            .copy_from_slice(&image[(c * height + y) * width..][..width]);
-                    }
-                }
+                isa.dispatch(SplitImage {
+                    layout,
+                    g,
+                    image,
+                    padded,
+                });
                 isa.dispatch(ImplicitProduct {
                     packed_weight,
                     padded,
@@ -1098,9 +1193,7 @@ impl Kernel for UnfoldFromPadded<'_> {
                         continue;
                     }
                     let part = &mut split[phase * rows.part + (x0 + pad_x) / sw..];
-                    for (p, &v) in part.iter_mut().zip(source[x0..].iter().step_by(sw)) {
-                        *p = v;
-                    }
+                    copy_every(sw, &source[x0..], part);
                 }
             }
         }
