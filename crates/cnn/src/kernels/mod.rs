@@ -181,11 +181,20 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 /// sizes, and a shrink followed by a grow would clear the memory again on every step.
 /// Values are left as they were: kernels overwrite what they read.
 pub fn scratch_prefix(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if scratch.len() < len {
-        scratch.resize(len, 0.0);
+    let room = len + CACHE_LINE_FLOATS;
+    if scratch.len() < room {
+        scratch.resize(room, 0.0);
     }
-    &mut scratch[..len]
+    let skip = scratch
+        .as_ptr()
+        .align_offset(4 * CACHE_LINE_FLOATS)
+        .min(CACHE_LINE_FLOATS);
+    &mut scratch[skip..skip + len]
 }
+
+/// Floats in a cache line: scratch starts at a line's start, so that a kernel's full-register
+/// loads and stores at multiples of 16 floats from it never straddle two lines.
+const CACHE_LINE_FLOATS: usize = 16;
 
 /// Splits a batch into `chunks` contiguous runs of `per_chunk` samples, one rayon task each.
 /// The split depends only on the batch size and the thread count, so partial sums reduced in
