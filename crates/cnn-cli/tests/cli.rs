@@ -1019,7 +1019,8 @@ fn train_draws_curves_and_eval_draws_the_confusion_matrix() {
 
 /// A run stopped after epoch 1 and resumed from its checkpoint ends with the same model file,
 /// byte for byte, as a run never interrupted: with batch normalisation, dropout, augmentation,
-/// AdamW and a cosine schedule, whose state all lives in the checkpoint or follows the seed.
+/// AdamW, label smoothing and a cosine schedule, whose state all lives in the checkpoint or
+/// follows the seed.
 #[test]
 fn resumed_training_gives_the_same_model_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -1040,6 +1041,8 @@ fn resumed_training_gives_the_same_model_file() {
             "adamw".into(),
             "--weight-decay".into(),
             "0.01".into(),
+            "--label-smoothing".into(),
+            "0.1".into(),
             "--schedule".into(),
             "cosine".into(),
             "--warmup".into(),
@@ -1123,6 +1126,7 @@ fn usage_errors_are_whole_with_status_2() {
         ),
         (vec!["train", "--step-every", "3"], "--schedule step only"),
         (vec!["train", "--val-split", "1"], "--val-split must be"),
+        (vec!["train", "--label-smoothing", "1"], "--label-smoothing must be"),
         (
             vec!["train", "--val-split", "0.2"],
             "the X/O data has a validation split of its own",

@@ -6,7 +6,7 @@ use cnn::arch;
 use cnn::layers::{Layer, LayerScratch, LayerSpec, Mode, SingleInput};
 use cnn::optim::{Optimizer, OptimizerConfig};
 use cnn::rng::{seeded, Stream};
-use cnn::train::train_step;
+use cnn::train::{train_step, StepSettings};
 use cnn::{Gradients, Network, Shape, Tensor, Workspace};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::Rng;
@@ -114,7 +114,10 @@ fn training_step(c: &mut Criterion) {
                     (&mut workspace, &mut grads),
                     &mut optimizer,
                     (&x, &labels),
-                    (1e-6, 0.0),
+                    StepSettings {
+                        learning_rate: 1e-6,
+                        ..StepSettings::default()
+                    },
                 )
                 .unwrap();
             })

@@ -47,6 +47,19 @@ pub fn cross_entropy(logits: &[f32], label: usize) -> f32 {
     log_sum - logits[label]
 }
 
+/// [`cross_entropy`] against the smoothed target of [`softmax_cross_entropy`]:
+/// `(1 - ε) (-log p[label]) + ε mean_k(-log p[k])`.
+pub fn smoothed_cross_entropy(logits: &[f32], label: usize, smoothing: f32) -> f32 {
+    let loss = cross_entropy(logits, label);
+    if smoothing == 0.0 {
+        return loss;
+    }
+    // -log p[k] = -log p[label] + z[label] - z[k], so the mean over k is
+    // -log p[label] + z[label] - mean(z).
+    let mean = logits.iter().sum::<f32>() / logits.len() as f32;
+    loss + smoothing * (logits[label] - mean)
+}
+
 /// Loss summed over a batch, and how many predictions were right.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossStats {
@@ -54,13 +67,15 @@ pub struct LossStats {
     pub correct: usize,
 }
 
-/// Mean cross-entropy of `softmax(logits)` against `labels`; writes its gradient,
-/// `(softmax - one_hot) / N`, into `grad`.
+/// Mean cross-entropy of `softmax(logits)` against `labels`, each label smoothed as PyTorch's
+/// `CrossEntropyLoss(label_smoothing=ε)` smooths it: the target is `1 - ε` on the label plus
+/// `ε / K` on every class. Writes the gradient, `(softmax - target) / N`, into `grad`.
 ///
 /// Shapes: `logits` `[N, K]`, `labels` `[N]` with values below `K`, `grad` `[N, K]`.
 pub fn softmax_cross_entropy(
     logits: &Tensor,
     labels: &[usize],
+    smoothing: f32,
     grad: &mut Tensor,
 ) -> Result<LossStats> {
     let classes = logits.shape().len();
@@ -85,10 +100,11 @@ pub fn softmax_cross_entropy(
             )));
         }
         softmax(row, grad_row);
-        stats.total_loss += f64::from(cross_entropy(row, label));
+        stats.total_loss += f64::from(smoothed_cross_entropy(row, label, smoothing));
         stats.correct += usize::from(argmax(row) == label);
-        grad_row[label] -= 1.0;
-        grad_row.iter_mut().for_each(|g| *g *= scale);
+        let spread = smoothing / classes as f32;
+        grad_row[label] -= 1.0 - smoothing;
+        grad_row.iter_mut().for_each(|g| *g = (*g - spread) * scale);
     }
     Ok(stats)
 }

@@ -51,6 +51,9 @@ pub struct TrainConfig {
     /// running statistics, as in PyTorch after `requires_grad_(False)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
+    /// The `ε` of [`softmax_cross_entropy`]: 0 trains on the labels as they are.
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 /// For each parameter of `network`, whether it belongs to a module of `paths`; every path must
@@ -179,6 +182,7 @@ impl Default for TrainConfig {
             save_best: false,
             patience: None,
             freeze: Vec::new(),
+            label_smoothing: 0.0,
         }
     }
 }
@@ -205,6 +209,12 @@ impl TrainConfig {
             return Err(Error::Invalid(format!(
                 "--weight-decay must be 0 or more, not {}",
                 self.weight_decay
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::Invalid(format!(
+                "--label-smoothing must be at least 0 and below 1, not {}",
+                self.label_smoothing
             )));
         }
         let augment = self.augment;
@@ -459,7 +469,11 @@ pub fn train_from(
                 (&mut workspace, &mut grads),
                 &mut optimizer,
                 (&batch, &labels),
-                (learning_rate, config.weight_decay),
+                StepSettings {
+                    learning_rate,
+                    weight_decay: config.weight_decay,
+                    label_smoothing: config.label_smoothing,
+                },
             )?;
             total_loss += stats.total_loss;
             correct += stats.correct;
@@ -551,21 +565,35 @@ pub fn train_step(
     buffers: (&mut Workspace, &mut Gradients),
     optimizer: &mut Optimizer,
     (batch, labels): (&Tensor, &[usize]),
-    (learning_rate, weight_decay): (f32, f32),
+    settings: StepSettings,
 ) -> Result<LossStats> {
+    let StepSettings {
+        learning_rate,
+        weight_decay,
+        label_smoothing,
+    } = settings;
     let (workspace, grads) = buffers;
     crate::kernels::on_pool(|| {
         Team::run(|| {
             network.forward(batch, workspace, Mode::Train)?;
             network.update_running_statistics(workspace);
             let (logits, grad) = workspace.output_and_grad_mut();
-            let stats = softmax_cross_entropy(logits, labels, grad)?;
+            let stats = softmax_cross_entropy(logits, labels, label_smoothing, grad)?;
             grads.zero();
             network.backward(batch, workspace, grads);
             optimizer.step(network, grads, learning_rate, weight_decay);
             Ok(stats)
         })
     })
+}
+
+/// What one [`train_step`] applies besides the gradient.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepSettings {
+    pub learning_rate: f32,
+    pub weight_decay: f32,
+    /// The `ε` of [`softmax_cross_entropy`].
+    pub label_smoothing: f32,
 }
 
 /// Checks that `state` (from a checkpoint) continues a run of `config`: the same optimizer,
@@ -691,6 +719,7 @@ mod tests {
             save_best: false,
             patience: None,
             freeze: Vec::new(),
+            label_smoothing: 0.0,
         }
     }
 

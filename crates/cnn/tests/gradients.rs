@@ -645,7 +645,9 @@ fn grouped_depthwise_and_dilated_convolutions() {
 // Loss
 
 /// `softmax_cross_entropy` writes `d(total loss / N) / dlogits`: its gradient matches central
-/// differences of the mean loss, and its loss matches `log sum exp(z) - z[label]` in f64.
+/// differences of the mean loss, and its loss matches PyTorch's definition in f64,
+/// `-Σ_k q[k] log softmax(z)[k]` with `q = (1 - ε) one_hot + ε / K`, without smoothing and
+/// with it.
 #[test]
 fn softmax_cross_entropy_gradient_is_the_mean_loss_derivative() {
     let (batch, classes) = (4, 5);
@@ -656,37 +658,50 @@ fn softmax_cross_entropy_gradient_is_the_mean_loss_derivative() {
         uniform(&mut rng, batch * classes, -3.0, 3.0),
     );
     let labels: Vec<usize> = (0..batch).map(|_| rng.random_range(0..classes)).collect();
-    let mut grad = Tensor::zeros(batch, Shape::flat(classes));
-    let stats = softmax_cross_entropy(&logits, &labels, &mut grad).unwrap();
+    for smoothing in [0.0, 0.1] {
+        let mut grad = Tensor::zeros(batch, Shape::flat(classes));
+        let stats = softmax_cross_entropy(&logits, &labels, smoothing, &mut grad).unwrap();
 
-    let expected_loss: f64 = logits
-        .data()
-        .chunks(classes)
-        .zip(&labels)
-        .map(|(row, &label)| {
-            let sum: f64 = row.iter().map(|&z| f64::from(z).exp()).sum();
-            sum.ln() - f64::from(row[label])
-        })
-        .sum();
-    assert!((stats.total_loss - expected_loss).abs() < 1e-5 * expected_loss);
+        let expected_loss: f64 = logits
+            .data()
+            .chunks(classes)
+            .zip(&labels)
+            .map(|(row, &label)| {
+                let log_sum = row.iter().map(|&z| f64::from(z).exp()).sum::<f64>().ln();
+                (0..classes)
+                    .map(|k| {
+                        let hit = if k == label { 1.0 } else { 0.0 };
+                        let target =
+                            (1.0 - f64::from(smoothing)) * hit + f64::from(smoothing) / 5.0;
+                        target * (log_sum - f64::from(row[k]))
+                    })
+                    .sum::<f64>()
+            })
+            .sum();
+        assert!(
+            (stats.total_loss - expected_loss).abs() < 1e-5 * expected_loss,
+            "ε {smoothing}: loss {} against {expected_loss}",
+            stats.total_loss
+        );
 
-    let mean_loss = |logits: &Tensor| {
-        let mut scratch = Tensor::zeros(batch, Shape::flat(classes));
-        let stats = softmax_cross_entropy(logits, &labels, &mut scratch).unwrap();
-        stats.total_loss / batch as f64
-    };
-    let mut nudged = logits.clone();
-    let numeric = central_differences(logits.data(), 1e-2, |i, v| {
-        let original = nudged.data()[i];
-        nudged.data_mut()[i] = v;
-        let loss = mean_loss(&nudged);
-        nudged.data_mut()[i] = original;
-        loss
-    });
-    assert_close("dL/dlogits", &widen(grad.data()), &numeric, FLOOR, 1e-2);
-    // Each row of the gradient sums to zero: probabilities sum to one, the label takes one.
-    for row in grad.data().chunks(classes) {
-        assert!(row.iter().sum::<f32>().abs() < 1e-6);
+        let mean_loss = |logits: &Tensor| {
+            let mut scratch = Tensor::zeros(batch, Shape::flat(classes));
+            let stats = softmax_cross_entropy(logits, &labels, smoothing, &mut scratch).unwrap();
+            stats.total_loss / batch as f64
+        };
+        let mut nudged = logits.clone();
+        let numeric = central_differences(logits.data(), 1e-2, |i, v| {
+            let original = nudged.data()[i];
+            nudged.data_mut()[i] = v;
+            let loss = mean_loss(&nudged);
+            nudged.data_mut()[i] = original;
+            loss
+        });
+        assert_close("dL/dlogits", &widen(grad.data()), &numeric, FLOOR, 1e-2);
+        // Each row of the gradient sums to zero: probabilities and the target both sum to one.
+        for row in grad.data().chunks(classes) {
+            assert!(row.iter().sum::<f32>().abs() < 1e-6);
+        }
     }
 }
 
@@ -704,7 +719,7 @@ fn network_loss(
 ) -> (f64, Vec<f32>) {
     let logits = network.forward(input, workspace, Mode::Train).unwrap();
     let mut grad = Tensor::zeros(logits.batch(), logits.shape());
-    let stats = softmax_cross_entropy(logits, labels, &mut grad).unwrap();
+    let stats = softmax_cross_entropy(logits, labels, 0.0, &mut grad).unwrap();
     let mut kinks = Vec::new();
     for (node, output) in network.nodes().iter().zip(workspace.activations()) {
         let layer = node.layer();
@@ -809,7 +824,7 @@ fn a_value_read_twice_gets_both_gradients() {
             .forward(&input, &mut workspace, Mode::Train)
             .unwrap();
         let (logits, grad) = workspace.output_and_grad_mut();
-        softmax_cross_entropy(logits, &[0, 2], grad).unwrap();
+        softmax_cross_entropy(logits, &[0, 2], 0.0, grad).unwrap();
         network.backward(&input, &mut workspace, &mut grads);
         let first = grads.iter().next().unwrap().clone();
         first
@@ -852,7 +867,7 @@ fn check_network(notation: &str, input: Shape, expected_params: usize) {
         .forward(&input, &mut workspace, Mode::Train)
         .unwrap();
     let (logits, grad_logits) = workspace.output_and_grad_mut();
-    softmax_cross_entropy(logits, &labels, grad_logits).unwrap();
+    softmax_cross_entropy(logits, &labels, 0.0, grad_logits).unwrap();
     network.backward(&input, &mut workspace, &mut grads);
     let analytic: Vec<Vec<f32>> = grads.iter().cloned().collect();
     let names: Vec<String> = network
@@ -1090,7 +1105,11 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
                             (&mut workspace, &mut grads),
                             &mut optimizer,
                             (&images, &labels),
-                            (0.01, 1e-4),
+                            cnn::train::StepSettings {
+                                learning_rate: 0.01,
+                                weight_decay: 1e-4,
+                                label_smoothing: 0.0,
+                            },
                         )
                         .unwrap();
                         return;
@@ -1100,7 +1119,7 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
                         .unwrap();
                     network.update_running_statistics(&workspace);
                     let (logits, grad) = workspace.output_and_grad_mut();
-                    softmax_cross_entropy(logits, &labels, grad).unwrap();
+                    softmax_cross_entropy(logits, &labels, 0.0, grad).unwrap();
                     network.backward(&images, &mut workspace, &mut grads);
                     optimizer.step(&mut network, &grads, 0.01, 1e-4);
                 });

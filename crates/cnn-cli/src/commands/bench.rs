@@ -7,7 +7,7 @@ use clap::Args;
 use cnn::kernels::simd::{Isa, ISA_VARIABLE};
 use cnn::optim::{Optimizer, OptimizerConfig};
 use cnn::rng::{seeded, Stream};
-use cnn::train::train_step;
+use cnn::train::{train_step, StepSettings};
 use cnn::{Gradients, Mode, Network, Shape, Tensor, Workspace};
 use rand::Rng;
 use serde::Serialize;
@@ -238,7 +238,10 @@ pub fn run(args: BenchArgs, global: crate::Global) -> Result<()> {
             (&mut workspace, &mut grads),
             &mut optimizer,
             (input, labels),
-            (1e-6, 0.0),
+            StepSettings {
+                learning_rate: 1e-6,
+                ..StepSettings::default()
+            },
         )
         .expect("shapes checked at build, labels in range");
     };

@@ -66,6 +66,10 @@ pub struct TrainArgs {
     /// Weight decay: an L2 penalty for sgd and adam, decoupled for adamw (default 0).
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f32>,
+    /// Label smoothing ε, as in PyTorch's CrossEntropyLoss: the target is 1 - ε on the label
+    /// plus ε / classes on every class (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    label_smoothing: Option<f32>,
     /// Learning-rate schedule (default constant).
     #[arg(long, value_enum)]
     schedule: Option<ScheduleName>,
@@ -200,6 +204,7 @@ struct PresetSettings {
     shift: usize,
     flip: bool,
     cutout: usize,
+    label_smoothing: f32,
 }
 
 fn preset_settings(arch: &str) -> Option<PresetSettings> {
@@ -215,6 +220,7 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
             shift: 0,
             flip: false,
             cutout: 0,
+            label_smoothing: 0.0,
         }),
         "fashion" => Some(PresetSettings {
             epochs: 20,
@@ -227,6 +233,7 @@ fn preset_settings(arch: &str) -> Option<PresetSettings> {
             shift: 0,
             flip: true,
             cutout: 0,
+            label_smoothing: 0.0,
         }),
         // The settings of `fashion`, over fewer epochs, with cutout.
         "fashion-resnet" => preset_settings("fashion").map(|fashion| PresetSettings {
@@ -347,6 +354,10 @@ impl TrainArgs {
             save_best: self.save_best,
             patience: self.patience,
             freeze: self.freeze.clone(),
+            label_smoothing: self
+                .label_smoothing
+                .or(preset.as_ref().map(|p| p.label_smoothing))
+                .unwrap_or(0.0),
         };
         config.validate().map_err(|e| UsageError(e.to_string()))?;
         check_warmup(&config)?;
@@ -984,6 +995,9 @@ pub fn describe(config: &TrainConfig) -> String {
         describe_augment(&config.augment),
         config.seed
     );
+    if config.label_smoothing > 0.0 {
+        text.push_str(&format!(", label smoothing {}", config.label_smoothing));
+    }
     if config.save_best {
         text.push_str(", keeping the best epoch");
     }
