@@ -579,6 +579,28 @@ fn one_dimensional_ops_on_sequences() {
     }
 }
 
+/// `Squeeze` of an axis past the rank, or of one whose dimension is not 1, is an error in ONNX:
+/// refused with the node named, not skipped.
+#[test]
+fn squeeze_of_a_wrong_axis_is_refused() {
+    for axis in [4, -5, 1] {
+        let model = file(
+            vec![
+                node("Relu", "/act/Relu", &["x"], "a", vec![]),
+                node("Squeeze", "/bad/Squeeze", &["a", "axes"], "y", vec![]),
+            ],
+            vec![ints("axes", vec![axis])],
+            [2, 3, 4],
+            "y",
+        );
+        let error = refused(&model);
+        assert!(
+            error.contains("/bad/Squeeze") && error.contains(&format!("axis {axis}")),
+            "axis {axis}: {error}"
+        );
+    }
+}
+
 /// Arithmetic with constants broadcast as NumPy broadcasts them: `(x - mean) / std` per channel
 /// (`[1, C, 1, 1]` and `[C, 1, 1]`), a scale per column (`[W]`), `1 - x`, and a constant added
 /// after a ReLU (no bias to fold it into). Checked against the same arithmetic in loops.

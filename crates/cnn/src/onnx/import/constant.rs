@@ -404,10 +404,21 @@ pub(super) fn squeeze_dims(
     if op == "Squeeze" {
         let rank = dims.len() as i64;
         let axes: Vec<usize> = match axes {
-            Some(a) => a
-                .iter()
-                .map(|&x| (if x < 0 { x + rank } else { x }) as usize)
-                .collect(),
+            Some(a) => {
+                let mut axes = Vec::with_capacity(a.len());
+                for &x in a {
+                    let axis = if x < 0 { x + rank } else { x };
+                    // ONNX: an axis outside the rank, or of a dimension other than 1, is an
+                    // error, not one to skip.
+                    if !(0..rank).contains(&axis) || dims[axis as usize] != 1 {
+                        return Err(Unsupported(format!(
+                            ": Squeeze of axis {x}, on dimensions {dims:?}"
+                        )));
+                    }
+                    axes.push(axis as usize);
+                }
+                axes
+            }
             None => (0..dims.len()).filter(|&k| dims[k] == 1).collect(),
         };
         Ok(dims
