@@ -1126,7 +1126,10 @@ fn usage_errors_are_whole_with_status_2() {
         ),
         (vec!["train", "--step-every", "3"], "--schedule step only"),
         (vec!["train", "--val-split", "1"], "--val-split must be"),
-        (vec!["train", "--label-smoothing", "1"], "--label-smoothing must be"),
+        (
+            vec!["train", "--label-smoothing", "1"],
+            "--label-smoothing must be",
+        ),
         (
             vec!["train", "--val-split", "0.2"],
             "the X/O data has a validation split of its own",
