@@ -808,14 +808,9 @@ impl ImplicitGemm {
                         .copy_from_slice(source);
                     continue;
                 }
-                for phase_x in 0..sw.min(kw) {
-                    // The first pixel x with (x + pad_x) % sw == phase_x.
-                    let x0 = (phase_x + sw - pad_x % sw) % sw;
-                    if x0 >= width {
-                        continue;
-                    }
+                for (phase_x, x0, at) in phase_runs(width, pad_x, sw, kw) {
                     let phase = phase_y * sw + phase_x;
-                    let to = split_row + phase * self.phase_plane + (x0 + pad_x) / sw;
+                    let to = split_row + phase * self.phase_plane + at;
                     copy_every(sw, &source[x0..], &mut padded[to..]);
                 }
             }
@@ -838,6 +833,22 @@ impl Kernel for SplitImage<'_> {
     fn run<S: Simd>(self, _: S) {
         self.layout.split(self.g, self.image, self.padded);
     }
+}
+
+/// The runs of an image row of `width` pixels, padded by `pad_x` on the left, that a kernel of
+/// width `kw` reads with stride `sw`, one per phase of the stride: `(phase, x0, at)`, where
+/// `x0` is the row's first pixel whose padded column is of that phase and `at` its place in
+/// the phase's part of a split row (the pixels `x0, x0 + sw, ...` follow it).
+fn phase_runs(
+    width: usize,
+    pad_x: usize,
+    sw: usize,
+    kw: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..sw.min(kw)).filter_map(move |phase| {
+        let x0 = (phase + sw - pad_x % sw) % sw;
+        (x0 < width).then_some((phase, x0, (x0 + pad_x) / sw))
+    })
 }
 
 /// `to[i] = from[i * step]` for every such value of `from` (`to` may be longer). A step of 2,
@@ -1186,14 +1197,8 @@ impl Kernel for UnfoldFromPadded<'_> {
                     split[pad_x..][..width].copy_from_slice(source);
                     continue;
                 }
-                for phase in 0..sw.min(kw) {
-                    // The first pixel x with (x + pad_x) % sw == phase.
-                    let x0 = (phase + sw - pad_x % sw) % sw;
-                    if x0 >= width {
-                        continue;
-                    }
-                    let part = &mut split[phase * rows.part + (x0 + pad_x) / sw..];
-                    copy_every(sw, &source[x0..], part);
+                for (phase, x0, at) in phase_runs(width, pad_x, sw, kw) {
+                    copy_every(sw, &source[x0..], &mut split[phase * rows.part + at..]);
                 }
             }
         }
