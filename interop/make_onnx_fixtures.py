@@ -16,16 +16,23 @@ dynamic on both), and writes into crates/cnn-cli/tests/fixtures/onnx/:
                           input normalisation inside the network (Sub, Div by constants)
     sequence_style.onnx   4x50 -> 10: 1-D: Conv1d+BatchNorm1d+ReLU, MaxPool1d, a dilated
                           Conv1d, LeakyReLU, global average pool, Linear
+    aux_heads_style.onnx  3x32x32 -> four outputs, as GoogLeNet gives its auxiliary classifier's:
+                          `features` (the pooled features the classifier reads), `logits`,
+                          `aux_logits` (a head on the stem: conv 1x1, BN, ReLU, global average
+                          pool, Linear) and `probabilities` (the softmax of the logits)
     NAME_input.npy        float32 [3, C, H, W] ([3, C, L]), from a fixed seed
     NAME_expected.npy     float32 [3, 10], ONNX Runtime's logits on that input (checked against
-                          PyTorch's to 1e-4)
+                          PyTorch's to 1e-4); for a file of several outputs,
+                          NAME_expected_OUTPUT.npy, one per output
 
 The export keeps BatchNormalization nodes in the graph (training=TrainingMode.PRESERVE on a
 model in eval mode): the default, TrainingMode.EVAL, would fold each BN into the conv before it.
 
 Run outside CI, with torch, onnx and onnxruntime (the benchmark venv, see bench/README.md):
 
-    /work/bench-venv/bin/python interop/make_onnx_fixtures.py
+    /work/bench-venv/bin/python interop/make_onnx_fixtures.py [NAME...]
+
+(all of them when no NAME is given).
 """
 
 import inspect
@@ -180,6 +187,28 @@ class SequenceStyle(nn.Module):
         return self.fc(self.flatten(self.avgpool(self.act(self.conv2(x)))))
 
 
+class AuxHeadsStyle(nn.Module):
+    """A classifier that also gives its features, an auxiliary head's logits and its
+    probabilities, in that order: the main output (the logits) is neither first nor last."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(conv_relu(3, 16, 3, 1), nn.MaxPool2d(2))
+        self.aux = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8),
+                                 nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, 10))
+        self.body = nn.Sequential(conv_relu(16, 32, 3, 1), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        features = self.flatten(self.avgpool(self.body(x)))
+        logits = self.fc(features)
+        return features, logits, self.aux(x), torch.softmax(logits, 1)
+
+
 def randomise_batch_norms(model, generator):
     """Running statistics and affine parameters far from PyTorch's 0/1 defaults."""
     with torch.no_grad():
@@ -192,11 +221,11 @@ def randomise_batch_norms(model, generator):
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
 
 
-def export(model, shape, path):
+def export(model, shape, path, outputs):
     kwargs = dict(
         input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]},
         opset_version=OPSET,
         training=torch.onnx.TrainingMode.PRESERVE,
         do_constant_folding=True,
@@ -211,28 +240,36 @@ def export(model, shape, path):
         torch.onnx.export(model, (torch.zeros(1, *shape),), path, **kwargs)
 
 
-def make(name, model_class, shape, seed):
+def make(name, model_class, shape, seed, outputs=("logits",)):
     torch.manual_seed(seed)
     model = model_class()
     randomise_batch_norms(model, torch.Generator().manual_seed(seed + 1))
     model.eval()
 
     path = os.path.join(OUT_DIR, name + ".onnx")
-    export(model, shape, path)
+    export(model, shape, path, list(outputs))
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
 
     x = np.random.default_rng(seed + 2).standard_normal((BATCH, *shape)).astype(np.float32)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (expected,) = session.run(["logits"], {"input": x})
+    expected = session.run(list(outputs), {"input": x})
     with torch.no_grad():
-        reference = model(torch.from_numpy(x)).numpy()
-    diff = float(np.max(np.abs(expected - reference)))
-    assert expected.shape == (BATCH, 10) and expected.dtype == np.float32, expected.shape
+        reference = model(torch.from_numpy(x))
+    if len(outputs) == 1:
+        reference = (reference,)
+    diff = 0.0
+    for output, ours, theirs in zip(outputs, expected, reference):
+        assert ours.dtype == np.float32 and ours.shape[0] == BATCH, (output, ours.shape)
+        diff = max(diff, float(np.max(np.abs(ours - theirs.numpy()))))
     assert diff <= TOLERANCE, f"{name}: ONNX Runtime and PyTorch differ by {diff}"
 
     np.save(os.path.join(OUT_DIR, name + "_input.npy"), x)
-    np.save(os.path.join(OUT_DIR, name + "_expected.npy"), expected)
+    if len(outputs) == 1:
+        np.save(os.path.join(OUT_DIR, name + "_expected.npy"), expected[0])
+    else:
+        for output, values in zip(outputs, expected):
+            np.save(os.path.join(OUT_DIR, f"{name}_expected_{output}.npy"), values)
     ops = sorted({node.op_type for node in proto.graph.node})
     print(f"{name}.onnx: {os.path.getsize(path)} bytes, {len(proto.graph.node)} nodes, "
           f"opset {proto.opset_import[0].version}; max |ORT - PyTorch| = {diff:.3g}")
@@ -242,10 +279,18 @@ def make(name, model_class, shape, seed):
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
-    make("resnet_style", ResNetStyle, (1, 28, 28), seed=1)
-    make("inception_style", InceptionStyle, (3, 32, 32), seed=2)
-    make("mobile_style", MobileStyle, (3, 32, 32), seed=3)
-    make("sequence_style", SequenceStyle, (4, 50), seed=4)
+    fixtures = {
+        "resnet_style": (ResNetStyle, (1, 28, 28), 1, ("logits",)),
+        "inception_style": (InceptionStyle, (3, 32, 32), 2, ("logits",)),
+        "mobile_style": (MobileStyle, (3, 32, 32), 3, ("logits",)),
+        "sequence_style": (SequenceStyle, (4, 50), 4, ("logits",)),
+        "aux_heads_style": (AuxHeadsStyle, (3, 32, 32), 5,
+                            ("features", "logits", "aux_logits", "probabilities")),
+    }
+    names = sys.argv[1:] or list(fixtures)
+    for name in names:
+        model_class, shape, seed, outputs = fixtures[name]
+        make(name, model_class, shape, seed, outputs)
     return 0
 
 

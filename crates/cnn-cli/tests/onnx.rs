@@ -62,6 +62,37 @@ fn pytorch_exported_networks_give_onnx_runtimes_outputs() {
     }
 }
 
+/// A PyTorch-exported file of four outputs (the features, the logits, an auxiliary head's
+/// logits, the probabilities; the main output neither first nor last): `run` writes each one
+/// into the folder, equal to ONNX Runtime's.
+#[test]
+fn every_output_of_a_file_of_several_is_onnx_runtimes() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("outputs");
+    let output = cnn()
+        .args(["run", "--model"])
+        .arg(fixture("aux_heads_style.onnx"))
+        .arg("--input")
+        .arg(fixture("aux_heads_style_input.npy"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_success(&output);
+    for name in ["features", "logits", "aux_logits", "probabilities"] {
+        let (shape, ours) = read_npy(&out.join(format!("{name}.npy")));
+        let (expected_shape, expected) =
+            read_npy(&fixture(&format!("aux_heads_style_expected_{name}.npy")));
+        assert_eq!(shape, expected_shape, "{name}");
+        let diff = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff <= 1e-4, "{name}: max |difference| {diff}");
+    }
+}
+
 fn picture(dir: &Path, channels: u32, size: u32) -> PathBuf {
     let path = dir.join(format!("picture{channels}.png"));
     let pixel = |x: u32, y: u32| ((x * 37 + y * 11) % 256) as u8;
@@ -197,14 +228,28 @@ fn export_and_import_round_trip() {
             .arg("--output")
             .arg(dir.path().join(out))
             .assert()
-            .success();
-        read_npy(&dir.path().join(out))
+            .success()
     };
-    let (shape, logits) = run(&model, "a.npy");
+    run(&model, "a.npy").stdout("");
+    let (shape, logits) = read_npy(&dir.path().join("a.npy"));
     assert_eq!(shape, [1, 2]);
-    assert_eq!(run(&back, "b.npy").1, logits);
-    // Of the exported file's two outputs, the logits and their softmax, `run` gives the logits.
-    assert_eq!(run(&exported, "c.npy").1, logits);
+    run(&back, "b.npy");
+    assert_eq!(read_npy(&dir.path().join("b.npy")).1, logits);
+    // The exported file has two outputs, the logits and their softmax: `run` writes a folder.
+    let listing = run(&exported, "c").get_output().stdout.clone();
+    let listing = String::from_utf8(listing).unwrap();
+    assert!(listing.contains("logits: [1, 2] -> "), "{listing}");
+    assert!(listing.contains("probabilities: [1, 2] -> "), "{listing}");
+    assert_eq!(read_npy(&dir.path().join("c/logits.npy")).1, logits);
+    let (shape, probabilities) = read_npy(&dir.path().join("c/probabilities.npy"));
+    assert_eq!(shape, [1, 2]);
+    let total: f32 = logits.iter().map(|l| l.exp()).sum();
+    for (p, l) in probabilities.iter().zip(&logits) {
+        assert!(
+            (p - l.exp() / total).abs() <= 1e-6,
+            "{probabilities:?} {logits:?}"
+        );
+    }
     let stored: Vec<f32> = original
         .1
         .as_array()

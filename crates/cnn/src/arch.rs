@@ -175,9 +175,7 @@ pub fn parse(text: &str, classes: usize) -> Result<Architecture> {
         flattened: false,
     };
     builder.sequence(&items, "", INPUT)?;
-    let architecture = Architecture {
-        nodes: builder.nodes,
-    };
+    let architecture = Architecture::graph(builder.nodes);
     architecture.validate()?;
     Ok(architecture)
 }
@@ -191,12 +189,18 @@ pub fn to_notation(architecture: &Architecture) -> String {
             .map(|l| l.to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        None => architecture
-            .nodes
-            .iter()
-            .map(|n| format!("{}: {} < {}", n.name, n.op, n.inputs.join(" ")))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        None => {
+            let mut lines: Vec<String> = architecture
+                .nodes
+                .iter()
+                .map(|n| format!("{}: {} < {}", n.name, n.op, n.inputs.join(" ")))
+                .collect();
+            // The notation declares no outputs but the last node: a comment says which.
+            if !architecture.outputs.is_empty() {
+                lines.push(format!("# outputs: {}", architecture.outputs.join(" ")));
+            }
+            lines.join("\n")
+        }
     }
 }
 

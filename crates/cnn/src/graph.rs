@@ -1,7 +1,8 @@
 //! Architectures as data: a graph of named nodes, each an op ([`LayerSpec`]) reading the
 //! network's input or earlier nodes' outputs, in an order where every node comes after the
 //! nodes it reads (so the list is its own topological order). The last node's output is the
-//! network's output.
+//! network's output, the one training and prediction use; a graph may give others besides (an
+//! ONNX file's other outputs), which inference keeps and `cnn run` writes.
 //!
 //! A node's name is its module path, as PyTorch's `state_dict` names a module's parameters
 //! (`conv1`, `layer1.0.bn2`, `layer2.0.downsample.0`): parameter `weight` of node `conv1` is
@@ -33,6 +34,9 @@ pub struct NodeSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Architecture {
     pub nodes: Vec<NodeSpec>,
+    /// The nodes whose outputs the network gives, in order, when they are not just the last
+    /// node (empty): the last node among them.
+    pub outputs: Vec<String>,
 }
 
 impl Architecture {
@@ -51,7 +55,26 @@ impl Architecture {
                 }],
             })
             .collect();
-        Architecture { nodes }
+        Architecture {
+            nodes,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// A graph whose only output is its last node.
+    pub fn graph(nodes: Vec<NodeSpec>) -> Self {
+        Architecture {
+            nodes,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The names of the nodes whose outputs the network gives, in order.
+    pub fn output_names(&self) -> Vec<&str> {
+        match (&self.outputs[..], self.nodes.last()) {
+            ([], Some(last)) => vec![last.name.as_str()],
+            (outputs, _) => outputs.iter().map(String::as_str).collect(),
+        }
     }
 
     /// The layers, when this is a plain stack as [`Architecture::sequential`] makes one.
@@ -62,7 +85,8 @@ impl Architecture {
 
     /// Checks what makes a graph: at least one node; names unique, not empty and not
     /// [`INPUT`]; every input a node before (or the input); every node but the last read by
-    /// another; ops given the number of inputs they take; no op that needs feature maps
+    /// another or an output; the outputs nodes, each listed once, the last node among them;
+    /// ops given the number of inputs they take; no op that needs feature maps
     /// ([`LayerSpec::needs_maps`]) after they were flattened (this engine would run it on
     /// `F x 1 x 1` maps, but the PyTorch module of the same name cannot run at all). The error
     /// names the node.
@@ -139,9 +163,26 @@ impl Architecture {
             let flat = node.op.output_flat(&flags);
             flattened_by.push(flat.then(|| flat_input.unwrap_or(i)));
         }
-        if let Some(i) = read[..self.nodes.len() - 1].iter().position(|r| !r) {
+        let last = &self.nodes[self.nodes.len() - 1].name;
+        let outputs = self.output_names();
+        if !outputs.contains(&last.as_str()) {
             return fail(format!(
-                "node `{}` is read by no other node and is not the last",
+                "the last node, `{last}`, is not among the outputs ({})",
+                outputs.join(", ")
+            ));
+        }
+        for (k, output) in outputs.iter().enumerate() {
+            match position.get(output) {
+                Some(&i) => read[i] = true,
+                None => return fail(format!("output `{output}` is not a node")),
+            }
+            if outputs[..k].contains(output) {
+                return fail(format!("output `{output}` is listed twice"));
+            }
+        }
+        if let Some(i) = read.iter().position(|r| !r) {
+            return fail(format!(
+                "node `{}` is read by no other node and is not an output",
                 self.nodes[i].name
             ));
         }
@@ -156,7 +197,11 @@ impl Serialize for Architecture {
     ) -> std::result::Result<S::Ok, S::Error> {
         match self.as_sequential() {
             Some(layers) => layers.serialize(serializer),
-            None => Graph { nodes: &self.nodes }.serialize(serializer),
+            None => Graph {
+                nodes: &self.nodes,
+                outputs: &self.outputs,
+            }
+            .serialize(serializer),
         }
     }
 }
@@ -164,13 +209,19 @@ impl Serialize for Architecture {
 #[derive(Serialize)]
 struct Graph<'a> {
     nodes: &'a [NodeSpec],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    outputs: &'a [String],
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Stored {
     Stack(Vec<LayerSpec>),
-    Graph { nodes: Vec<NodeSpec> },
+    Graph {
+        nodes: Vec<NodeSpec>,
+        #[serde(default)]
+        outputs: Vec<String>,
+    },
 }
 
 impl<'de> Deserialize<'de> for Architecture {
@@ -179,7 +230,7 @@ impl<'de> Deserialize<'de> for Architecture {
     ) -> std::result::Result<Self, D::Error> {
         Ok(match Stored::deserialize(deserializer)? {
             Stored::Stack(layers) => Architecture::sequential(&layers),
-            Stored::Graph { nodes } => Architecture { nodes },
+            Stored::Graph { nodes, outputs } => Architecture { nodes, outputs },
         })
     }
 }
@@ -208,17 +259,37 @@ mod tests {
 
     #[test]
     fn a_graph_is_stored_with_its_nodes() {
-        let graph = Architecture {
-            nodes: vec![
-                node("a", LayerSpec::Relu, &[INPUT]),
-                node("b", LayerSpec::Add, &["a", INPUT]),
-            ],
-        };
+        let graph = Architecture::graph(vec![
+            node("a", LayerSpec::Relu, &[INPUT]),
+            node("b", LayerSpec::Add, &["a", INPUT]),
+        ]);
         graph.validate().unwrap();
         let json = serde_json::to_string(&graph).unwrap();
         assert!(json.starts_with("{\"nodes\":["), "{json}");
         let back: Architecture = serde_json::from_str(&json).unwrap();
         assert_eq!(back, graph);
+    }
+
+    #[test]
+    fn a_graph_of_several_outputs_keeps_them() {
+        let graph = Architecture {
+            nodes: vec![
+                node("a", LayerSpec::Relu, &[INPUT]),
+                node("aux", LayerSpec::Sigmoid, &["a"]),
+                node("b", LayerSpec::Tanh, &["a"]),
+            ],
+            outputs: vec!["aux".into(), "b".into()],
+        };
+        graph.validate().unwrap();
+        assert_eq!(graph.output_names(), ["aux", "b"]);
+        let json = serde_json::to_string(&graph).unwrap();
+        assert!(json.ends_with(",\"outputs\":[\"aux\",\"b\"]}"), "{json}");
+        let back: Architecture = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, graph);
+        assert_eq!(
+            Architecture::graph(graph.nodes.clone()).output_names(),
+            ["b"]
+        );
     }
 
     #[test]
@@ -254,7 +325,31 @@ mod tests {
                 "node `a` is read by no other node",
             ),
         ] {
-            let error = Architecture { nodes }.validate().unwrap_err().to_string();
+            let error = Architecture::graph(nodes).validate().unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        let three = vec![
+            node("a", LayerSpec::Relu, &[INPUT]),
+            node("b", LayerSpec::Relu, &["a"]),
+            node("c", LayerSpec::Relu, &[INPUT]),
+        ];
+        for (outputs, expected) in [
+            (
+                vec!["a", "b"],
+                "the last node, `c`, is not among the outputs",
+            ),
+            (vec!["x", "c"], "output `x` is not a node"),
+            (vec!["c", "c"], "output `c` is listed twice"),
+            (
+                vec!["a", "c"],
+                "node `b` is read by no other node and is not an output",
+            ),
+        ] {
+            let graph = Architecture {
+                nodes: three.clone(),
+                outputs: outputs.into_iter().map(String::from).collect(),
+            };
+            let error = graph.validate().unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
         }
     }

@@ -44,6 +44,13 @@ pub struct Network {
     /// The instruction set of the nodes' kernels.
     isa: Isa,
     nodes: Vec<Node>,
+    /// The values the network gives besides the last node's (an ONNX file's other outputs),
+    /// and where the last node's comes among them.
+    extra_outputs: Vec<Value>,
+    main_output_position: usize,
+    /// Whether each node's output reaches the last node's, so that the loss depends on it (the
+    /// backward pass runs those only).
+    trained: Vec<bool>,
     /// The gradient buffer of each value (`None` for the input and the output, whose
     /// gradients nobody needs or the loss holds), and each buffer's floats per image.
     gradient_buffers: (Vec<Option<usize>>, Vec<usize>),
@@ -133,18 +140,46 @@ impl Network {
                 inputs,
             });
         }
-        let gradient_buffers = gradient_buffers(&nodes, &shapes);
+        let last = nodes.len();
+        let outputs: Vec<Value> = architecture
+            .output_names()
+            .iter()
+            .map(|name| value_of(name, &names))
+            .collect();
+        let main_output_position = outputs.iter().position(|&v| v == last).expect("validated");
+        let extra_outputs = outputs.into_iter().filter(|&v| v != last).collect();
+        let mut trained = vec![false; nodes.len()];
+        trained[last - 1] = true;
+        for i in (0..nodes.len()).rev() {
+            if trained[i] {
+                for &v in nodes[i].inputs.iter().filter(|&&v| v > 0) {
+                    trained[v - 1] = true;
+                }
+            }
+        }
+        let gradient_buffers = gradient_buffers(&nodes, &trained, &shapes);
         Ok(Network {
             input_shape,
             isa,
             nodes,
+            extra_outputs,
+            main_output_position,
+            trained,
             gradient_buffers,
             inference: OnceLock::new(),
         })
     }
 
     pub fn architecture(&self) -> Architecture {
+        let outputs = if self.extra_outputs.is_empty() {
+            Vec::new()
+        } else {
+            self.output_values()
+                .map(|v| self.value_name(v).to_string())
+                .collect()
+        };
         Architecture {
+            outputs,
             nodes: self
                 .nodes
                 .iter()
@@ -201,6 +236,26 @@ impl Network {
 
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The values the network gives besides the last node's (see [`Node::inputs`]).
+    pub fn extra_outputs(&self) -> &[usize] {
+        &self.extra_outputs
+    }
+
+    /// Every value the network gives, in order: the last node's among the others.
+    fn output_values(&self) -> impl Iterator<Item = Value> + '_ {
+        let (before, after) = self.extra_outputs.split_at(self.main_output_position);
+        before
+            .iter()
+            .copied()
+            .chain([self.nodes.len()])
+            .chain(after.iter().copied())
+    }
+
+    /// The names of the nodes whose outputs the network gives, in order.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.output_values().map(|v| self.value_name(v)).collect()
     }
 
     /// The nodes, to change their parameters: forgets the inference plan, which holds
@@ -334,6 +389,20 @@ impl Network {
         Ok(&workspace.logits)
     }
 
+    /// [`Network::infer`] that returns every output the network gives, in the order of
+    /// [`Network::output_names`] (the logits among them).
+    pub fn infer_outputs<'w>(
+        &self,
+        input: &Tensor,
+        workspace: &'w mut Workspace,
+    ) -> Result<Vec<&'w Tensor>> {
+        self.infer(input, workspace)?;
+        let workspace = &*workspace;
+        let mut outputs: Vec<&Tensor> = workspace.extra_outputs.iter().collect();
+        outputs.insert(self.main_output_position, &workspace.logits);
+        Ok(outputs)
+    }
+
     fn infer_checked(&self, plan: &InferencePlan, input: &Tensor, workspace: &mut Workspace) {
         let batch = input.batch();
         let threads = rayon::current_num_threads().max(1);
@@ -345,33 +414,63 @@ impl Network {
             } else {
                 plan.run(self, input, workspace);
             }
+            let mut extra = std::mem::take(&mut workspace.extra_outputs);
+            extra.resize_with(self.extra_outputs.len(), Tensor::empty);
+            for (copy, output) in extra.iter_mut().zip(plan.extra_outputs(workspace)) {
+                copy.reshape(batch, output.shape());
+                copy.data_mut().copy_from_slice(output.data());
+            }
+            workspace.extra_outputs = extra;
             return;
         }
         let Workspace {
             logits,
+            extra_outputs,
             sub_batches,
             ..
         } = workspace;
         logits.reshape(batch, self.output_shape());
+        extra_outputs.resize_with(self.extra_outputs.len(), Tensor::empty);
+        for (tensor, &v) in extra_outputs.iter_mut().zip(&self.extra_outputs) {
+            tensor.reshape(batch, self.value_shape(v));
+        }
         sub_batches.resize_with(threads, Workspace::default);
         let (in_len, out_len) = (self.input_shape.len(), self.output_shape().len());
         let per_thread = batch.div_ceil(threads);
+        // Each thread's share of the other outputs.
+        let mut shares: Vec<SmallVec<[&mut [f32]; 2]>> = Vec::new();
+        shares.resize_with(threads, SmallVec::new);
+        for tensor in extra_outputs.iter_mut() {
+            let len = tensor.shape().len();
+            for (share, part) in shares
+                .iter_mut()
+                .zip(tensor.data_mut().chunks_mut(per_thread * len))
+            {
+                share.push(part);
+            }
+        }
         use rayon::prelude::*;
         logits
             .data_mut()
             .par_chunks_mut(per_thread * out_len)
             .zip(input.data().par_chunks(per_thread * in_len))
-            .zip(sub_batches.par_iter_mut())
-            .for_each(|((logits, images), workspace)| {
-                for (logits, images) in logits
+            .zip(sub_batches.par_iter_mut().zip(shares.par_iter_mut()))
+            .for_each(|((logits, images), (workspace, share))| {
+                for (s, (logits, images)) in logits
                     .chunks_mut(SUB_BATCH * out_len)
                     .zip(images.chunks(SUB_BATCH * in_len))
+                    .enumerate()
                 {
                     let mut staged = std::mem::take(&mut workspace.staged_input);
                     staged.reshape(images.len() / in_len, self.input_shape);
                     staged.data_mut().copy_from_slice(images);
                     plan.run(self, &staged, workspace);
                     logits.copy_from_slice(workspace.logits.data());
+                    for (part, output) in share.iter_mut().zip(plan.extra_outputs(workspace)) {
+                        let len = output.data().len();
+                        part[s * SUB_BATCH * output.shape().len()..][..len]
+                            .copy_from_slice(output.data());
+                    }
                     workspace.staged_input = staged;
                 }
             });
@@ -450,6 +549,10 @@ impl Network {
         gradient_written.clear();
         gradient_written.resize(self.nodes.len() + 1, false);
         for (i, node) in self.nodes.iter().enumerate().rev() {
+            if !self.trained[i] {
+                // The loss does not depend on it: its gradients are zero.
+                continue;
+            }
             let value = i + 1;
             // This node's output gradient: the loss's for the last node, else its buffer (every
             // reader of the value came later, so its gradient is complete).
@@ -523,12 +626,16 @@ fn add_assign(total: &mut [f32], part: &[f32]) {
 }
 
 /// The gradient buffers of a network's values, from their lifetimes in the backward pass
-/// (which runs through the nodes from the last): a value's gradient is first written by the
-/// backward pass of its last reader and last read by that of its producer.
-fn gradient_buffers(nodes: &[Node], shapes: &[Shape]) -> (Vec<Option<usize>>, Vec<usize>) {
+/// (which runs through the `trained` nodes from the last): a value's gradient is first written
+/// by the backward pass of its last reader and last read by that of its producer.
+fn gradient_buffers(
+    nodes: &[Node],
+    trained: &[bool],
+    shapes: &[Shape],
+) -> (Vec<Option<usize>>, Vec<usize>) {
     let values = nodes.len() + 1;
     let mut last_reader = vec![0; values];
-    for (i, node) in nodes.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate().filter(|&(i, _)| trained[i]) {
         for &v in &node.inputs {
             last_reader[v] = i;
         }
@@ -537,8 +644,9 @@ fn gradient_buffers(nodes: &[Node], shapes: &[Shape]) -> (Vec<Option<usize>>, Ve
     let step = |node: usize| nodes.len() - 1 - node;
     let lifetimes: Vec<Option<Lifetime>> = (0..values)
         .map(|v| {
-            // The input's gradient is never needed, the output's is the loss's.
-            (v != 0 && v != values - 1).then(|| Lifetime {
+            // The input's gradient is never needed, the output's is the loss's, and the loss
+            // does not depend on the nodes not trained.
+            (v != 0 && v != values - 1 && trained[v - 1]).then(|| Lifetime {
                 first: step(last_reader[v]),
                 last: step(v - 1),
                 len: shapes[v].len(),
@@ -569,8 +677,9 @@ pub struct Workspace {
     /// faster).
     values: Vec<Tensor>,
     pass_scratch: LayerScratch,
-    /// The last inference's output.
+    /// The last inference's output, and the network's other outputs.
     logits: Tensor,
+    extra_outputs: Vec<Tensor>,
     step_seed: u64,
     /// One workspace per thread for [`Network::infer`]'s sub-batches, and the copy of a
     /// sub-batch's images that each one runs on.

@@ -206,7 +206,16 @@ pub fn to_source(model: &Model) -> Result<String> {
         let flags: Vec<bool> = node.inputs().iter().map(|&v| flat[v]).collect();
         flat.push(spec.output_flat(&flags));
     }
-    let output = variables.last().expect("a network has nodes");
+    // The network's outputs, as a tuple when it gives several (as an ONNX file lists them).
+    let output = network
+        .output_names()
+        .iter()
+        .map(|&name| {
+            let node = network.find_node(name).expect("an output is a node");
+            variables[node].as_str()
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let metadata: BTreeMap<String, String> = model_file::metadata(
         network,

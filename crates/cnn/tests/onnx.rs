@@ -471,7 +471,10 @@ fn maps_out_are_a_network_but_not_a_model() {
     );
     let bytes = model.encode_to_vec();
     let imported = onnx::import::network_from_bytes(&bytes).unwrap();
-    assert_eq!(imported.output_layout, cnn::onnx::import::Layout::Maps);
+    assert_eq!(
+        imported.main_output().layout,
+        cnn::onnx::import::Layout::Maps
+    );
     assert_eq!(imported.network.output_shape(), Shape::new(2, 3, 3));
     assert!(refused(&model).contains("feature maps"));
 }
@@ -538,7 +541,10 @@ fn one_dimensional_ops_on_sequences() {
     graph.output = vec![value("y", &[None, Some(3), Some(2)])];
     let imported = onnx::import::network_from_bytes(&model.encode_to_vec()).unwrap();
     assert_eq!(imported.input_layout, onnx::import::Layout::Sequence);
-    assert_eq!(imported.output_layout, onnx::import::Layout::Sequence);
+    assert_eq!(
+        imported.main_output().layout,
+        onnx::import::Layout::Sequence
+    );
     let kinds = kinds(&imported.network);
     assert_eq!(kinds, ["conv2d", "maxpool2d"]);
     let network = &imported.network;

@@ -51,6 +51,9 @@ pub(super) struct InferencePlan {
     /// The buffer of each value (`None` for the input, which the caller holds, and the output,
     /// which goes to the workspace's logits), and each buffer's floats per image.
     buffers: (Vec<Option<usize>>, Vec<usize>),
+    /// The buffers that hold the network's other outputs when a pass is over, in the order of
+    /// [`Network::extra_outputs`].
+    extra_outputs: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -80,9 +83,14 @@ impl InferencePlan {
                 readers[v].push(i);
             }
         }
-        // The node reading `v`, when it is the only one (and `v` is not the output).
+        let mut is_output = vec![false; values];
+        is_output[output_value] = true;
+        for &v in network.extra_outputs() {
+            is_output[v] = true;
+        }
+        // The node reading `v`, when it is the only one (and `v` is not an output).
         let only_reader = |v: Value| match readers[v][..] {
-            [r] if v != output_value => Some(r),
+            [r] if !is_output[v] => Some(r),
             _ => None,
         };
         let spec = |i: usize| nodes[i].layer.spec();
@@ -176,6 +184,12 @@ impl InferencePlan {
                 }
             }
         }
+        // The other outputs live to the end of the pass.
+        for &v in network.extra_outputs() {
+            if let Some(life) = lifetimes[v].as_mut() {
+                life.last = steps.len();
+            }
+        }
         // A sum whose summand nothing reads later is written in the summand's buffer: one
         // lifetime for both (`owner`: the value whose lifetime stands for a value's buffer).
         let last_read: Vec<Option<usize>> = lifetimes.iter().map(|l| l.map(|l| l.last)).collect();
@@ -201,10 +215,24 @@ impl InferencePlan {
                 buffer_of[v] = buffer_of[owner[v]];
             }
         }
+        let extra_outputs = network
+            .extra_outputs()
+            .iter()
+            .map(|&v| buffer_of[v].expect("an output other than the last has a buffer"))
+            .collect();
         InferencePlan {
             steps,
             buffers: (buffer_of, sizes),
+            extra_outputs,
         }
+    }
+
+    /// The network's other outputs after [`InferencePlan::run`] in `workspace`.
+    pub(super) fn extra_outputs<'w>(
+        &self,
+        workspace: &'w Workspace,
+    ) -> impl Iterator<Item = &'w Tensor> + use<'w, '_> {
+        self.extra_outputs.iter().map(|&b| &workspace.values[b])
     }
 
     /// Runs the plan on `input`; the output goes to `workspace.logits`.

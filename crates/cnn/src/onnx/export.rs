@@ -291,7 +291,27 @@ pub fn to_proto(model: &Model, options: ExportOptions) -> Result<ModelProto> {
         values.push((output, flat_out));
     }
     let classes = model.classes.len() as i64;
-    let mut outputs = vec![value_info(LOGITS, &[None, Some(classes)])];
+    // The network's outputs in its order, the last node's as the logits.
+    let mut outputs: Vec<ValueInfoProto> = network
+        .output_names()
+        .iter()
+        .map(|&name| {
+            let v = network.find_node(name).expect("an output is a node") + 1;
+            if v == last + 1 {
+                return value_info(LOGITS, &[None, Some(classes)]);
+            }
+            let (value, flat) = &values[v];
+            let shape = network.value_shape(v);
+            let dims: Vec<Option<i64>> = if *flat {
+                vec![None, Some(shape.len() as i64)]
+            } else {
+                std::iter::once(None)
+                    .chain([shape.channels, shape.height, shape.width].map(|d| Some(d as i64)))
+                    .collect()
+            };
+            value_info(value, &dims)
+        })
+        .collect();
     if options.softmax {
         graph.node(
             "Softmax",

@@ -77,13 +77,34 @@ pub struct Imported {
     pub network: Network,
     /// How the file's input is held in the network's input shape.
     pub input_layout: Layout,
-    /// How the network's output is the file's.
-    pub output_layout: Layout,
-    /// Whether the file's graph ended in a softmax, which the network leaves out (a model's
-    /// predictions apply it): [`Model::predict`] gives the file's output as probabilities.
-    pub ends_in_softmax: bool,
+    /// The file's outputs, in its order; the network's main output (its last node's, which
+    /// prediction and training use) is [`Imported::main_output`].
+    pub outputs: Vec<Output>,
+    main_output: usize,
     /// `metadata_props`, as `cnn export` writes them (class names, preprocessing...).
     pub metadata: HashMap<String, String>,
+}
+
+/// One output of an ONNX file, as the network computes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// Its name in the file.
+    pub name: String,
+    /// The node of the network that gives it.
+    pub node: String,
+    /// How the node's output is the file's.
+    pub layout: Layout,
+    /// Whether the file's output is the softmax of the node's, over the classes: the network
+    /// leaves it out (a model's predictions apply it, [`Model::predict`] gives probabilities).
+    pub softmax: bool,
+}
+
+impl Imported {
+    /// The output the network's last node gives: of the file's outputs, the first from which
+    /// no other is computed.
+    pub fn main_output(&self) -> &Output {
+        &self.outputs[self.main_output]
+    }
 }
 
 /// Reads an ONNX file as a model (a classifier: its output one score per class).
@@ -107,7 +128,7 @@ impl Imported {
     /// from the file's metadata, else `0, 1, 2...` and none.
     pub fn into_model(self, options: &ImportOptions) -> std::result::Result<Model, String> {
         let output = self.network.output_shape();
-        if self.output_layout != Layout::Features {
+        if self.main_output().layout != Layout::Features {
             return Err(format!(
                 "its output is feature maps ({output}), not one score per class"
             ));
@@ -174,8 +195,8 @@ pub fn network_from_bytes(bytes: &[u8]) -> std::result::Result<Imported, String>
     Ok(Imported {
         network: converted.network,
         input_layout,
-        output_layout: converted.output_layout,
-        ends_in_softmax: converted.ends_in_softmax,
+        outputs: converted.outputs,
+        main_output: converted.main_output,
         metadata,
     })
 }
@@ -226,6 +247,9 @@ enum Value {
         step: u8,
         nodes: Vec<String>,
     },
+    /// The softmax of `x` over its features, which the engine computes only as an output of
+    /// the graph (as the CLI's predictions do).
+    Softmax(Dynamic),
     /// The output of a node that could not be converted: nodes reading it are skipped.
     Failed,
 }
@@ -252,13 +276,12 @@ struct Converter {
     flattened: HashSet<String>,
     unsupported: Vec<String>,
     budget: NetworkBudget,
-    ends_in_softmax: bool,
 }
 
 struct Converted {
     network: Network,
-    output_layout: Layout,
-    ends_in_softmax: bool,
+    outputs: Vec<Output>,
+    main_output: usize,
 }
 
 type Outcome = std::result::Result<Value, Unsupported>;
@@ -342,13 +365,14 @@ impl Converter {
             flattened: HashSet::new(),
             unsupported: Vec::new(),
             budget,
-            ends_in_softmax: false,
         })
     }
 
     fn run(mut self, graph: &GraphProto) -> std::result::Result<Converted, String> {
-        let output = main_output(graph)?;
-        let needed = needed_nodes(graph, &output.name);
+        if graph.output.is_empty() {
+            return Err("its graph has no output".into());
+        }
+        let needed = needed_nodes(graph);
         for (index, node) in graph.node.iter().enumerate() {
             if !needed[index] {
                 continue;
@@ -392,8 +416,7 @@ impl Converter {
                 }
                 Value::Failed
             } else {
-                let last = node.output[0] == output.name;
-                match self.convert(node, &label, &inputs, last) {
+                match self.convert(node, &label, &inputs) {
                     Ok(Value::Constant(c)) if node.op_type != "Constant" => {
                         // Constants computed at load, copies included, within what the
                         // file's own tensors may hold.
@@ -433,29 +456,47 @@ impl Converter {
                 self.unsupported.join(", ")
             ));
         }
-        let result = match self.values.get(&output.name) {
-            Some(Value::Dynamic(d)) => d.clone(),
-            Some(Value::Gelu { nodes, .. }) => {
-                return Err(format!(
-                    "not supported by this engine: {}",
-                    nodes.join(", ")
-                ))
-            }
-            Some(_) => {
-                return Err(format!(
-                    "a constant output (`{}`) is not supported: nothing in it is computed",
-                    output.name
-                ))
-            }
-            None => return Err(format!("no node gives its output `{}`", output.name)),
-        };
-        let result = if result.name == INPUT {
-            self.add("identity", LayerSpec::Identity, vec![result], Vec::new())
-                .map_err(|Unsupported(e)| e)?
-        } else {
-            result
-        };
-        let architecture = self.architecture(&result.name);
+        let mut outputs = Vec::with_capacity(graph.output.len());
+        let mut input_copy: Option<Dynamic> = None;
+        for output in &graph.output {
+            let (value, softmax) = match self.values.get(&output.name) {
+                Some(Value::Dynamic(d)) => (d.clone(), false),
+                Some(Value::Softmax(d)) => (d.clone(), true),
+                Some(Value::Gelu { nodes, .. }) => {
+                    return Err(format!(
+                        "not supported by this engine: {}",
+                        nodes.join(", ")
+                    ))
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "a constant output (`{}`) is not supported: nothing in it is computed",
+                        output.name
+                    ))
+                }
+                None => return Err(format!("no node gives its output `{}`", output.name)),
+            };
+            // An output that is the input is a node's: an identity's.
+            let value = match (value.name == INPUT, &input_copy) {
+                (false, _) => value,
+                (true, Some(copy)) => copy.clone(),
+                (true, None) => {
+                    let copy = self
+                        .add("identity", LayerSpec::Identity, vec![value], Vec::new())
+                        .map_err(|Unsupported(e)| e)?;
+                    input_copy = Some(copy.clone());
+                    copy
+                }
+            };
+            outputs.push(Output {
+                name: output.name.clone(),
+                node: value.name,
+                layout: value.layout,
+                softmax,
+            });
+        }
+        let main_output = self.main_output(&outputs);
+        let architecture = self.architecture(&outputs, &outputs[main_output].node);
         let mut network = Network::new(&architecture, self.input_shape)
             .map_err(|e| format!("its graph does not build: {e}"))?;
         let mut params: HashMap<&str, Vec<(&'static str, Vec<f32>)>> = self
@@ -484,26 +525,66 @@ impl Converter {
         }
         Ok(Converted {
             network,
-            output_layout: result.layout,
-            ends_in_softmax: self.ends_in_softmax,
+            outputs,
+            main_output,
         })
     }
 
-    /// The nodes the output depends on, in order.
-    fn architecture(&self, output: &str) -> Architecture {
-        let mut needed: HashSet<&str> = HashSet::from([output]);
+    /// Of the outputs, the first whose node no other output's is computed from (there is one:
+    /// the output whose node was built last).
+    fn main_output(&self, outputs: &[Output]) -> usize {
+        let used: HashSet<&str> = outputs
+            .iter()
+            .flat_map(|o| {
+                let mut before = self.ancestors([o.node.as_str()]);
+                before.remove(o.node.as_str());
+                before
+            })
+            .collect();
+        outputs
+            .iter()
+            .position(|o| !used.contains(o.node.as_str()))
+            .expect("the last built output is computed from no other")
+    }
+
+    /// The nodes `nodes` are computed from, themselves included.
+    fn ancestors<'a>(&'a self, nodes: impl IntoIterator<Item = &'a str>) -> HashSet<&'a str> {
+        let mut needed: HashSet<&str> = nodes.into_iter().collect();
         for built in self.built.iter().rev() {
             if needed.contains(built.spec.name.as_str()) {
                 needed.extend(built.spec.inputs.iter().map(String::as_str));
             }
         }
-        Architecture {
-            nodes: self
-                .built
+        needed
+    }
+
+    /// The nodes the outputs depend on, in order, the main one's node last (nothing the
+    /// outputs need is computed from it).
+    fn architecture(&self, outputs: &[Output], main: &str) -> Architecture {
+        let needed = self.ancestors(outputs.iter().map(|o| o.node.as_str()));
+        let kept = || {
+            self.built
                 .iter()
                 .filter(|b| needed.contains(b.spec.name.as_str()))
-                .map(|b| b.spec.clone())
-                .collect(),
+        };
+        let mut nodes: Vec<NodeSpec> = kept()
+            .filter(|b| b.spec.name != main)
+            .map(|b| b.spec.clone())
+            .collect();
+        nodes.extend(
+            kept()
+                .filter(|b| b.spec.name == main)
+                .map(|b| b.spec.clone()),
+        );
+        let mut names: Vec<String> = Vec::new();
+        for output in outputs {
+            if !names.contains(&output.node) {
+                names.push(output.node.clone());
+            }
+        }
+        Architecture {
+            nodes,
+            outputs: if names.len() > 1 { names } else { Vec::new() },
         }
     }
 
@@ -610,40 +691,9 @@ impl Converter {
     }
 }
 
-/// The output the network computes: the only one, or of two, the one the other is the softmax
-/// of (`cnn export --softmax` writes the logits and their probabilities).
-fn main_output(graph: &GraphProto) -> std::result::Result<&ValueInfoProto, String> {
-    let producer = |name: &str| {
-        graph
-            .node
-            .iter()
-            .find(|n| n.output.first().is_some_and(|o| o == name))
-    };
-    let outputs: Vec<_> = graph
-        .output
-        .iter()
-        .filter(|output| {
-            !producer(&output.name).is_some_and(|n| {
-                n.op_type == "Softmax"
-                    && graph
-                        .output
-                        .iter()
-                        .any(|o| n.input.first() == Some(&o.name))
-            })
-        })
-        .collect();
-    match outputs.as_slice() {
-        [output] => Ok(output),
-        _ => Err(format!(
-            "networks of several outputs are not supported (it has {})",
-            graph.output.len()
-        )),
-    }
-}
-
-/// Which nodes `output` depends on: the others are never run.
-fn needed_nodes(graph: &GraphProto, output: &str) -> Vec<bool> {
-    let mut wanted: HashSet<&str> = HashSet::from([output]);
+/// Which nodes the graph's outputs depend on: the others are never run.
+fn needed_nodes(graph: &GraphProto) -> Vec<bool> {
+    let mut wanted: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let mut needed = vec![false; graph.node.len()];
     for (index, node) in graph.node.iter().enumerate().rev() {
         if node.output.iter().any(|o| wanted.contains(o.as_str())) {

@@ -67,7 +67,6 @@ impl Converter {
         node: &NodeProto,
         label: &str,
         inputs: &[Option<Value>],
-        last: bool,
     ) -> Outcome {
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             return unsupported(format!(": an op of domain `{}`", node.domain));
@@ -84,6 +83,9 @@ impl Converter {
             match input(k)? {
                 Value::Dynamic(d) => Ok(d.clone()),
                 Value::Gelu { .. } => unsupported(": part of an expression it does not compute"),
+                Value::Softmax(_) => unsupported(
+                    ": it reads a softmax, which this engine computes only as an output of the graph",
+                ),
                 _ => unsupported(format!(": input {k} is a constant, not a computed value")),
             }
         };
@@ -652,11 +654,10 @@ impl Converter {
             "Softmax" => {
                 let x = dynamic(0)?;
                 let axis = attributes.int("axis", if self.opset >= 13 { -1 } else { 1 })?;
-                if last && x.flat() && (axis == 1 || axis == -1) {
-                    self.ends_in_softmax = true;
-                    Ok(Value::Dynamic(x))
+                if x.flat() && (axis == 1 || axis == -1) {
+                    Ok(Value::Softmax(x))
                 } else {
-                    unsupported(": only a softmax over the classes, as the last node, is")
+                    unsupported(": only a softmax over the features is")
                 }
             }
             "Constant" => attributes.constant().map(Value::Constant),
