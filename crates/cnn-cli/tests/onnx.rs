@@ -19,6 +19,13 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
 fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
     let file = npyz::NpyFile::new(&bytes[..]).unwrap();
@@ -53,11 +60,7 @@ fn pytorch_exported_networks_give_onnx_runtimes_outputs() {
         let (shape, ours) = read_npy(&out);
         let (expected_shape, expected) = read_npy(&fixture(&format!("{name}_expected.npy")));
         assert_eq!(shape, expected_shape, "{name}");
-        let diff = ours
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = max_difference(&ours, &expected);
         assert!(diff <= 1e-4, "{name}: max |difference| {diff}");
     }
 }
@@ -84,11 +87,7 @@ fn every_output_of_a_file_of_several_is_onnx_runtimes() {
         let (expected_shape, expected) =
             read_npy(&fixture(&format!("aux_heads_style_expected_{name}.npy")));
         assert_eq!(shape, expected_shape, "{name}");
-        let diff = ours
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = max_difference(&ours, &expected);
         assert!(diff <= 1e-4, "{name}: max |difference| {diff}");
     }
 }
