@@ -101,8 +101,7 @@ impl Job {
                 if let Err(e) = outcome {
                     running.publish(json!({ "type": "error", "message": format!("{e:#}") }));
                 }
-                running.finished.store(true, Ordering::SeqCst);
-                running.publish(json!({ "type": "end" }));
+                running.finish();
             })?;
         Ok(job)
     }
@@ -162,6 +161,15 @@ impl Job {
         self.published.send_replace(events.len());
     }
 
+    /// Publishes the last event and marks the job finished under the same lock, so that a
+    /// reader never sees it finished without its last event.
+    fn finish(&self) {
+        let mut events = self.events.lock().expect("not poisoned");
+        events.push(json!({ "type": "end" }).to_string());
+        self.finished.store(true, Ordering::SeqCst);
+        self.published.send_replace(events.len());
+    }
+
     pub fn pause(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);
         self.publish(json!({ "type": if paused { "paused" } else { "resumed" } }));
@@ -185,11 +193,14 @@ impl Job {
     pub async fn next_event(&self, index: usize) -> Option<String> {
         let mut published = self.published.subscribe();
         loop {
-            if let Some(event) = self.events.lock().expect("not poisoned").get(index) {
-                return Some(event.clone());
-            }
-            if self.is_finished() {
-                return None;
+            {
+                let events = self.events.lock().expect("not poisoned");
+                if let Some(event) = events.get(index) {
+                    return Some(event.clone());
+                }
+                if self.is_finished() {
+                    return None;
+                }
             }
             published.changed().await.ok()?;
         }
