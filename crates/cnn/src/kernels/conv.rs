@@ -8,6 +8,7 @@ use super::gemm::{matmul, MatRef, Threading};
 use super::packed::{self, Starts};
 use super::simd::{Isa, Kernel, Simd};
 use super::team::for_each_chunk_pair_mut;
+use super::weight_gradient;
 use super::winograd::{self, WeightOrder};
 use super::{batch_chunks, depthwise, scratch_prefix, Epilogue, Scratch};
 use crate::tensor::{Shape, Tensor};
@@ -420,19 +421,33 @@ impl Conv2dKernel {
             Some(t) if self.input_gradient == ConvAlgorithm::Winograd => (None, Some(t)),
             other => (other, None),
         };
-        im2col_backward(
-            self.isa,
-            g,
-            input,
-            weight,
-            grad_output,
-            ConvGrads {
-                input: grad_input,
-                weight: grad_weight,
-                bias: grad_bias,
-            },
-            &mut scratch.floats,
-        );
+        // Without an input gradient to unfold for, the weight gradient reads the image in
+        // place.
+        if grad_input.is_none() && weight_gradient::preferred(self.isa, g) {
+            weight_gradient::weight_gradient(
+                self.isa,
+                g,
+                input,
+                grad_output,
+                grad_weight,
+                grad_bias,
+                &mut scratch.floats,
+            );
+        } else {
+            im2col_backward(
+                self.isa,
+                g,
+                input,
+                weight,
+                grad_output,
+                ConvGrads {
+                    input: grad_input,
+                    weight: grad_weight,
+                    bias: grad_bias,
+                },
+                &mut scratch.floats,
+            );
+        }
         if let Some(grad_input) = winograd_input {
             let transposed = g.transposed();
             winograd::conv3x3_forward(

@@ -3,6 +3,7 @@
 //! instruction set ([`simd::Isa`]) the machine can run. A second backend implements the same
 //! functions; layers only describe shapes and hold parameters.
 
+pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 pub mod direct;
@@ -12,6 +13,7 @@ pub mod pool;
 pub mod reference;
 pub mod simd;
 pub mod team;
+pub mod weight_gradient;
 pub mod winograd;
 
 use crate::tensor::Shape;

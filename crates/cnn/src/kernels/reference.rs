@@ -161,3 +161,76 @@ pub fn pool_backward(
         }
     });
 }
+
+/// Everything batch normalisation computes on one batch, by [`batch_norm`].
+pub struct BatchNormResults {
+    pub output: Tensor,
+    pub mean: Vec<f32>,
+    pub inverse_std: Vec<f32>,
+    pub unbiased: Vec<f32>,
+    pub grad_weight: Vec<f32>,
+    pub grad_bias: Vec<f32>,
+    /// With the batch's statistics, as in training.
+    pub grad_input: Tensor,
+    /// With the statistics held constant.
+    pub grad_input_fixed: Tensor,
+}
+
+/// Batch normalisation by its definition, in f64: each channel's mean and biased variance
+/// over its `N x H x W` values, `y = weight * (x - mean) / sqrt(var + epsilon) + bias`, and
+/// the gradients of both kinds for the output gradient `grad_output`.
+pub fn batch_norm(
+    input: &Tensor,
+    grad_output: &Tensor,
+    (weight, bias): (&[f32], &[f32]),
+    epsilon: f32,
+) -> BatchNormResults {
+    let (batch, shape) = (input.batch(), input.shape());
+    let channels = shape.channels;
+    let mut results = BatchNormResults {
+        output: Tensor::zeros(batch, shape),
+        mean: vec![0.0; channels],
+        inverse_std: vec![0.0; channels],
+        unbiased: vec![0.0; channels],
+        grad_weight: vec![0.0; channels],
+        grad_bias: vec![0.0; channels],
+        grad_input: Tensor::zeros(batch, shape),
+        grad_input_fixed: Tensor::zeros(batch, shape),
+    };
+    let planes = |tensor: &Tensor, c: usize| -> Vec<f64> {
+        (0..batch)
+            .flat_map(|n| {
+                tensor
+                    .plane(n, c)
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    for c in 0..channels {
+        let (x, dy) = (planes(input, c), planes(grad_output, c));
+        let count = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / count;
+        let squares: f64 = x.iter().map(|v| (v - mean) * (v - mean)).sum();
+        let inverse_std = 1.0 / (squares / count + f64::from(epsilon)).sqrt();
+        let x_hat: Vec<f64> = x.iter().map(|v| (v - mean) * inverse_std).collect();
+        let sum_dy: f64 = dy.iter().sum();
+        let sum_dy_xhat: f64 = dy.iter().zip(&x_hat).map(|(d, h)| d * h).sum();
+        let scale = f64::from(weight[c]) * inverse_std;
+        results.mean[c] = mean as f32;
+        results.inverse_std[c] = inverse_std as f32;
+        results.unbiased[c] = (squares / (count - 1.0).max(1.0)) as f32;
+        results.grad_weight[c] = sum_dy_xhat as f32;
+        results.grad_bias[c] = sum_dy as f32;
+        let plane = shape.plane();
+        for (i, (&h, &d)) in x_hat.iter().zip(&dy).enumerate() {
+            let at = ((i / plane) * channels + c) * plane + i % plane;
+            results.output.data_mut()[at] = (f64::from(weight[c]) * h + f64::from(bias[c])) as f32;
+            results.grad_input.data_mut()[at] =
+                (scale / count * (count * d - sum_dy - h * sum_dy_xhat)) as f32;
+            results.grad_input_fixed.data_mut()[at] = (scale * d) as f32;
+        }
+    }
+    results
+}

@@ -6,6 +6,8 @@
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
+use crate::kernels::batchnorm::{self, BatchNormGrads, Statistics};
+use crate::kernels::simd::Isa;
 use crate::tensor::{Param, Shape, Tensor};
 
 pub const EPSILON: f32 = 1e-5;
@@ -19,10 +21,11 @@ pub struct BatchNorm2d {
     /// `running_mean [C]`, `running_var [C]`, `num_batches_tracked []` (a count, stored as
     /// PyTorch's int64).
     buffers: [Param; 3],
+    isa: Isa,
 }
 
 impl BatchNorm2d {
-    pub fn new(shape: Shape) -> Self {
+    pub fn new(shape: Shape, isa: Isa) -> Self {
         let channels = shape.channels;
         let mut weight = Param::zeros("weight", vec![channels]);
         weight.value.fill(1.0);
@@ -36,12 +39,8 @@ impl BatchNorm2d {
                 running_var,
                 Param::zeros("num_batches_tracked", vec![]),
             ],
+            isa,
         }
-    }
-
-    /// Values per channel in a batch of `batch` images.
-    fn count(&self, batch: usize) -> usize {
-        batch * self.shape.plane()
     }
 }
 
@@ -111,63 +110,39 @@ impl Layer for BatchNorm2d {
         mode: Mode,
         scratch: &mut LayerScratch,
     ) {
-        let input = inputs[0];
-        let (channels, plane) = (self.shape.channels, self.shape.plane());
-        let batch = input.batch();
+        let channels = self.shape.channels;
         let [weight, bias] = &self.params;
+        let affine = (&weight.value[..], &bias.value[..]);
         let recorded = match mode {
             Mode::Train => 3 * channels,
             Mode::Infer => 2 * channels,
         };
         scratch.buffer.clear();
         scratch.buffer.resize(recorded, 0.0);
-        for c in 0..channels {
-            let (mean, inverse_std) = match mode {
-                Mode::Train => {
-                    let (mut sum, mut squares) = (0.0f64, 0.0f64);
-                    for n in 0..batch {
-                        for &x in &input.plane(n, c)[..plane] {
-                            sum += f64::from(x);
-                            squares += f64::from(x) * f64::from(x);
-                        }
-                    }
-                    let count = self.count(batch).max(1) as f64;
-                    let mean = sum / count;
-                    let variance = (squares / count - mean * mean).max(0.0);
-                    let unbiased = variance * count / (count - 1.0).max(1.0);
-                    let inverse_std = 1.0 / (variance as f32 + EPSILON).sqrt();
-                    scratch.buffer[c] = mean as f32;
-                    scratch.buffer[channels + c] = inverse_std;
-                    scratch.buffer[2 * channels + c] = unbiased as f32;
-                    (mean as f32, inverse_std)
+        let (mean, rest) = scratch.buffer.split_at_mut(channels);
+        let (inverse_std, unbiased) = rest.split_at_mut(channels);
+        match mode {
+            Mode::Train => batchnorm::forward_with_batch_statistics(
+                self.isa,
+                inputs[0],
+                affine,
+                EPSILON,
+                output,
+                [mean, inverse_std, unbiased],
+            ),
+            Mode::Infer => {
+                mean.copy_from_slice(&self.buffers[0].value);
+                for (s, &variance) in inverse_std.iter_mut().zip(&self.buffers[1].value) {
+                    *s = 1.0 / (variance + EPSILON).sqrt();
                 }
-                Mode::Infer => {
-                    let mean = self.buffers[0].value[c];
-                    let inverse_std = 1.0 / (self.buffers[1].value[c] + EPSILON).sqrt();
-                    scratch.buffer[c] = mean;
-                    scratch.buffer[channels + c] = inverse_std;
-                    (mean, inverse_std)
-                }
-            };
-            let scale = weight.value[c] * inverse_std;
-            let shift = bias.value[c] - mean * scale;
-            for n in 0..batch {
-                let start = (n * channels + c) * plane;
-                let (src, dst) = (
-                    &input.data()[start..start + plane],
-                    &mut output.data_mut()[start..start + plane],
-                );
-                for (y, &x) in dst.iter_mut().zip(src) {
-                    *y = x * scale + shift;
-                }
+                let statistics = Statistics { mean, inverse_std };
+                batchnorm::forward_with_statistics(self.isa, inputs[0], affine, statistics, output);
             }
         }
     }
 
-    /// With `x_hat = (x - mean) * inverse_std` and `M` values per channel:
-    /// `dweight += sum(dy * x_hat)`, `dbias += sum(dy)`,
-    /// `dx = weight * inverse_std / M * (M * dy - sum(dy) - x_hat * sum(dy * x_hat))` for the
-    /// batch's statistics, `dx = weight * inverse_std * dy` for the running ones.
+    /// See [`batchnorm::backward`]: the batch's statistics after a training pass, constants
+    /// after an inference one.
     fn backward(
         &self,
         mut pass: BackwardPass<'_, '_>,
@@ -175,51 +150,22 @@ impl Layer for BatchNorm2d {
         scratch: &mut LayerScratch,
     ) {
         let (input, grad_output) = (pass.input(), pass.grad_output);
-        let (channels, plane) = (self.shape.channels, self.shape.plane());
-        let batch = input.batch();
-        let (mean, inverse_std, batch_statistics) = statistics(scratch, channels);
-        let count = self.count(batch) as f32;
-        let mut grad_input = pass.grad_input();
-        for c in 0..channels {
-            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
-            for n in 0..batch {
-                let xs = input.plane(n, c);
-                let dys = grad_output.plane(n, c);
-                for (&x, &dy) in xs.iter().zip(dys) {
-                    let x_hat = (x - mean[c]) * inverse_std[c];
-                    sum_dy += f64::from(dy);
-                    sum_dy_xhat += f64::from(dy * x_hat);
-                }
-            }
-            param_grads[0][c] += sum_dy_xhat as f32;
-            param_grads[1][c] += sum_dy as f32;
-            if let Some(grad_input) = grad_input.as_deref_mut() {
-                let scale = self.params[0].value[c] * inverse_std[c];
-                if batch_statistics.is_none() {
-                    for n in 0..batch {
-                        let start = (n * channels + c) * plane;
-                        let dys = grad_output.plane(n, c);
-                        let dxs = &mut grad_input.data_mut()[start..start + plane];
-                        for (dx, &dy) in dxs.iter_mut().zip(dys) {
-                            *dx = scale * dy;
-                        }
-                    }
-                    continue;
-                }
-                let factor = scale / count;
-                let (sum_dy, sum_dy_xhat) = (sum_dy as f32, sum_dy_xhat as f32);
-                for n in 0..batch {
-                    let start = (n * channels + c) * plane;
-                    let xs = input.plane(n, c);
-                    let dys = grad_output.plane(n, c);
-                    let dxs = &mut grad_input.data_mut()[start..start + plane];
-                    for ((dx, &x), &dy) in dxs.iter_mut().zip(xs).zip(dys) {
-                        let x_hat = (x - mean[c]) * inverse_std[c];
-                        *dx = factor * (count * dy - sum_dy - x_hat * sum_dy_xhat);
-                    }
-                }
-            }
-        }
+        let (mean, inverse_std, batch_statistics) = statistics(scratch, self.shape.channels);
+        let [grad_weight, grad_bias] = param_grads else {
+            unreachable!("a weight and a bias")
+        };
+        batchnorm::backward(
+            self.isa,
+            input,
+            grad_output,
+            &self.params[0].value,
+            (Statistics { mean, inverse_std }, batch_statistics.is_some()),
+            BatchNormGrads {
+                weight: grad_weight,
+                bias: grad_bias,
+                input: pass.grad_input(),
+            },
+        );
     }
 
     fn update_running_statistics(&mut self, scratch: &LayerScratch) {

@@ -286,7 +286,7 @@ impl LayerSpec {
             }
             LayerSpec::Flatten => Box::new(Flatten::new(input)),
             LayerSpec::Dense(config) => Box::new(Dense::new(config, input).map_err(misfit)?),
-            LayerSpec::BatchNorm2d => Box::new(BatchNorm2d::new(input)),
+            LayerSpec::BatchNorm2d => Box::new(BatchNorm2d::new(input, isa)),
             LayerSpec::Dropout { rate } => Box::new(Dropout::new(rate, input).map_err(misfit)?),
             LayerSpec::GlobalAvgPool => Box::new(GlobalPool::new(PoolKind::Average, input)),
             LayerSpec::GlobalMaxPool => Box::new(GlobalPool::new(PoolKind::Max, input)),

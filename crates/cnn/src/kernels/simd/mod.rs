@@ -117,6 +117,14 @@ impl Isa {
         }
     }
 
+    /// Floats in one register.
+    pub const fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 | Isa::Portable => 8,
+        }
+    }
+
     /// Output channels that the Winograd product keeps in registers at once (its weights are
     /// packed in blocks of this many), and how many registers of tiles each of them holds at
     /// most: what fits the register file beside the loaded tiles and one broadcast weight.

@@ -1,0 +1,457 @@
+//! Batch normalisation's passes over `[N, C, H, W]`, one task per channel: a channel's
+//! statistics and then its normalisation (or its gradient sums and then its input gradient)
+//! read the same planes twice while they are still in the core's cache, no two tasks touch the
+//! same values, and the bits do not depend on the thread count.
+//!
+//! The statistics of a channel combine each plane's mean and sum of squared deviations from
+//! that mean, in f64, with Chan et al.'s pairwise update: no cancellation (as `E[x^2] - E[x]^2`
+//! would have), and the sums inside a plane run in registers of f32 in blocks short enough that
+//! their rounding stays near f32's own.
+
+use super::simd::{Isa, Kernel, Simd};
+use super::team::{for_each_task, parts_for, SharedSlice};
+use super::PARALLEL_MIN_WORK;
+use crate::tensor::Tensor;
+
+/// Values summed in f32 registers before the sum goes on in f64.
+const BLOCK: usize = 1024;
+
+/// Each channel's mean and `1 / sqrt(variance + epsilon)`, `[C]` each.
+#[derive(Clone, Copy, Debug)]
+pub struct Statistics<'a> {
+    pub mean: &'a [f32],
+    pub inverse_std: &'a [f32],
+}
+
+/// Training's forward pass: normalises each channel of `input` with the mean and (biased)
+/// variance of its `N x H x W` values, then `output = weight * x_hat + bias`. Writes each
+/// channel's mean, `1 / sqrt(variance + epsilon)` and unbiased variance (for the running
+/// statistics) to `[mean, inverse_std, unbiased]`, `[C]` each.
+pub fn forward_with_batch_statistics(
+    isa: Isa,
+    input: &Tensor,
+    (weight, bias): (&[f32], &[f32]),
+    epsilon: f32,
+    output: &mut Tensor,
+    [mean, inverse_std, unbiased]: [&mut [f32]; 3],
+) {
+    let (batch, shape) = (input.batch(), input.shape());
+    let (channels, plane) = (shape.channels, shape.plane());
+    let lens = [
+        weight.len(),
+        bias.len(),
+        mean.len(),
+        inverse_std.len(),
+        unbiased.len(),
+    ];
+    check(input, output, channels, &lens);
+    let out = SharedSlice::new(output.data_mut());
+    let recorded = [mean, inverse_std, unbiased].map(SharedSlice::new);
+    for_each_channel(channels, batch * shape.len(), |c| {
+        let (mut count, mut mean, mut squares) = (0.0f64, 0.0f64, 0.0f64);
+        for n in 0..batch {
+            let (plane_mean, plane_squares) = isa.dispatch(Moments {
+                values: input.plane(n, c),
+            });
+            let len = plane as f64;
+            let total = count + len;
+            let delta = plane_mean - mean;
+            mean += delta * len / total;
+            squares += plane_squares + delta * delta * count * len / total;
+            count = total;
+        }
+        let variance = squares / count.max(1.0);
+        let inverse_std = 1.0 / (variance as f32 + epsilon).sqrt();
+        let unbiased = (squares / (count - 1.0).max(1.0)) as f32;
+        for (slice, value) in recorded.iter().zip([mean as f32, inverse_std, unbiased]) {
+            // SAFETY: element `c` of each is written by this channel's task alone.
+            unsafe { *slice.ptr_for(c, 1) = value };
+        }
+        normalize_channel(
+            isa,
+            input,
+            c,
+            (weight[c], bias[c]),
+            (mean as f32, inverse_std),
+            out,
+        );
+    });
+}
+
+/// Inference's forward pass (or one that treats the statistics as constants):
+/// `output = weight * (x - mean) * inverse_std + bias` per channel.
+pub fn forward_with_statistics(
+    isa: Isa,
+    input: &Tensor,
+    (weight, bias): (&[f32], &[f32]),
+    statistics: Statistics<'_>,
+    output: &mut Tensor,
+) {
+    let channels = input.shape().channels;
+    let lens = [
+        weight.len(),
+        bias.len(),
+        statistics.mean.len(),
+        statistics.inverse_std.len(),
+    ];
+    check(input, output, channels, &lens);
+    let out = SharedSlice::new(output.data_mut());
+    for_each_channel(channels, input.len(), |c| {
+        let stats = (statistics.mean[c], statistics.inverse_std[c]);
+        normalize_channel(isa, input, c, (weight[c], bias[c]), stats, out);
+    });
+}
+
+/// Where the backward pass puts its gradients.
+pub struct BatchNormGrads<'a> {
+    /// `[C]` each, added to.
+    pub weight: &'a mut [f32],
+    pub bias: &'a mut [f32],
+    /// `[N, C, H, W]`, overwritten; `None` when nobody needs it.
+    pub input: Option<&'a mut Tensor>,
+}
+
+/// With `x_hat = (x - mean) * inverse_std` and `M` values per channel:
+/// `dweight += sum(dy * x_hat)`, `dbias += sum(dy)`, and with the batch's statistics
+/// (`batch_statistics`) `dx = weight * inverse_std / M * (M * dy - sum(dy) - x_hat *
+/// sum(dy * x_hat))`, with constant ones `dx = weight * inverse_std * dy`.
+pub fn backward(
+    isa: Isa,
+    input: &Tensor,
+    grad_output: &Tensor,
+    weight: &[f32],
+    (statistics, batch_statistics): (Statistics<'_>, bool),
+    grads: BatchNormGrads<'_>,
+) {
+    let (batch, shape) = (input.batch(), input.shape());
+    let (channels, plane) = (shape.channels, shape.plane());
+    let lens = [
+        weight.len(),
+        statistics.mean.len(),
+        statistics.inverse_std.len(),
+    ];
+    check(input, grad_output, channels, &lens);
+    assert_eq!((grads.weight.len(), grads.bias.len()), (channels, channels));
+    let count = (batch * plane) as f32;
+    let (grad_weight, grad_bias) = (SharedSlice::new(grads.weight), SharedSlice::new(grads.bias));
+    let grad_input = grads.input.map(|t| {
+        assert_eq!(
+            t.len(),
+            input.len(),
+            "an input gradient of the input's size"
+        );
+        SharedSlice::new(t.data_mut())
+    });
+    for_each_channel(channels, 2 * batch * shape.len(), |c| {
+        let (mean, inverse_std) = (statistics.mean[c], statistics.inverse_std[c]);
+        let (mut sum_dy, mut sum_dy_centered) = (0.0f64, 0.0f64);
+        for n in 0..batch {
+            let (dy, dy_centered) = isa.dispatch(GradientSums {
+                x: input.plane(n, c),
+                dy: grad_output.plane(n, c),
+                mean,
+            });
+            sum_dy += dy;
+            sum_dy_centered += dy_centered;
+        }
+        let sum_dy_xhat = (sum_dy_centered * f64::from(inverse_std)) as f32;
+        let sum_dy = sum_dy as f32;
+        // SAFETY: element `c` of each is written by this channel's task alone.
+        unsafe {
+            *grad_weight.ptr_for(c, 1) += sum_dy_xhat;
+            *grad_bias.ptr_for(c, 1) += sum_dy;
+        }
+        let Some(grad_input) = grad_input else {
+            return;
+        };
+        let scale = weight[c] * inverse_std;
+        // dx = a * dy + b * x + shift, the constants of the formula above gathered.
+        let (a, b, shift) = if batch_statistics {
+            let factor = scale / count;
+            let b = -factor * inverse_std * sum_dy_xhat;
+            (factor * count, b, -factor * sum_dy - b * mean)
+        } else {
+            (scale, 0.0, 0.0)
+        };
+        for n in 0..batch {
+            let start = (n * channels + c) * plane;
+            // SAFETY: plane (n, c) is written by this channel's task alone.
+            let dx = unsafe { grad_input.part(start, plane) };
+            isa.dispatch(TwoAffine {
+                x: grad_output.plane(n, c),
+                y: input.plane(n, c),
+                coefficients: [a, b, shift],
+                out: dx,
+            });
+        }
+    });
+}
+
+fn check(input: &Tensor, other: &Tensor, channels: usize, per_channel: &[usize]) {
+    assert_eq!(input.len(), other.len(), "tensors of the same size");
+    assert!(
+        per_channel.iter().all(|&len| len == channels),
+        "one value per channel"
+    );
+}
+
+/// Runs `task(c)` for every channel, in parallel when `work` (values touched) pays for it.
+fn for_each_channel(channels: usize, work: usize, task: impl Fn(usize) + Sync) {
+    if parts_for(work, PARALLEL_MIN_WORK) > 1 {
+        for_each_task(channels, task);
+    } else {
+        (0..channels).for_each(task);
+    }
+}
+
+/// Writes channel `c` of the output: `weight * (x - mean) * inverse_std + bias`.
+fn normalize_channel(
+    isa: Isa,
+    input: &Tensor,
+    c: usize,
+    (weight, bias): (f32, f32),
+    (mean, inverse_std): (f32, f32),
+    out: SharedSlice<f32>,
+) {
+    let (channels, plane) = (input.shape().channels, input.shape().plane());
+    let scale = weight * inverse_std;
+    let shift = bias - mean * scale;
+    for n in 0..input.batch() {
+        let start = (n * channels + c) * plane;
+        // SAFETY: plane (n, c) is written by this channel's task alone.
+        let dst = unsafe { out.part(start, plane) };
+        isa.dispatch(TwoAffine {
+            x: input.plane(n, c),
+            y: &[],
+            coefficients: [scale, 0.0, shift],
+            out: dst,
+        });
+    }
+}
+
+/// The mean of a plane and the sum of its squared deviations from that mean.
+struct Moments<'a> {
+    values: &'a [f32],
+}
+
+impl Kernel for Moments<'_> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) -> (f64, f64) {
+        let values = self.values;
+        if values.is_empty() {
+            return (0.0, 0.0);
+        }
+        let sum: f64 = values
+            .chunks(BLOCK)
+            .map(|block| f64::from(block_sum::<S, false>(s, block, 0.0)))
+            .sum();
+        let mean = sum / values.len() as f64;
+        let squares = values
+            .chunks(BLOCK)
+            .map(|block| f64::from(block_sum::<S, true>(s, block, mean as f32)))
+            .sum();
+        (mean, squares)
+    }
+}
+
+/// `sum(x)`, or with `SQUARES` `sum((x - center)^2)`, two registers at a time.
+#[inline(always)]
+fn block_sum<S: Simd, const SQUARES: bool>(s: S, x: &[f32], center: f32) -> f32 {
+    let (mut a, mut b) = (s.zero(), s.zero());
+    let c = s.splat(center);
+    let mut i = 0;
+    while i + 2 * S::LANES <= x.len() {
+        // SAFETY: values i .. i + 2 * LANES lie inside `x`.
+        let (u, v) = unsafe {
+            (
+                s.load(x.as_ptr().add(i)),
+                s.load(x.as_ptr().add(i + S::LANES)),
+            )
+        };
+        if SQUARES {
+            let (u, v) = (s.sub(u, c), s.sub(v, c));
+            a = s.mul_add(u, u, a);
+            b = s.mul_add(v, v, b);
+        } else {
+            a = s.add(a, u);
+            b = s.add(b, v);
+        }
+        i += 2 * S::LANES;
+    }
+    let tail: f32 = x[i..]
+        .iter()
+        .map(|&v| {
+            if SQUARES {
+                (v - center) * (v - center)
+            } else {
+                v
+            }
+        })
+        .sum();
+    s.sum(s.add(a, b)) + tail
+}
+
+/// `sum(dy)` and `sum(dy * (x - mean))` over a plane.
+struct GradientSums<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    mean: f32,
+}
+
+impl Kernel for GradientSums<'_> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) -> (f64, f64) {
+        let GradientSums { x, dy, mean } = self;
+        assert_eq!(x.len(), dy.len());
+        let m = s.splat(mean);
+        let (mut sum_dy, mut sum_dy_centered) = (0.0f64, 0.0f64);
+        for (x, dy) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)) {
+            let (mut a, mut b) = (s.zero(), s.zero());
+            let mut i = 0;
+            while i + S::LANES <= x.len() {
+                // SAFETY: values i .. i + LANES lie inside both blocks (of the same length).
+                let (u, d) = unsafe { (s.load(x.as_ptr().add(i)), s.load(dy.as_ptr().add(i))) };
+                a = s.add(a, d);
+                b = s.mul_add(s.sub(u, m), d, b);
+                i += S::LANES;
+            }
+            let (mut tail, mut tail_centered) = (0.0f32, 0.0f32);
+            for (&u, &d) in x[i..].iter().zip(&dy[i..]) {
+                tail += d;
+                tail_centered += (u - mean) * d;
+            }
+            sum_dy += f64::from(s.sum(a) + tail);
+            sum_dy_centered += f64::from(s.sum(b) + tail_centered);
+        }
+        (sum_dy, sum_dy_centered)
+    }
+}
+
+/// `out = a * x + b * y + shift` with `[a, b, shift]` (`y` empty: `out = a * x + shift`).
+struct TwoAffine<'a> {
+    x: &'a [f32],
+    y: &'a [f32],
+    coefficients: [f32; 3],
+    out: &'a mut [f32],
+}
+
+impl Kernel for TwoAffine<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let TwoAffine {
+            x,
+            y,
+            coefficients: [a, b, shift],
+            out,
+        } = self;
+        let len = out.len();
+        assert!(x.len() == len && (y.is_empty() || y.len() == len));
+        let (va, vb, vshift) = (s.splat(a), s.splat(b), s.splat(shift));
+        let mut i = 0;
+        while i + S::LANES <= len {
+            // SAFETY: values i .. i + LANES lie inside `x`, `out` and (when not empty) `y`.
+            unsafe {
+                let mut value = s.mul_add(s.load(x.as_ptr().add(i)), va, vshift);
+                if !y.is_empty() {
+                    value = s.mul_add(s.load(y.as_ptr().add(i)), vb, value);
+                }
+                s.store(out.as_mut_ptr().add(i), value);
+            }
+            i += S::LANES;
+        }
+        for j in i..len {
+            let mut value = x[j] * a + shift;
+            if !y.is_empty() {
+                value += y[j] * b;
+            }
+            out[j] = value;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference;
+    use crate::tensor::Shape;
+    use proptest::prelude::*;
+
+    fn close(isa: Isa, what: &str, fast: &[f32], plain: &[f32]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(fast.len(), plain.len());
+        for (i, (&f, &p)) in fast.iter().zip(plain).enumerate() {
+            let scale = p.abs().max(1.0);
+            prop_assert!(
+                (f - p).abs() <= 2e-5 * scale,
+                "{isa}: {what}[{i}] {f} against the reference's {p}"
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every instruction set this CPU has, against the plain f64 loops, on random shapes
+        /// (planes shorter than a register, longer than a block) with an offset mean.
+        #[test]
+        fn every_path_matches_the_reference(
+            batch in 1usize..5,
+            channels in 1usize..5,
+            height in 1usize..40,
+            width in 1usize..40,
+            offset in -3.0f32..3.0,
+            seed in any::<u64>(),
+        ) {
+            use rand::{Rng, SeedableRng};
+            let shape = Shape::new(channels, height, width);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut random = |len: usize, offset: f32| -> Vec<f32> {
+                (0..len).map(|_| offset + rng.random_range(-1.0f32..1.0)).collect()
+            };
+            let input = Tensor::from_vec(batch, shape, random(batch * shape.len(), offset)).unwrap();
+            let grad_output = Tensor::from_vec(batch, shape, random(batch * shape.len(), 0.0)).unwrap();
+            let weight = random(channels, 1.0);
+            let bias = random(channels, 0.0);
+            let plain = reference::batch_norm(&input, &grad_output, (&weight, &bias), 1e-5);
+            for isa in Isa::supported() {
+                let mut output = Tensor::zeros(batch, shape);
+                let [mut mean, mut inverse_std, mut unbiased] = [(); 3].map(|_| vec![0.0; channels]);
+                forward_with_batch_statistics(
+                    isa, &input, (&weight, &bias), 1e-5, &mut output,
+                    [&mut mean, &mut inverse_std, &mut unbiased],
+                );
+                close(isa, "output", output.data(), plain.output.data())?;
+                close(isa, "mean", &mean, &plain.mean)?;
+                close(isa, "inverse std", &inverse_std, &plain.inverse_std)?;
+                close(isa, "unbiased variance", &unbiased, &plain.unbiased)?;
+                let statistics = Statistics { mean: &mean, inverse_std: &inverse_std };
+                let mut fixed = Tensor::zeros(batch, shape);
+                forward_with_statistics(isa, &input, (&weight, &bias), statistics, &mut fixed);
+                close(isa, "output with the same statistics", fixed.data(), plain.output.data())?;
+                for batch_statistics in [true, false] {
+                    // Gradients are added to what is there.
+                    let (mut grad_weight, mut grad_bias) = (vec![0.5; channels], vec![0.5; channels]);
+                    let mut grad_input = Tensor::zeros(batch, shape);
+                    backward(
+                        isa, &input, &grad_output, &weight, (statistics, batch_statistics),
+                        BatchNormGrads { weight: &mut grad_weight, bias: &mut grad_bias, input: Some(&mut grad_input) },
+                    );
+                    let plus_half = |v: &[f32]| v.iter().map(|g| g + 0.5).collect::<Vec<_>>();
+                    close(isa, "weight gradient", &grad_weight, &plus_half(&plain.grad_weight))?;
+                    close(isa, "bias gradient", &grad_bias, &plus_half(&plain.grad_bias))?;
+                    let expected = match batch_statistics {
+                        true => &plain.grad_input,
+                        false => &plain.grad_input_fixed,
+                    };
+                    close(isa, "input gradient", grad_input.data(), expected.data())?;
+                }
+            }
+        }
+    }
+}
