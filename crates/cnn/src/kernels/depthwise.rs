@@ -20,10 +20,6 @@ use super::Epilogue;
 /// Widest kernel handled (the column masks are kept in an array).
 const MAX_KERNEL_WIDTH: usize = 16;
 
-/// Registers of output columns computed together: with two rows, 4 accumulators, and per tap
-/// a load for each.
-const REGISTERS: usize = 2;
-
 /// Multiply-adds below which a pass runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
@@ -111,65 +107,83 @@ struct Plane<'a> {
 impl Kernel for Plane<'_> {
     type Output = ();
 
+    /// A block of `R` registers of output columns of `ROWS` rows at a time, `R * ROWS = 4`
+    /// sums: two registers of two rows, or for a row that fits one register (14x14 maps with
+    /// 16 lanes) one register of four rows, rather than a second register of nothing.
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let Plane {
-            g,
-            image,
-            kernel,
-            bias,
-            epilogue,
-            out,
-        } = self;
-        let (height, width) = (g.input.height, g.input.width);
-        let (out_height, out_width) = (g.output.height, g.output.width);
-        let [kh, kw] = g.window.kernel;
-        let [pad_y, pad_x] = g.window.padding;
-        let bias = s.splat(bias);
-        let step = S::LANES * REGISTERS;
-        for left in (0..out_width).step_by(step) {
-            // Register r's tap column j reads input columns left + r * LANES + l + j - pad:
-            // those inside the image and inside the output row.
-            let mut masks = [[s.mask(0, 0); MAX_KERNEL_WIDTH]; REGISTERS];
-            for (r, masks) in masks.iter_mut().enumerate() {
-                let start = left + r * S::LANES;
-                for (j, mask) in masks.iter_mut().enumerate().take(kw) {
-                    let column = (start + j) as isize - pad_x as isize;
-                    let room = out_width as isize - start as isize;
-                    *mask = s.mask(-column, (width as isize - column).min(room));
-                }
+        if self.g.output.width <= S::LANES {
+            plane::<S, 1, 4>(s, self);
+        } else {
+            plane::<S, 2, 2>(s, self);
+        }
+    }
+}
+
+#[inline(always)]
+fn plane<S: Simd, const R: usize, const ROWS: usize>(s: S, plane: Plane<'_>) {
+    let Plane {
+        g,
+        image,
+        kernel,
+        bias,
+        epilogue,
+        out,
+    } = plane;
+    let (height, width) = (g.input.height, g.input.width);
+    let (out_height, out_width) = (g.output.height, g.output.width);
+    let [kh, kw] = g.window.kernel;
+    let [pad_y, pad_x] = g.window.padding;
+    let bias = s.splat(bias);
+    for left in (0..out_width).step_by(S::LANES * R) {
+        // Register r's tap column j reads input columns left + r * LANES + l + j - pad:
+        // those inside the image and inside the output row.
+        let mut masks = [[s.mask(0, 0); MAX_KERNEL_WIDTH]; R];
+        for (r, masks) in masks.iter_mut().enumerate() {
+            let start = left + r * S::LANES;
+            for (j, mask) in masks.iter_mut().enumerate().take(kw) {
+                let column = (start + j) as isize - pad_x as isize;
+                let room = out_width as isize - start as isize;
+                *mask = s.mask(-column, (width as isize - column).min(room));
             }
-            let mut strips = [Strip::new(s, left, out_width, epilogue.max_pool); REGISTERS];
-            for (r, strip) in strips.iter_mut().enumerate().skip(1) {
-                *strip = Strip::new(s, left + r * S::LANES, out_width, epilogue.max_pool);
+        }
+        let strips: [Strip<S>; R] = std::array::from_fn(|r| {
+            Strip::new(s, left + r * S::LANES, out_width, epilogue.max_pool)
+        });
+        for top in (0..out_height).step_by(ROWS) {
+            if epilogue.max_pool && top + 1 >= out_height {
+                break;
             }
-            for top in (0..out_height).step_by(2) {
-                if epilogue.max_pool && top + 1 >= out_height {
-                    break;
-                }
-                let mut sums = [[s.zero(); REGISTERS]; 2];
-                for i in 0..kh {
-                    for (row, sums) in sums.iter_mut().enumerate() {
-                        let y = (top + row + i) as isize - pad_y as isize;
-                        if !(0..height as isize).contains(&y) {
-                            continue;
-                        }
-                        let start = y * width as isize + left as isize - pad_x as isize;
-                        accumulate_row(s, image, start, &kernel[i * kw..][..kw], &masks, sums);
-                    }
-                }
-                let [upper, lower] = sums;
-                for (r, strip) in strips.iter().enumerate() {
-                    if epilogue.max_pool {
-                        let rows = s.max(upper[r], lower[r]);
-                        let (even, odd) = s.deinterleave(rows, rows);
-                        let pooled = epilogue.finish(s, bias, s.max(even, odd));
-                        strip.store(s, out, top / 2, out_width / 2, pooled);
+            let mut sums = [[s.zero(); R]; ROWS];
+            for i in 0..kh {
+                for (row, sums) in sums.iter_mut().enumerate() {
+                    let y = (top + row + i) as isize - pad_y as isize;
+                    if !(0..height as isize).contains(&y) {
                         continue;
                     }
-                    strip.finish_store(s, out, (top, out_width), &epilogue, bias, upper[r]);
-                    if top + 1 < out_height {
-                        strip.finish_store(s, out, (top + 1, out_width), &epilogue, bias, lower[r]);
+                    let start = y * width as isize + left as isize - pad_x as isize;
+                    accumulate_row(s, image, start, &kernel[i * kw..][..kw], &masks, sums);
+                }
+            }
+            for (r, strip) in strips.iter().enumerate() {
+                for pair in (0..ROWS).step_by(2) {
+                    let (upper, lower) = (sums[pair][r], sums[pair + 1][r]);
+                    let row = top + pair;
+                    if epilogue.max_pool {
+                        // Pools rows `row` and `row + 1` when both exist (an odd last row is
+                        // dropped).
+                        if row + 1 < out_height {
+                            let rows = s.max(upper, lower);
+                            let (even, odd) = s.deinterleave(rows, rows);
+                            let pooled = epilogue.finish(s, bias, s.max(even, odd));
+                            strip.store(s, out, row / 2, out_width / 2, pooled);
+                        }
+                        continue;
+                    }
+                    for (row, sum) in [(row, upper), (row + 1, lower)] {
+                        if row < out_height {
+                            strip.finish_store(s, out, (row, out_width), &epilogue, bias, sum);
+                        }
                     }
                 }
             }
@@ -177,16 +191,16 @@ impl Kernel for Plane<'_> {
     }
 }
 
-/// Adds one kernel row's taps (`kernel_row`, `[KW]`) to one output row's registers, the input
-/// row starting (for lane 0 of tap column 0) at `start`, inside the image.
+/// Adds one kernel row's taps (`kernel_row`, `[KW]`) to one output row's `R` registers, the
+/// input row starting (for lane 0 of tap column 0) at `start`, inside the image.
 #[inline(always)]
-fn accumulate_row<S: Simd>(
+fn accumulate_row<S: Simd, const R: usize>(
     s: S,
     image: &[f32],
     start: isize,
     kernel_row: &[f32],
-    masks: &[[S::Mask; MAX_KERNEL_WIDTH]; REGISTERS],
-    sums: &mut [S::V; REGISTERS],
+    masks: &[[S::Mask; MAX_KERNEL_WIDTH]; R],
+    sums: &mut [S::V; R],
 ) {
     for (j, &weight) in kernel_row.iter().enumerate() {
         let w = s.splat(weight);
