@@ -9,7 +9,7 @@
 //! their rounding stays near f32's own.
 
 use super::simd::{Isa, Kernel, Simd};
-use super::team::{for_each_task, parts_for, SharedSlice};
+use super::team::{for_each_task_above, SharedSlice};
 use super::PARALLEL_MIN_WORK;
 use crate::tensor::Tensor;
 
@@ -197,11 +197,7 @@ fn check(input: &Tensor, other: &Tensor, channels: usize, per_channel: &[usize])
 
 /// Runs `task(c)` for every channel, in parallel when `work` (values touched) pays for it.
 fn for_each_channel(channels: usize, work: usize, task: impl Fn(usize) + Sync) {
-    if parts_for(work, PARALLEL_MIN_WORK) > 1 {
-        for_each_task(channels, task);
-    } else {
-        (0..channels).for_each(task);
-    }
+    for_each_task_above(work, PARALLEL_MIN_WORK, channels, task);
 }
 
 /// Writes channel `c` of the output: `weight * (x - mean) * inverse_std + bias`.

@@ -14,7 +14,7 @@
 use super::conv::ConvGeometry;
 use super::direct::Strip;
 use super::simd::{Isa, Kernel, Simd};
-use super::team::{for_each_task, parts_for, SharedSlice};
+use super::team::{for_each_task_above, SharedSlice};
 use super::Epilogue;
 
 /// Widest kernel handled (the column masks are kept in an array).
@@ -87,11 +87,7 @@ pub fn forward(
         });
     };
     let work = batch * g.output.len() * taps;
-    if parts_for(work, PARALLEL_MIN_WORK) > 1 {
-        for_each_task(batch * channels, task);
-    } else {
-        (0..batch * channels).for_each(task);
-    }
+    for_each_task_above(work, PARALLEL_MIN_WORK, batch * channels, task);
 }
 
 /// One plane of [`forward`].
@@ -250,11 +246,7 @@ pub fn weight_gradient(
         }
     };
     let work = batch * g.output.len() * taps;
-    if parts_for(work, PARALLEL_MIN_WORK) > 1 {
-        for_each_task(channels, task);
-    } else {
-        (0..channels).for_each(task);
-    }
+    for_each_task_above(work, PARALLEL_MIN_WORK, channels, task);
     for (c, channel) in sums.chunks_exact(taps + 1).enumerate() {
         for (w, &sum) in grad_weight[c * taps..][..taps].iter_mut().zip(channel) {
             *w += sum;

@@ -117,11 +117,7 @@ pub fn conv_forward(
             out,
         });
     };
-    if super::team::parts_for(work, PARALLEL_MIN_WORK) > 1 {
-        super::team::for_each_task(batch * blocks, task);
-    } else {
-        (0..batch * blocks).for_each(task);
-    }
+    super::team::for_each_task_above(work, PARALLEL_MIN_WORK, batch * blocks, task);
 }
 
 /// Output channels `first..first + B` (fewer at the end) of one image: every pair of output

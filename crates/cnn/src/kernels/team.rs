@@ -238,6 +238,21 @@ pub fn for_each_task(tasks: usize, task: impl Fn(usize) + Sync) {
     }
 }
 
+/// [`for_each_task`] when `work` reaches `min_work` (see [`parts_for`]), else the tasks in
+/// turn on the calling thread.
+pub fn for_each_task_above(
+    work: usize,
+    min_work: usize,
+    tasks: usize,
+    task: impl Fn(usize) + Sync,
+) {
+    if parts_for(work, min_work) > 1 {
+        for_each_task(tasks, task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
 /// Runs `work(index, chunk)` on each `chunk_len`-long chunk of `data` in parallel (on the
 /// current team when there is one, else on the rayon pool), like `par_chunks_mut`.
 pub fn for_each_chunk_mut<T: Send>(
