@@ -288,7 +288,11 @@ mod tests {
             let zipped: Vec<f32> = a.iter().zip(&b).flat_map(|(&x, &y)| [x, y]).collect();
             assert_eq!(out(low), zipped[..n], "{} interleave low", S::ISA);
             assert_eq!(out(high), zipped[n..], "{} interleave high", S::ISA);
-            for (low, high) in [(0, n as isize), (-3, 2), (2, 5), (5, 2), (3, 100), (-9, -1)] {
+            // Every length from every start (each way a store splits into parts), and bounds
+            // past either end.
+            let every_range =
+                (0..=n as isize).flat_map(|low| (low..=n as isize).map(move |high| (low, high)));
+            for (low, high) in every_range.chain([(-3, 2), (5, 2), (3, 100), (-9, -1)]) {
                 let inside = |i: usize| (low..high).contains(&(i as isize));
                 let mask = s.mask(low, high);
                 // SAFETY: as above.
