@@ -190,7 +190,7 @@ struct DerivedWeights {
 impl Conv2dKernel {
     /// The fastest algorithms for `geometry`, with `isa`'s instructions. Forward: the direct
     /// kernel where [`direct::preferred`] (with AVX-512), else Winograd where it applies, else
-    /// an implicit GEMM where [`implicit_gemm_preferred`] (with AVX-512), else im2col; a
+    /// an implicit GEMM where [`implicit_gemm_preferred`] (with AVX-512 or AVX2), else im2col; a
     /// grouped convolution depthwise where it applies, else group by group. Input gradient:
     /// Winograd where it applies, else im2col, depthwise or group by group.
     pub fn new(geometry: ConvGeometry, isa: Isa) -> Self {
@@ -733,14 +733,16 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
 }
 
 /// Whether a layer built for `isa` computes `g` by implicit GEMM rather than im2col: with
-/// AVX-512, as long as the rows of a stride phase ([`ImplicitGemm`]) waste at most half again
-/// the output width. Measured on one core against im2col in the same process: LeNet-5's
-/// second layer (6 to 16 channels, 5x5, 14x14, padded width 1.4x the output width) 0.61-0.65x
-/// its time, a 1x1 layer (32 to 64 channels, 14x14) 0.76x, `cnn4`'s first layer 0.87-0.91x
-/// (the direct kernel does better there: 0.70x). With AVX2 `gemm`'s own kernels run as fast
-/// as the packed product, and then the padded width's waste decides: 1.0-1.3x im2col's time.
+/// With AVX-512 or AVX2, as long as the rows of a stride phase ([`ImplicitGemm`]) waste at most
+/// half again the output width. Measured on one core against im2col in the same process
+/// (`cargo bench -p cnn --bench conv_algorithms`): with AVX-512, LeNet-5's second layer (6 to
+/// 16 channels, 5x5, 14x14, padded width 1.4x the output width) 0.61-0.65x its time, a 1x1
+/// layer (32 to 64 channels, 14x14) 0.76x, `cnn4`'s first layer 0.87-0.91x (the direct kernel
+/// does better there: 0.70x); with AVX2 on an AMD EPYC Zen 3, LeNet-5's first layer 0.54-0.57x,
+/// its second 0.80-0.93x, `cnn4`'s first 0.83-0.96x, a 3x3 layer on colour images 0.82-0.87x.
+/// The plain-Rust product is 1.4-2.4x slower than `gemm`'s there: not with [`Isa::Portable`].
 pub fn implicit_gemm_preferred(isa: Isa, g: &ConvGeometry) -> bool {
-    isa == Isa::Avx512
+    matches!(isa, Isa::Avx512 | Isa::Avx2)
         && ConvAlgorithm::ImplicitGemm.supports_forward(g)
         && 2 * ImplicitGemm::phase_width(g) <= 3 * g.output.width
 }

@@ -11,11 +11,11 @@
 //! by output channels as well as by image.
 //!
 //! Chosen only with AVX-512 ([`preferred`]). With AVX2 the same kernel (tested on every
-//! instruction set) loses to im2col, whose product `gemm` runs near its peak on these thin
-//! shapes: measured on one core, against im2col in the same process, `cnn4`'s first layer
-//! (1 to 32 channels, 3x3, 28x28) 0.70x im2col's time with AVX-512 but 1.6-2.1x with AVX2,
-//! LeNet-5's (1 to 6, 5x5, with ReLU and pooling) 0.50x and 0.95-0.98x. With half the lanes,
-//! each of its register blocks does a quarter of the multiply-adds per loop overhead.
+//! instruction set) loses to the implicit GEMM: measured on one core of an AMD EPYC Zen 3
+//! (`cargo bench -p cnn --bench conv_algorithms`), LeNet-5's first layer (1 to 6 channels,
+//! 5x5, with ReLU and pooling) 0.63-0.68x im2col's time against the implicit GEMM's 0.54-0.57x,
+//! `cnn4`'s (1 to 32 channels, 3x3, 28x28) 1.6-1.75x against 0.83x. With half the lanes, each
+//! of its register blocks does a quarter of the multiply-adds per loop overhead.
 //!
 //! Not for layers with many input channels, even at batch 1 (measured on `cnn4`'s 64-channel
 //! 3x3 layer at 14x14: 216 us on one thread against Winograd's 74): this kernel does 2.25x

@@ -1,0 +1,158 @@
+//! Every forward algorithm that computes a layer, on every instruction set this CPU has, side
+//! by side in one process: what `Conv2dKernel::new` chooses from is measured here. Rounds
+//! alternate the algorithms (this machine's speed drifts within minutes), and each line gives
+//! the median over rounds and the time relative to im2col's.
+//!
+//! Run: `cargo bench -p cnn --bench conv_algorithms` (one thread; `THREADS=2` for more,
+//! `ROUNDS=9` for more rounds).
+
+use cnn::kernels::conv::{Conv2dKernel, ConvAlgorithm, ConvGeometry};
+use cnn::kernels::simd::Isa;
+use cnn::kernels::{Epilogue, Scratch};
+use cnn::window::Window2d;
+use cnn::{Shape, Tensor};
+use std::time::Instant;
+
+/// A square stride-1 convolution with bias and ReLU, and whether 2x2 max pooling follows.
+struct Layer {
+    what: &'static str,
+    /// `[C, H, W]`.
+    input: [usize; 3],
+    channels_out: usize,
+    kernel: usize,
+    padding: usize,
+    max_pool: bool,
+}
+
+const LAYERS: &[Layer] = &[
+    Layer {
+        what: "lenet5 conv 6@5x5 +relu+pool",
+        input: [1, 28, 28],
+        channels_out: 6,
+        kernel: 5,
+        padding: 2,
+        max_pool: true,
+    },
+    Layer {
+        what: "lenet5 conv 16@5x5 +relu+pool",
+        input: [6, 14, 14],
+        channels_out: 16,
+        kernel: 5,
+        padding: 0,
+        max_pool: true,
+    },
+    Layer {
+        what: "cnn4 conv 32@3x3 +relu",
+        input: [1, 28, 28],
+        channels_out: 32,
+        kernel: 3,
+        padding: 1,
+        max_pool: false,
+    },
+    Layer {
+        what: "colour conv 16@3x3 +relu",
+        input: [3, 32, 32],
+        channels_out: 16,
+        kernel: 3,
+        padding: 1,
+        max_pool: false,
+    },
+];
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn filled(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 + seed * 104729) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn main() {
+    let threads = env_or("THREADS", 1);
+    let rounds = env_or("ROUNDS", 5);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool");
+    println!("{threads} thread(s), median of {rounds} alternating rounds");
+    for layer in LAYERS {
+        let Layer {
+            what,
+            input: [c, h, w],
+            channels_out: oc,
+            kernel: k,
+            padding: pad,
+            max_pool,
+        } = *layer;
+        let out = Shape::new(oc, h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+        let g = ConvGeometry::new(
+            Shape::new(c, h, w),
+            out,
+            Window2d::new([k, k], [1, 1], [pad, pad]),
+        );
+        let weight = filled(oc * g.patch_len(), 1);
+        let bias = filled(oc, 2);
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            accumulate: false,
+            relu: true,
+            max_pool,
+        };
+        for batch in [1, 64] {
+            let input =
+                Tensor::from_vec(batch, g.input, filled(batch * g.input.len(), 3)).expect("input");
+            let mut output = Tensor::zeros(batch, epilogue.output_shape(out));
+            let mut kernels = Vec::new();
+            for isa in Isa::supported() {
+                for algorithm in ConvAlgorithm::ALL {
+                    if let Some(kernel) =
+                        Conv2dKernel::with_algorithms(g, isa, algorithm, ConvAlgorithm::Im2col)
+                    {
+                        kernels.push((isa, algorithm, kernel, Vec::new()));
+                    }
+                }
+            }
+            pool.install(|| {
+                let mut scratch = Scratch::default();
+                for _ in 0..rounds {
+                    for (_, _, kernel, times) in kernels.iter_mut() {
+                        kernel.forward(&input, &weight, epilogue, &mut output, &mut scratch);
+                        // Calls for at least 20 ms.
+                        let (start, mut calls) = (Instant::now(), 0);
+                        while calls == 0 || start.elapsed().as_secs_f64() < 0.02 {
+                            kernel.forward(&input, &weight, epilogue, &mut output, &mut scratch);
+                            calls += 1;
+                        }
+                        times.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+                    }
+                }
+            });
+            let median = |times: &mut Vec<f64>| {
+                times.sort_by(f64::total_cmp);
+                times[times.len() / 2]
+            };
+            let medians: Vec<(Isa, ConvAlgorithm, f64)> = kernels
+                .iter_mut()
+                .map(|(isa, algorithm, _, times)| (*isa, *algorithm, median(times)))
+                .collect();
+            println!("{what}, batch {batch}:");
+            for &(isa, algorithm, us) in &medians {
+                let im2col = medians
+                    .iter()
+                    .find(|m| m.0 == isa && m.1 == ConvAlgorithm::Im2col)
+                    .map_or(f64::NAN, |m| m.2);
+                println!(
+                    "  {:<8} {:<14} {us:>9.1} us  {:.2}x im2col",
+                    isa.name(),
+                    algorithm.name(),
+                    us / im2col
+                );
+            }
+        }
+    }
+}
