@@ -743,6 +743,22 @@ proptest! {
         };
         compare_pool(kind, batch, channels, input, window, coarse, seed)?;
     }
+
+    /// The same for the 2x2, stride-2 window without padding, which has a fast path of its
+    /// own (and which the draws above rarely hit): even and odd sizes (a last row or column
+    /// that no window covers), ties half the time.
+    #[test]
+    fn two_by_two_pool_matches_reference(
+        kind in pool_kind(),
+        batch in 1usize..=3,
+        channels in 1usize..=3,
+        input in [2usize..=13, 2usize..=13],
+        coarse in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d::new([2, 2], [2, 2], [0, 0]);
+        compare_pool(kind, batch, channels, input, window, coarse, seed)?;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
