@@ -1,12 +1,13 @@
-//! Every forward algorithm that computes a layer, on every instruction set this CPU has, side
-//! by side in one process: what `Conv2dKernel::new` chooses from is measured here. Rounds
+//! Every algorithm that computes a layer's forward pass or its input gradient, on every
+//! instruction set this CPU has, side by side in one process: what `Conv2dKernel::new` chooses
+//! from is measured here. Rounds
 //! alternate the algorithms (this machine's speed drifts within minutes), and each line gives
 //! the median over rounds and the time relative to im2col's.
 //!
 //! Run: `cargo bench -p cnn --bench conv_algorithms` (one thread; `THREADS=2` for more,
 //! `ROUNDS=9` for more rounds).
 
-use cnn::kernels::conv::{Conv2dKernel, ConvAlgorithm, ConvGeometry};
+use cnn::kernels::conv::{Conv2dKernel, ConvAlgorithm, ConvGeometry, ConvGrads};
 use cnn::kernels::simd::Isa;
 use cnn::kernels::{Epilogue, Scratch};
 use cnn::window::Window2d;
@@ -59,6 +60,23 @@ const LAYERS: &[Layer] = &[
     },
 ];
 
+/// What is timed: the forward pass by each algorithm, or the backward pass (weight, bias and
+/// input gradients) with the input gradient by each algorithm.
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward (input gradient by each)",
+        }
+    }
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -107,51 +125,83 @@ fn main() {
             let input =
                 Tensor::from_vec(batch, g.input, filled(batch * g.input.len(), 3)).expect("input");
             let mut output = Tensor::zeros(batch, epilogue.output_shape(out));
-            let mut kernels = Vec::new();
-            for isa in Isa::supported() {
-                for algorithm in ConvAlgorithm::ALL {
-                    if let Some(kernel) =
-                        Conv2dKernel::with_algorithms(g, isa, algorithm, ConvAlgorithm::Im2col)
-                    {
-                        kernels.push((isa, algorithm, kernel, Vec::new()));
+            let grad_output =
+                Tensor::from_vec(batch, out, filled(batch * out.len(), 4)).expect("gradient");
+            let mut grad_input = Tensor::zeros(batch, g.input);
+            let (mut grad_weight, mut grad_bias) = (vec![0.0; weight.len()], vec![0.0; oc]);
+            for pass in [Pass::Forward, Pass::Backward] {
+                let mut kernels = Vec::new();
+                for isa in Isa::supported() {
+                    for algorithm in ConvAlgorithm::ALL {
+                        let kernel = match pass {
+                            Pass::Forward => Conv2dKernel::with_algorithms(
+                                g,
+                                isa,
+                                algorithm,
+                                ConvAlgorithm::Im2col,
+                            ),
+                            Pass::Backward => Conv2dKernel::with_algorithms(
+                                g,
+                                isa,
+                                ConvAlgorithm::Im2col,
+                                algorithm,
+                            ),
+                        };
+                        kernels.extend(kernel.map(|kernel| (isa, algorithm, kernel, Vec::new())));
                     }
                 }
-            }
-            pool.install(|| {
-                let mut scratch = Scratch::default();
-                for _ in 0..rounds {
-                    for (_, _, kernel, times) in kernels.iter_mut() {
-                        kernel.forward(&input, &weight, epilogue, &mut output, &mut scratch);
-                        // Calls for at least 20 ms.
-                        let (start, mut calls) = (Instant::now(), 0);
-                        while calls == 0 || start.elapsed().as_secs_f64() < 0.02 {
-                            kernel.forward(&input, &weight, epilogue, &mut output, &mut scratch);
-                            calls += 1;
+                pool.install(|| {
+                    let mut scratch = Scratch::default();
+                    let mut run = |kernel: &Conv2dKernel| match pass {
+                        Pass::Forward => {
+                            kernel.forward(&input, &weight, epilogue, &mut output, &mut scratch)
                         }
-                        times.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+                        Pass::Backward => kernel.backward(
+                            &input,
+                            &weight,
+                            &grad_output,
+                            ConvGrads {
+                                input: Some(&mut grad_input),
+                                weight: &mut grad_weight,
+                                bias: Some(&mut grad_bias),
+                            },
+                            &mut scratch,
+                        ),
+                    };
+                    for _ in 0..rounds {
+                        for (_, _, kernel, times) in kernels.iter_mut() {
+                            run(kernel);
+                            // Calls for at least 20 ms.
+                            let (start, mut calls) = (Instant::now(), 0);
+                            while calls == 0 || start.elapsed().as_secs_f64() < 0.02 {
+                                run(kernel);
+                                calls += 1;
+                            }
+                            times.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+                        }
                     }
+                });
+                let median = |times: &mut Vec<f64>| {
+                    times.sort_by(f64::total_cmp);
+                    times[times.len() / 2]
+                };
+                let medians: Vec<(Isa, ConvAlgorithm, f64)> = kernels
+                    .iter_mut()
+                    .map(|(isa, algorithm, _, times)| (*isa, *algorithm, median(times)))
+                    .collect();
+                println!("{what}, batch {batch}, {}:", pass.name());
+                for &(isa, algorithm, us) in &medians {
+                    let im2col = medians
+                        .iter()
+                        .find(|m| m.0 == isa && m.1 == ConvAlgorithm::Im2col)
+                        .map_or(f64::NAN, |m| m.2);
+                    println!(
+                        "  {:<8} {:<14} {us:>9.1} us  {:.2}x im2col",
+                        isa.name(),
+                        algorithm.name(),
+                        us / im2col
+                    );
                 }
-            });
-            let median = |times: &mut Vec<f64>| {
-                times.sort_by(f64::total_cmp);
-                times[times.len() / 2]
-            };
-            let medians: Vec<(Isa, ConvAlgorithm, f64)> = kernels
-                .iter_mut()
-                .map(|(isa, algorithm, _, times)| (*isa, *algorithm, median(times)))
-                .collect();
-            println!("{what}, batch {batch}:");
-            for &(isa, algorithm, us) in &medians {
-                let im2col = medians
-                    .iter()
-                    .find(|m| m.0 == isa && m.1 == ConvAlgorithm::Im2col)
-                    .map_or(f64::NAN, |m| m.2);
-                println!(
-                    "  {:<8} {:<14} {us:>9.1} us  {:.2}x im2col",
-                    isa.name(),
-                    algorithm.name(),
-                    us / im2col
-                );
             }
         }
     }
