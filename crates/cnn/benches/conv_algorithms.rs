@@ -14,13 +14,14 @@ use cnn::window::Window2d;
 use cnn::{Shape, Tensor};
 use std::time::Instant;
 
-/// A square stride-1 convolution with bias and ReLU, and whether 2x2 max pooling follows.
+/// A square convolution with bias and ReLU, and whether 2x2 max pooling follows.
 struct Layer {
     what: &'static str,
     /// `[C, H, W]`.
     input: [usize; 3],
     channels_out: usize,
     kernel: usize,
+    stride: usize,
     padding: usize,
     max_pool: bool,
 }
@@ -31,6 +32,7 @@ const LAYERS: &[Layer] = &[
         input: [1, 28, 28],
         channels_out: 6,
         kernel: 5,
+        stride: 1,
         padding: 2,
         max_pool: true,
     },
@@ -39,6 +41,7 @@ const LAYERS: &[Layer] = &[
         input: [6, 14, 14],
         channels_out: 16,
         kernel: 5,
+        stride: 1,
         padding: 0,
         max_pool: true,
     },
@@ -47,6 +50,7 @@ const LAYERS: &[Layer] = &[
         input: [1, 28, 28],
         channels_out: 32,
         kernel: 3,
+        stride: 1,
         padding: 1,
         max_pool: false,
     },
@@ -55,7 +59,26 @@ const LAYERS: &[Layer] = &[
         input: [3, 32, 32],
         channels_out: 16,
         kernel: 3,
+        stride: 1,
         padding: 1,
+        max_pool: false,
+    },
+    Layer {
+        what: "resnet conv 32@3x3 stride 2 +relu",
+        input: [16, 28, 28],
+        channels_out: 32,
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+        max_pool: false,
+    },
+    Layer {
+        what: "resnet conv 32@1x1 stride 2 +relu",
+        input: [16, 28, 28],
+        channels_out: 32,
+        kernel: 1,
+        stride: 2,
+        padding: 0,
         max_pool: false,
     },
 ];
@@ -104,14 +127,16 @@ fn main() {
             input: [c, h, w],
             channels_out: oc,
             kernel: k,
+            stride,
             padding: pad,
             max_pool,
         } = *layer;
-        let out = Shape::new(oc, h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+        let size = |x: usize| (x + 2 * pad - k) / stride + 1;
+        let out = Shape::new(oc, size(h), size(w));
         let g = ConvGeometry::new(
             Shape::new(c, h, w),
             out,
-            Window2d::new([k, k], [1, 1], [pad, pad]),
+            Window2d::new([k, k], [stride, stride], [pad, pad]),
         );
         let weight = filled(oc * g.patch_len(), 1);
         let bias = filled(oc, 2);
