@@ -585,6 +585,23 @@ fn one_dimensional_ops_on_sequences() {
     }
 }
 
+/// A `Reshape` target whose dimensions multiply past i64 (found by the fuzzer, which panicked
+/// on the overflow) is refused, not a panic.
+#[test]
+fn reshape_to_a_target_past_i64_is_refused() {
+    let model = file(
+        vec![
+            node("Relu", "/act/Relu", &["x"], "a", vec![]),
+            node("Reshape", "/huge/Reshape", &["a", "target"], "y", vec![]),
+        ],
+        vec![ints("target", vec![-1, (1 << 62) + 1, 4])],
+        [2, 3, 4],
+        "y",
+    );
+    let error = refused(&model);
+    assert!(error.contains("reshaping"), "{error}");
+}
+
 /// `Squeeze` of an axis past the rank, or of one whose dimension is not 1, is an error in ONNX:
 /// refused with the node named, not skipped.
 #[test]

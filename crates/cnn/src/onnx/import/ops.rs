@@ -834,7 +834,14 @@ impl Converter {
             Some((-1, rest)) if rest.iter().all(|&d| d > 0) => rest.to_vec(),
             _ => return refused(),
         };
-        let known: i64 = rest.iter().filter(|&&d| d != -1).product();
+        // The file's dimensions may multiply past i64: such a target is refused.
+        let Some(known) = rest
+            .iter()
+            .filter(|&&d| d != -1)
+            .try_fold(1i64, |product, &d| product.checked_mul(d))
+        else {
+            return refused();
+        };
         let dims: Option<Vec<usize>> = rest
             .iter()
             .map(|&d| match d {
