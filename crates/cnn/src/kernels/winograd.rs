@@ -20,7 +20,10 @@
 //! transforms (entries up to 8, weights scaled by 1/6 and 1/24) leave float32 errors of up to
 //! 1.5e-5 of the result on random data, past the 1e-5 that every fast kernel is held to against
 //! the reference, and still 8.8e-6 with the better points 0, 1, -1, 1/2, -2, too close to that
-//! bound for random tests; F(2x2, 3x3) stays under 1e-6 (`bench/winograd_error.py`).
+//! bound for random tests; F(2x2, 3x3) stays under 1e-6 (`bench/winograd_error.py`). Tiles of
+//! 4x2 outputs (F(4, 3) down the columns only: 1.33x fewer multiplications) were written and
+//! failed the tests: 1.28e-5 on a bottom row under two rows of padding, where the largest
+//! coefficients of `Aᵀ` meet a window mostly outside the image.
 //!
 //! All three steps run in registers, one register of tiles of a tile row at a time, written
 //! once over the vector width ([`Simd`]): the input transform loads each input row once for
