@@ -9,7 +9,7 @@ use super::packed::{self, Starts};
 use super::simd::{Isa, Kernel, Simd};
 use super::team::for_each_chunk_pair_mut;
 use super::weight_gradient;
-use super::winograd::{self, WeightOrder};
+use super::winograd;
 use super::{batch_chunks, depthwise, scratch_prefix, Epilogue, Scratch};
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
@@ -90,6 +90,25 @@ impl ConvGeometry {
             ),
         )
     }
+}
+
+/// The weights of [`ConvGeometry::transposed`] for a plain convolution: `W'[c, oc, i, j] =
+/// W[oc, c, KH - 1 - i, KW - 1 - j]` (input and output channels swapped, each kernel flipped,
+/// which reverses the order of its taps).
+pub fn flipped_transposed(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
+    let (channels, channels_out) = (g.input.channels, g.output.channels);
+    let taps = g.window.kernel[0] * g.window.kernel[1];
+    assert_eq!(weight.len(), channels_out * channels * taps);
+    let mut flipped = vec![0.0; weight.len()];
+    for (c, out) in flipped.chunks_exact_mut(channels_out * taps).enumerate() {
+        for (oc, kernel) in out.chunks_exact_mut(taps).enumerate() {
+            let source = &weight[(oc * channels + c) * taps..][..taps];
+            for (to, &from) in kernel.iter_mut().zip(source.iter().rev()) {
+                *to = from;
+            }
+        }
+    }
+    flipped
 }
 
 /// How a convolution's forward pass, or its input gradient, is computed.
@@ -182,9 +201,10 @@ pub struct Conv2dKernel {
     input_gradient: ConvAlgorithm,
     /// The padded image's layout, when the forward pass is an implicit GEMM.
     implicit_gemm: Option<ImplicitGemm>,
-    /// The padded output gradient's layout, when the input gradient is one (the forward pass
-    /// of [`ConvGeometry::transposed`]).
-    implicit_gemm_input_gradient: Option<ImplicitGemm>,
+    /// The kernel of the input gradient when that is the forward pass of
+    /// [`ConvGeometry::transposed`] (Winograd or the implicit GEMM), run with the weights
+    /// flipped and transposed.
+    transposed: Option<Box<Conv2dKernel>>,
     /// One kernel per group, for [`ConvAlgorithm::Grouped`].
     groups: Vec<Conv2dKernel>,
     derived: DerivedWeights,
@@ -192,11 +212,11 @@ pub struct Conv2dKernel {
 
 #[derive(Debug, Default)]
 struct DerivedWeights {
-    winograd_forward: OnceLock<Vec<f32>>,
-    winograd_input_gradient: OnceLock<Vec<f32>>,
+    winograd: OnceLock<Vec<f32>>,
     direct_blocks: OnceLock<Vec<f32>>,
     implicit_gemm: OnceLock<Vec<f32>>,
-    implicit_gemm_input_gradient: OnceLock<Vec<f32>>,
+    /// For [`Conv2dKernel::transposed`]: see [`flipped_transposed`].
+    flipped_transposed: OnceLock<Vec<f32>>,
     depthwise_flipped: OnceLock<Vec<f32>>,
 }
 
@@ -275,8 +295,18 @@ impl Conv2dKernel {
             input_gradient,
             implicit_gemm: (forward == ConvAlgorithm::ImplicitGemm)
                 .then(|| ImplicitGemm::of(&geometry)),
-            implicit_gemm_input_gradient: (input_gradient == ConvAlgorithm::ImplicitGemm)
-                .then(|| ImplicitGemm::of(&geometry.transposed())),
+            transposed: matches!(
+                input_gradient,
+                ConvAlgorithm::Winograd | ConvAlgorithm::ImplicitGemm
+            )
+            .then(|| {
+                Box::new(Conv2dKernel::build(
+                    geometry.transposed(),
+                    isa,
+                    input_gradient,
+                    ConvAlgorithm::Im2col,
+                ))
+            }),
             groups,
             derived: DerivedWeights::default(),
         }
@@ -303,24 +333,8 @@ impl Conv2dKernel {
         self.derived = DerivedWeights::default();
         self.groups
             .iter_mut()
+            .chain(self.transposed.as_deref_mut())
             .for_each(Conv2dKernel::weights_changed);
-    }
-
-    fn winograd_weights(&self, weight: &[f32], order: WeightOrder) -> &[f32] {
-        let g = &self.geometry;
-        let (cell, [channels_out, channels]) = match order {
-            WeightOrder::Forward => (
-                &self.derived.winograd_forward,
-                [g.output.channels, g.input.channels],
-            ),
-            WeightOrder::FlippedTransposed => (
-                &self.derived.winograd_input_gradient,
-                [g.input.channels, g.output.channels],
-            ),
-        };
-        cell.get_or_init(|| {
-            winograd::transform_weights(self.isa, weight, [channels_out, channels], order)
-        })
     }
 
     /// `output[n] = weight x input[n]` then the epilogue (bias, ReLU, 2x2 max pooling), for
@@ -359,7 +373,13 @@ impl Conv2dKernel {
                 g,
                 batch,
                 input.data(),
-                self.winograd_weights(weight, WeightOrder::Forward),
+                self.derived.winograd.get_or_init(|| {
+                    winograd::transform_weights(
+                        self.isa,
+                        weight,
+                        [g.output.channels, g.input.channels],
+                    )
+                }),
                 epilogue,
                 output.data_mut(),
                 &mut scratch.floats,
@@ -437,16 +457,9 @@ impl Conv2dKernel {
         // The input gradient of a stride-1 convolution is itself one (of the output gradient,
         // with the kernel flipped and transposed): Winograd or the implicit GEMM computes it
         // when chosen.
-        let (grad_input, transposed_input) = match grad_input {
-            Some(t)
-                if matches!(
-                    self.input_gradient,
-                    ConvAlgorithm::Winograd | ConvAlgorithm::ImplicitGemm
-                ) =>
-            {
-                (None, Some(t))
-            }
-            other => (other, None),
+        let (grad_input, transposed_input) = match (grad_input, &self.transposed) {
+            (Some(t), Some(kernel)) => (None, Some((t, kernel))),
+            (other, _) => (other, None),
         };
         // Without an input gradient to unfold for, the weight gradient reads the image in
         // place.
@@ -475,46 +488,19 @@ impl Conv2dKernel {
                 &mut scratch.floats,
             );
         }
-        let Some(grad_input) = transposed_input else {
-            return;
-        };
-        let transposed = g.transposed();
-        if self.input_gradient == ConvAlgorithm::Winograd {
-            winograd::conv3x3_forward(
-                self.isa,
-                &transposed,
-                input.batch(),
-                grad_output.data(),
-                self.winograd_weights(weight, WeightOrder::FlippedTransposed),
+        if let Some((grad_input, kernel)) = transposed_input {
+            let flipped = self
+                .derived
+                .flipped_transposed
+                .get_or_init(|| flipped_transposed(g, weight));
+            kernel.forward(
+                grad_output,
+                flipped,
                 Epilogue::default(),
-                grad_input.data_mut(),
-                &mut scratch.floats,
+                grad_input,
+                scratch,
             );
-            return;
         }
-        // W'[c, oc, i, j] = W[oc, c, KH - 1 - i, KW - 1 - j], packed as the transposed
-        // convolution's `[C, OC * KH * KW]`.
-        let packed = self.derived.implicit_gemm_input_gradient.get_or_init(|| {
-            let [kh, kw] = g.window.kernel;
-            let channels = g.input.channels;
-            packed::pack(self.isa, channels, transposed.patch_len(), |c, k| {
-                let (oc, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
-                weight[((oc * channels + c) * kh + kh - 1 - i) * kw + kw - 1 - j]
-            })
-        });
-        let layout = self
-            .implicit_gemm_input_gradient
-            .as_ref()
-            .expect("laid out when built");
-        implicit_gemm_forward(
-            self.isa,
-            (&transposed, layout),
-            grad_output,
-            packed,
-            Epilogue::default(),
-            grad_input,
-            &mut scratch.floats,
-        );
     }
 
     fn depthwise_backward(
@@ -787,7 +773,7 @@ fn groups(first: usize, count: usize, group: usize) -> impl Iterator<Item = (usi
 }
 
 /// Whether a layer built for `isa` computes `g` by implicit GEMM rather than im2col: with
-/// With AVX-512 or AVX2, as long as the rows of a stride phase ([`ImplicitGemm`]) waste at most
+/// AVX-512 or AVX2, as long as the rows of a stride phase ([`ImplicitGemm`]) waste at most
 /// half again the output width. Measured on one core against im2col in the same process
 /// (`cargo bench -p cnn --bench conv_algorithms`): with AVX-512, LeNet-5's second layer (6 to
 /// 16 channels, 5x5, 14x14, padded width 1.4x the output width) 0.61-0.65x its time, a 1x1
@@ -802,7 +788,8 @@ pub fn implicit_gemm_preferred(isa: Isa, g: &ConvGeometry) -> bool {
 }
 
 /// With AVX2, where the implicit GEMM is preferred for the transposed convolution and it has
-/// at least two output channels (the product computes them in blocks of four). Measured on
+/// at least two output channels (one alone fills a quarter of the product's blocks of four:
+/// measured slower, below). Measured on
 /// one core of an AMD EPYC Zen 3 (`cargo bench -p cnn --bench conv_algorithms`), the whole
 /// backward pass against im2col's: LeNet-5's second layer 0.90-0.94x its time, a 3x3 layer on
 /// colour images 0.52-0.56x; on one input channel 1.08-1.33x. Not measured with AVX-512,

@@ -86,16 +86,6 @@ pub fn supports_input_gradient(g: &ConvGeometry) -> bool {
     g.window.padding[0] <= 2 && g.window.padding[1] <= 2 && supports(&g.transposed())
 }
 
-/// Where the 16 transformed weight matrices `U[ξ]` (`OC x C` each) come from: the layer's
-/// weights as they are (`[OC, C, 3, 3]`, a forward pass), or flipped and with input and output
-/// channels swapped (`W'[c, oc, i, j] = W[oc, c, 2 - i, 2 - j]`), which turns the same kernel
-/// into the gradient with respect to the input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightOrder {
-    Forward,
-    FlippedTransposed,
-}
-
 /// Tile counts: `[rows, columns]` of 2x2 output tiles.
 fn tiles(g: &ConvGeometry) -> [usize; 2] {
     [g.output.height.div_ceil(2), g.output.width.div_ceil(2)]
@@ -141,13 +131,12 @@ pub fn weights_len(isa: Isa, channels_out: usize, channels: usize) -> usize {
     POSITIONS * packed::packed_len(isa, channels_out, channels)
 }
 
-/// `U[ξ][oc, c] = (G g Gᵀ)[ξ]` for every channel pair (`[OC, C]` being the convolution as
-/// computed): 16 `OC x C` matrices, each packed for `isa`'s product ([`packed::pack`]).
+/// `U[ξ][oc, c] = (G g Gᵀ)[ξ]` for every channel pair of `weight` (`[OC, C, 3, 3]`): 16
+/// `OC x C` matrices, each packed for `isa`'s product ([`packed::pack`]).
 pub fn transform_weights(
     isa: Isa,
     weight: &[f32],
     [channels_out, channels]: [usize; 2],
-    order: WeightOrder,
 ) -> Vec<f32> {
     let mut transformed = vec![0.0; weights_len(isa, channels_out, channels)];
     let plane = packed::packed_len(isa, channels_out, channels);
@@ -156,17 +145,7 @@ pub fn transform_weights(
     };
     for oc in 0..channels_out {
         for c in 0..channels {
-            let mut g = [0.0f32; 9];
-            match order {
-                WeightOrder::Forward => g.copy_from_slice(&weight[(oc * channels + c) * 9..][..9]),
-                WeightOrder::FlippedTransposed => {
-                    // The layer's weight is [C', OC', 3, 3] with C' = our OC, OC' = our C.
-                    let source = &weight[(c * channels_out + oc) * 9..][..9];
-                    for (k, v) in g.iter_mut().enumerate() {
-                        *v = source[8 - k];
-                    }
-                }
-            }
+            let g = &weight[(oc * channels + c) * 9..][..9];
             // G g: 4 rows of 3.
             let mut gg = [[0.0f32; 3]; 4];
             for j in 0..3 {
@@ -192,9 +171,9 @@ pub fn transform_weights(
 /// `output[n] = conv(input[n], weight)` then the epilogue, for every image of the batch, with
 /// `isa`'s instructions.
 ///
-/// `geometry` is the convolution as computed (for [`WeightOrder::FlippedTransposed`], the
-/// transposed one: its input is the forward pass's output gradient); `transformed` comes from
-/// [`transform_weights`] for the same geometry and `isa`. `input` and `output` hold `batch`
+/// `geometry` is the convolution as computed (for an input gradient, the transposed one, whose
+/// input is the forward pass's output gradient); `transformed` comes from [`transform_weights`]
+/// for the same geometry and `isa`. `input` and `output` hold `batch`
 /// images in NCHW (`output` in the epilogue's output shape).
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3_forward(
@@ -604,12 +583,7 @@ mod tests {
         epilogue: Epilogue<'_>,
         rows: std::ops::Range<usize>,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let transformed = transform_weights(
-            isa,
-            weight,
-            [g.output.channels, g.input.channels],
-            WeightOrder::Forward,
-        );
+        let transformed = transform_weights(isa, weight, [g.output.channels, g.input.channels]);
         let tile_count = (rows.len() * stride(g)).next_multiple_of(COLUMN_ALIGN);
         let v_len = POSITIONS * position_stride(g.input.channels, tile_count);
         let mut work =
