@@ -303,13 +303,23 @@ mod tests {
                     "{} load {low}..{high}",
                     S::ISA
                 );
-                let mut stored = vec![-1.0; n];
-                // SAFETY: as above.
-                unsafe { s.store_masked(stored.as_mut_ptr(), mask, va) };
+                // A register's worth of guard values on either side: a store that wrote past
+                // its lanes would change them.
+                let mut stored = vec![-1.0; 3 * n];
+                // SAFETY: `stored` holds LANES floats from n.
+                unsafe { s.store_masked(stored.as_mut_ptr().add(n), mask, va) };
                 assert_eq!(
-                    stored,
+                    stored[n..2 * n],
                     each(&|i| if inside(i) { a[i] } else { -1.0 }),
                     "{} store {low}..{high}",
+                    S::ISA
+                );
+                assert!(
+                    stored[..n]
+                        .iter()
+                        .chain(&stored[2 * n..])
+                        .all(|&v| v == -1.0),
+                    "{} store {low}..{high} wrote outside its register",
                     S::ISA
                 );
             }
