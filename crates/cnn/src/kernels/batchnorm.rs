@@ -168,11 +168,7 @@ pub fn backward(
         // dx = a * dy + b * (x - mean) + shift, the constants of the formula above gathered.
         let (a, b, shift) = if batch_statistics {
             let factor = scale / count;
-            (
-                factor * count,
-                -factor * inverse_std * sum_dy_xhat,
-                -factor * sum_dy,
-            )
+            (scale, -factor * inverse_std * sum_dy_xhat, -factor * sum_dy)
         } else {
             (scale, 0.0, 0.0)
         };
@@ -180,9 +176,15 @@ pub fn backward(
             let start = (n * channels + c) * plane;
             // SAFETY: plane (n, c) is written by this channel's task alone.
             let dx = unsafe { grad_input.part(start, plane) };
+            // With fixed statistics the input does not enter (b = 0): not read.
+            let y = if batch_statistics {
+                (input.plane(n, c), mean)
+            } else {
+                (&[][..], 0.0)
+            };
             isa.dispatch(TwoAffine {
                 x: (grad_output.plane(n, c), 0.0),
-                y: (input.plane(n, c), mean),
+                y,
                 coefficients: [a, b, shift],
                 out: dx,
             });
@@ -332,8 +334,7 @@ impl Kernel for GradientSums<'_> {
 /// `out = a * (x - cx) + b * (y - cy) + shift` with `[a, b, shift]`, `x` and `y` given with
 /// their centres (`y` empty: `out = a * (x - cx) + shift`). Centred before the product, not
 /// folded into `shift`: a channel whose variance is small against its mean has a large
-/// `a * mean`, and `a * x - a * mean` would cancel to a few correct digits (as it did, by
-/// 2.6e-5 of the output, on a plane of one value at a mean of -2.6).
+/// `a * mean`, and `a * x - a * mean` would cancel to a few correct digits.
 struct TwoAffine<'a> {
     x: (&'a [f32], f32),
     y: (&'a [f32], f32),
