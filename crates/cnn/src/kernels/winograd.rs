@@ -281,31 +281,18 @@ fn conv3x3_by_channels(
     });
     let v: &[f32] = v;
     let block = packed::block_rows(isa);
-    let u_len = transformed.len() / POSITIONS;
-    let shared_m = SharedSlice::new(m);
+    let m_shared = SharedSlice::new(m);
     for_each_task(parts, |task| {
         let blocks = part(channels_out.div_ceil(block), task);
-        let first = blocks.start * block;
-        let count = (blocks.end * block).min(channels_out).saturating_sub(first);
-        if count == 0 {
-            return;
-        }
-        for position in 0..POSITIONS {
-            // SAFETY: rows `first..first + count` of `M[position]` are this task's alone.
-            let c = unsafe {
-                shared_m.part(
-                    position * strides[1] + first * tile_count,
-                    count * tile_count,
-                )
-            };
-            isa.dispatch(Product {
-                a: &transformed[position * u_len + first * channels..]
-                    [..blocks.len() * block * channels],
-                b: &v[position * strides[0]..],
-                c,
-                shape: [count, channels, tile_count],
-            });
-        }
+        let rows_of_m = blocks.start * block..(blocks.end * block).min(channels_out);
+        isa.dispatch(Products {
+            transformed,
+            v,
+            m: m_shared,
+            channels: [channels, channels_out],
+            rows: rows_of_m,
+            tile_count,
+        })
     });
     let m: &[f32] = m;
     let output = SharedSlice::new(output);
@@ -322,29 +309,62 @@ fn conv3x3_by_channels(
     });
 }
 
-/// One [`packed::product`] of [`conv3x3_by_channels`]: `c = a · b`, `b`'s rows `tile_count`
-/// (`shape[2]`) apart.
-struct Product<'a> {
-    a: &'a [f32],
-    b: &'a [f32],
-    c: &'a mut [f32],
-    shape: [usize; 3],
+/// `M[ξ] = U[ξ] · V[ξ]` for the 16 positions, rows `rows` of each `M` (output channels: whole
+/// blocks of the packed `U`, except at the end), `channels` being `[C, OC]`.
+struct Products<'a> {
+    transformed: &'a [f32],
+    v: &'a [f32],
+    m: SharedSlice<f32>,
+    channels: [usize; 2],
+    rows: std::ops::Range<usize>,
+    tile_count: usize,
 }
 
-impl Kernel for Product<'_> {
+impl Kernel for Products<'_> {
     type Output = ();
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let tile_count = self.shape[2];
-        packed::product(
-            s,
-            self.a,
-            (self.b, Strided(tile_count)),
-            self.c,
-            self.shape,
+        let Products {
+            transformed,
+            v,
+            m,
+            channels: [channels, channels_out],
+            rows,
             tile_count,
+        } = self;
+        let block = packed::block_rows(S::ISA);
+        assert!(rows.start.is_multiple_of(block) && rows.end <= channels_out);
+        if rows.is_empty() {
+            return;
+        }
+        let strides = [
+            position_stride(channels, tile_count),
+            position_stride(channels_out, tile_count),
+        ];
+        let u_len = transformed.len() / POSITIONS;
+        // The packed blocks of `U[ξ]` for these rows.
+        let (u_start, u_count) = (
+            rows.start * channels,
+            rows.len().div_ceil(block) * block * channels,
         );
+        for position in 0..POSITIONS {
+            // SAFETY: rows `rows` of `M[position]` are written by this call alone.
+            let c = unsafe {
+                m.part(
+                    position * strides[1] + rows.start * tile_count,
+                    rows.len() * tile_count,
+                )
+            };
+            packed::product(
+                s,
+                &transformed[position * u_len + u_start..][..u_count],
+                (&v[position * strides[0]..], Strided(tile_count)),
+                c,
+                [rows.len(), channels, tile_count],
+                tile_count,
+            );
+        }
     }
 }
 
@@ -437,26 +457,34 @@ impl Kernel for Block<'_> {
         ];
         let (v, rest) = work.split_at_mut(POSITIONS * strides[0]);
         let m = &mut rest[..POSITIONS * strides[1]];
-        for segment in segments(g, rows.clone()) {
-            let at = (input, segment, 0..channels);
-            transform_input(s, g, at, SharedSlice::new(v), tile_count);
+        InputTransform {
+            g,
+            input,
+            v: SharedSlice::new(v),
+            rows: rows.clone(),
+            channels: 0..channels,
+            tile_count,
         }
-        // M[ξ] = U[ξ] · V[ξ] for the 16 positions.
-        let u_len = transformed.len() / POSITIONS;
-        for position in 0..POSITIONS {
-            packed::product(
-                s,
-                &transformed[position * u_len..][..u_len],
-                (&v[position * strides[0]..], Strided(tile_count)),
-                &mut m[position * strides[1]..],
-                [channels_out, channels, tile_count],
-                tile_count,
-            );
+        .run(s);
+        Products {
+            transformed,
+            v,
+            m: SharedSlice::new(m),
+            channels: [channels, channels_out],
+            rows: 0..channels_out,
+            tile_count,
         }
-        for segment in segments(g, rows) {
-            let at = (segment, 0..channels_out);
-            transform_output(s, g, m, at, tile_count, epilogue, output);
+        .run(s);
+        OutputTransform {
+            g,
+            m,
+            rows,
+            channels: 0..channels_out,
+            tile_count,
+            epilogue,
+            output,
         }
+        .run(s);
     }
 }
 
@@ -493,8 +521,9 @@ fn segments(g: &ConvGeometry, rows: std::ops::Range<usize>) -> impl Iterator<Ite
     })
 }
 
-/// `V[ξ][c, t] = (Bᵀ d B)[ξ]` for every channel `c` of `channel_range` and tile `t` of the segment, `d` being the
-/// tile's 4x4 input patch (zero outside the image), a register of tiles of a tile row at once.
+/// `V[ξ][c, t] = (Bᵀ d B)[ξ]` for every channel `c` of `channel_range` and tile `t` of the
+/// segment, `d` being the tile's 4x4 input patch (zero outside the image), a register of tiles
+/// of a tile row at once.
 ///
 /// Lane `k` stands for tile `t0 + k`, whose patch covers padded columns `2(t0 + k)` to
 /// `2(t0 + k) + 3`: the even and odd columns of the `2 * LANES` padded columns from `2 t0`, and
@@ -517,6 +546,7 @@ fn transform_input<S: Simd>(
     assert!(segment.column + segment.rows * stride <= tile_count);
     assert!((POSITIONS - 1) * v_stride + channels * tile_count <= v.len());
     assert!(channel_range.end <= channels);
+    let v = v.ptr_for(0, v.len());
     assert!(input.len() >= (segment.image + 1) * channels * height * width);
     for first_tile in (0..stride).step_by(S::LANES) {
         // The tiles of this stretch.
@@ -556,11 +586,7 @@ fn transform_input<S: Simd>(
                         // inside the block's row of `V[4i + j]` (asserted above), which only
                         // this call writes (its channel `c`, its tile rows).
                         unsafe {
-                            s.store_masked(
-                                v.ptr_for(0, v.len()).add((4 * i + j) * v_stride + at),
-                                store_mask,
-                                value,
-                            )
+                            s.store_masked(v.add((4 * i + j) * v_stride + at), store_mask, value)
                         };
                     }
                 }
@@ -603,10 +629,9 @@ fn combine_row<S: Simd>(
     [s.sub(x0, x2), s.add(x1, x2), s.sub(x2, x1), s.sub(x1, x3)]
 }
 
-/// `Y = Aᵀ M A` for every output channel of `channel_range` and tile of the segment, then the epilogue, written
-/// to the 2x2 outputs under each tile (the last row or column of tiles may hang over the edge),
-/// a register of tiles at once: the 16 loads of
-/// a tile's `M` give its four outputs in four registers, which are pooled (one register, a
+/// `Y = Aᵀ M A` for every output channel of `channel_range` and tile of the segment, then the
+/// epilogue, written to the 2x2 outputs under each tile (the last row or column of tiles may
+/// hang over the edge), a register of tiles at once: the 16 loads of a tile's `M` give its four outputs in four registers, which are pooled (one register, a
 /// pooled row's values) or interleaved into the two output rows under the tiles.
 #[inline(always)]
 fn transform_output<S: Simd>(
