@@ -75,20 +75,22 @@ impl ConvGeometry {
     }
 
     /// The convolution that carries output gradients back to the input: same kernel size,
-    /// input and output swapped, padding `K - 1 - P`. Meaningful for stride 1 only (and
-    /// padding below the kernel size) and plain convolutions; callers check.
-    pub fn transposed(&self) -> ConvGeometry {
-        let [kh, kw] = self.window.kernel;
-        let [ph, pw] = self.window.padding;
-        ConvGeometry::new(
-            self.output,
-            self.input,
-            Window2d::new(
-                self.window.kernel,
-                self.window.stride,
-                [(kh - 1).saturating_sub(ph), (kw - 1).saturating_sub(pw)],
-            ),
-        )
+    /// dilation and groups, input and output swapped, padding `D * (K - 1) - P`. It exists
+    /// for stride 1 with that padding non-negative; a strided convolution's input gradient is
+    /// not a convolution of the output gradient.
+    pub fn transposed(&self) -> Option<ConvGeometry> {
+        let w = &self.window;
+        let reach = |axis: usize| self.dilation[axis] * (w.kernel[axis] - 1);
+        let padding = [
+            reach(0).checked_sub(w.padding[0])?,
+            reach(1).checked_sub(w.padding[1])?,
+        ];
+        (w.stride == [1, 1]).then(|| ConvGeometry {
+            input: self.output,
+            output: self.input,
+            window: Window2d::new(w.kernel, w.stride, padding),
+            ..*self
+        })
     }
 }
 
@@ -172,15 +174,8 @@ impl ConvAlgorithm {
         match self {
             ConvAlgorithm::Direct => false,
             ConvAlgorithm::Winograd => g.is_plain() && winograd::supports_input_gradient(g),
-            // As the forward pass of [`ConvGeometry::transposed`], whose padding `K - 1 - P`
-            // needs stride 1 and `P < K`.
-            ConvAlgorithm::ImplicitGemm => {
-                let w = &g.window;
-                g.is_plain()
-                    && w.stride == [1, 1]
-                    && w.padding[0] < w.kernel[0]
-                    && w.padding[1] < w.kernel[1]
-            }
+            // As the forward pass of [`ConvGeometry::transposed`].
+            ConvAlgorithm::ImplicitGemm => g.is_plain() && g.transposed().is_some(),
             ConvAlgorithm::Depthwise | ConvAlgorithm::Grouped | ConvAlgorithm::Im2col => {
                 self.supports_forward(g)
             }
@@ -295,18 +290,22 @@ impl Conv2dKernel {
             input_gradient,
             implicit_gemm: (forward == ConvAlgorithm::ImplicitGemm)
                 .then(|| ImplicitGemm::of(&geometry)),
-            transposed: matches!(
-                input_gradient,
-                ConvAlgorithm::Winograd | ConvAlgorithm::ImplicitGemm
-            )
-            .then(|| {
-                Box::new(Conv2dKernel::build(
-                    geometry.transposed(),
-                    isa,
-                    input_gradient,
-                    ConvAlgorithm::Im2col,
-                ))
-            }),
+            transposed: geometry
+                .transposed()
+                .filter(|_| {
+                    matches!(
+                        input_gradient,
+                        ConvAlgorithm::Winograd | ConvAlgorithm::ImplicitGemm
+                    )
+                })
+                .map(|transposed| {
+                    Box::new(Conv2dKernel::build(
+                        transposed,
+                        isa,
+                        input_gradient,
+                        ConvAlgorithm::Im2col,
+                    ))
+                }),
             groups,
             derived: DerivedWeights::default(),
         }
@@ -527,7 +526,8 @@ impl Conv2dKernel {
                 .get_or_init(|| depthwise::flipped_weights(g, weight));
             depthwise::forward(
                 self.isa,
-                &depthwise::transposed(g),
+                &g.transposed()
+                    .expect("a depthwise convolution has stride 1 and padding below its kernel"),
                 input.batch(),
                 grad_output.data(),
                 flipped,
@@ -798,7 +798,8 @@ pub fn implicit_gemm_input_gradient_preferred(isa: Isa, g: &ConvGeometry) -> boo
     isa == Isa::Avx2
         && g.input.channels >= 2
         && ConvAlgorithm::ImplicitGemm.supports_input_gradient(g)
-        && implicit_gemm_preferred(isa, &g.transposed())
+        && g.transposed()
+            .is_some_and(|t| implicit_gemm_preferred(isa, &t))
 }
 
 /// The layout of [`implicit_gemm_forward`] for `g`. The zero-padded image is split by the

@@ -35,16 +35,7 @@ pub fn supports(g: &ConvGeometry) -> bool {
         && g.window.kernel[1] <= MAX_KERNEL_WIDTH
 }
 
-/// The convolution carrying `g`'s output gradient back to its input (each kernel flipped:
-/// see [`flipped_weights`]).
-pub fn transposed(g: &ConvGeometry) -> ConvGeometry {
-    ConvGeometry {
-        groups: g.groups,
-        ..g.transposed()
-    }
-}
-
-/// `weight` (`[C, 1, KH, KW]`) with each kernel turned by 180 degrees, for [`transposed`].
+/// `weight` (`[C, 1, KH, KW]`) with each kernel turned by 180 degrees, for [`ConvGeometry::transposed`].
 pub fn flipped_weights(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
     let taps = g.window.kernel[0] * g.window.kernel[1];
     weight

@@ -82,8 +82,7 @@ pub fn supports(g: &ConvGeometry) -> bool {
 /// Whether [`conv3x3_forward`] computes the input gradient of this convolution (a 3x3 stride-1
 /// convolution of the output gradient: see [`ConvGeometry::transposed`]).
 pub fn supports_input_gradient(g: &ConvGeometry) -> bool {
-    // The transposed convolution keeps kernel and stride; its padding `2 - P` needs P <= 2.
-    g.window.padding[0] <= 2 && g.window.padding[1] <= 2 && supports(&g.transposed())
+    g.transposed().is_some_and(|t| supports(&t))
 }
 
 /// Tile counts: `[rows, columns]` of 2x2 output tiles.
