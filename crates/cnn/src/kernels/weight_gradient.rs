@@ -184,58 +184,36 @@ impl Kernel for Image<'_> {
             layout.channels.is_multiple_of(S::LANES),
             "channels in whole registers"
         );
+        let mut operands = Operands {
+            g,
+            layout,
+            padded,
+            transposed,
+            v0: 0,
+        };
         let vectors = layout.channels / S::LANES;
-        // At most 4 registers of output channels with 32 registers, 2 with 16: a block keeps
-        // `V * T` sums, `V` loaded gradients and a broadcast value in registers, and 4 x 3
-        // sums would leave 16 registers one short (measured on an AMD EPYC Zen 3: `cnn4`'s
-        // training 1.13-1.20x faster with blocks of 2 x 6 than of 4 x 3, which spill).
-        let widest = if S::LANES == 16 { 4 } else { 2 };
-        let mut v0 = 0;
-        while v0 < vectors {
-            // The widest block of registers that fits and is left: 4, 2 or 1.
-            let left = (vectors - v0).min(widest);
-            if left >= 4 {
-                blocks::<S, 4>(s, g, layout, padded, transposed, total, v0);
-                v0 += 4;
-            } else if left >= 2 {
-                blocks::<S, 2>(s, g, layout, padded, transposed, total, v0);
-                v0 += 2;
-            } else {
-                blocks::<S, 1>(s, g, layout, padded, transposed, total, v0);
-                v0 += 1;
-            }
+        while operands.v0 < vectors {
+            operands.v0 += register_blocks(s, operands, vectors - operands.v0, &mut *total);
         }
     }
 }
 
-/// Every tap block for registers `v0 .. v0 + V` of output channels: as many taps at once as
-/// the register file holds beside the loaded gradients (`V * T` sums: 24 of 32 registers with
-/// 16 lanes, 12 of 16 with 8, where `V` is at most 2), then smaller blocks for the taps left,
-/// so that little is computed for nothing (a 3x3 kernel on one channel is 9 taps: 6 + 3).
+/// The widest block of output-channel registers that fits the register file and is left
+/// (`left` registers from `operands.v0`), with all its tap blocks; returns its width. A block
+/// keeps `V * T` sums, `V` loaded gradients and a broadcast value in registers: with 32
+/// registers (16 lanes) blocks of 4 x 6, 2 x 12 or 1 x 24 sums, with 16 (8 lanes) 2 x 6 or
+/// 1 x 12; 4 x 3 would leave 16 registers one short (measured on an AMD EPYC Zen 3: `cnn4`'s
+/// training 1.13-1.20x faster with blocks of 2 x 6 than of 4 x 3, which spill). After the
+/// widest tap blocks come smaller ones for the taps left, so that little is computed for
+/// nothing (a 3x3 kernel on one channel is 9 taps: 6 + 3).
 #[inline(always)]
-fn blocks<S: Simd, const V: usize>(
-    s: S,
-    g: &ConvGeometry,
-    layout: Layout,
-    padded: &[f32],
-    transposed: &[f32],
-    total: &mut [f32],
-    v0: usize,
-) {
-    let operands = Operands {
-        g,
-        layout,
-        padded,
-        transposed,
-        v0,
-    };
-    match (S::LANES, V) {
-        (16, 4) => tap_blocks::<S, 4, 6, 3, 2, 1>(s, operands, total),
-        (16, 2) => tap_blocks::<S, 2, 12, 6, 3, 1>(s, operands, total),
+fn register_blocks<S: Simd>(s: S, operands: Operands<'_>, left: usize, total: &mut [f32]) -> usize {
+    match (S::LANES, left) {
+        (16, 4..) => tap_blocks::<S, 4, 6, 3, 2, 1>(s, operands, total),
+        (16, 2..) => tap_blocks::<S, 2, 12, 6, 3, 1>(s, operands, total),
         (16, _) => tap_blocks::<S, 1, 24, 12, 6, 3>(s, operands, total),
-        (_, 2) => tap_blocks::<S, 2, 6, 3, 2, 1>(s, operands, total),
-        (_, 1) => tap_blocks::<S, 1, 12, 6, 3, 1>(s, operands, total),
-        (lanes, v) => unreachable!("no weight-gradient block of {v} registers of {lanes} lanes"),
+        (_, 2..) => tap_blocks::<S, 2, 6, 3, 2, 1>(s, operands, total),
+        _ => tap_blocks::<S, 1, 12, 6, 3, 1>(s, operands, total),
     }
 }
 
@@ -251,7 +229,8 @@ struct Operands<'a> {
 }
 
 /// Blocks of `A` taps while that many are left, then one of `B` and one of `C` if as many are
-/// left, then blocks of `D` (the last one perhaps partial).
+/// left, then blocks of `D` (the last one perhaps partial), for `V` registers of output
+/// channels; returns `V`.
 #[inline(always)]
 fn tap_blocks<
     S: Simd,
@@ -264,7 +243,7 @@ fn tap_blocks<
     s: S,
     operands: Operands<'_>,
     total: &mut [f32],
-) {
+) -> usize {
     let taps = Layout::taps(operands.g);
     let mut t0 = 0;
     while taps - t0 >= A {
@@ -283,6 +262,7 @@ fn tap_blocks<
         tap_block::<S, V, D>(s, operands, t0, total);
         t0 += D;
     }
+    V
 }
 
 /// Taps `t0 .. t0 + T` (those past the last tap repeat it; their sums are dropped) for
