@@ -338,7 +338,9 @@ fn compare_conv(
 }
 
 /// Runs the fast and the reference pooling, forward and backward, on one random case.
+#[allow(clippy::too_many_arguments)]
 fn compare_pool(
+    isa: Isa,
     kind: PoolKind,
     batch: usize,
     channels: usize,
@@ -371,22 +373,22 @@ fn compare_pool(
     );
 
     let mut fast = tensor(batch, g.output, vec![f32::NAN; batch * g.output.len()]);
-    pool::pool_forward(kind, &g, &x, &mut fast);
+    pool::pool_forward(isa, kind, &g, &x, &mut fast);
     let mut slow = Tensor::zeros(batch, g.output);
     reference::pool_forward(kind, &g, &x, &mut slow);
     // Pooling sums at most 25 terms of at most 2: no cancellation worth a scale.
     matches(
-        &format!("{kind:?} pool forward"),
+        &format!("{isa} {kind:?} pool forward"),
         fast.data(),
         slow.data(),
         slow.data(),
     )?;
 
     let mut fast_dx = tensor(batch, g.input, vec![f32::NAN; batch * g.input.len()]);
-    pool::pool_backward(kind, &g, &x, &dy, &mut fast_dx);
+    pool::pool_backward(isa, kind, &g, &x, &dy, &mut fast_dx);
     let mut slow_dx = Tensor::zeros(batch, g.input);
     reference::pool_backward(kind, &g, &x, &dy, &mut slow_dx);
-    let what = format!("{kind:?} pool backward");
+    let what = format!("{isa} {kind:?} pool backward");
     matches(&what, fast_dx.data(), slow_dx.data(), slow_dx.data())
 }
 
@@ -713,17 +715,13 @@ for_each_isa! {
         compare_conv(isa, batch, channels, out_channels, input, window, bias, input_grad, seed)?;
         compare_fused(isa, batch, channels, out_channels, input, window, bias, seed)?;
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Max and average pooling (forward and backward) equal the direct loops for any shape,
     /// window, stride, padding up to half the window, and ceil mode. Half the cases draw small
     /// integers, so windows hold ties, which both kernels must break the same way (the first
     /// maximum in row-major order).
-    #[test]
     fn pool_matches_reference(
+        isa;
         kind in pool_kind(),
         batch in 1usize..=4,
         channels in 1usize..=4,
@@ -741,23 +739,24 @@ proptest! {
             padding: [rows.1, columns.1],
             ceil_mode,
         };
-        compare_pool(kind, batch, channels, input, window, coarse, seed)?;
+        compare_pool(isa, kind, batch, channels, input, window, coarse, seed)?;
     }
 
     /// The same for the 2x2, stride-2 window without padding, which has a fast path of its
     /// own (and which the draws above rarely hit): even and odd sizes (a last row or column
-    /// that no window covers), ties half the time.
-    #[test]
+    /// that no window covers), rows of up to two registers of windows and some left over,
+    /// ties half the time.
     fn two_by_two_pool_matches_reference(
+        isa;
         kind in pool_kind(),
         batch in 1usize..=3,
         channels in 1usize..=3,
-        input in [2usize..=13, 2usize..=13],
+        input in [2usize..=13, 2usize..=70],
         coarse in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let window = Window2d::new([2, 2], [2, 2], [0, 0]);
-        compare_pool(kind, batch, channels, input, window, coarse, seed)?;
+        compare_pool(isa, kind, batch, channels, input, window, coarse, seed)?;
     }
 }
 
@@ -936,9 +935,11 @@ fn ceil_pool_case() -> (Tensor, PoolGeometry) {
 
 /// Runs both pool kernels and the pool layer forward; asserts all three give `expected`.
 fn assert_pool_forward(kind: PoolKind, input: &Tensor, g: &PoolGeometry, expected: &[f32]) {
-    let mut fast = Tensor::zeros(input.batch(), g.output);
-    pool::pool_forward(kind, g, input, &mut fast);
-    assert_eq!(fast.data(), expected, "fast kernel");
+    for isa in Isa::supported() {
+        let mut fast = Tensor::zeros(input.batch(), g.output);
+        pool::pool_forward(isa, kind, g, input, &mut fast);
+        assert_eq!(fast.data(), expected, "{isa} fast kernel");
+    }
     let mut slow = Tensor::zeros(input.batch(), g.output);
     reference::pool_forward(kind, g, input, &mut slow);
     assert_eq!(slow.data(), expected, "reference kernel");
@@ -1031,9 +1032,11 @@ fn max_pool_golden_routes_gradients_to_the_first_maximum() {
         0.0, 3.0, 4.0, 0.0,
         0.0, 0.0, 0.0, 0.0,
     ];
-    let mut fast = Tensor::zeros(1, g.input);
-    pool::pool_backward(PoolKind::Max, &g, &input, &dy, &mut fast);
-    assert_eq!(fast.data(), expected, "fast kernel");
+    for isa in Isa::supported() {
+        let mut fast = Tensor::zeros(1, g.input);
+        pool::pool_backward(isa, PoolKind::Max, &g, &input, &dy, &mut fast);
+        assert_eq!(fast.data(), expected, "{isa} fast kernel");
+    }
     let mut slow = Tensor::zeros(1, g.input);
     reference::pool_backward(PoolKind::Max, &g, &input, &dy, &mut slow);
     assert_eq!(slow.data(), expected, "reference kernel");
@@ -1140,8 +1143,10 @@ fn kernels_match_reference_on_fixed_cases() {
         padding: [1, 1],
         ceil_mode: true,
     };
-    compare_pool(PoolKind::Average, 3, 2, [8, 7], window, false, 8).unwrap();
-    compare_pool(PoolKind::Max, 3, 2, [8, 7], window, true, 9).unwrap();
+    for isa in Isa::supported() {
+        compare_pool(isa, PoolKind::Average, 3, 2, [8, 7], window, false, 8).unwrap();
+        compare_pool(isa, PoolKind::Max, 3, 2, [8, 7], window, true, 9).unwrap();
+    }
 }
 
 /// Inputs narrower than the padding: whole window rows and columns fall in the padding, some
@@ -1238,4 +1243,31 @@ fn infer_matches_forward() {
             }
         }
     }
+}
+
+/// The transposed convolution (the input gradient's, by Winograd or the implicit GEMM): input
+/// and output swapped, padding `D * (K - 1) - P`, dilation and groups kept; none for a stride
+/// above 1 or a padding beyond the kernel's reach.
+#[test]
+fn transposed_convolution_swaps_shapes_and_complements_the_padding() {
+    let (small, large) = (Shape::new(4, 10, 12), Shape::new(8, 10, 8));
+    let plain = ConvGeometry::new(small, large, Window2d::new([3, 5], [1, 1], [1, 0]));
+    let t = plain.transposed().unwrap();
+    assert_eq!((t.input, t.output), (large, small));
+    assert_eq!(t.window, Window2d::new([3, 5], [1, 1], [1, 4]));
+    assert_eq!((t.dilation, t.groups), ([1, 1], 1));
+
+    let depthwise = ConvGeometry {
+        dilation: [2, 1],
+        groups: 4,
+        ..ConvGeometry::new(small, small, Window2d::new([3, 3], [1, 1], [2, 1]))
+    };
+    let t = depthwise.transposed().unwrap();
+    assert_eq!(t.window.padding, [2, 1]);
+    assert_eq!((t.dilation, t.groups), ([2, 1], 4));
+
+    let strided = ConvGeometry::new(small, large, Window2d::new([3, 3], [2, 1], [1, 1]));
+    assert_eq!(strided.transposed(), None);
+    let overhanging = ConvGeometry::new(small, large, Window2d::new([3, 3], [1, 1], [1, 3]));
+    assert_eq!(overhanging.transposed(), None);
 }

@@ -87,22 +87,9 @@ impl Epilogue<'_> {
                 "a residual addition is never pooled in the same pass"
             );
             let bias = self.bias_of(channel);
-            let (pooled_rows, pooled_width) = (rows / 2, width / 2);
-            for (py, out_row) in out
-                .chunks_exact_mut(pooled_width)
-                .take(pooled_rows)
-                .enumerate()
-            {
-                let top = &plane[2 * py * pitch..][..2 * pooled_width];
-                let bottom = &plane[(2 * py + 1) * pitch..][..2 * pooled_width];
-                for ((o, t), b) in out_row
-                    .iter_mut()
-                    .zip(top.chunks_exact(2))
-                    .zip(bottom.chunks_exact(2))
-                {
-                    *o = self.activate(t[0].max(t[1]).max(b[0].max(b[1])) + bias);
-                }
-            }
+            pool::reduce_2x2(plane, pitch, (rows / 2, width / 2), out, |window| {
+                self.activate(pool::max_of_window(window) + bias)
+            });
         } else if pitch == width {
             self.apply(channel, &plane[..rows * width], &mut out[..rows * width]);
         } else {

@@ -1,6 +1,7 @@
 //! Max and average pooling over each channel plane, with the window walk of [`Window2d`].
 
 use super::for_each_item_run;
+use super::simd::{Isa, Kernel, Simd};
 use crate::tensor::{Shape, Tensor};
 use crate::window::{Window2d, WindowSpan};
 use serde::{Deserialize, Serialize};
@@ -54,8 +55,7 @@ fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> us
     best
 }
 
-/// Pools one plane. The 2x2, stride-2 window without padding (nearly every CNN's pooling) is
-/// unrolled; every other window takes two passes, first along each input row, giving for each
+/// Pools one plane with a window other than the 2x2 of [`TwoByTwo`], in two passes: first along each input row, giving for each
 /// output column the max (or sum) of the columns its window covers (`rows`, `H x OW`), then down
 /// the columns over each output row's window. A window's max (sum) is the max (sum) of its
 /// columns', so the result is the window's; both passes run over contiguous values and
@@ -64,23 +64,6 @@ fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32], 
     let (height, width) = (g.input.height, g.input.width);
     let (out_height, out_width) = (g.output.height, g.output.width);
     let w = &g.window;
-    if g.is_two_by_two() {
-        for (oy, row) in out.chunks_exact_mut(out_width).enumerate() {
-            let top = &plane[2 * oy * width..][..2 * out_width];
-            let bottom = &plane[(2 * oy + 1) * width..][..2 * out_width];
-            for ((o, t), b) in row
-                .iter_mut()
-                .zip(top.chunks_exact(2))
-                .zip(bottom.chunks_exact(2))
-            {
-                *o = match kind {
-                    PoolKind::Max => t[0].max(t[1]).max(b[0].max(b[1])),
-                    PoolKind::Average => ((t[0] + t[1]) + (b[0] + b[1])) * 0.25,
-                };
-            }
-        }
-        return;
-    }
     let combine = |a: f32, b: f32| match kind {
         PoolKind::Max => a.max(b),
         PoolKind::Average => a + b,
@@ -146,15 +129,300 @@ fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32], 
     }
 }
 
-/// Shapes: `input` `[N, C, H, W]` to `output` `[N, C, OH, OW]`.
-pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &mut Tensor) {
+/// `out[py][px] = reduce([a, b, c, d])` for the 2x2, stride-2 windows of `plane`, whose rows
+/// are `pitch` apart (`a b` a window's top row, `c d` its bottom one), for the `rows` rows of
+/// `width` windows of `out`; a last odd row or column of `plane` is no window's.
+#[inline(always)]
+pub(crate) fn reduce_2x2(
+    plane: &[f32],
+    pitch: usize,
+    (rows, width): (usize, usize),
+    out: &mut [f32],
+    reduce: impl Fn([f32; 4]) -> f32,
+) {
+    for (py, out_row) in out.chunks_exact_mut(width).take(rows).enumerate() {
+        let top = &plane[2 * py * pitch..][..2 * width];
+        let bottom = &plane[(2 * py + 1) * pitch..][..2 * width];
+        for ((o, t), b) in out_row
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            *o = reduce([t[0], t[1], b[0], b[1]]);
+        }
+    }
+}
+
+/// The largest of a 2x2 window's values, as max pooling and the fused epilogue take it.
+#[inline(always)]
+pub(crate) fn max_of_window([a, b, c, d]: [f32; 4]) -> f32 {
+    a.max(b).max(c.max(d))
+}
+
+/// The 2x2, stride-2 window without padding, nearly every CNN's pooling, over a run of planes
+/// (`[planes, H, W]` to `[planes, OH, OW]`), forward or (max pooling) backward: a register of
+/// windows at a time (the last of a row partial), each row pair split into its windows' four
+/// corners by two deinterleaves. The plain loops over pairs of values did not vectorise, and
+/// the backward pass's comparisons branched or (without branches) took as long: LeNet-5's two
+/// poolings took 15-19% of its training step with AVX-512 (`perf`, Intel Xeon family 6 model
+/// 167).
+struct TwoByTwo<'a> {
+    kind: PoolKind,
+    g: &'a PoolGeometry,
+    /// The pooling's input planes.
+    input: &'a [f32],
+    pass: TwoByTwoPass<'a>,
+}
+
+enum TwoByTwoPass<'a> {
+    /// The pooled planes.
+    Forward { output: &'a mut [f32] },
+    /// The output gradient's planes in, the input gradient's out (every value written).
+    Backward {
+        grad_output: &'a [f32],
+        grad_input: &'a mut [f32],
+    },
+}
+
+impl Kernel for TwoByTwo<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let TwoByTwo {
+            kind,
+            g,
+            input,
+            pass,
+        } = self;
+        let (width, out_width, out_height) = (g.input.width, g.output.width, g.output.height);
+        let in_plane = g.input.plane();
+        let rows = input
+            .chunks_exact(in_plane)
+            .flat_map(|plane| (0..out_height).map(move |oy| &plane[2 * oy * width..][..2 * width]));
+        // Windows `x .. x + count` of each row: whole registers, then one partial.
+        let steps = || {
+            (0..out_width)
+                .step_by(S::LANES)
+                .map(|x| (x, (out_width - x).min(S::LANES)))
+        };
+        match pass {
+            TwoByTwoPass::Forward { output } => {
+                let quarter = s.splat(0.25);
+                for (pair, out_row) in rows.zip(output.chunks_exact_mut(out_width)) {
+                    let (top, bottom) = pair.split_at(width);
+                    for (x, count) in steps() {
+                        // SAFETY: `top` and `bottom` hold `2 * out_width >= 2 * (x + count)`
+                        // values, `out_row` `out_width >= x + count`.
+                        unsafe {
+                            let [a, b, c, d] = corners(s, (top, bottom), x, count);
+                            let value = match kind {
+                                PoolKind::Max => s.max(s.max(a, b), s.max(c, d)),
+                                PoolKind::Average => {
+                                    let sum = s.add(s.add(a, b), s.add(c, d));
+                                    s.mul_add(sum, quarter, s.zero())
+                                }
+                            };
+                            store(s, out_row.as_mut_ptr().add(x), count, value);
+                        }
+                    }
+                }
+            }
+            TwoByTwoPass::Backward {
+                grad_output,
+                grad_input,
+            } => {
+                assert_eq!(kind, PoolKind::Max, "the 2x2 backward pass of max pooling");
+                let zero = s.zero();
+                let grad_pairs = grad_input.chunks_exact_mut(in_plane).flat_map(|plane| {
+                    let (pairs, rest) = plane.split_at_mut(2 * out_height * width);
+                    // A last odd row, which no window covers, gets no gradient.
+                    rest.fill(0.0);
+                    pairs.chunks_exact_mut(2 * width)
+                });
+                let grad_rows = rows
+                    .zip(grad_output.chunks_exact(out_width))
+                    .zip(grad_pairs);
+                for ((pair, grads), grad_pair) in grad_rows {
+                    let (top, bottom) = pair.split_at(width);
+                    let (grad_top, grad_bottom) = grad_pair.split_at_mut(width);
+                    for (x, count) in steps() {
+                        // SAFETY: the value and gradient rows hold `2 * out_width >= 2 * (x +
+                        // count)` values, `grads` `out_width >= x + count`.
+                        unsafe {
+                            let [a, b, c, d] = corners(s, (top, bottom), x, count);
+                            let grad = load(s, grads.as_ptr().add(x), count);
+                            // The first maximum in row-major order, as [`argmax`] finds it:
+                            // each later corner larger than the best so far takes the gradient
+                            // from those before it.
+                            let later_b = s.greater(b, a);
+                            let best = s.select(later_b, b, a);
+                            let later_c = s.greater(c, best);
+                            let best = s.select(later_c, c, best);
+                            let later_d = s.greater(d, best);
+                            let mut share = [grad, zero, zero, zero];
+                            for (k, later) in [(1, later_b), (2, later_c), (3, later_d)] {
+                                for value in &mut share[..k] {
+                                    *value = s.select(later, zero, *value);
+                                }
+                                share[k] = s.select(later, grad, zero);
+                            }
+                            store_pairs(s, grad_top.as_mut_ptr(), x, count, [share[0], share[1]]);
+                            store_pairs(
+                                s,
+                                grad_bottom.as_mut_ptr(),
+                                x,
+                                count,
+                                [share[2], share[3]],
+                            );
+                        }
+                    }
+                    // A last odd column, which no window covers, gets no gradient.
+                    grad_top[2 * out_width..].fill(0.0);
+                    grad_bottom[2 * out_width..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `count <= LANES` values from `at`, zero past them.
+///
+/// # Safety
+/// `count` floats from `at` must be readable.
+#[inline(always)]
+unsafe fn load<S: Simd>(s: S, at: *const f32, count: usize) -> S::V {
+    // SAFETY: the caller's; a masked load reads only its lanes.
+    unsafe {
+        if count == S::LANES {
+            s.load(at)
+        } else {
+            s.load_masked(at, s.mask(0, count as isize))
+        }
+    }
+}
+
+/// The first `count <= LANES` lanes of `value`, to `at`.
+///
+/// # Safety
+/// `count` floats from `at` must be writable.
+#[inline(always)]
+unsafe fn store<S: Simd>(s: S, at: *mut f32, count: usize, value: S::V) {
+    // SAFETY: the caller's; a masked store writes only its lanes.
+    unsafe {
+        if count == S::LANES {
+            s.store(at, value)
+        } else {
+            s.store_masked(at, s.mask(0, count as isize), value)
+        }
+    }
+}
+
+/// The four corners of windows `x .. x + count` (`count <= LANES`) of the row pair `top`,
+/// `bottom`: their top-left, top-right, bottom-left and bottom-right values.
+///
+/// # Safety
+/// `top` and `bottom` must hold `2 * (x + count)` values.
+#[inline(always)]
+unsafe fn corners<S: Simd>(
+    s: S,
+    (top, bottom): (&[f32], &[f32]),
+    x: usize,
+    count: usize,
+) -> [S::V; 4] {
+    // SAFETY: the caller's.
+    unsafe {
+        let (t0, t1) = row_values(s, top, x, count);
+        let (b0, b1) = row_values(s, bottom, x, count);
+        let (a, b) = s.deinterleave(t0, t1);
+        let (c, d) = s.deinterleave(b0, b1);
+        [a, b, c, d]
+    }
+}
+
+/// The `2 * count` values of windows `x .. x + count` (`count <= LANES`) in one row, as two
+/// registers, zero past them. (No closure: one would not inherit the caller's instruction set,
+/// and the intrinsics in it would become calls.)
+///
+/// # Safety
+/// `row` must hold `2 * (x + count)` values.
+#[inline(always)]
+unsafe fn row_values<S: Simd>(s: S, row: &[f32], x: usize, count: usize) -> (S::V, S::V) {
+    let values = 2 * count;
+    // SAFETY: the caller's: the two loads read `2 * count` values from `2 * x`; a second one
+    // past the row's end reads nothing, and its pointer is only computed.
+    unsafe {
+        let at = row.as_ptr().add(2 * x);
+        (
+            load(s, at, values.min(S::LANES)),
+            load(
+                s,
+                at.wrapping_add(S::LANES),
+                values.saturating_sub(S::LANES),
+            ),
+        )
+    }
+}
+
+/// Windows `x .. x + count`'s values `left`, `right` (`count <= LANES`), interleaved into the
+/// row at `row` from column `2 * x`.
+///
+/// # Safety
+/// `2 * (x + count)` floats from `row` must be writable.
+#[inline(always)]
+unsafe fn store_pairs<S: Simd>(
+    s: S,
+    row: *mut f32,
+    x: usize,
+    count: usize,
+    [left, right]: [S::V; 2],
+) {
+    let (first, second) = s.interleave(left, right);
+    let values = 2 * count;
+    // SAFETY: the caller's: the two stores write `2 * count` values from `2 * x`; a second one
+    // past the row's end writes nothing, and its pointer is only computed.
+    unsafe {
+        let at = row.add(2 * x);
+        store(s, at, values.min(S::LANES), first);
+        store(
+            s,
+            at.wrapping_add(S::LANES),
+            values.saturating_sub(S::LANES),
+            second,
+        );
+    }
+}
+
+/// Shapes: `input` `[N, C, H, W]` to `output` `[N, C, OH, OW]`, with `isa`'s instructions for
+/// the 2x2 window.
+pub fn pool_forward(
+    isa: Isa,
+    kind: PoolKind,
+    g: &PoolGeometry,
+    input: &Tensor,
+    output: &mut Tensor,
+) {
     let (in_plane, out_plane) = (g.input.plane(), g.output.plane());
     let [kh, kw] = g.window.kernel;
     let work = out_plane * kh * kw;
+    let two_by_two = g.is_two_by_two() && out_plane > 0;
     for_each_item_run(output.data_mut(), out_plane, work, |first, out_run| {
+        let planes = out_run.len() / out_plane.max(1);
+        let input = &input.data()[first * in_plane..(first + planes) * in_plane];
+        if two_by_two {
+            isa.dispatch(TwoByTwo {
+                kind,
+                g,
+                input,
+                pass: TwoByTwoPass::Forward { output: out_run },
+            });
+            return;
+        }
         let mut rows = vec![0.0; g.input.height * g.output.width];
-        for (p, out) in out_run.chunks_mut(out_plane).enumerate() {
-            let plane = &input.data()[(first + p) * in_plane..(first + p + 1) * in_plane];
+        for (plane, out) in input
+            .chunks_exact(in_plane)
+            .zip(out_run.chunks_mut(out_plane))
+        {
             pool_plane(kind, g, plane, out, &mut rows);
         }
     });
@@ -163,6 +431,7 @@ pub fn pool_forward(kind: PoolKind, g: &PoolGeometry, input: &Tensor, output: &m
 /// Writes `dL/dinput` (`[N, C, H, W]`) from `dL/doutput` (`[N, C, OH, OW]`): max pooling routes
 /// each gradient to its window's argmax, average pooling spreads it evenly over the window.
 pub fn pool_backward(
+    isa: Isa,
     kind: PoolKind,
     g: &PoolGeometry,
     input: &Tensor,
@@ -175,14 +444,24 @@ pub fn pool_backward(
     let work = out_plane * kh * kw;
     let two_by_two_max = kind == PoolKind::Max && g.is_two_by_two() && out_plane > 0;
     for_each_item_run(grad_input.data_mut(), in_plane, work, |first, grad_run| {
+        if two_by_two_max {
+            let planes = grad_run.len() / in_plane;
+            isa.dispatch(TwoByTwo {
+                kind,
+                g,
+                input: &input.data()[first * in_plane..(first + planes) * in_plane],
+                pass: TwoByTwoPass::Backward {
+                    grad_output: &grad_output.data()
+                        [first * out_plane..(first + planes) * out_plane],
+                    grad_input: grad_run,
+                },
+            });
+            return;
+        }
         for (p, grad_in) in grad_run.chunks_mut(in_plane).enumerate() {
             let n = first + p;
             let plane = &input.data()[n * in_plane..(n + 1) * in_plane];
             let grad_out = &grad_output.data()[n * out_plane..(n + 1) * out_plane];
-            if two_by_two_max {
-                max_pool_2x2_backward(plane, width, grad_out, out_width, grad_in);
-                continue;
-            }
             grad_in.fill(0.0);
             g.walk(|oy, ox, rows, cols| {
                 let grad = grad_out[oy * out_width + ox];
@@ -200,49 +479,4 @@ pub fn pool_backward(
             });
         }
     });
-}
-
-/// [`pool_backward`] of a 2x2, stride-2 max pooling of one plane (`width` wide) into
-/// `grad_in` (`out_width` > 0), every value of which it writes once (a last odd row or
-/// column, which no window covers, gets zero): each window's gradient goes to its first maximum, as [`argmax`] finds
-/// it, chosen without a branch. The comparisons' outcomes are the data's, and mispredicted they
-/// cost most of the time: with the window walk and [`argmax`], the pooling backward took 15% of
-/// LeNet-5's training step on an AMD EPYC Zen 3, 11% this way (`perf`), the step 1.05x faster.
-fn max_pool_2x2_backward(
-    plane: &[f32],
-    width: usize,
-    grad_out: &[f32],
-    out_width: usize,
-    grad_in: &mut [f32],
-) {
-    for (oy, grads) in grad_out.chunks_exact(out_width).enumerate() {
-        let (top, rest) = grad_in[2 * oy * width..].split_at_mut(width);
-        let bottom = &mut rest[..width];
-        let values_top = &plane[2 * oy * width..][..2 * out_width];
-        let values_bottom = &plane[(2 * oy + 1) * width..][..2 * out_width];
-        let windows = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2)).zip(
-            values_top
-                .chunks_exact(2)
-                .zip(values_bottom.chunks_exact(2)),
-        );
-        for (((top, bottom), (upper, lower)), &grad) in windows.zip(grads) {
-            // The first maximum in row-major order: `at` moves to each later value larger
-            // than the best so far (integer and float selects, which compile to no branch).
-            let (mut best, mut at) = (upper[0], 0u32);
-            for (index, x) in [(1u32, upper[1]), (2, lower[0]), (3, lower[1])] {
-                let larger = 0u32.wrapping_sub((x > best) as u32);
-                best = if x > best { x } else { best };
-                at ^= (at ^ index) & larger;
-            }
-            // `grad` where `at` is, +0 elsewhere, by masking its bits.
-            let share = |index: u32| {
-                f32::from_bits(grad.to_bits() & 0u32.wrapping_sub((at == index) as u32))
-            };
-            [top[0], top[1]] = [share(0), share(1)];
-            [bottom[0], bottom[1]] = [share(2), share(3)];
-        }
-        top[2 * out_width..].fill(0.0);
-        bottom[2 * out_width..].fill(0.0);
-    }
-    grad_in[2 * (grad_out.len() / out_width) * width..].fill(0.0);
 }

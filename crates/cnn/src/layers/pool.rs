@@ -3,6 +3,7 @@
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{pool, Arithmetic, Cell, Window};
 use crate::kernels::pool::{pool_backward, pool_forward, PoolGeometry, PoolKind};
+use crate::kernels::simd::Isa;
 use crate::tensor::{Shape, Tensor};
 use crate::window::Window2d;
 
@@ -10,10 +11,11 @@ use crate::window::Window2d;
 pub struct Pool2d {
     kind: PoolKind,
     geometry: PoolGeometry,
+    isa: Isa,
 }
 
 impl Pool2d {
-    pub fn new(kind: PoolKind, window: Window2d, input: Shape) -> Result<Self, String> {
+    pub fn new(kind: PoolKind, window: Window2d, input: Shape, isa: Isa) -> Result<Self, String> {
         window.check()?;
         // A window may hang over the border, but never lie wholly in the padding: it would
         // pool nothing. PyTorch enforces the same bound.
@@ -37,6 +39,7 @@ impl Pool2d {
                 output,
                 window,
             },
+            isa,
         })
     }
 }
@@ -83,13 +86,20 @@ impl Layer for Pool2d {
     }
 
     fn forward(&self, inputs: &[&Tensor], output: &mut Tensor, _: Mode, _: &mut LayerScratch) {
-        pool_forward(self.kind, &self.geometry, inputs[0], output);
+        pool_forward(self.isa, self.kind, &self.geometry, inputs[0], output);
     }
 
     fn backward(&self, mut pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
         let (input, grad_output) = (pass.input(), pass.grad_output);
         if let Some(grad_input) = pass.grad_input() {
-            pool_backward(self.kind, &self.geometry, input, grad_output, grad_input);
+            pool_backward(
+                self.isa,
+                self.kind,
+                &self.geometry,
+                input,
+                grad_output,
+                grad_input,
+            );
         }
     }
 }

@@ -279,10 +279,10 @@ impl LayerSpec {
             LayerSpec::Reshape { shape } => Box::new(Reshape::new(shape, input).map_err(misfit)?),
             LayerSpec::Lrn(config) => Box::new(Lrn::new(config, input).map_err(misfit)?),
             LayerSpec::MaxPool2d(window) => {
-                Box::new(Pool2d::new(PoolKind::Max, window, input).map_err(misfit)?)
+                Box::new(Pool2d::new(PoolKind::Max, window, input, isa).map_err(misfit)?)
             }
             LayerSpec::AvgPool2d(window) => {
-                Box::new(Pool2d::new(PoolKind::Average, window, input).map_err(misfit)?)
+                Box::new(Pool2d::new(PoolKind::Average, window, input, isa).map_err(misfit)?)
             }
             LayerSpec::Flatten => Box::new(Flatten::new(input)),
             LayerSpec::Dense(config) => Box::new(Dense::new(config, input).map_err(misfit)?),

@@ -49,6 +49,8 @@ impl Simd for Avx2 {
     const LANES: usize = 8;
     type V = __m256;
     type Mask = LaneMask;
+    /// All-ones lanes where the condition holds.
+    type Condition = __m256;
 
     #[inline(always)]
     fn zero(self) -> __m256 {
@@ -174,6 +176,16 @@ impl Simd for Avx2 {
             };
             (order(even), order(odd))
         }
+    }
+    #[inline(always)]
+    fn greater(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_cmp_ps::<_CMP_GT_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, condition: __m256, if_true: __m256, if_false: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_blendv_ps(if_false, if_true, condition) }
     }
     #[inline(always)]
     fn sum(self, v: __m256) -> f32 {

@@ -31,6 +31,7 @@ impl Simd for Avx512 {
     const LANES: usize = 16;
     type V = __m512;
     type Mask = __mmask16;
+    type Condition = __mmask16;
 
     #[inline(always)]
     fn zero(self) -> __m512 {
@@ -103,6 +104,16 @@ impl Simd for Avx512 {
                 _mm512_permutex2var_ps(a, odd, b),
             )
         }
+    }
+    #[inline(always)]
+    fn greater(self, a: __m512, b: __m512) -> __mmask16 {
+        // SAFETY: see above.
+        unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, condition: __mmask16, if_true: __m512, if_false: __m512) -> __m512 {
+        // SAFETY: see above.
+        unsafe { _mm512_mask_blend_ps(condition, if_false, if_true) }
     }
     #[inline(always)]
     fn sum(self, v: __m512) -> f32 {

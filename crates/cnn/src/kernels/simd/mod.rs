@@ -201,6 +201,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     type V: Copy;
     /// Which lanes of a register a masked load or store touches.
     type Mask: Copy;
+    /// Which lanes of a comparison hold, for [`Simd::select`].
+    type Condition: Copy;
 
     fn zero(self) -> Self::V;
     fn splat(self, value: f32) -> Self::V;
@@ -232,6 +234,10 @@ pub trait Simd: Copy + Send + Sync + 'static {
 
     /// The even- and odd-indexed values of the `2 * LANES` values `a` then `b`.
     fn deinterleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
+    /// The lanes where `a > b` (not where either is NaN).
+    fn greater(self, a: Self::V, b: Self::V) -> Self::Condition;
+    /// `if_true` in the lanes of `condition`, `if_false` in the others.
+    fn select(self, condition: Self::Condition, if_true: Self::V, if_false: Self::V) -> Self::V;
     /// The inverse of [`Simd::deinterleave`]: `a0 b0 a1 b1 ...`, as two registers.
     fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
     /// The sum of the lanes (in an order fixed for the instruction set).
@@ -284,6 +290,24 @@ mod tests {
             assert_eq!(out(even), each(&|i| joined[2 * i]), "{} even", S::ISA);
             assert_eq!(out(odd), each(&|i| joined[2 * i + 1]), "{} odd", S::ISA);
             assert_eq!(s.sum(va), a.iter().sum::<f32>(), "{} sum", S::ISA);
+            // Ties and NaN too: `a > b` holds in neither.
+            let mut d = b.clone();
+            d[0] = a[0];
+            d[1] = f32::NAN;
+            // SAFETY: as above.
+            let vd = unsafe { s.load(d.as_ptr()) };
+            assert_eq!(
+                out(s.select(s.greater(va, vd), va, vc)),
+                each(&|i| if a[i] > d[i] { a[i] } else { c[i] }),
+                "{} select where greater",
+                S::ISA
+            );
+            assert_eq!(
+                out(s.select(s.greater(vd, va), va, vc)),
+                each(&|i| if d[i] > a[i] { a[i] } else { c[i] }),
+                "{} select where less",
+                S::ISA
+            );
             let (low, high) = s.interleave(va, vb);
             let zipped: Vec<f32> = a.iter().zip(&b).flat_map(|(&x, &y)| [x, y]).collect();
             assert_eq!(out(low), zipped[..n], "{} interleave low", S::ISA);

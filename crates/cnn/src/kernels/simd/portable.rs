@@ -31,6 +31,10 @@ impl Simd for Portable {
     const LANES: usize = LANES;
     type V = F32x8;
     type Mask = LaneRange;
+    /// All-ones lanes where the condition holds: bit operations, which the baseline's
+    /// vector instructions have for any lane count (an array of `bool` compiled to a branch
+    /// or a byte per lane).
+    type Condition = [u32; LANES];
 
     #[inline(always)]
     fn zero(self) -> F32x8 {
@@ -103,6 +107,17 @@ impl Simd for Portable {
     fn deinterleave(self, a: F32x8, b: F32x8) -> (F32x8, F32x8) {
         let at = |k: usize| if k < LANES { a.0[k] } else { b.0[k - LANES] };
         (each(|i| at(2 * i)), each(|i| at(2 * i + 1)))
+    }
+    #[inline(always)]
+    fn greater(self, a: F32x8, b: F32x8) -> [u32; LANES] {
+        std::array::from_fn(|i| 0u32.wrapping_sub((a.0[i] > b.0[i]) as u32))
+    }
+    #[inline(always)]
+    fn select(self, condition: [u32; LANES], if_true: F32x8, if_false: F32x8) -> F32x8 {
+        each(|i| {
+            let (t, f) = (if_true.0[i].to_bits(), if_false.0[i].to_bits());
+            f32::from_bits((t & condition[i]) | (f & !condition[i]))
+        })
     }
     #[inline(always)]
     fn sum(self, v: F32x8) -> f32 {
