@@ -317,7 +317,12 @@ impl<S: Simd> Strip<S> {
         bias: S::V,
         values: S::V,
     ) {
-        let finished = epilogue.finish_onto(s, bias, values, || self.load(s, plane, row, pitch));
+        let existing = if epilogue.accumulate {
+            self.load(s, plane, row, pitch)
+        } else {
+            s.zero()
+        };
+        let finished = epilogue.finish_onto(s, bias, values, existing);
         self.store(s, plane, row, pitch, finished);
     }
 }

@@ -127,22 +127,22 @@ impl Epilogue<'_> {
             !self.accumulate,
             "an accumulating epilogue needs the output values"
         );
-        self.finish_onto(s, bias, values, || s.zero())
+        self.finish_onto(s, bias, values, s.zero())
     }
 
-    /// [`Epilogue::finish`] of a register bound for the output values that `existing` loads
-    /// (called only with `accumulate`, whose sum needs them).
+    /// [`Epilogue::finish`] of a register bound for output values `existing`, the values
+    /// already there, which only `accumulate` adds (a caller loads them only then).
     #[inline(always)]
     pub(crate) fn finish_onto<S: simd::Simd>(
         &self,
         s: S,
         bias: S::V,
         values: S::V,
-        existing: impl FnOnce() -> S::V,
+        existing: S::V,
     ) -> S::V {
         let mut values = s.add(values, bias);
         if self.accumulate {
-            values = s.add(values, existing());
+            values = s.add(values, existing);
         }
         if self.relu {
             s.max(values, s.zero())

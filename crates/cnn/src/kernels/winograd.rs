@@ -714,8 +714,12 @@ fn transform_output<S: Simd>(
                     for (at, room, values) in
                         [(start, room, low), (start + S::LANES, room - lanes, high)]
                     {
-                        let finished = epilogue
-                            .finish_onto(s, bias, values, || load_first(s, output, at, room));
+                        let existing = if epilogue.accumulate {
+                            load_first(s, output, at, room)
+                        } else {
+                            s.zero()
+                        };
+                        let finished = epilogue.finish_onto(s, bias, values, existing);
                         store_first(s, output, at, room, finished);
                     }
                 }
