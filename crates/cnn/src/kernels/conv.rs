@@ -995,7 +995,7 @@ fn implicit_gemm_forward(
                 let plane = out_len / channels_out;
                 for (oc, out_plane) in out.chunks_exact_mut(plane).enumerate() {
                     let values = &product[oc * layout.columns..][..layout.columns];
-                    epilogue.apply_plane(oc, values, rows, out_plane);
+                    epilogue.apply_plane(isa, oc, values, rows, out_plane);
                 }
             }
         },
@@ -1081,7 +1081,13 @@ fn im2col_forward(
                     let out = &mut out_chunk[(start - first + s) * out_len..][..out_len];
                     for (oc, out_plane) in out.chunks_mut(out_len / channels_out).enumerate() {
                         let plane = &product[oc * width + s * positions..][..positions];
-                        epilogue.apply_plane(oc, plane, (out_rows, out_width, pitch), out_plane);
+                        epilogue.apply_plane(
+                            isa,
+                            oc,
+                            plane,
+                            (out_rows, out_width, pitch),
+                            out_plane,
+                        );
                     }
                 }
             }

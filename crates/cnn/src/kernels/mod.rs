@@ -73,9 +73,11 @@ impl Epilogue<'_> {
     }
 
     /// The epilogue of one output plane of channel `channel`: `plane` holds `rows` rows of
-    /// `width` values, `pitch` apart; `out` receives `[rows, width]`, or its 2x2 maxima.
+    /// `width` values, `pitch` apart; `out` receives `[rows, width]`, or its 2x2 maxima (in
+    /// `isa`'s registers).
     pub fn apply_plane(
         &self,
+        isa: simd::Isa,
         channel: usize,
         plane: &[f32],
         (rows, width, pitch): (usize, usize, usize),
@@ -86,9 +88,14 @@ impl Epilogue<'_> {
                 !self.accumulate,
                 "a residual addition is never pooled in the same pass"
             );
-            let bias = self.bias_of(channel);
-            pool::reduce_2x2(plane, pitch, (rows / 2, width / 2), out, |window| {
-                self.activate(pool::max_of_window(window) + bias)
+            isa.dispatch(pool::PooledPlane {
+                plane,
+                rows,
+                width,
+                pitch,
+                epilogue: *self,
+                bias: self.bias_of(channel),
+                out,
             });
         } else if pitch == width {
             self.apply(channel, &plane[..rows * width], &mut out[..rows * width]);

@@ -1,7 +1,7 @@
 //! Max and average pooling over each channel plane, with the window walk of [`Window2d`].
 
-use super::for_each_item_run;
 use super::simd::{Isa, Kernel, Simd};
+use super::{for_each_item_run, Epilogue};
 use crate::tensor::{Shape, Tensor};
 use crate::window::{Window2d, WindowSpan};
 use serde::{Deserialize, Serialize};
@@ -129,36 +129,6 @@ fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32], 
     }
 }
 
-/// `out[py][px] = reduce([a, b, c, d])` for the 2x2, stride-2 windows of `plane`, whose rows
-/// are `pitch` apart (`a b` a window's top row, `c d` its bottom one), for the `rows` rows of
-/// `width` windows of `out`; a last odd row or column of `plane` is no window's.
-#[inline(always)]
-pub(crate) fn reduce_2x2(
-    plane: &[f32],
-    pitch: usize,
-    (rows, width): (usize, usize),
-    out: &mut [f32],
-    reduce: impl Fn([f32; 4]) -> f32,
-) {
-    for (py, out_row) in out.chunks_exact_mut(width).take(rows).enumerate() {
-        let top = &plane[2 * py * pitch..][..2 * width];
-        let bottom = &plane[(2 * py + 1) * pitch..][..2 * width];
-        for ((o, t), b) in out_row
-            .iter_mut()
-            .zip(top.chunks_exact(2))
-            .zip(bottom.chunks_exact(2))
-        {
-            *o = reduce([t[0], t[1], b[0], b[1]]);
-        }
-    }
-}
-
-/// The largest of a 2x2 window's values, as max pooling and the fused epilogue take it.
-#[inline(always)]
-pub(crate) fn max_of_window([a, b, c, d]: [f32; 4]) -> f32 {
-    a.max(b).max(c.max(d))
-}
-
 /// The 2x2, stride-2 window without padding, nearly every CNN's pooling, over a run of planes
 /// (`[planes, H, W]` to `[planes, OH, OW]`), forward or (max pooling) backward: a register of
 /// windows at a time (the last of a row partial), each row pair split into its windows' four
@@ -208,24 +178,10 @@ impl Kernel for TwoByTwo<'_> {
         };
         match pass {
             TwoByTwoPass::Forward { output } => {
-                let quarter = s.splat(0.25);
+                let nothing = Epilogue::default();
                 for (pair, out_row) in rows.zip(output.chunks_exact_mut(out_width)) {
-                    let (top, bottom) = pair.split_at(width);
-                    for (x, count) in steps() {
-                        // SAFETY: `top` and `bottom` hold `2 * out_width >= 2 * (x + count)`
-                        // values, `out_row` `out_width >= x + count`.
-                        unsafe {
-                            let [a, b, c, d] = corners(s, (top, bottom), x, count);
-                            let value = match kind {
-                                PoolKind::Max => s.max(s.max(a, b), s.max(c, d)),
-                                PoolKind::Average => {
-                                    let sum = s.add(s.add(a, b), s.add(c, d));
-                                    s.mul_add(sum, quarter, s.zero())
-                                }
-                            };
-                            store(s, out_row.as_mut_ptr().add(x), count, value);
-                        }
-                    }
+                    let row_pair = pair.split_at(width);
+                    pool_row_pair(s, kind, row_pair, out_row, (&nothing, s.zero()));
                 }
             }
             TwoByTwoPass::Backward {
@@ -282,6 +238,79 @@ impl Kernel for TwoByTwo<'_> {
                     grad_bottom[2 * out_width..].fill(0.0);
                 }
             }
+        }
+    }
+}
+
+/// One row pair's 2x2 windows into `out_row` (as many as it holds): their max or mean, then
+/// `epilogue` with `bias` in every lane (a plain pooling's epilogue does nothing).
+#[inline(always)]
+fn pool_row_pair<S: Simd>(
+    s: S,
+    kind: PoolKind,
+    (top, bottom): (&[f32], &[f32]),
+    out_row: &mut [f32],
+    (epilogue, bias): (&Epilogue<'_>, S::V),
+) {
+    let width = out_row.len();
+    assert!(top.len() >= 2 * width && bottom.len() >= 2 * width);
+    let quarter = s.splat(0.25);
+    for x in (0..width).step_by(S::LANES) {
+        let count = (width - x).min(S::LANES);
+        // SAFETY: `top` and `bottom` hold `2 * width >= 2 * (x + count)` values (asserted),
+        // `out_row` `width >= x + count`.
+        unsafe {
+            let [a, b, c, d] = corners(s, (top, bottom), x, count);
+            let value = match kind {
+                PoolKind::Max => s.max(s.max(a, b), s.max(c, d)),
+                PoolKind::Average => {
+                    let sum = s.add(s.add(a, b), s.add(c, d));
+                    s.mul_add(sum, quarter, s.zero())
+                }
+            };
+            let value = epilogue.finish(s, bias, value);
+            store(s, out_row.as_mut_ptr().add(x), count, value);
+        }
+    }
+}
+
+/// A convolution's output plane of `rows` rows `pitch` apart through its epilogue with a 2x2
+/// max pooling: `out` receives the `[rows / 2, width / 2]` maxima, each with the channel's
+/// `bias` and the epilogue's ReLU (see [`Epilogue::apply_plane`]).
+pub(crate) struct PooledPlane<'a> {
+    pub plane: &'a [f32],
+    pub rows: usize,
+    pub width: usize,
+    pub pitch: usize,
+    pub epilogue: Epilogue<'a>,
+    pub bias: f32,
+    pub out: &'a mut [f32],
+}
+
+impl Kernel for PooledPlane<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let PooledPlane {
+            plane,
+            rows,
+            width,
+            pitch,
+            epilogue,
+            bias,
+            out,
+        } = self;
+        let (pooled_rows, pooled_width) = (rows / 2, width / 2);
+        let bias = s.splat(bias);
+        for (py, out_row) in out
+            .chunks_exact_mut(pooled_width)
+            .take(pooled_rows)
+            .enumerate()
+        {
+            let top = &plane[2 * py * pitch..][..2 * pooled_width];
+            let bottom = &plane[(2 * py + 1) * pitch..][..2 * pooled_width];
+            pool_row_pair(s, PoolKind::Max, (top, bottom), out_row, (&epilogue, bias));
         }
     }
 }
