@@ -89,6 +89,7 @@ impl Epilogue<'_> {
                 "a residual addition is never pooled in the same pass"
             );
             isa.dispatch(pool::PooledPlane {
+                kind: pool::PoolKind::Max,
                 plane,
                 rows,
                 width,

@@ -55,7 +55,7 @@ fn argmax(plane: &[f32], width: usize, rows: WindowSpan, cols: WindowSpan) -> us
     best
 }
 
-/// Pools one plane with a window other than the 2x2 of [`TwoByTwo`], in two passes: first along each input row, giving for each
+/// Pools one plane with a window other than the 2x2 of [`PooledPlane`], in two passes: first along each input row, giving for each
 /// output column the max (or sum) of the columns its window covers (`rows`, `H x OW`), then down
 /// the columns over each output row's window. A window's max (sum) is the max (sum) of its
 /// columns', so the result is the window's; both passes run over contiguous values and
@@ -129,115 +129,78 @@ fn pool_plane(kind: PoolKind, g: &PoolGeometry, plane: &[f32], out: &mut [f32], 
     }
 }
 
-/// The 2x2, stride-2 window without padding, nearly every CNN's pooling, over a run of planes
-/// (`[planes, H, W]` to `[planes, OH, OW]`), forward or (max pooling) backward: a register of
+/// The backward pass of the 2x2, stride-2 max pooling without padding, nearly every CNN's
+/// pooling, over a run of planes (`[planes, H, W]` and `[planes, OH, OW]`): a register of
 /// windows at a time (the last of a row partial), each row pair split into its windows' four
-/// corners by two deinterleaves. The plain loops over pairs of values did not vectorise, and
-/// the backward pass's comparisons branched or (without branches) took as long: LeNet-5's two
-/// poolings took 15-19% of its training step with AVX-512 (`perf`, Intel Xeon family 6 model
-/// 167).
-struct TwoByTwo<'a> {
-    kind: PoolKind,
+/// corners by two deinterleaves (as the forward pass, [`PooledPlane`]), the first maximum found
+/// by compares and selects. The plain loops over pairs of values did not vectorise, and the
+/// comparisons branched or (without branches) took as long: LeNet-5's two poolings took 15-19%
+/// of its training step with AVX-512 (`perf`, Intel Xeon family 6 model 167).
+struct MaxPoolBackward<'a> {
     g: &'a PoolGeometry,
     /// The pooling's input planes.
     input: &'a [f32],
-    pass: TwoByTwoPass<'a>,
+    grad_output: &'a [f32],
+    /// Every value written.
+    grad_input: &'a mut [f32],
 }
 
-enum TwoByTwoPass<'a> {
-    /// The pooled planes.
-    Forward { output: &'a mut [f32] },
-    /// The output gradient's planes in, the input gradient's out (every value written).
-    Backward {
-        grad_output: &'a [f32],
-        grad_input: &'a mut [f32],
-    },
-}
-
-impl Kernel for TwoByTwo<'_> {
+impl Kernel for MaxPoolBackward<'_> {
     type Output = ();
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let TwoByTwo {
-            kind,
+        let MaxPoolBackward {
             g,
             input,
-            pass,
+            grad_output,
+            grad_input,
         } = self;
         let (width, out_width, out_height) = (g.input.width, g.output.width, g.output.height);
         let in_plane = g.input.plane();
-        let rows = input
-            .chunks_exact(in_plane)
-            .flat_map(|plane| (0..out_height).map(move |oy| &plane[2 * oy * width..][..2 * width]));
-        // Windows `x .. x + count` of each row: whole registers, then one partial.
-        let steps = || {
-            (0..out_width)
-                .step_by(S::LANES)
-                .map(|x| (x, (out_width - x).min(S::LANES)))
-        };
-        match pass {
-            TwoByTwoPass::Forward { output } => {
-                let nothing = Epilogue::default();
-                for (pair, out_row) in rows.zip(output.chunks_exact_mut(out_width)) {
-                    let row_pair = pair.split_at(width);
-                    pool_row_pair(s, kind, row_pair, out_row, (&nothing, s.zero()));
-                }
-            }
-            TwoByTwoPass::Backward {
-                grad_output,
-                grad_input,
-            } => {
-                assert_eq!(kind, PoolKind::Max, "the 2x2 backward pass of max pooling");
-                let zero = s.zero();
-                let grad_pairs = grad_input.chunks_exact_mut(in_plane).flat_map(|plane| {
-                    let (pairs, rest) = plane.split_at_mut(2 * out_height * width);
-                    // A last odd row, which no window covers, gets no gradient.
-                    rest.fill(0.0);
-                    pairs.chunks_exact_mut(2 * width)
-                });
-                let grad_rows = rows
-                    .zip(grad_output.chunks_exact(out_width))
-                    .zip(grad_pairs);
-                for ((pair, grads), grad_pair) in grad_rows {
-                    let (top, bottom) = pair.split_at(width);
-                    let (grad_top, grad_bottom) = grad_pair.split_at_mut(width);
-                    for (x, count) in steps() {
-                        // SAFETY: the value and gradient rows hold `2 * out_width >= 2 * (x +
-                        // count)` values, `grads` `out_width >= x + count`.
-                        unsafe {
-                            let [a, b, c, d] = corners(s, (top, bottom), x, count);
-                            let grad = load(s, grads.as_ptr().add(x), count);
-                            // The first maximum in row-major order, as [`argmax`] finds it:
-                            // each later corner larger than the best so far takes the gradient
-                            // from those before it.
-                            let later_b = s.greater(b, a);
-                            let best = s.select(later_b, b, a);
-                            let later_c = s.greater(c, best);
-                            let best = s.select(later_c, c, best);
-                            let later_d = s.greater(d, best);
-                            let mut share = [grad, zero, zero, zero];
-                            for (k, later) in [(1, later_b), (2, later_c), (3, later_d)] {
-                                for value in &mut share[..k] {
-                                    *value = s.select(later, zero, *value);
-                                }
-                                share[k] = s.select(later, grad, zero);
-                            }
-                            store_pairs(s, grad_top.as_mut_ptr(), x, count, [share[0], share[1]]);
-                            store_pairs(
-                                s,
-                                grad_bottom.as_mut_ptr(),
-                                x,
-                                count,
-                                [share[2], share[3]],
-                            );
+        let zero = s.zero();
+        let pairs = input.chunks_exact(in_plane).flat_map(|plane| {
+            (0..out_height).map(move |oy| plane[2 * oy * width..][..2 * width].split_at(width))
+        });
+        let grad_pairs = grad_input.chunks_exact_mut(in_plane).flat_map(|plane| {
+            let (pairs, rest) = plane.split_at_mut(2 * out_height * width);
+            // A last odd row, which no window covers, gets no gradient.
+            rest.fill(0.0);
+            pairs.chunks_exact_mut(2 * width)
+        });
+        let rows = pairs
+            .zip(grad_output.chunks_exact(out_width))
+            .zip(grad_pairs);
+        for (((top, bottom), grads), grad_pair) in rows {
+            let (grad_top, grad_bottom) = grad_pair.split_at_mut(width);
+            for x in (0..out_width).step_by(S::LANES) {
+                let count = (out_width - x).min(S::LANES);
+                // SAFETY: the value and gradient rows hold `2 * out_width >= 2 * (x + count)`
+                // values, `grads` `out_width >= x + count`.
+                unsafe {
+                    let [a, b, c, d] = corners(s, (top, bottom), x, count);
+                    let grad = load(s, grads.as_ptr().add(x), count);
+                    // The first maximum in row-major order, as [`argmax`] finds it: each later
+                    // corner larger than the best so far takes the gradient from those before.
+                    let later_b = s.greater(b, a);
+                    let best = s.select(later_b, b, a);
+                    let later_c = s.greater(c, best);
+                    let best = s.select(later_c, c, best);
+                    let later_d = s.greater(d, best);
+                    let mut share = [grad, zero, zero, zero];
+                    for (k, later) in [(1, later_b), (2, later_c), (3, later_d)] {
+                        for value in &mut share[..k] {
+                            *value = s.select(later, zero, *value);
                         }
+                        share[k] = s.select(later, grad, zero);
                     }
-                    // A last odd column, which no window covers, gets no gradient.
-                    grad_top[2 * out_width..].fill(0.0);
-                    grad_bottom[2 * out_width..].fill(0.0);
+                    store_pairs(s, grad_top.as_mut_ptr(), x, count, [share[0], share[1]]);
+                    store_pairs(s, grad_bottom.as_mut_ptr(), x, count, [share[2], share[3]]);
                 }
             }
+            // A last odd column, which no window covers, gets no gradient.
+            grad_top[2 * out_width..].fill(0.0);
+            grad_bottom[2 * out_width..].fill(0.0);
         }
     }
 }
@@ -274,10 +237,12 @@ fn pool_row_pair<S: Simd>(
     }
 }
 
-/// A convolution's output plane of `rows` rows `pitch` apart through its epilogue with a 2x2
-/// max pooling: `out` receives the `[rows / 2, width / 2]` maxima, each with the channel's
-/// `bias` and the epilogue's ReLU (see [`Epilogue::apply_plane`]).
+/// The 2x2, stride-2 pooling without padding of one plane of `rows` rows of `width` values,
+/// `pitch` apart, into `out` (`[rows / 2, width / 2]`), each window's max or mean then finished
+/// by `epilogue` with the channel's `bias`: a pooling layer's forward pass (its epilogue does
+/// nothing) or the max pooling fused into a convolution's (see [`Epilogue::apply_plane`]).
 pub(crate) struct PooledPlane<'a> {
+    pub kind: PoolKind,
     pub plane: &'a [f32],
     pub rows: usize,
     pub width: usize,
@@ -293,6 +258,7 @@ impl Kernel for PooledPlane<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let PooledPlane {
+            kind,
             plane,
             rows,
             width,
@@ -310,7 +276,7 @@ impl Kernel for PooledPlane<'_> {
         {
             let top = &plane[2 * py * pitch..][..2 * pooled_width];
             let bottom = &plane[(2 * py + 1) * pitch..][..2 * pooled_width];
-            pool_row_pair(s, PoolKind::Max, (top, bottom), out_row, (&epilogue, bias));
+            pool_row_pair(s, kind, (top, bottom), out_row, (&epilogue, bias));
         }
     }
 }
@@ -439,12 +405,21 @@ pub fn pool_forward(
         let planes = out_run.len() / out_plane.max(1);
         let input = &input.data()[first * in_plane..(first + planes) * in_plane];
         if two_by_two {
-            isa.dispatch(TwoByTwo {
-                kind,
-                g,
-                input,
-                pass: TwoByTwoPass::Forward { output: out_run },
-            });
+            for (plane, out) in input
+                .chunks_exact(in_plane)
+                .zip(out_run.chunks_mut(out_plane))
+            {
+                isa.dispatch(PooledPlane {
+                    kind,
+                    plane,
+                    rows: g.input.height,
+                    width: g.input.width,
+                    pitch: g.input.width,
+                    epilogue: Epilogue::default(),
+                    bias: 0.0,
+                    out,
+                });
+            }
             return;
         }
         let mut rows = vec![0.0; g.input.height * g.output.width];
@@ -475,15 +450,11 @@ pub fn pool_backward(
     for_each_item_run(grad_input.data_mut(), in_plane, work, |first, grad_run| {
         if two_by_two_max {
             let planes = grad_run.len() / in_plane;
-            isa.dispatch(TwoByTwo {
-                kind,
+            isa.dispatch(MaxPoolBackward {
                 g,
                 input: &input.data()[first * in_plane..(first + planes) * in_plane],
-                pass: TwoByTwoPass::Backward {
-                    grad_output: &grad_output.data()
-                        [first * out_plane..(first + planes) * out_plane],
-                    grad_input: grad_run,
-                },
+                grad_output: &grad_output.data()[first * out_plane..(first + planes) * out_plane],
+                grad_input: grad_run,
             });
             return;
         }
