@@ -11,11 +11,14 @@
 //!   first gradient computed is written in place, the later ones are added to it;
 //! - [`Network::infer`] runs a plan made once ([`plan`]): the graph rewritten where a value has
 //!   one reader (a ReLU and 2x2 max pooling computed inside the convolution before them, a
-//!   ReLU inside an addition, a batch normalisation folded into the convolution before it),
+//!   ReLU inside an addition or a batch normalisation, a batch normalisation folded into the
+//!   convolution before it),
 //!   each value in a buffer shared with values whose lifetimes do not overlap.
 //!
-//! Gradient buffers are planned the same way, from the values' lifetimes in the backward
-//! pass, so a plain stack needs two of them.
+//! The training passes run a rewrite of their own: a ReLU that alone reads a batch
+//! normalisation's or an addition's output is computed inside that node, forward and backward.
+//! Gradient buffers are planned from the values' lifetimes in the backward pass, so a plain
+//! stack needs two of them.
 
 mod plan;
 
@@ -23,10 +26,10 @@ use crate::error::{Error, Result};
 use crate::graph::{Architecture, NodeSpec, INPUT};
 use crate::kernels::simd::Isa;
 use crate::kernels::team::Team;
-use crate::layers::{BackwardPass, Layer, LayerScratch, Mode};
+use crate::layers::{BackwardPass, Fusion, Layer, LayerScratch, Mode};
 use crate::limits::NetworkBudget;
 use crate::tensor::{Param, Shape, Tensor};
-use plan::{plan_buffers, InferencePlan, Lifetime};
+use plan::{plan_buffers, InferencePlan, TrainingPlan};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use smallvec::SmallVec;
@@ -51,9 +54,11 @@ pub struct Network {
     /// Whether each node's output reaches the last node's, so that the loss depends on it (the
     /// backward pass runs those only).
     trained: Vec<bool>,
-    /// The gradient buffer of each value (`None` for the input and the output, whose
-    /// gradients nobody needs or the loss holds), and each buffer's floats per image.
-    gradient_buffers: (Vec<Option<usize>>, Vec<usize>),
+    /// How a training pass runs the graph (ReLUs fused into the nodes before them), and how a
+    /// backward pass after an inference forward pass does (every value kept, for
+    /// attributions).
+    training: TrainingPlan,
+    unfused: TrainingPlan,
     /// Made on the first inference, forgotten whenever the parameters may change.
     inference: OnceLock<InferencePlan>,
 }
@@ -147,7 +152,7 @@ impl Network {
             .map(|name| value_of(name, &names))
             .collect();
         let main_output_position = outputs.iter().position(|&v| v == last).expect("validated");
-        let extra_outputs = outputs.into_iter().filter(|&v| v != last).collect();
+        let extra_outputs: Vec<Value> = outputs.into_iter().filter(|&v| v != last).collect();
         let mut trained = vec![false; nodes.len()];
         trained[last - 1] = true;
         for i in (0..nodes.len()).rev() {
@@ -157,7 +162,11 @@ impl Network {
                 }
             }
         }
-        let gradient_buffers = gradient_buffers(&nodes, &trained, &shapes);
+        let outputs: Vec<Value> = std::iter::once(last)
+            .chain(extra_outputs.iter().copied())
+            .collect();
+        let [training, unfused] = [true, false]
+            .map(|fuse| TrainingPlan::new(&nodes, (&trained, &outputs), &shapes, fuse));
         Ok(Network {
             input_shape,
             isa,
@@ -165,7 +174,8 @@ impl Network {
             extra_outputs,
             main_output_position,
             trained,
-            gradient_buffers,
+            training,
+            unfused,
             inference: OnceLock::new(),
         })
     }
@@ -348,7 +358,9 @@ impl Network {
 
     /// Runs `input` (`[N, input_shape]`) through every node; returns the last node's output
     /// (`[N, output_shape]`). Every node's output stays in `workspace` for backward and for
-    /// showing feature maps.
+    /// showing feature maps, except, after a training pass, the values that a ReLU computed
+    /// inside the node before it read (see [`Workspace::fuse_training`]): those are left as
+    /// they were.
     pub fn forward<'w>(
         &self,
         input: &Tensor,
@@ -357,23 +369,53 @@ impl Network {
     ) -> Result<&'w Tensor> {
         self.check_input(input)?;
         workspace.fit(self.nodes.len());
+        workspace.fused = mode == Mode::Train && !workspace.unfused_training;
+        let plan = self.training_plan(workspace);
         let batch = input.batch();
         for (i, node) in self.nodes.iter().enumerate() {
             workspace.scratch[i].seed = workspace
                 .step_seed
                 .wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            if plan.fused_away[i] {
+                continue;
+            }
             let (done, rest) = workspace.activations.split_at_mut(i);
             let inputs: Inputs<'_> = node
                 .inputs
                 .iter()
                 .map(|&v| if v == 0 { input } else { &done[v - 1] })
                 .collect();
-            let output = &mut rest[0];
-            output.reshape(batch, node.layer.output_shape());
-            node.layer
-                .forward(&inputs, output, mode, &mut workspace.scratch[i]);
+            let scratch = &mut workspace.scratch[i];
+            match plan.relu_after[i] {
+                None => {
+                    let output = &mut rest[0];
+                    output.reshape(batch, node.layer.output_shape());
+                    node.layer.forward(&inputs, output, mode, scratch);
+                }
+                Some(relu) => {
+                    let output = &mut rest[relu - i];
+                    output.reshape(batch, node.layer.output_shape());
+                    let fusion = Fusion {
+                        relu: true,
+                        ..Fusion::default()
+                    };
+                    let fused = node
+                        .layer
+                        .forward_fused(&inputs, output, mode, fusion, scratch);
+                    assert!(fused, "a layer that trains with a ReLU computes it");
+                }
+            }
         }
         Ok(workspace.output())
+    }
+
+    /// The plan of the last forward pass in `workspace`.
+    fn training_plan(&self, workspace: &Workspace) -> &TrainingPlan {
+        if workspace.fused {
+            &self.training
+        } else {
+            &self.unfused
+        }
     }
 
     /// Runs `input` through the network for prediction only and returns the logits
@@ -507,7 +549,7 @@ impl Network {
         mut observe: impl FnMut(usize, &Tensor),
     ) -> &'w Tensor {
         self.backward_observed(input, workspace, grads, true, &mut observe);
-        let slot = self.gradient_buffers.1.len();
+        let slot = self.training_plan(workspace).gradient_buffers.1.len();
         let gradient = &mut workspace.gradients[slot];
         if !workspace.gradient_written[0] {
             // No node reads the input: its gradient is zero.
@@ -526,14 +568,15 @@ impl Network {
         observe: &mut dyn FnMut(usize, &Tensor),
     ) {
         let batch = input.batch();
+        let plan = self.training_plan(workspace);
         // The input's gradient, when asked for, gets a buffer of its own after the planned ones.
-        let planned = self.gradient_buffers.1.len();
+        let planned = plan.gradient_buffers.1.len();
         let input_buffer = input_gradient.then_some(planned);
         let buffer_of = |v: Value| {
             if v == 0 {
                 input_buffer
             } else {
-                self.gradient_buffers.0[v]
+                plan.gradient_buffers.0[v]
             }
         };
         let Workspace {
@@ -549,11 +592,13 @@ impl Network {
         gradient_written.clear();
         gradient_written.resize(self.nodes.len() + 1, false);
         for (i, node) in self.nodes.iter().enumerate().rev() {
-            if !self.trained[i] {
-                // The loss does not depend on it: its gradients are zero.
+            if !self.trained[i] || plan.fused_away[i] {
+                // The loss does not depend on it (its gradients are zero), or the node before
+                // it computes it.
                 continue;
             }
-            let value = i + 1;
+            // The value the node computes: its own, or that of the ReLU it computes too.
+            let value = plan.relu_after[i].unwrap_or(i) + 1;
             // This node's output gradient: the loss's for the last node, else its buffer (every
             // reader of the value came later, so its gradient is complete).
             let output_gradient = match buffer_of(value) {
@@ -591,9 +636,10 @@ impl Network {
             node.layer.backward(
                 BackwardPass {
                     inputs: &inputs,
-                    output: &activations[i],
+                    output: &activations[value - 1],
                     grad_output: &output_gradient,
                     grad_inputs: &mut grad_inputs,
+                    relu: plan.relu_after[i].is_some(),
                 },
                 &mut grads.nodes[i],
                 &mut scratch[i],
@@ -619,41 +665,15 @@ impl Network {
     }
 }
 
+/// `total += part`, in blocks over the pool.
 fn add_assign(total: &mut [f32], part: &[f32]) {
-    for (t, p) in total.iter_mut().zip(part) {
-        *t += p;
-    }
-}
-
-/// The gradient buffers of a network's values, from their lifetimes in the backward pass
-/// (which runs through the `trained` nodes from the last): a value's gradient is first written
-/// by the backward pass of its last reader and last read by that of its producer.
-fn gradient_buffers(
-    nodes: &[Node],
-    trained: &[bool],
-    shapes: &[Shape],
-) -> (Vec<Option<usize>>, Vec<usize>) {
-    let values = nodes.len() + 1;
-    let mut last_reader = vec![0; values];
-    for (i, node) in nodes.iter().enumerate().filter(|&(i, _)| trained[i]) {
-        for &v in &node.inputs {
-            last_reader[v] = i;
+    const BLOCK: usize = 4096;
+    crate::kernels::for_each_item_run(total, BLOCK, BLOCK, |first, total| {
+        let part = &part[first * BLOCK..first * BLOCK + total.len()];
+        for (t, p) in total.iter_mut().zip(part) {
+            *t += p;
         }
-    }
-    // Times count backward steps: node i's backward pass runs at step `nodes - 1 - i`.
-    let step = |node: usize| nodes.len() - 1 - node;
-    let lifetimes: Vec<Option<Lifetime>> = (0..values)
-        .map(|v| {
-            // The input's gradient is never needed, the output's is the loss's, and the loss
-            // does not depend on the nodes not trained.
-            (v != 0 && v != values - 1 && trained[v - 1]).then(|| Lifetime {
-                first: step(last_reader[v]),
-                last: step(v - 1),
-                len: shapes[v].len(),
-            })
-        })
-        .collect();
-    plan_buffers(&lifetimes)
+    });
 }
 
 /// Everything that changes during a pass: each node's output, the gradients flowing back, and
@@ -681,6 +701,10 @@ pub struct Workspace {
     logits: Tensor,
     extra_outputs: Vec<Tensor>,
     step_seed: u64,
+    /// Whether the last forward pass ran the training plan, with its ReLUs fused; and whether
+    /// training passes are to run the graph as it is ([`Workspace::fuse_training`]).
+    fused: bool,
+    unfused_training: bool,
     /// One workspace per thread for [`Network::infer`]'s sub-batches, and the copy of a
     /// sub-batch's images that each one runs on.
     sub_batches: Vec<Workspace>,
@@ -707,6 +731,14 @@ impl Workspace {
         Self::default()
     }
 
+    /// Whether training forward passes compute a ReLU that alone reads a batch normalisation's
+    /// or an addition's output inside that node (the default), or run every node as the
+    /// graph has it and keep every value (for tests that compare the two: their results are
+    /// the same bits).
+    pub fn fuse_training(&mut self, fuse: bool) {
+        self.unfused_training = !fuse;
+    }
+
     /// Seeds the randomness of the next forward passes (dropout): the trainer sets one per
     /// step, so masks differ between steps and replay exactly.
     pub fn set_step_seed(&mut self, seed: u64) {
@@ -718,7 +750,8 @@ impl Workspace {
         self.scratch.resize_with(nodes, LayerScratch::default);
     }
 
-    /// Output of every node from the last forward pass.
+    /// Output of every node from the last forward pass (after a training pass, but for the
+    /// values that a ReLU computed inside the node before it read: see [`Network::forward`]).
     pub fn activations(&self) -> &[Tensor] {
         &self.activations
     }

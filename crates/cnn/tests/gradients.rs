@@ -776,7 +776,9 @@ fn whole_network_gradients_match_finite_differences() {
 }
 
 /// The same for a residual network: a stem, a block whose input is read twice (by its first
-/// convolution and by the addition, so its gradient is the sum of both), a downsampling block
+/// convolution and by the addition, so its gradient is the sum of both), with a batch
+/// normalisation and an addition each followed by a ReLU (which the training passes compute
+/// inside them), a downsampling block
 /// with a strided 1x1 shortcut and batch normalisation, an Inception-style concatenation of a
 /// 1x1 and a dilated 3x3 branch, a depthwise and a grouped convolution, the smooth
 /// activations, global pooling.
@@ -784,14 +786,15 @@ fn whole_network_gradients_match_finite_differences() {
 fn residual_network_gradients_match_finite_differences() {
     check_network(
         "stem: conv 4@3 pad=1, relu, \
-         block: (add(conv1: conv 4@3 pad=1, tanh, conv2: conv 4@3 pad=1 | ), relu), \
+         block: (add(conv1: conv 4@3 pad=1, bn1: batchnorm, relu, conv2: conv 4@3 pad=1 | ), \
+                 relu), \
          down: (add(conv1: conv 6@3 stride=2 pad=1 nobias, bn1: batchnorm, gelu | \
                     shortcut: (conv 6@1 stride=2 nobias, batchnorm)), silu), \
          mixed: concat(a: conv 2@1 | b: (conv 2@3 pad=2 dilation=2, sigmoid)), \
          dw: conv 4@3 pad=1 groups=4, grouped: conv 4@1 groups=2, leakyrelu 0.1, \
          pool: concat(gap | gmp), head: dense classes",
         Shape::new(2, 8, 7),
-        22,
+        24,
     );
 }
 
@@ -1142,6 +1145,74 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
                 }
             }
         }
+    }
+}
+
+/// A training step whose ReLUs are computed inside the batch normalisations and additions
+/// before them gives the bits of the step that runs every node as the graph has it: the same
+/// logits, parameter gradients and, for every value both keep, activations.
+#[test]
+fn fused_training_passes_give_the_bits_of_the_graph_as_it_is() {
+    for (preset, shape) in [
+        ("resnet20", Shape::new(3, 16, 16)),
+        ("fashion-resnet", Shape::new(1, 28, 28)),
+    ] {
+        let architecture = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
+        let mut network = Network::new(&architecture, shape).unwrap();
+        network.init_kaiming(&mut rng(95));
+        let batch = 3;
+        let images = tensor(
+            batch,
+            shape,
+            uniform(&mut rng(96), batch * shape.len(), 0.0, 1.0),
+        );
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let step = |fuse: bool| {
+            let (mut workspace, mut grads) = (Workspace::new(), Gradients::new(&network));
+            workspace.fuse_training(fuse);
+            network
+                .forward(&images, &mut workspace, Mode::Train)
+                .unwrap();
+            let (logits, grad) = workspace.output_and_grad_mut();
+            let logits_bits = bits(logits.data());
+            softmax_cross_entropy(logits, &[1, 4, 7], 0.0, grad).unwrap();
+            network.backward(&images, &mut workspace, &mut grads);
+            let activations: Vec<Vec<u32>> = workspace
+                .activations()
+                .iter()
+                .map(|t| t.data().iter().map(|v| v.to_bits()).collect())
+                .collect();
+            let grads: Vec<Vec<u32>> = grads.iter().map(|g| bits(g)).collect();
+            (logits_bits, grads, activations)
+        };
+        let (fused, unfused) = (step(true), step(false));
+        assert!(fused.0 == unfused.0, "{preset}: the logits differ");
+        for (i, (f, u)) in fused.1.iter().zip(&unfused.1).enumerate() {
+            assert!(
+                f == u,
+                "{preset}: the gradient of parameter tensor {i} differs"
+            );
+        }
+        let mut kept = 0;
+        for (node, (f, u)) in network.nodes().iter().zip(fused.2.iter().zip(&unfused.2)) {
+            if f.len() == u.len() {
+                assert!(f == u, "{preset}: the output of {} differs", node.name());
+                kept += 1;
+            }
+        }
+        // Every value but those fused away is kept: the outputs of the batch normalisations
+        // and additions that a ReLU reads (alone, in these presets).
+        let nodes = network.nodes();
+        let fused_away = nodes
+            .iter()
+            .filter(|n| n.layer().spec() == LayerSpec::Relu)
+            .filter(|n| {
+                let before = nodes[n.inputs()[0] - 1].layer().spec();
+                matches!(before, LayerSpec::BatchNorm2d | LayerSpec::Add)
+            })
+            .count();
+        assert!(fused_away > 0, "{preset}: no ReLU to fuse");
+        assert_eq!(kept, nodes.len() - fused_away, "{preset}: values kept");
     }
 }
 

@@ -27,15 +27,15 @@ pub struct Statistics<'a> {
 }
 
 /// Training's forward pass: normalises each channel of `input` with the mean and (biased)
-/// variance of its `N x H x W` values, then `output = weight * x_hat + bias`. Writes each
-/// channel's mean, `1 / sqrt(variance + epsilon)` and unbiased variance (for the running
-/// statistics) to `[mean, inverse_std, unbiased]`, `[C]` each.
+/// variance of its `N x H x W` values, then `output = weight * x_hat + bias` (and `max(0, ·)`
+/// of it with `relu`). Writes each channel's mean, `1 / sqrt(variance + epsilon)` and unbiased
+/// variance (for the running statistics) to `[mean, inverse_std, unbiased]`, `[C]` each.
 pub fn forward_with_batch_statistics(
     isa: Isa,
     input: &Tensor,
     (weight, bias): (&[f32], &[f32]),
     epsilon: f32,
-    output: &mut Tensor,
+    (output, relu): (&mut Tensor, bool),
     [mean, inverse_std, unbiased]: [&mut [f32]; 3],
 ) {
     let (batch, shape) = (input.batch(), input.shape());
@@ -76,19 +76,20 @@ pub fn forward_with_batch_statistics(
             c,
             (weight[c], bias[c]),
             (mean as f32, inverse_std),
-            out,
+            (out, relu),
         );
     });
 }
 
 /// Inference's forward pass (or one that treats the statistics as constants):
-/// `output = weight * (x - mean) * inverse_std + bias` per channel.
+/// `output = weight * (x - mean) * inverse_std + bias` per channel (and `max(0, ·)` of it with
+/// `relu`).
 pub fn forward_with_statistics(
     isa: Isa,
     input: &Tensor,
     (weight, bias): (&[f32], &[f32]),
     statistics: Statistics<'_>,
-    output: &mut Tensor,
+    (output, relu): (&mut Tensor, bool),
 ) {
     let channels = input.shape().channels;
     let lens = [
@@ -101,7 +102,7 @@ pub fn forward_with_statistics(
     let out = SharedSlice::new(output.data_mut());
     for_each_channel(channels, input.len(), |c| {
         let stats = (statistics.mean[c], statistics.inverse_std[c]);
-        normalize_channel(isa, input, c, (weight[c], bias[c]), stats, out);
+        normalize_channel(isa, input, c, (weight[c], bias[c]), stats, (out, relu));
     });
 }
 
@@ -117,11 +118,13 @@ pub struct BatchNormGrads<'a> {
 /// With `x_hat = (x - mean) * inverse_std` and `M` values per channel:
 /// `dweight += sum(dy * x_hat)`, `dbias += sum(dy)`, and with the batch's statistics
 /// (`batch_statistics`) `dx = weight * inverse_std / M * (M * dy - sum(dy) - x_hat *
-/// sum(dy * x_hat))`, with constant ones `dx = weight * inverse_std * dy`.
+/// sum(dy * x_hat))`, with constant ones `dx = weight * inverse_std * dy`. With `relu_output`
+/// (the output of a ReLU after the normalisation, `grad_output` being its gradient), `dy` is
+/// that gradient where the output is positive and zero elsewhere.
 pub fn backward(
     isa: Isa,
     input: &Tensor,
-    grad_output: &Tensor,
+    (grad_output, relu_output): (&Tensor, Option<&Tensor>),
     weight: &[f32],
     (statistics, batch_statistics): (Statistics<'_>, bool),
     grads: BatchNormGrads<'_>,
@@ -134,6 +137,10 @@ pub fn backward(
         statistics.inverse_std.len(),
     ];
     check(input, grad_output, channels, &lens);
+    if let Some(relu_output) = relu_output {
+        check(input, relu_output, channels, &lens);
+    }
+    let gate = |n: usize, c: usize| relu_output.map_or(&[][..], |y| y.plane(n, c));
     assert_eq!((grads.weight.len(), grads.bias.len()), (channels, channels));
     let count = (batch * plane) as f32;
     let (grad_weight, grad_bias) = (SharedSlice::new(grads.weight), SharedSlice::new(grads.bias));
@@ -151,7 +158,7 @@ pub fn backward(
         for n in 0..batch {
             let (dy, dy_centered) = isa.dispatch(GradientSums {
                 x: input.plane(n, c),
-                dy: grad_output.plane(n, c),
+                dy: (grad_output.plane(n, c), gate(n, c)),
                 mean,
             });
             sum_dy += dy;
@@ -186,10 +193,10 @@ pub fn backward(
                 (&[][..], 0.0)
             };
             isa.dispatch(TwoAffine {
-                x: (grad_output.plane(n, c), 0.0),
+                x: (grad_output.plane(n, c), 0.0, gate(n, c)),
                 y,
                 coefficients: [a, b, shift],
-                out: dx,
+                out: (dx, false),
             });
         }
     });
@@ -208,14 +215,15 @@ fn for_each_channel(channels: usize, work: usize, task: impl Fn(usize) + Sync) {
     for_each_task_above(work, PARALLEL_MIN_WORK, channels, task);
 }
 
-/// Writes channel `c` of the output: `weight * (x - mean) * inverse_std + bias`.
+/// Writes channel `c` of the output: `weight * (x - mean) * inverse_std + bias`, and
+/// `max(0, ·)` of it with `relu`.
 fn normalize_channel(
     isa: Isa,
     input: &Tensor,
     c: usize,
     (weight, bias): (f32, f32),
     (mean, inverse_std): (f32, f32),
-    out: SharedSlice<f32>,
+    (out, relu): (SharedSlice<f32>, bool),
 ) {
     let (channels, plane) = (input.shape().channels, input.shape().plane());
     let scale = weight * inverse_std;
@@ -224,10 +232,10 @@ fn normalize_channel(
         // SAFETY: plane (n, c) is written by this channel's task alone.
         let dst = unsafe { out.part(start, plane) };
         isa.dispatch(TwoAffine {
-            x: (input.plane(n, c), mean),
+            x: (input.plane(n, c), mean, &[]),
             y: (&[], 0.0),
             coefficients: [scale, 0.0, bias],
-            out: dst,
+            out: (dst, relu),
         });
     }
 }
@@ -296,10 +304,11 @@ fn block_sum<S: Simd, const SQUARES: bool>(s: S, x: &[f32], center: f32) -> f32 
     s.sum(s.add(a, b)) + tail
 }
 
-/// `sum(dy)` and `sum(dy * (x - mean))` over a plane.
+/// `sum(dy)` and `sum(dy * (x - mean))` over a plane, `dy` given with its gate (see
+/// [`TwoAffine`]).
 struct GradientSums<'a> {
     x: &'a [f32],
-    dy: &'a [f32],
+    dy: (&'a [f32], &'a [f32]),
     mean: f32,
 }
 
@@ -308,24 +317,41 @@ impl Kernel for GradientSums<'_> {
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) -> (f64, f64) {
-        let GradientSums { x, dy, mean } = self;
+        let GradientSums {
+            x,
+            dy: (dy, gate),
+            mean,
+        } = self;
         assert_eq!(x.len(), dy.len());
-        let m = s.splat(mean);
+        assert!(gate.is_empty() || gate.len() == dy.len());
+        let (m, zero) = (s.splat(mean), s.zero());
         let (mut sum_dy, mut sum_dy_centered) = (0.0f64, 0.0f64);
-        for (x, dy) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)) {
+        for (start, x) in (0..).step_by(BLOCK).zip(x.chunks(BLOCK)) {
+            let dy = &dy[start..start + x.len()];
+            let gate = gate.get(start..start + x.len()).unwrap_or_default();
             let (mut a, mut b) = (s.zero(), s.zero());
             let mut i = 0;
             while i + S::LANES <= x.len() {
-                // SAFETY: values i .. i + LANES lie inside both blocks (of the same length).
-                let (u, d) = unsafe { (s.load(x.as_ptr().add(i)), s.load(dy.as_ptr().add(i))) };
+                // SAFETY: values i .. i + LANES lie inside the blocks (of the same length).
+                let (u, mut d) = unsafe { (s.load(x.as_ptr().add(i)), s.load(dy.as_ptr().add(i))) };
+                if !gate.is_empty() {
+                    // SAFETY: as above.
+                    let open = s.greater(unsafe { s.load(gate.as_ptr().add(i)) }, zero);
+                    d = s.select(open, d, zero);
+                }
                 a = s.add(a, d);
                 b = s.mul_add(s.sub(u, m), d, b);
                 i += S::LANES;
             }
             let (mut tail, mut tail_centered) = (0.0f32, 0.0f32);
-            for (&u, &d) in x[i..].iter().zip(&dy[i..]) {
+            for j in i..x.len() {
+                let d = if gate.is_empty() || gate[j] > 0.0 {
+                    dy[j]
+                } else {
+                    0.0
+                };
                 tail += d;
-                tail_centered += (u - mean) * d;
+                tail_centered += (x[j] - mean) * d;
             }
             sum_dy += f64::from(s.sum(a) + tail);
             sum_dy_centered += f64::from(s.sum(b) + tail_centered);
@@ -335,14 +361,16 @@ impl Kernel for GradientSums<'_> {
 }
 
 /// `out = a * (x - cx) + b * (y - cy) + shift` with `[a, b, shift]`, `x` and `y` given with
-/// their centres (`y` empty: `out = a * (x - cx) + shift`). Centred before the product, not
-/// folded into `shift`: a channel whose variance is small against its mean has a large
-/// `a * mean`, and `a * x - a * mean` would cancel to a few correct digits.
+/// their centres (`y` empty: `out = a * (x - cx) + shift`), then `max(0, ·)` when `out` comes
+/// with `true`. `x` comes with a gate too: where the gate (when not empty) is not positive,
+/// `x - cx` counts as zero (a ReLU's gradient, closed where its output is zero). Centred
+/// before the product, not folded into `shift`: a channel whose variance is small against its
+/// mean has a large `a * mean`, and `a * x - a * mean` would cancel to a few correct digits.
 struct TwoAffine<'a> {
-    x: (&'a [f32], f32),
+    x: (&'a [f32], f32, &'a [f32]),
     y: (&'a [f32], f32),
     coefficients: [f32; 3],
-    out: &'a mut [f32],
+    out: (&'a mut [f32], bool),
 }
 
 impl Kernel for TwoAffine<'_> {
@@ -351,35 +379,45 @@ impl Kernel for TwoAffine<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let TwoAffine {
-            x: (x, cx),
+            x: (x, cx, gate),
             y: (y, cy),
             coefficients: [a, b, shift],
-            out,
+            out: (out, relu),
         } = self;
         let len = out.len();
         assert!(x.len() == len && (y.is_empty() || y.len() == len));
+        assert!(gate.is_empty() || gate.len() == len);
         let (va, vb, vshift) = (s.splat(a), s.splat(b), s.splat(shift));
-        let (vcx, vcy) = (s.splat(cx), s.splat(cy));
+        let (vcx, vcy, zero) = (s.splat(cx), s.splat(cy), s.zero());
         let mut i = 0;
         while i + S::LANES <= len {
-            // SAFETY: values i .. i + LANES lie inside `x`, `out` and (when not empty) `y`.
+            // SAFETY: values i .. i + LANES lie inside `x`, `out` and (when not empty) `y` and
+            // `gate`.
             unsafe {
-                let centred = s.sub(s.load(x.as_ptr().add(i)), vcx);
+                let mut centred = s.sub(s.load(x.as_ptr().add(i)), vcx);
+                if !gate.is_empty() {
+                    let open = s.greater(s.load(gate.as_ptr().add(i)), zero);
+                    centred = s.select(open, centred, zero);
+                }
                 let mut value = s.mul_add(centred, va, vshift);
                 if !y.is_empty() {
                     let centred = s.sub(s.load(y.as_ptr().add(i)), vcy);
                     value = s.mul_add(centred, vb, value);
+                }
+                if relu {
+                    value = s.max(value, zero);
                 }
                 s.store(out.as_mut_ptr().add(i), value);
             }
             i += S::LANES;
         }
         for j in i..len {
-            let mut value = (x[j] - cx) * a + shift;
+            let open = gate.is_empty() || gate[j] > 0.0;
+            let mut value = if open { (x[j] - cx) * a } else { 0.0 } + shift;
             if !y.is_empty() {
                 value += (y[j] - cy) * b;
             }
-            out[j] = value;
+            out[j] = if relu { value.max(0.0) } else { value };
         }
     }
 }
@@ -444,25 +482,50 @@ mod tests {
                 let mut output = Tensor::zeros(batch, shape);
                 let [mut mean, mut inverse_std, mut unbiased] = [(); 3].map(|_| vec![0.0; channels]);
                 forward_with_batch_statistics(
-                    isa, &input, (&weight, &bias), 1e-5, &mut output,
+                    isa, &input, (&weight, &bias), 1e-5, (&mut output, false),
                     [&mut mean, &mut inverse_std, &mut unbiased],
                 );
                 close(isa, "output", output.data(), plain.output.data())?;
+                let mut rectified = Tensor::zeros(batch, shape);
+                forward_with_batch_statistics(
+                    isa, &input, (&weight, &bias), 1e-5, (&mut rectified, true),
+                    [&mut mean, &mut inverse_std, &mut unbiased],
+                );
+                let expected: Vec<f32> = output.data().iter().map(|&y| y.max(0.0)).collect();
+                prop_assert_eq!(rectified.data(), &expected[..], "{}: output with a ReLU", isa);
                 close(isa, "mean", &mean, &plain.mean)?;
                 close(isa, "inverse std", &inverse_std, &plain.inverse_std)?;
                 close(isa, "unbiased variance", &unbiased, &plain.unbiased)?;
                 let statistics = Statistics { mean: &mean, inverse_std: &inverse_std };
                 let mut fixed = Tensor::zeros(batch, shape);
-                forward_with_statistics(isa, &input, (&weight, &bias), statistics, &mut fixed);
+                forward_with_statistics(isa, &input, (&weight, &bias), statistics, (&mut fixed, false));
                 close(isa, "output with the same statistics", fixed.data(), plain.output.data())?;
+                forward_with_statistics(isa, &input, (&weight, &bias), statistics, (&mut fixed, true));
+                prop_assert_eq!(fixed.data(), &expected[..], "{}: the same with a ReLU", isa);
                 for batch_statistics in [true, false] {
                     // Gradients are added to what is there.
                     let (mut grad_weight, mut grad_bias) = (vec![0.5; channels], vec![0.5; channels]);
                     let mut grad_input = Tensor::zeros(batch, shape);
                     backward(
-                        isa, &input, &grad_output, &weight, (statistics, batch_statistics),
+                        isa, &input, (&grad_output, None), &weight, (statistics, batch_statistics),
                         BatchNormGrads { weight: &mut grad_weight, bias: &mut grad_bias, input: Some(&mut grad_input) },
                     );
+                    // After a ReLU: the same bits as the gradient that the ReLU lets through.
+                    let gated: Vec<f32> = grad_output.data().iter().zip(rectified.data())
+                        .map(|(&dy, &y)| if y > 0.0 { dy } else { 0.0 })
+                        .collect();
+                    let gated = Tensor::from_vec(batch, shape, gated).unwrap();
+                    let mut through_relu = [(); 2].map(|_| (vec![0.5; channels], vec![0.5; channels], Tensor::zeros(batch, shape)));
+                    for (k, (w, b, dx)) in through_relu.iter_mut().enumerate() {
+                        let gradients = [(&gated, None), (&grad_output, Some(&rectified))][k];
+                        backward(
+                            isa, &input, gradients, &weight, (statistics, batch_statistics),
+                            BatchNormGrads { weight: w, bias: b, input: Some(dx) },
+                        );
+                    }
+                    let [(w0, b0, dx0), (w1, b1, dx1)] = &through_relu;
+                    prop_assert_eq!((w0, b0), (w1, b1), "{}: parameter gradients through a ReLU", isa);
+                    prop_assert_eq!(dx0.data(), dx1.data(), "{}: input gradient through a ReLU", isa);
                     let plus_half = |v: &[f32]| v.iter().map(|g| g + 0.5).collect::<Vec<_>>();
                     // Sums of a channel's terms, whose float32 partial sums round by a small part
                     // of the terms' total size (seen: 1.3e-8 of it), which thousands of terms

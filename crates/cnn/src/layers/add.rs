@@ -85,6 +85,7 @@ impl Layer for Add {
         &self,
         inputs: &[&Tensor],
         output: &mut Tensor,
+        _: Mode,
         fused: Fusion,
         _: &mut LayerScratch,
     ) -> bool {
@@ -95,12 +96,25 @@ impl Layer for Add {
         true
     }
 
-    /// Every input receives the output's gradient.
+    fn trains_with_relu(&self) -> bool {
+        true
+    }
+
+    /// Every input receives the output's gradient (after a fused ReLU, where the sum was
+    /// positive).
     fn backward(&self, pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
+        let (dy, y) = (pass.grad_output.data(), pass.output.data());
         for grad_input in pass.grad_inputs.iter_mut().flatten() {
-            grad_input
-                .data_mut()
-                .copy_from_slice(pass.grad_output.data());
+            for_each_item_run(grad_input.data_mut(), BLOCK, BLOCK, |first, grad| {
+                let range = first * BLOCK..first * BLOCK + grad.len();
+                if pass.relu {
+                    for ((g, &dy), &y) in grad.iter_mut().zip(&dy[range.clone()]).zip(&y[range]) {
+                        *g = if y > 0.0 { dy } else { 0.0 };
+                    }
+                } else {
+                    grad.copy_from_slice(&dy[range]);
+                }
+            });
         }
     }
 }

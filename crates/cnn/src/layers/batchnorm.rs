@@ -4,7 +4,7 @@
 //! kept for inference: `running = (1 - momentum) * running + momentum * batch`, with the
 //! unbiased variance, as PyTorch does. Then `y = weight * x_hat + bias`.
 
-use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
+use super::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
 use crate::kernels::batchnorm::{self, BatchNormGrads, Statistics};
 use crate::kernels::simd::Isa;
@@ -40,6 +40,46 @@ impl BatchNorm2d {
                 Param::zeros("num_batches_tracked", vec![]),
             ],
             isa,
+        }
+    }
+
+    /// Training: batch statistics, left in `scratch` for backward and for the running
+    /// statistics. Inference: the running statistics. Then `max(0, ·)` with `relu`.
+    fn normalize(
+        &self,
+        input: &Tensor,
+        output: (&mut Tensor, bool),
+        mode: Mode,
+        scratch: &mut LayerScratch,
+    ) {
+        let channels = self.shape.channels;
+        let [weight, bias] = &self.params;
+        let affine = (&weight.value[..], &bias.value[..]);
+        let recorded = match mode {
+            Mode::Train => 3 * channels,
+            Mode::Infer => 2 * channels,
+        };
+        scratch.buffer.clear();
+        scratch.buffer.resize(recorded, 0.0);
+        let (mean, rest) = scratch.buffer.split_at_mut(channels);
+        let (inverse_std, unbiased) = rest.split_at_mut(channels);
+        match mode {
+            Mode::Train => batchnorm::forward_with_batch_statistics(
+                self.isa,
+                input,
+                affine,
+                EPSILON,
+                output,
+                [mean, inverse_std, unbiased],
+            ),
+            Mode::Infer => {
+                mean.copy_from_slice(&self.buffers[0].value);
+                for (s, &variance) in inverse_std.iter_mut().zip(&self.buffers[1].value) {
+                    *s = 1.0 / (variance + EPSILON).sqrt();
+                }
+                let statistics = Statistics { mean, inverse_std };
+                batchnorm::forward_with_statistics(self.isa, input, affine, statistics, output);
+            }
         }
     }
 }
@@ -110,35 +150,32 @@ impl Layer for BatchNorm2d {
         mode: Mode,
         scratch: &mut LayerScratch,
     ) {
-        let channels = self.shape.channels;
-        let [weight, bias] = &self.params;
-        let affine = (&weight.value[..], &bias.value[..]);
-        let recorded = match mode {
-            Mode::Train => 3 * channels,
-            Mode::Infer => 2 * channels,
-        };
-        scratch.buffer.clear();
-        scratch.buffer.resize(recorded, 0.0);
-        let (mean, rest) = scratch.buffer.split_at_mut(channels);
-        let (inverse_std, unbiased) = rest.split_at_mut(channels);
-        match mode {
-            Mode::Train => batchnorm::forward_with_batch_statistics(
-                self.isa,
-                inputs[0],
-                affine,
-                EPSILON,
-                output,
-                [mean, inverse_std, unbiased],
-            ),
-            Mode::Infer => {
-                mean.copy_from_slice(&self.buffers[0].value);
-                for (s, &variance) in inverse_std.iter_mut().zip(&self.buffers[1].value) {
-                    *s = 1.0 / (variance + EPSILON).sqrt();
-                }
-                let statistics = Statistics { mean, inverse_std };
-                batchnorm::forward_with_statistics(self.isa, inputs[0], affine, statistics, output);
-            }
+        self.normalize(inputs[0], (output, false), mode, scratch);
+    }
+
+    /// A ReLU after the normalisation, as each value is written.
+    fn forward_fused(
+        &self,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+        mode: Mode,
+        fused: Fusion,
+        scratch: &mut LayerScratch,
+    ) -> bool {
+        if fused
+            != (Fusion {
+                relu: true,
+                ..Fusion::default()
+            })
+        {
+            return false;
         }
+        self.normalize(inputs[0], (output, true), mode, scratch);
+        true
+    }
+
+    fn trains_with_relu(&self) -> bool {
+        true
     }
 
     /// See [`batchnorm::backward`]: the batch's statistics after a training pass, constants
@@ -150,6 +187,7 @@ impl Layer for BatchNorm2d {
         scratch: &mut LayerScratch,
     ) {
         let (input, grad_output) = (pass.input(), pass.grad_output);
+        let relu_output = pass.relu.then_some(pass.output);
         let (mean, inverse_std, batch_statistics) = statistics(scratch, self.shape.channels);
         let [grad_weight, grad_bias] = param_grads else {
             unreachable!("a weight and a bias")
@@ -157,7 +195,7 @@ impl Layer for BatchNorm2d {
         batchnorm::backward(
             self.isa,
             input,
-            grad_output,
+            (grad_output, relu_output),
             &self.params[0].value,
             (Statistics { mean, inverse_std }, batch_statistics.is_some()),
             BatchNormGrads {

@@ -214,6 +214,7 @@ impl Layer for Conv2d {
         &self,
         inputs: &[&Tensor],
         output: &mut Tensor,
+        _: Mode,
         fused: Fusion,
         scratch: &mut LayerScratch,
     ) -> bool {

@@ -57,7 +57,8 @@ use crate::arithmetic::{Arithmetic, Cell};
 use crate::kernels::Scratch;
 use crate::tensor::{Param, Shape, Tensor};
 
-/// The nodes after a node that [`Layer::forward_fused`] computes with it, at inference.
+/// The nodes after a node that [`Layer::forward_fused`] computes with it (at inference any of
+/// them; while training a ReLU alone).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fusion {
     /// A residual connection's addition before the ReLU: the output holds the other summand,
@@ -99,6 +100,10 @@ pub struct BackwardPass<'p, 'a> {
     pub grad_output: &'a Tensor,
     /// dL/dinput per input, `None` where nobody needs it (the network's input).
     pub grad_inputs: &'p mut [Option<&'a mut Tensor>],
+    /// The forward pass ended in a ReLU computed inside the layer ([`Layer::trains_with_relu`]):
+    /// `output` and `grad_output` are the ReLU's, and the gradient passes only where `output`
+    /// is positive.
+    pub relu: bool,
 }
 
 impl<'a> BackwardPass<'_, 'a> {
@@ -161,19 +166,27 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     fn arithmetic(&self, _inputs: &[&Tensor], _cell: Cell) -> Option<Arithmetic> {
         None
     }
-    /// This layer's inference forward pass followed by the nodes in `fused` (a residual
-    /// addition, a ReLU, then a 2x2 max pooling), in one pass over the output, when the layer
-    /// can fuse them (convolution: all; addition: the ReLU); `false`, with nothing written,
-    /// when it cannot.
-    /// `output` has the shape of the last fused node's output. Used by
-    /// [`crate::Network::infer`].
+    /// This layer's forward pass followed by the nodes in `fused` (a residual addition, a
+    /// ReLU, then a 2x2 max pooling), in one pass over the output, when the layer can fuse
+    /// them (convolution: all; addition and batch normalisation: the ReLU); `false`, with
+    /// nothing written, when it cannot. `output` has the shape of the last fused node's output.
+    /// Used by [`crate::Network::infer`], and by the training pass for a ReLU where
+    /// [`Layer::trains_with_relu`].
     fn forward_fused(
         &self,
         _inputs: &[&Tensor],
         _output: &mut Tensor,
+        _mode: Mode,
         _fused: Fusion,
         _scratch: &mut LayerScratch,
     ) -> bool {
+        false
+    }
+    /// Whether the training passes may compute a ReLU that alone reads this layer's output
+    /// inside the layer: [`Layer::forward_fused`] with `Mode::Train` and a ReLU, and
+    /// `backward` of a [`BackwardPass::relu`] pass. A pass over the values and a value saved
+    /// for each, forward and backward.
+    fn trains_with_relu(&self) -> bool {
         false
     }
     fn backward(
@@ -234,6 +247,7 @@ impl<L: Layer + ?Sized> SingleInput for L {
                 output,
                 grad_output,
                 grad_inputs: &mut grad_inputs,
+                relu: false,
             },
             param_grads,
             scratch,

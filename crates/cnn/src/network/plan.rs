@@ -1,7 +1,7 @@
 //! Plans made once per network: which buffer holds which value (from the values' lifetimes),
-//! and the inference pass as a rewrite of the graph.
+//! and the training and inference passes as rewrites of the graph.
 
-use super::{Inputs, Network, Value, Workspace};
+use super::{Inputs, Network, Node, Value, Workspace};
 use crate::layers::BATCH_NORM_EPSILON as EPSILON;
 use crate::layers::{Fusion, Layer, LayerSpec, Mode};
 use crate::tensor::{Shape, Tensor};
@@ -39,6 +39,90 @@ pub(super) fn plan_buffers(lifetimes: &[Option<Lifetime>]) -> (Vec<Option<usize>
         buffer_of[v] = Some(b);
     }
     (buffer_of, buffers.into_iter().map(|(_, len)| len).collect())
+}
+
+/// The training passes: the graph with each ReLU that alone reads the output of a layer that
+/// [`Layer::trains_with_relu`] (batch normalisation, addition) computed inside that layer,
+/// forward and backward, so that neither the value before the ReLU nor the ReLU's own passes
+/// are needed; and the gradient buffers that follow from it. Without `fuse`, the graph as it
+/// is (what a backward pass after an inference forward pass needs: every value's gradient).
+#[derive(Debug)]
+pub(super) struct TrainingPlan {
+    /// For each node, the ReLU node it computes too: its output goes to the ReLU's value.
+    pub relu_after: Vec<Option<usize>>,
+    /// The ReLU nodes computed by the node before them.
+    pub fused_away: Vec<bool>,
+    /// The gradient buffer of each value (`None` for the input and the output, whose
+    /// gradients nobody needs or the loss holds, and for a value fused away), and each
+    /// buffer's floats per image.
+    pub gradient_buffers: (Vec<Option<usize>>, Vec<usize>),
+}
+
+impl TrainingPlan {
+    pub(super) fn new(
+        nodes: &[Node],
+        (trained, outputs): (&[bool], &[Value]),
+        shapes: &[Shape],
+        fuse: bool,
+    ) -> Self {
+        let values = nodes.len() + 1;
+        let mut readers = vec![0usize; values];
+        for node in nodes {
+            for &v in &node.inputs {
+                readers[v] += 1;
+            }
+        }
+        let mut relu_after = vec![None; nodes.len()];
+        let mut fused_away = vec![false; nodes.len()];
+        for (r, node) in nodes.iter().enumerate().filter(|_| fuse) {
+            let [v] = node.inputs[..] else { continue };
+            let fusable = node.layer.spec() == LayerSpec::Relu
+                && v > 0
+                && readers[v] == 1
+                && !outputs.contains(&v)
+                && nodes[v - 1].layer.trains_with_relu();
+            if fusable {
+                relu_after[v - 1] = Some(r);
+                fused_away[r] = true;
+            }
+        }
+        // A value's gradient is first written by the backward pass of its last reader and
+        // last read by that of the node that computes it. Node i's backward pass runs at step
+        // `nodes - 1 - i`.
+        let step = |node: usize| nodes.len() - 1 - node;
+        let mut last_reader = vec![0; values];
+        let mut producer: Vec<usize> = (0..values).map(|v| v.saturating_sub(1)).collect();
+        for (i, node) in nodes.iter().enumerate() {
+            if !trained[i] || fused_away[i] {
+                continue;
+            }
+            for &v in &node.inputs {
+                last_reader[v] = i;
+            }
+            if let Some(r) = relu_after[i] {
+                producer[r + 1] = i;
+            }
+        }
+        let lifetimes: Vec<Option<Lifetime>> = (0..values)
+            .map(|v| {
+                // The input's gradient is never needed, the output's is the loss's, the loss
+                // does not depend on the nodes not trained, and nothing reads a value fused
+                // away.
+                let needed =
+                    v != 0 && v != values - 1 && trained[v - 1] && relu_after[v - 1].is_none();
+                needed.then(|| Lifetime {
+                    first: step(last_reader[v]),
+                    last: step(producer[v]),
+                    len: shapes[v].len(),
+                })
+            })
+            .collect();
+        TrainingPlan {
+            relu_after,
+            fused_away,
+            gradient_buffers: plan_buffers(&lifetimes),
+        }
+    }
 }
 
 /// The inference pass: the graph with the nodes that have one reader fused into it where a
@@ -133,7 +217,7 @@ impl InferencePlan {
                     }
                 }
             }
-            if conv || spec(i) == LayerSpec::Add {
+            if conv || matches!(spec(i), LayerSpec::Add | LayerSpec::BatchNorm2d) {
                 if let Some(relu) = only_reader(output).filter(|&r| spec(r) == LayerSpec::Relu) {
                     fusion.relu = true;
                     fused_away[relu] = true;
@@ -274,7 +358,13 @@ impl InferencePlan {
             if step.fusion == Fusion::default() {
                 layer.forward(&inputs, &mut output, Mode::Infer, pass_scratch);
             } else {
-                let fused = layer.forward_fused(&inputs, &mut output, step.fusion, pass_scratch);
+                let fused = layer.forward_fused(
+                    &inputs,
+                    &mut output,
+                    Mode::Infer,
+                    step.fusion,
+                    pass_scratch,
+                );
                 assert!(fused, "planned fusions are the ones the layer computes");
             }
             drop(inputs);
