@@ -10,8 +10,10 @@
 //! stays in the L1 cache while every block of rows reads it. Measured with AVX-512 against 16
 //! calls of `gemm` on `cnn4`'s Winograd shapes at batch 1 (one thread): 1.3x to 1.5x faster
 //! (64x64 by 32 tiles: 149 against 202 GFLOP/s; by 16 tiles 103 against 155), as nothing is
-//! packed per call. With AVX2, 4 rows by 2 registers measured best (72 to 80 GFLOP/s on one
-//! core, against 50 to 69 for 8x1, 8x3 or 3x3: `winograd::tests::product_speed`).
+//! packed per call. With AVX2, 4 rows by 2 registers measured best on an AMD EPYC Zen 3 (72 to
+//! 80 GFLOP/s on one core, against 50 to 69 for 8x1, 8x3 or 3x3), 4 by 3 on an Intel Xeon
+//! with AVX-512 hidden (118-127 against 111-117 GFLOP/s): `tests::product_speed`, and
+//! [`super::simd::avx2::product_width`].
 
 use super::simd::{Isa, Simd};
 

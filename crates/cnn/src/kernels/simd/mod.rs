@@ -127,12 +127,14 @@ impl Isa {
 
     /// Output channels that the Winograd product keeps in registers at once (its weights are
     /// packed in blocks of this many), and how many registers of tiles each of them holds at
-    /// most: what fits the register file beside the loaded tiles and one broadcast weight.
-    pub const fn product_block(self) -> (usize, usize) {
+    /// most: what fits the register file beside the loaded tiles and one broadcast weight
+    /// (with AVX2, which CPU runs it decides: see [`avx2::product_width`]).
+    pub fn product_block(self) -> (usize, usize) {
         match self {
             Isa::Avx512 => (8, 3),
-            Isa::Avx2 => (4, 2),
-            Isa::Portable => (4, 2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => (4, avx2::product_width()),
+            _ => (4, 2),
         }
     }
 
