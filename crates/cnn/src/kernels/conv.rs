@@ -1019,7 +1019,7 @@ impl Kernel for ImplicitProduct<'_> {
         let columns = self.shape[2];
         packed::product(
             s,
-            self.packed_weight,
+            (self.packed_weight, S::ISA.product_block(self.shape[0])),
             (self.padded, Starts(self.starts)),
             self.product,
             self.shape,

@@ -17,22 +17,23 @@
 
 use super::simd::{Isa, Simd};
 
-/// Rows of `A` in a block of the packed layout for `isa` ([`Isa::product_block`]).
-pub fn block_rows(isa: Isa) -> usize {
-    isa.product_block().0
+/// Rows of `A` in a block of the packed layout for `isa` when `A` has `rows` rows
+/// ([`Isa::product_block`]).
+pub fn block_rows(isa: Isa, rows: usize) -> usize {
+    isa.product_block(rows).0
 }
 
 /// Floats of `A` (`rows x depth`) packed for `isa`: the rows padded to whole blocks.
 pub fn packed_len(isa: Isa, rows: usize, depth: usize) -> usize {
-    rows.next_multiple_of(block_rows(isa)) * depth
+    rows.next_multiple_of(block_rows(isa, rows)) * depth
 }
 
-/// Where entry `(row, k)` of `A` goes in the packed layout for `isa`: blocks of `R` rows, depth
-/// by depth, `[rows / R][depth][R]` (entries past the last row stay zero).
+/// Where entry `(row, k)` of `A` (`[rows, depth]`) goes in the packed layout for `isa`: blocks
+/// of `R` rows, depth by depth, `[rows / R][depth][R]` (entries past the last row stay zero).
 #[inline]
-pub fn packed_index(isa: Isa, depth: usize, row: usize, k: usize) -> usize {
-    let rows = block_rows(isa);
-    (row / rows * depth + k) * rows + row % rows
+pub fn packed_index(isa: Isa, [rows, depth]: [usize; 2], row: usize, k: usize) -> usize {
+    let block = block_rows(isa, rows);
+    (row / block * depth + k) * block + row % block
 }
 
 /// `A` (`rows x depth`, entry `(r, k)` given by `entry`) packed for `isa`.
@@ -40,7 +41,7 @@ pub fn pack(isa: Isa, rows: usize, depth: usize, entry: impl Fn(usize, usize) ->
     let mut packed = vec![0.0; packed_len(isa, rows, depth)];
     for r in 0..rows {
         for k in 0..depth {
-            packed[packed_index(isa, depth, r, k)] = entry(r, k);
+            packed[packed_index(isa, [rows, depth], r, k)] = entry(r, k);
         }
     }
     packed
@@ -83,20 +84,22 @@ impl RowStarts for Starts<'_> {
 }
 
 /// `C[r][n] = Σ_k A[r][k] · B[k][n]` for `r < rows` and `n < width` (a multiple of `LANES`),
-/// `A` packed for `S` ([`pack`]), row `k` of `B` starting at `b[starts.start(k)]`, `C`'s rows
-/// `c_stride` floats apart. `shape` is `[rows, depth, width]`.
+/// `A` packed for `S` ([`pack`]) with the register `block` of the whole matrix
+/// ([`Isa::product_block`]: these rows may be some of its blocks), row `k` of `B` starting at
+/// `b[starts.start(k)]`, `C`'s rows `c_stride` floats apart. `shape` is `[rows, depth, width]`.
 #[inline(always)]
 pub(crate) fn product<S: Simd, B: RowStarts>(
     s: S,
-    a: &[f32],
+    (a, block): (&[f32], (usize, usize)),
     (b, starts): (&[f32], B),
     c: &mut [f32],
     shape: [usize; 3],
     c_stride: usize,
 ) {
-    let (rows, width) = S::ISA.product_block();
+    let (rows, width) = block;
     match rows {
         8 => product_blocks::<S, B, 8>(s, a, (b, starts), c, shape, c_stride, width),
+        6 => product_blocks::<S, B, 6>(s, a, (b, starts), c, shape, c_stride, width),
         4 => product_blocks::<S, B, 4>(s, a, (b, starts), c, shape, c_stride, width),
         rows => unreachable!("no product block of {rows} rows"),
     }
@@ -225,7 +228,7 @@ mod tests {
             let mut c = vec![f32::NAN; rows.saturating_sub(1) * self.c_stride + width];
             product(
                 s,
-                self.a,
+                (self.a, S::ISA.product_block(rows)),
                 (self.b, Starts(self.starts)),
                 &mut c,
                 self.shape,
@@ -317,9 +320,24 @@ mod tests {
             }
         }
         for isa in Isa::supported() {
-            for shape in [[32, 32, 256], [64, 32, 128], [64, 64, 128], [64, 64, 64]] {
+            for shape in [
+                [32, 32, 256],
+                [64, 32, 128],
+                [64, 64, 128],
+                [64, 64, 64],
+                [6, 25, 896],
+            ] {
                 let mut line = format!("{isa} {shape:?}:");
-                for (rows, width) in [(8, 1), (8, 2), (8, 3), (6, 2), (4, 2), (4, 3), (3, 3)] {
+                for (rows, width) in [
+                    (8, 1),
+                    (8, 2),
+                    (8, 3),
+                    (6, 2),
+                    (6, 3),
+                    (4, 2),
+                    (4, 3),
+                    (3, 3),
+                ] {
                     line += &format!(
                         " {rows}x{width} {:.0}",
                         isa.dispatch(Speed(rows, width, shape))

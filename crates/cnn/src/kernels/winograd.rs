@@ -140,7 +140,7 @@ pub fn transform_weights(
     let mut transformed = vec![0.0; weights_len(isa, channels_out, channels)];
     let plane = packed::packed_len(isa, channels_out, channels);
     let index = |position: usize, oc: usize, c: usize| {
-        position * plane + packed::packed_index(isa, channels, oc, c)
+        position * plane + packed::packed_index(isa, [channels_out, channels], oc, c)
     };
     for oc in 0..channels_out {
         for c in 0..channels {
@@ -279,7 +279,7 @@ fn conv3x3_by_channels(
         })
     });
     let v: &[f32] = v;
-    let block = packed::block_rows(isa);
+    let block = packed::block_rows(isa, channels_out);
     let m_shared = SharedSlice::new(m);
     for_each_task(parts, |task| {
         let blocks = part(channels_out.div_ceil(block), task);
@@ -332,7 +332,7 @@ impl Kernel for Products<'_> {
             rows,
             tile_count,
         } = self;
-        let block = packed::block_rows(S::ISA);
+        let (block, registers) = S::ISA.product_block(channels_out);
         assert!(rows.start.is_multiple_of(block) && rows.end <= channels_out);
         if rows.is_empty() {
             return;
@@ -357,7 +357,10 @@ impl Kernel for Products<'_> {
             };
             packed::product(
                 s,
-                &transformed[position * u_len + u_start..][..u_count],
+                (
+                    &transformed[position * u_len + u_start..][..u_count],
+                    (block, registers),
+                ),
                 (&v[position * strides[0]..], Strided(tile_count)),
                 c,
                 [rows.len(), channels, tile_count],
