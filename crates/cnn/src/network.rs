@@ -15,8 +15,9 @@
 //!   convolution before it),
 //!   each value in a buffer shared with values whose lifetimes do not overlap.
 //!
-//! The training passes run a rewrite of their own: a ReLU that alone reads a batch
-//! normalisation's or an addition's output is computed inside that node, forward and backward.
+//! The training passes run a rewrite of their own: a ReLU that alone reads a convolution's, a
+//! batch normalisation's or an addition's output is computed inside that node, forward and
+//! backward.
 //! Gradient buffers are planned from the values' lifetimes in the backward pass, so a plain
 //! stack needs two of them.
 
@@ -731,8 +732,9 @@ impl Workspace {
         Self::default()
     }
 
-    /// Whether training forward passes compute a ReLU that alone reads a batch normalisation's
-    /// or an addition's output inside that node (the default), or run every node as the
+    /// Whether training forward passes compute a ReLU that alone reads a convolution's, a batch
+    /// normalisation's or an addition's output inside that node (the default), or run every
+    /// node as the
     /// graph has it and keep every value (for tests that compare the two: their results are
     /// the same bits).
     pub fn fuse_training(&mut self, fuse: bool) {

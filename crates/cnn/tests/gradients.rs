@@ -1148,14 +1148,16 @@ fn a_training_step_in_a_team_matches_the_step_on_the_pool() {
     }
 }
 
-/// A training step whose ReLUs are computed inside the batch normalisations and additions
-/// before them gives the bits of the step that runs every node as the graph has it: the same
+/// A training step whose ReLUs are computed inside the batch normalisations, additions and
+/// convolutions before them gives the bits of the step that runs every node as the graph has it: the same
 /// logits, parameter gradients and, for every value both keep, activations.
 #[test]
 fn fused_training_passes_give_the_bits_of_the_graph_as_it_is() {
     for (preset, shape) in [
         ("resnet20", Shape::new(3, 16, 16)),
         ("fashion-resnet", Shape::new(1, 28, 28)),
+        ("lenet5", Shape::new(1, 28, 28)),
+        ("cnn4", Shape::new(1, 28, 28)),
     ] {
         let architecture = cnn::arch::parse(&cnn::arch::preset(preset).unwrap(), 10).unwrap();
         let mut network = Network::new(&architecture, shape).unwrap();
@@ -1200,15 +1202,18 @@ fn fused_training_passes_give_the_bits_of_the_graph_as_it_is() {
                 kept += 1;
             }
         }
-        // Every value but those fused away is kept: the outputs of the batch normalisations
-        // and additions that a ReLU reads (alone, in these presets).
+        // Every value but those fused away is kept: the outputs of the batch normalisations,
+        // additions and convolutions that a ReLU reads (alone, in these presets).
         let nodes = network.nodes();
         let fused_away = nodes
             .iter()
             .filter(|n| n.layer().spec() == LayerSpec::Relu)
             .filter(|n| {
                 let before = nodes[n.inputs()[0] - 1].layer().spec();
-                matches!(before, LayerSpec::BatchNorm2d | LayerSpec::Add)
+                matches!(
+                    before,
+                    LayerSpec::BatchNorm2d | LayerSpec::Add | LayerSpec::Conv2d(_)
+                )
             })
             .count();
         assert!(fused_away > 0, "{preset}: no ReLU to fuse");

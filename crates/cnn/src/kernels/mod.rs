@@ -206,6 +206,20 @@ pub fn batch_chunks(batch: usize) -> (usize, usize) {
 /// more than it saves (batch-1 inference lives here).
 const PARALLEL_MIN_WORK: usize = 1 << 15;
 
+/// `grad = dy` where `y` (a ReLU's output) is positive, zero elsewhere: the gradient through a
+/// ReLU computed inside the layer before it (as PyTorch's, zero where the input was zero), in
+/// blocks over the pool.
+pub fn relu_gradient(dy: &[f32], y: &[f32], grad: &mut [f32]) {
+    const BLOCK: usize = 4096;
+    assert!(dy.len() == grad.len() && y.len() == grad.len());
+    for_each_item_run(grad, BLOCK, BLOCK, |first, grad| {
+        let range = first * BLOCK..first * BLOCK + grad.len();
+        for ((g, &dy), &y) in grad.iter_mut().zip(&dy[range.clone()]).zip(&y[range]) {
+            *g = if y > 0.0 { dy } else { 0.0 };
+        }
+    });
+}
+
 /// Runs `work(first_item, items)` over `output`, which holds items of `item_len` values each,
 /// split into one contiguous run of items per thread (or serially when `work_per_item * items`
 /// is small). `first_item` is the index of the run's first item, to find its inputs.

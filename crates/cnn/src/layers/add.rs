@@ -3,7 +3,7 @@
 
 use super::{BackwardPass, Fusion, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
-use crate::kernels::for_each_item_run;
+use crate::kernels::{for_each_item_run, relu_gradient};
 use crate::tensor::{Shape, Tensor};
 
 /// Values handled as one unit of parallel work.
@@ -105,16 +105,14 @@ impl Layer for Add {
     fn backward(&self, pass: BackwardPass<'_, '_>, _: &mut [Vec<f32>], _: &mut LayerScratch) {
         let (dy, y) = (pass.grad_output.data(), pass.output.data());
         for grad_input in pass.grad_inputs.iter_mut().flatten() {
-            for_each_item_run(grad_input.data_mut(), BLOCK, BLOCK, |first, grad| {
-                let range = first * BLOCK..first * BLOCK + grad.len();
-                if pass.relu {
-                    for ((g, &dy), &y) in grad.iter_mut().zip(&dy[range.clone()]).zip(&y[range]) {
-                        *g = if y > 0.0 { dy } else { 0.0 };
-                    }
-                } else {
-                    grad.copy_from_slice(&dy[range]);
-                }
-            });
+            let grad = grad_input.data_mut();
+            if pass.relu {
+                relu_gradient(dy, y, grad);
+            } else {
+                for_each_item_run(grad, BLOCK, BLOCK, |first, grad| {
+                    grad.copy_from_slice(&dy[first * BLOCK..][..grad.len()]);
+                });
+            }
         }
     }
 }

@@ -222,13 +222,31 @@ impl Layer for Conv2d {
         true
     }
 
+    fn trains_with_relu(&self) -> bool {
+        true
+    }
+
+    /// After a fused ReLU, the output gradient gated by the output once, for the weight, bias
+    /// and input gradients that each read it.
     fn backward(
         &self,
         mut pass: BackwardPass<'_, '_>,
         param_grads: &mut [Vec<f32>],
         scratch: &mut LayerScratch,
     ) {
-        let (input, grad_output) = (pass.input(), pass.grad_output);
+        let input = pass.input();
+        let grad_output = if pass.relu {
+            let gated = &mut scratch.gated;
+            gated.reshape(pass.grad_output.batch(), pass.grad_output.shape());
+            crate::kernels::relu_gradient(
+                pass.grad_output.data(),
+                pass.output.data(),
+                gated.data_mut(),
+            );
+            &scratch.gated
+        } else {
+            pass.grad_output
+        };
         let (grad_weight, rest) = param_grads
             .split_first_mut()
             .expect("a convolution has a weight");

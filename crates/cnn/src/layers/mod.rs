@@ -88,6 +88,9 @@ pub struct LayerScratch {
     pub kernel: Scratch,
     /// Seed of this layer's randomness for the current step (dropout masks).
     pub seed: u64,
+    /// The output gradient through a ReLU computed inside the layer, for a backward pass that
+    /// reads it more than once (a convolution's).
+    pub gated: Tensor,
 }
 
 /// What a backward pass reads and writes.

@@ -42,7 +42,7 @@ pub(super) fn plan_buffers(lifetimes: &[Option<Lifetime>]) -> (Vec<Option<usize>
 }
 
 /// The training passes: the graph with each ReLU that alone reads the output of a layer that
-/// [`Layer::trains_with_relu`] (batch normalisation, addition) computed inside that layer,
+/// [`Layer::trains_with_relu`] (convolution, batch normalisation, addition) computed inside it,
 /// forward and backward, so that neither the value before the ReLU nor the ReLU's own passes
 /// are needed; and the gradient buffers that follow from it. Without `fuse`, the graph as it
 /// is (what a backward pass after an inference forward pass needs: every value's gradient).
