@@ -396,13 +396,9 @@ impl Network {
                 Some(relu) => {
                     let output = &mut rest[relu - i];
                     output.reshape(batch, node.layer.output_shape());
-                    let fusion = Fusion {
-                        relu: true,
-                        ..Fusion::default()
-                    };
-                    let fused = node
-                        .layer
-                        .forward_fused(&inputs, output, mode, fusion, scratch);
+                    let fused =
+                        node.layer
+                            .forward_fused(&inputs, output, mode, Fusion::RELU, scratch);
                     assert!(fused, "a layer that trains with a ReLU computes it");
                 }
             }

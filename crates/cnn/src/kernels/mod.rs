@@ -207,8 +207,8 @@ pub fn batch_chunks(batch: usize) -> (usize, usize) {
 const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// `grad = dy` where `y` (a ReLU's output) is positive, zero elsewhere: the gradient through a
-/// ReLU computed inside the layer before it (as PyTorch's, zero where the input was zero), in
-/// blocks over the pool.
+/// ReLU, its own node's or one computed inside the layer before it (as PyTorch's, zero where the
+/// input was zero), in blocks over the pool.
 pub fn relu_gradient(dy: &[f32], y: &[f32], grad: &mut [f32]) {
     const BLOCK: usize = 4096;
     assert!(dy.len() == grad.len() && y.len() == grad.len());

@@ -4,7 +4,7 @@
 
 use super::{BackwardPass, Layer, LayerScratch, LayerSpec, Mode};
 use crate::arithmetic::{Arithmetic, Cell};
-use crate::kernels::for_each_item_run;
+use crate::kernels::{for_each_item_run, relu_gradient};
 use crate::tensor::{Shape, Tensor};
 
 /// Values handled as one unit of parallel work.
@@ -239,11 +239,9 @@ impl Layer for Activation {
         if let Some(grad_input) = pass.grad_input() {
             let grad = grad_input.data_mut();
             match kind {
-                // The gradient passes where the input was positive (at exactly 0 it is 0, as
-                // in PyTorch).
-                ActivationKind::Relu => {
-                    map_gradient(values, grad, |x, _, dy| if x > 0.0 { dy } else { 0.0 })
-                }
+                // The gradient passes where the input was positive, which is where the output
+                // is (at exactly 0 it is 0, as in PyTorch).
+                ActivationKind::Relu => relu_gradient(grad_output.data(), output.data(), grad),
                 kind => map_gradient(values, grad, move |x, y, dy| dy * kind.derivative(x, y)),
             }
         }

@@ -162,12 +162,7 @@ impl Layer for BatchNorm2d {
         fused: Fusion,
         scratch: &mut LayerScratch,
     ) -> bool {
-        if fused
-            != (Fusion {
-                relu: true,
-                ..Fusion::default()
-            })
-        {
+        if fused != Fusion::RELU {
             return false;
         }
         self.normalize(inputs[0], (output, true), mode, scratch);

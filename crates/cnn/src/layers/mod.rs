@@ -70,6 +70,15 @@ pub struct Fusion {
     pub max_pool: bool,
 }
 
+impl Fusion {
+    /// A ReLU alone: what the training passes fuse.
+    pub const RELU: Fusion = Fusion {
+        accumulate: false,
+        relu: true,
+        max_pool: false,
+    };
+}
+
 /// Layers such as dropout behave differently while training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
